@@ -1,2 +1,19 @@
+//! zonefwd: a conditional DNS forwarder. Private cloud zones go to the cloud's
+//! in-network resolver, everything else to on-prem DNS; replies are relayed as the
+//! upstream sent them.
+//!
+//! `run` takes a validated `Config`, already-bound `Listeners` and a shutdown future,
+//! so tests start the whole server in-process on port 0.
 #![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod config;
+pub mod handler;
+pub mod report;
+pub mod router;
+pub mod server;
+pub mod upstream;
 pub mod wire;
+
+pub use config::{Config, LoadEnv};
+pub use server::{run, Listeners};

@@ -1,0 +1,671 @@
+//! The configuration file: typed TOML, defaults, and validation whose every error names
+//! the file, line, column and key.
+//!
+//! Two layers: `Raw*` structs mirror the file (unknown keys are errors, values keep
+//! their spans), then `validate` turns them into the runtime `Config` and performs the
+//! cross-field checks, still able to point at the offending text.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::acl::{Acl, Cidr};
+use crate::wire;
+
+pub const DEFAULT_PATH: &str = "/etc/zonefwd/zonefwd.toml";
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+const DNS_PORT: u16 = 53;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_TCP_MAX_PIPELINED: usize = 64;
+pub const DEFAULT_MAX_INFLIGHT: usize = 10_000;
+/// Above Azure's advice of more than 4 s for forwarding to 168.63.129.16.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_MAX_FAILS: u32 = 3;
+pub const DEFAULT_HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// A validated configuration, ready to serve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from, for messages.
+    pub source: String,
+    pub server: Server,
+    pub acl: Acl,
+    pub routes: Vec<Route>,
+    /// Things that are allowed but probably not meant; logged at startup and printed
+    /// by `check`.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Each address is served on UDP and TCP.
+    pub listen: Vec<SocketAddr>,
+    /// RFC 7766 6.2.3: close a TCP connection with nothing in flight after this long.
+    pub tcp_idle_timeout: Duration,
+    pub tcp_max_connections: usize,
+    /// Queries one TCP connection may have in flight; reading pauses beyond it.
+    pub tcp_max_pipelined: usize,
+    /// Client queries being forwarded at once, all transports; beyond it, SERVFAIL.
+    pub max_inflight: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Sequential,
+    RoundRobin,
+    Random,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Sequential => "sequential",
+            Policy::RoundRobin => "round_robin",
+            Policy::Random => "random",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    pub addr: SocketAddr,
+    /// Came from `"system"` (resolv.conf), for display.
+    pub from_system: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// Lowercase uncompressed wire names.
+    pub zones: Vec<Vec<u8>>,
+    pub upstreams: Vec<UpstreamAddr>,
+    pub policy: Policy,
+    /// Whole-query deadline.
+    pub timeout: Duration,
+    /// After this long without a reply, the next try starts (the earlier one may still
+    /// answer until the deadline).
+    pub try_timeout: Duration,
+    /// Consecutive failures (timeouts, network errors, malformed replies) after which an
+    /// upstream is skipped and probed in the background; 0 disables.
+    pub max_fails: u32,
+    /// Probe interval for an upstream marked down.
+    pub health_check: Duration,
+}
+
+/// Where the outside world is read from while loading, so tests can point elsewhere.
+#[derive(Debug, Clone)]
+pub struct LoadEnv {
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for LoadEnv {
+    fn default() -> Self {
+        LoadEnv {
+            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Box<Located>),
+}
+
+/// An error at a place in the file.
+#[derive(Debug)]
+pub struct Located {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+    /// The offending line of the file and the width of the marked part.
+    pub excerpt: Option<(String, usize)>,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some((text, width)) = &self.excerpt {
+            let gutter = self.line.to_string();
+            write!(
+                f,
+                "\n{pad} |\n{gutter} | {text}\n{pad} | {indent}{marks}",
+                pad = " ".repeat(gutter.len()),
+                indent = " ".repeat(self.column - 1),
+                marks = "^".repeat((*width).max(1)),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+struct SourceText<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl SourceText<'_> {
+    fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| start + i);
+        let line_text = self.text[line_start..line_end].trim_end_matches('\r');
+        let column = self.text[line_start..start].chars().count() + 1;
+        let width = self.text[start..span.end.clamp(start, line_end)]
+            .chars()
+            .count();
+        ConfigError::Invalid(Box::new(Located {
+            file: self.file.to_string(),
+            line: self.text[..start].matches('\n').count() + 1,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+            excerpt: Some((line_text.to_string(), width)),
+        }))
+    }
+}
+
+// ---- the file as written -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    server: RawServer,
+    acl: Option<RawAcl>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<Vec<Spanned<ListenAddr>>>>,
+    tcp_idle_timeout: Option<Spanned<Humane>>,
+    tcp_max_connections: Option<NonZeroUsize>,
+    tcp_max_pipelined: Option<NonZeroUsize>,
+    max_inflight: Option<NonZeroUsize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcl {
+    allow: Spanned<Vec<Spanned<CidrValue>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    zones: Spanned<Vec<Spanned<ZoneName>>>,
+    upstreams: Spanned<Vec<Spanned<UpstreamSpec>>>,
+    #[serde(default)]
+    policy: Option<PolicyValue>,
+    timeout: Option<Spanned<Humane>>,
+    try_timeout: Option<Spanned<Humane>>,
+    max_fails: Option<u32>,
+    health_check: Option<Spanned<Humane>>,
+}
+
+/// Values that parse from a string with a message saying what was expected; toml puts
+/// the value's span on the error.
+macro_rules! string_value {
+    ($name:ident, $inner:ty, $parse:expr) => {
+        struct $name($inner);
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                let parse: fn(&str) -> Result<$inner, String> = $parse;
+                parse(&s).map($name).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+string_value!(Humane, Duration, |s| {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration like \"250ms\", \"5s\" or \"1h\", got {s:?} ({e})"))
+});
+string_value!(ListenAddr, SocketAddr, |s| {
+    parse_addr(s).ok_or_else(|| {
+        format!("expected an address like \"0.0.0.0:53\", \"127.0.0.1\" or \"[::]:53\", got {s:?}")
+    })
+});
+string_value!(CidrValue, Cidr, |s| {
+    Cidr::from_str(s).map_err(|e| format!("expected a network like \"10.0.0.0/8\": {e}"))
+});
+string_value!(ZoneName, Vec<u8>, |s| {
+    if s.split('.').any(|l| l == "*") {
+        return Err(format!(
+            "{s:?}: no wildcards; a zone already covers every name below it"
+        ));
+    }
+    let mut w = wire::name_from_str(s).map_err(|e| format!("{s:?} is not a zone name: {e}"))?;
+    wire::lowercase(&mut w);
+    Ok(w)
+});
+string_value!(UpstreamSpec, Option<SocketAddr>, |s| {
+    if s == "system" {
+        return Ok(None);
+    }
+    match parse_addr(s) {
+        Some(a) if a.port() == 0 => Err(format!("{s:?}: port 0 is not a port to send to")),
+        Some(a) if a.ip().is_unspecified() => Err(format!("{s:?}: cannot send to an unspecified address")),
+        Some(a) => Ok(Some(a)),
+        None => Err(format!(
+            "expected \"IP\", \"IP:PORT\", \"[IPv6]:PORT\" or \"system\", got {s:?}"
+        )),
+    }
+});
+string_value!(PolicyValue, Policy, |s| match s {
+    "sequential" => Ok(Policy::Sequential),
+    "round_robin" => Ok(Policy::RoundRobin),
+    "random" => Ok(Policy::Random),
+    _ => Err(format!(
+        "expected \"sequential\", \"round_robin\" or \"random\", got {s:?}"
+    )),
+});
+
+/// "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT"; the port defaults to 53.
+fn parse_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+    bare.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, DNS_PORT))
+}
+
+// ---- loading ------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        Config::parse(&text, &display, env)
+    }
+
+    /// Validates `text`; `file` is only used in messages.
+    pub fn parse(text: &str, file: &str, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let src = SourceText { file, text };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| src.error(e.span().unwrap_or(0..0), "", e.message().to_string()))?;
+        let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_path(e.path());
+            let inner = e.into_inner();
+            src.error(inner.span().unwrap_or(0..0), &key, inner.message().to_string())
+        })?;
+        validate(raw, &src, env)
+    }
+}
+
+/// `route[1].timeout`, without the markers `Spanned` adds to the path.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config, ConfigError> {
+    let mut warnings = Vec::new();
+    let server = validate_server(raw.server, src)?;
+
+    let acl = match raw.acl {
+        None => Acl::default_private(),
+        Some(a) => {
+            if a.allow.get_ref().is_empty() {
+                return Err(src.error(
+                    a.allow.span(),
+                    "acl.allow",
+                    "an empty list would refuse every client; omit [acl] for the private-range default",
+                ));
+            }
+            let allow: Vec<Cidr> = a.allow.into_inner().into_iter().map(|c| c.into_inner().0).collect();
+            if allow.iter().any(Cidr::is_everything) {
+                warnings.push(
+                    "acl.allow admits every address: zonefwd answers anyone who can reach a listen address (an open resolver unless a firewall says otherwise)".to_string(),
+                );
+            }
+            Acl::new(allow)
+        }
+    };
+
+    if raw.route.is_empty() {
+        return Err(src.error(
+            0..0,
+            "route",
+            "no [[route]] tables: add at least one, e.g. zones = [\".\"] with your DNS servers",
+        ));
+    }
+
+    let mut routes = Vec::with_capacity(raw.route.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    // zone -> (route name, line) for duplicate messages.
+    let mut zone_owner: HashMap<Vec<u8>, (String, usize)> = HashMap::new();
+    let mut resolv: Option<Vec<SocketAddr>> = None;
+
+    for (i, spanned) in raw.route.into_iter().enumerate() {
+        let r = spanned.into_inner();
+        let key = |k: &str| format!("route[{i}].{k}");
+
+        let name_span = r.name.span();
+        let name = r.name.into_inner();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(src.error(
+                name_span,
+                &key("name"),
+                format!("{name:?}: use letters, digits, '-', '_' and '.' (it appears in logs and metrics)"),
+            ));
+        }
+        if names.insert(name.clone(), i).is_some() {
+            return Err(src.error(name_span, &key("name"), format!("route name {name:?} is used twice")));
+        }
+
+        if r.zones.get_ref().is_empty() {
+            return Err(src.error(r.zones.span(), &key("zones"), "empty list: a route needs at least one zone (\".\" for everything)"));
+        }
+        let mut zones = Vec::new();
+        for z in r.zones.into_inner() {
+            let span = z.span();
+            let zone = z.into_inner().0;
+            let line = src.text[..span.start].matches('\n').count() + 1;
+            if let Some((other, other_line)) = zone_owner.get(&zone) {
+                return Err(src.error(
+                    span,
+                    &key("zones"),
+                    format!(
+                        "zone {} is already routed by route {other:?} (line {other_line}); a zone belongs to one route",
+                        wire::name_to_string(&zone)
+                    ),
+                ));
+            }
+            zone_owner.insert(zone.clone(), (name.clone(), line));
+            zones.push(zone);
+        }
+
+        if r.upstreams.get_ref().is_empty() {
+            return Err(src.error(r.upstreams.span(), &key("upstreams"), "empty list: a route needs at least one upstream"));
+        }
+        let mut upstreams: Vec<UpstreamAddr> = Vec::new();
+        for u in r.upstreams.into_inner() {
+            let span = u.span();
+            let added: Vec<UpstreamAddr> = match u.into_inner().0 {
+                Some(addr) => vec![UpstreamAddr { addr, from_system: false }],
+                None => {
+                    if resolv.is_none() {
+                        resolv = Some(read_resolv_conf(&env.resolv_conf).map_err(|m| src.error(span.clone(), &key("upstreams"), m))?);
+                    }
+                    let list = resolv.clone().unwrap_or_default();
+                    if let Some((ns, l)) = list
+                        .iter()
+                        .find_map(|ns| server.listen.iter().find(|l| is_self(**l, *ns)).map(|l| (ns, l)))
+                    {
+                        return Err(src.error(
+                            span,
+                            &key("upstreams"),
+                            format!(
+                                "\"system\" resolves to {ns} from {}, which is zonefwd's own listen address {l}: queries would loop; name the real DNS servers instead",
+                                env.resolv_conf.display()
+                            ),
+                        ));
+                    }
+                    list.into_iter().map(|addr| UpstreamAddr { addr, from_system: true }).collect()
+                }
+            };
+            for a in added {
+                if upstreams.iter().any(|u| u.addr == a.addr) {
+                    return Err(src.error(span, &key("upstreams"), format!("upstream {} is listed twice", a.addr)));
+                }
+                if server.listen.iter().any(|l| is_self(*l, a.addr)) {
+                    return Err(src.error(span, &key("upstreams"), format!("upstream {} is zonefwd's own listen address: queries would loop", a.addr)));
+                }
+                upstreams.push(a);
+            }
+        }
+
+        let timeout = positive(r.timeout, src, &key("timeout"))?.unwrap_or(DEFAULT_TIMEOUT);
+        let try_span = r.try_timeout.as_ref().map(|t| t.span());
+        let try_timeout = positive(r.try_timeout, src, &key("try_timeout"))?
+            .unwrap_or(DEFAULT_TRY_TIMEOUT.min(timeout));
+        if try_timeout > timeout {
+            return Err(src.error(
+                try_span.unwrap_or(0..0),
+                &key("try_timeout"),
+                format!(
+                    "{} is longer than the route's timeout of {}: a try cannot outlast the whole query",
+                    humantime::format_duration(try_timeout),
+                    humantime::format_duration(timeout)
+                ),
+            ));
+        }
+        let health_check = positive(r.health_check, src, &key("health_check"))?.unwrap_or(DEFAULT_HEALTH_CHECK);
+        if upstreams.iter().any(|u| u.addr.ip() == IpAddr::from([168, 63, 129, 16])) && timeout <= Duration::from_secs(4) {
+            warnings.push(format!(
+                "route {name:?}: timeout {} to 168.63.129.16 is at most 4s; Azure advises more, or private names may resolve to public addresses",
+                humantime::format_duration(timeout)
+            ));
+        }
+        routes.push(Route {
+            name,
+            zones,
+            upstreams,
+            policy: r.policy.map_or(Policy::Sequential, |p| p.0),
+            timeout,
+            try_timeout,
+            max_fails: r.max_fails.unwrap_or(DEFAULT_MAX_FAILS),
+            health_check,
+        });
+    }
+
+    for l in &server.listen {
+        if !l.ip().is_loopback() && acl.entries().iter().any(Cidr::is_everything) {
+            warnings.push(format!("listening on {l} with an acl that admits everyone"));
+        }
+    }
+
+    Ok(Config {
+        source: src.file.to_string(),
+        server,
+        acl,
+        routes,
+        warnings,
+    })
+}
+
+fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, ConfigError> {
+    let listen = match raw.listen {
+        None => vec![DEFAULT_LISTEN.parse().expect("valid default")],
+        Some(l) => {
+            if l.get_ref().is_empty() {
+                return Err(src.error(l.span(), "server.listen", "empty list: zonefwd needs an address to listen on"));
+            }
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for a in l.into_inner() {
+                let span = a.span();
+                let addr = a.into_inner().0;
+                if !seen.insert(addr) {
+                    return Err(src.error(span, "server.listen", format!("{addr} is listed twice")));
+                }
+                out.push(addr);
+            }
+            out
+        }
+    };
+    Ok(Server {
+        listen,
+        tcp_idle_timeout: positive(raw.tcp_idle_timeout, src, "server.tcp_idle_timeout")?
+            .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
+        tcp_max_connections: raw.tcp_max_connections.map_or(DEFAULT_TCP_MAX_CONNECTIONS, NonZeroUsize::get),
+        tcp_max_pipelined: raw.tcp_max_pipelined.map_or(DEFAULT_TCP_MAX_PIPELINED, NonZeroUsize::get),
+        max_inflight: raw.max_inflight.map_or(DEFAULT_MAX_INFLIGHT, NonZeroUsize::get),
+    })
+}
+
+fn positive(
+    v: Option<Spanned<Humane>>,
+    src: &SourceText<'_>,
+    key: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.get_ref().0.is_zero() => Err(src.error(s.span(), key, "must be longer than zero")),
+        Some(s) => Ok(Some(s.into_inner().0)),
+    }
+}
+
+/// Would sending to `upstream` reach this listener? The same address, or a wildcard
+/// listener on the same port and a loopback upstream (other than systemd-resolved's
+/// stub addresses, which hold their own more specific sockets).
+fn is_self(listen: SocketAddr, upstream: SocketAddr) -> bool {
+    if listen.port() != upstream.port() {
+        return false;
+    }
+    if listen.ip() == upstream.ip() {
+        return true;
+    }
+    let stub = [IpAddr::from([127, 0, 0, 53]), IpAddr::from([127, 0, 0, 54])];
+    listen.ip().is_unspecified()
+        && listen.is_ipv4() == upstream.is_ipv4()
+        && upstream.ip().is_loopback()
+        && !stub.contains(&upstream.ip())
+}
+
+/// The nameservers of a resolv.conf, port 53. Link-local IPv6 entries need a numeric
+/// zone index (`fe80::1%2`); interface names are not resolved here.
+pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("\"system\" needs {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        let Some(ns) = words.next() else { continue };
+        let addr = match ns.split_once('%') {
+            None => ns.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, DNS_PORT)),
+            Some((ip, zone)) => match (ip.parse::<Ipv6Addr>(), zone.parse::<u32>()) {
+                (Ok(ip), Ok(zone)) => Some(SocketAddr::V6(SocketAddrV6::new(ip, DNS_PORT, 0, zone))),
+                _ => None,
+            },
+        };
+        match addr {
+            Some(a) if !out.contains(&a) => out.push(a),
+            Some(_) => {}
+            None => tracing::warn!(file = %path.display(), entry = ns, "skipping a nameserver entry zonefwd cannot use"),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("\"system\": {} lists no usable nameserver", path.display()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> LoadEnv {
+        LoadEnv {
+            resolv_conf: PathBuf::from("/nonexistent/resolv.conf"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("[[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "t.toml", &env()).unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:53".parse().unwrap()]);
+        assert_eq!(c.acl, Acl::default_private());
+        let r = &c.routes[0];
+        assert_eq!(r.upstreams[0].addr, "192.0.2.1:53".parse().unwrap());
+        assert_eq!((r.timeout, r.try_timeout), (DEFAULT_TIMEOUT, DEFAULT_TRY_TIMEOUT));
+        assert_eq!(r.zones, vec![vec![0]]);
+        assert_eq!(r.policy, Policy::Sequential);
+    }
+
+    #[test]
+    fn short_timeout_caps_the_default_try_timeout() {
+        let c = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"[2001:db8::1]:5300\"]\ntimeout = \"500ms\"\n", "t.toml", &env()).unwrap();
+        assert_eq!(c.routes[0].try_timeout, Duration::from_millis(500));
+        assert_eq!(c.routes[0].upstreams[0].addr, "[2001:db8::1]:5300".parse().unwrap());
+    }
+
+    #[test]
+    fn error_display_points_at_the_text() {
+        let e = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = \"5 parsecs\"\n", "z.toml", &env()).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("z.toml:5:11: route[0].timeout: expected a duration"), "{s}");
+        assert!(s.contains("5 | timeout = \"5 parsecs\"\n  |           ^^^^^^^^^^^"), "{s}");
+    }
+
+    #[test]
+    fn resolv_conf_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resolv.conf");
+        std::fs::write(&p, "# c\nsearch x\nnameserver 192.0.2.53\nnameserver fe80::1%2\nnameserver fe80::1%eth0\nnameserver 192.0.2.53\nnameserver ::1\n").unwrap();
+        let got = read_resolv_conf(&p).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], "192.0.2.53:53".parse().unwrap());
+        assert!(matches!(got[1], SocketAddr::V6(a) if a.scope_id() == 2));
+        std::fs::write(&p, "search x\n").unwrap();
+        assert!(read_resolv_conf(&p).unwrap_err().contains("no usable nameserver"));
+    }
+
+    #[test]
+    fn self_detection() {
+        let l: SocketAddr = "0.0.0.0:53".parse().unwrap();
+        assert!(is_self(l, "127.0.0.1:53".parse().unwrap()));
+        assert!(!is_self(l, "127.0.0.53:53".parse().unwrap()));
+        assert!(!is_self(l, "127.0.0.1:5353".parse().unwrap()));
+        assert!(is_self("10.0.0.4:53".parse().unwrap(), "10.0.0.4:53".parse().unwrap()));
+        assert!(!is_self("[::]:53".parse().unwrap(), "127.0.0.1:53".parse().unwrap()));
+    }
+}

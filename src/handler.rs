@@ -1,0 +1,167 @@
+//! One request: the checks, the ACL, the route, the upstream, the reply.
+//!
+//! `prepare` is synchronous and cheap: everything that can be answered without an
+//! upstream (drops, REFUSED, FORMERR, NOTIMP, BADVERS, overload) is decided there, so
+//! listeners answer it inline. Only queries that must be forwarded become a `Job`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::acl::Acl;
+use crate::config::Config;
+use crate::router::Router;
+use crate::upstream::{Lifecycle, Outcome, UpstreamSet};
+use crate::wire::{self, rcode, Query};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// What to do with a message from a client.
+pub enum Action {
+    /// Say nothing: not a query we may answer (short, or QR=1).
+    Drop,
+    /// Answer at once.
+    Reply(Vec<u8>),
+    /// Forward, then answer.
+    Forward(Job),
+}
+
+/// A query on its way upstream; holds its in-flight permit until it is answered.
+pub struct Job {
+    query: Query,
+    route: Arc<UpstreamSet>,
+    client: SocketAddr,
+    transport: Transport,
+    _permit: OwnedSemaphorePermit,
+}
+
+pub struct Handler {
+    acl: Acl,
+    router: Router,
+    routes: Vec<Arc<UpstreamSet>>,
+    inflight: Arc<Semaphore>,
+}
+
+impl Handler {
+    pub fn new(config: &Config, life: Lifecycle) -> Self {
+        let router = Router::new(
+            config
+                .routes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| r.zones.iter().map(move |z| (z.as_slice(), i))),
+        );
+        Handler {
+            acl: config.acl.clone(),
+            router,
+            routes: config
+                .routes
+                .iter()
+                .map(|r| Arc::new(UpstreamSet::new(r, life.clone())))
+                .collect(),
+            inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
+        }
+    }
+
+    pub fn routes(&self) -> &[Arc<UpstreamSet>] {
+        &self.routes
+    }
+
+    pub fn prepare(&self, msg: &[u8], client: SocketAddr, transport: Transport) -> Action {
+        if !wire::is_answerable_query(msg) {
+            tracing::debug!(%client, transport = transport.as_str(), len = msg.len(), "dropping a message that is not a query");
+            return Action::Drop;
+        }
+        if !self.acl.allows(client.ip()) {
+            tracing::debug!(%client, transport = transport.as_str(), "refusing a client outside the acl");
+            // Only the header is echoed: nothing of an outsider's message is parsed.
+            return Action::Reply(wire::error_reply(
+                wire::id(msg),
+                wire::flags(msg),
+                None,
+                None,
+                rcode::REFUSED,
+            ));
+        }
+        let q = match wire::parse_query(msg) {
+            Ok(q) => q,
+            Err(rej) => {
+                tracing::debug!(%client, transport = transport.as_str(), reason = rej.reason, rcode = %rcode::name(rej.rcode), "rejecting a query");
+                let question = rej.question.as_ref().map(|(n, t, c)| (n.as_slice(), *t, *c));
+                return Action::Reply(wire::error_reply(
+                    wire::id(msg),
+                    wire::flags(msg),
+                    question,
+                    rej.edns.as_ref(),
+                    rej.rcode,
+                ));
+            }
+        };
+        if q.qtype == wire::TYPE_AXFR || q.qtype == wire::TYPE_IXFR {
+            // Zone transfers are a conversation with the primary, not something to
+            // relay one message at a time.
+            return Action::Reply(wire::reply_for(&q, rcode::REFUSED));
+        }
+        let Some(m) = self.router.route(&q.qname_lower, q.qtype) else {
+            tracing::debug!(%client, name = %wire::name_to_string(&q.qname), "no route for this name");
+            return Action::Reply(wire::reply_for(&q, rcode::REFUSED));
+        };
+        let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
+            tracing::warn!(%client, "too many queries in flight (server.max_inflight); answering SERVFAIL");
+            return Action::Reply(wire::reply_for(&q, rcode::SERVFAIL));
+        };
+        Action::Forward(Job {
+            route: Arc::clone(&self.routes[m.route]),
+            query: q,
+            client,
+            transport,
+            _permit: permit,
+        })
+    }
+}
+
+impl Job {
+    /// Forwards and builds the client's reply; `limit` is the largest reply the client
+    /// can take on its transport.
+    pub async fn run(self) -> Vec<u8> {
+        let started = Instant::now();
+        let q = &self.query;
+        let limit = match self.transport {
+            Transport::Udp => wire::Edns::udp_limit(q.edns.as_ref()),
+            Transport::Tcp => wire::MAX_TCP_MESSAGE,
+        };
+        let (out, upstream) = match self.route.forward(q).await {
+            Outcome::Reply { answer, upstream } => {
+                (wire::relay(&answer.bytes, &answer.reply, q, limit), Some(upstream))
+            }
+            Outcome::Failed => (wire::reply_for(q, rcode::SERVFAIL), None),
+        };
+        tracing::debug!(
+            client = %self.client,
+            transport = self.transport.as_str(),
+            name = %wire::name_to_string(&q.qname),
+            qtype = q.qtype,
+            route = %self.route.route,
+            upstream = ?upstream,
+            rcode = %rcode::name(u16::from(out[3] & 0x0f)),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+        out
+    }
+}

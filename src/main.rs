@@ -1,0 +1,112 @@
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use zonefwd::config::{Config, LoadEnv, DEFAULT_PATH};
+use zonefwd::{report, Listeners};
+
+/// A lightweight conditional DNS forwarder: private cloud zones to the cloud resolver,
+/// everything else to your own DNS servers.
+#[derive(Parser)]
+#[command(name = "zonefwd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The configuration file.
+    #[arg(short, long, env = "ZONEFWD_CONFIG", default_value = DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve DNS until SIGTERM or SIGINT.
+    Run(ConfigArg),
+    /// Validate the configuration and print the routing table.
+    Check(ConfigArg),
+    /// Show which route answers NAME and the upstreams it would try, without sending anything.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The query name, e.g. myaks-1a2b.privatelink.westeurope.azmk8s.io
+        name: String,
+        /// The query type (A, AAAA, DS, TYPE65...); A when left out.
+        #[arg(name = "TYPE", default_value = "A")]
+        qtype: String,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<Config, String> {
+    Config::load(path, &LoadEnv::default()).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(c) => serve(&c.config),
+        Command::Check(c) => load(&c.config).map(|config| {
+            print!("{}", report::routing_table(&config));
+            true
+        }),
+        Command::Explain {
+            config,
+            name,
+            qtype,
+        } => report::parse_qtype(&qtype).and_then(|t| {
+            let config = load(&config.config)?;
+            let (text, matched) = report::explain(&config, &name, t)?;
+            print!("{text}");
+            Ok(matched)
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("zonefwd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(path: &PathBuf) -> Result<bool, String> {
+    let config = load(path)?;
+    let listeners = Listeners::bind(&config.server.listen).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        let stop = stop_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "zonefwd starting");
+        zonefwd::run(config, listeners, stop)
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    Ok(true)
+}
+
+/// Resolves on SIGTERM (systemd, Kubernetes) or SIGINT (a terminal).
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}

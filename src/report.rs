@@ -1,0 +1,155 @@
+//! Text for operators: the routing table (`check`) and where a name goes (`explain`).
+
+use std::fmt::Write;
+use std::str::FromStr;
+
+use hickory_proto::rr::RecordType;
+
+use crate::config::{Config, Policy, Route};
+use crate::router::Router;
+use crate::wire;
+
+/// "A", "aaaa", "TYPE65" or "65" (RFC 3597 section 5 for the numeric form).
+pub fn parse_qtype(s: &str) -> Result<u16, String> {
+    let upper = s.to_ascii_uppercase();
+    if let Some(n) = upper.strip_prefix("TYPE").unwrap_or(&upper).parse::<u16>().ok() {
+        return Ok(n);
+    }
+    RecordType::from_str(&upper)
+        .map(u16::from)
+        .map_err(|_| format!("{s:?} is not a record type (try A, AAAA, CNAME, DS or TYPE65)"))
+}
+
+pub fn qtype_name(t: u16) -> String {
+    match RecordType::from(t) {
+        RecordType::Unknown(n) => format!("TYPE{n}"),
+        rt => rt.to_string(),
+    }
+}
+
+pub fn router_for(config: &Config) -> Router {
+    Router::new(
+        config
+            .routes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.zones.iter().map(move |z| (z.as_slice(), i))),
+    )
+}
+
+fn upstream_list(r: &Route) -> String {
+    r.upstreams
+        .iter()
+        .map(|u| {
+            if u.from_system {
+                format!("{} (system)", u.addr)
+            } else {
+                u.addr.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What `zonefwd check` prints for a valid file.
+pub fn routing_table(config: &Config) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: ok", config.source);
+    let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
+    let _ = writeln!(s, "listen  {} (udp and tcp)", listen.join(", "));
+    let acl: Vec<String> = config.acl.entries().iter().map(|c| c.to_string()).collect();
+    let _ = writeln!(s, "acl     {}", acl.join(", "));
+    let rows: Vec<[String; 5]> = config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.zones.iter().map(move |z| {
+                [
+                    wire::name_to_string(z),
+                    r.name.clone(),
+                    r.policy.as_str().to_string(),
+                    humantime::format_duration(r.timeout).to_string(),
+                    upstream_list(r),
+                ]
+            })
+        })
+        .collect();
+    let header = ["ZONE", "ROUTE", "POLICY", "TIMEOUT", "UPSTREAMS"].map(String::from);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let _ = writeln!(
+            s,
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
+            row[0], row[1], row[2], row[3], row[4],
+            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
+        );
+    }
+    if !config.routes.iter().any(|r| r.zones.iter().any(|z| z == &[0])) {
+        let _ = writeln!(s, "names under no zone above are answered REFUSED (there is no \".\" route)");
+    }
+    for w in &config.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}
+
+/// What `zonefwd explain NAME [TYPE]` prints, and whether a route matched.
+pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool), String> {
+    let mut qname = wire::name_from_str(name).map_err(|e| format!("{name:?}: {e}"))?;
+    let display = wire::name_to_string(&qname);
+    wire::lowercase(&mut qname);
+    let router = router_for(config);
+    let mut s = String::new();
+    let _ = writeln!(s, "name       {display} {}", qtype_name(qtype));
+    let Some(m) = router.route(&qname, qtype) else {
+        let _ = writeln!(
+            s,
+            "route      none: zonefwd answers REFUSED (no zone covers this name and there is no \".\" route)"
+        );
+        return Ok((s, false));
+    };
+    let r = &config.routes[m.route];
+    let _ = writeln!(s, "route      {}", r.name);
+    let _ = writeln!(s, "zone       {}", wire::name_to_string(m.zone));
+    if m.ds_to_parent {
+        let _ = writeln!(
+            s,
+            "note       DS lives in the parent zone, so this DS query is routed as the parent's names are, not by the zone {display} itself"
+        );
+    }
+    let addrs = upstream_list(r);
+    let order = match r.policy {
+        Policy::Sequential => r
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("{}. {}", i + 1, u.addr))
+            .collect::<Vec<_>>()
+            .join("  "),
+        Policy::RoundRobin => format!("starts one further along the list on each query: {addrs}"),
+        Policy::Random => format!("shuffled on each query: {addrs}"),
+    };
+    let _ = writeln!(s, "policy     {}", r.policy.as_str());
+    let _ = writeln!(s, "try order  {order}");
+    if r.upstreams.iter().any(|u| u.from_system) {
+        let _ = writeln!(s, "           (system = the nameservers of /etc/resolv.conf when the config was loaded)");
+    }
+    let _ = writeln!(
+        s,
+        "timing     answer within {}; the next upstream is asked after {} without a reply, or at once on an error, SERVFAIL or REFUSED; each upstream is asked at most twice",
+        humantime::format_duration(r.timeout),
+        humantime::format_duration(r.try_timeout)
+    );
+    if r.max_fails > 0 {
+        let _ = writeln!(
+            s,
+            "health     an upstream is skipped after {} failures in a row until a probe every {} gets an answer; if all are down, all are tried",
+            r.max_fails,
+            humantime::format_duration(r.health_check)
+        );
+    }
+    let _ = writeln!(s, "nothing was sent: this is what zonefwd would do");
+    Ok((s, true))
+}

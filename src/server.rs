@@ -1,0 +1,358 @@
+//! Listeners: UDP and TCP on every configured address, and the graceful stop.
+//!
+//! zonefwd owns its listeners instead of using hickory-server's: that one answers the
+//! queries of a TCP connection one after another (no RFC 7766 out-of-order
+//! pipelining, so one slow upstream stalls the connection), spawns a task per UDP
+//! datagram without a bound, and can only send replies it encodes from records, which
+//! rules out relaying the upstream's bytes.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::config::Config;
+use crate::handler::{Action, Handler, Transport};
+use crate::upstream::Lifecycle;
+use crate::wire;
+
+/// Sockets bound before serving starts, so a caller (main, or a test binding port 0)
+/// knows the real addresses and can fail early.
+#[derive(Debug)]
+pub struct Listeners {
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: Vec<std::net::TcpListener>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({proto}): {source}{hint}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub proto: &'static str,
+    pub source: io::Error,
+    hint: &'static str,
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on each address, on the same port (for port 0, the port the
+    /// kernel picked for UDP).
+    pub fn bind(addrs: &[SocketAddr]) -> Result<Listeners, BindError> {
+        let mut l = Listeners {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for &addr in addrs {
+            let (udp, tcp) = bind_pair(addr)?;
+            l.udp.push(udp);
+            l.tcp.push(tcp);
+        }
+        Ok(l)
+    }
+
+    /// (udp, tcp) local addresses, in configuration order.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.udp
+            .iter()
+            .zip(&self.tcp)
+            .filter_map(|(u, t)| Some((u.local_addr().ok()?, t.local_addr().ok()?)))
+            .collect()
+    }
+}
+
+fn bind_error(addr: SocketAddr, proto: &'static str, source: io::Error) -> BindError {
+    let hint = match source.kind() {
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "; ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it)"
+        }
+        io::ErrorKind::AddrInUse => "; another DNS server (systemd-resolved, dnsmasq) may hold it",
+        io::ErrorKind::AddrNotAvailable => "; the address is not on this host",
+        _ => "",
+    };
+    BindError {
+        addr,
+        proto,
+        source,
+        hint,
+    }
+}
+
+fn bind_pair(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), BindError> {
+    // With port 0 the TCP port may be taken by someone else; pick again a few times.
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = new_socket(addr, Type::DGRAM).map_err(|e| bind_error(addr, "udp", e))?;
+        let port = udp
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map_or(addr.port(), |a| a.port());
+        match new_socket(SocketAddr::new(addr.ip(), port), Type::STREAM) {
+            Ok(tcp) => return Ok((udp.into(), tcp.into())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind_error(addr, "tcp", last.expect("at least one attempt")))
+}
+
+fn new_socket(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
+    let proto = if ty == Type::DGRAM {
+        Protocol::UDP
+    } else {
+        Protocol::TCP
+    };
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        // So "0.0.0.0:53" and "[::]:53" can both be listed.
+        s.set_only_v6(true)?;
+    }
+    if ty == Type::STREAM {
+        // A restart must not wait for old connections in TIME_WAIT.
+        s.set_reuse_address(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    if ty == Type::STREAM {
+        s.listen(1024)?;
+    }
+    Ok(s)
+}
+
+/// Largest client datagram read; a query is far smaller, anything cut short fails to
+/// parse and is answered FORMERR.
+const UDP_QUERY_BUF: usize = 4096;
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight queries finish
+/// (each ends by its route's deadline) and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let life = Lifecycle::default();
+    let handler = Arc::new(Handler::new(&config, life.clone()));
+    let tcp_limit = Arc::new(Semaphore::new(config.server.tcp_max_connections));
+    let tcp_opts = TcpOptions {
+        idle: config.server.tcp_idle_timeout,
+        pipelined: config.server.tcp_max_pipelined,
+    };
+
+    for sock in listeners.udp {
+        let sock = Arc::new(UdpSocket::from_std(sock)?);
+        tracing::info!(addr = %sock.local_addr()?, "listening on udp");
+        life.tasks
+            .spawn(serve_udp(sock, Arc::clone(&handler), life.clone()));
+    }
+    for listener in listeners.tcp {
+        let listener = TcpListener::from_std(listener)?;
+        tracing::info!(addr = %listener.local_addr()?, "listening on tcp");
+        life.tasks.spawn(serve_tcp(
+            listener,
+            Arc::clone(&handler),
+            life.clone(),
+            Arc::clone(&tcp_limit),
+            tcp_opts,
+        ));
+    }
+    for r in &config.routes {
+        tracing::info!(
+            route = %r.name,
+            zones = %r.zones.iter().map(|z| wire::name_to_string(z)).collect::<Vec<_>>().join(" "),
+            upstreams = %r.upstreams.iter().map(|u| u.addr.to_string()).collect::<Vec<_>>().join(" "),
+            policy = r.policy.as_str(),
+            timeout = %humantime::format_duration(r.timeout),
+            "route"
+        );
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+
+    shutdown.await;
+    tracing::info!("stopping: no new queries; finishing those in flight");
+    life.shutdown.cancel();
+    life.tasks.close();
+    // In-flight queries end by their route deadline; TCP writes are bounded by the idle
+    // timeout. This bound only guards against a bug keeping a task alive.
+    let longest = config
+        .routes
+        .iter()
+        .map(|r| r.timeout)
+        .max()
+        .unwrap_or_default();
+    let grace = longest + config.server.tcp_idle_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(grace, life.tasks.wait()).await.is_err() {
+        tracing::warn!("some work was still running {grace:?} after the stop; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, life: Lifecycle) {
+    let mut buf = vec![0u8; UDP_QUERY_BUF];
+    loop {
+        let (n, client) = tokio::select! {
+            _ = life.shutdown.cancelled() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors from earlier replies surface here on some systems;
+                    // they concern one client, not the socket.
+                    tracing::debug!(error = %e, "udp receive error");
+                    continue;
+                }
+            },
+        };
+        match handler.prepare(&buf[..n], client, Transport::Udp) {
+            Action::Drop => {}
+            Action::Reply(out) => send_udp(&sock, &out, client).await,
+            Action::Forward(job) => {
+                let sock = Arc::clone(&sock);
+                life.tasks.spawn(async move {
+                    let out = job.run().await;
+                    send_udp(&sock, &out, client).await;
+                });
+            }
+        }
+    }
+}
+
+async fn send_udp(sock: &UdpSocket, out: &[u8], client: SocketAddr) {
+    if let Err(e) = sock.send_to(out, client).await {
+        tracing::debug!(%client, error = %e, "udp send failed");
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TcpOptions {
+    idle: Duration,
+    pipelined: usize,
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    life: Lifecycle,
+    limit: Arc<Semaphore>,
+    opts: TcpOptions,
+) {
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = life.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::warn!(%client, "closing a tcp connection: server.tcp_max_connections reached");
+            continue;
+        };
+        let handler = Arc::clone(&handler);
+        let life2 = life.clone();
+        life.tasks.spawn(async move {
+            connection(stream, client, handler, life2, opts).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One client TCP connection (RFC 7766): queries are read while earlier ones are still
+/// being forwarded, answered in whatever order they finish, at most `pipelined` in
+/// flight; idle connections close after `idle`.
+async fn connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    handler: Arc<Handler>,
+    life: Lifecycle,
+    opts: TcpOptions,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(opts.pipelined);
+    let pipeline = Arc::new(Semaphore::new(opts.pipelined));
+
+    let writer = async move {
+        while let Some(msg) = rx.recv().await {
+            let mut frame = Vec::with_capacity(msg.len() + 2);
+            frame.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            frame.extend_from_slice(&msg);
+            // A client that stops reading must not hold the task forever.
+            match tokio::time::timeout(opts.idle, wr.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+
+    let reader = async move {
+        loop {
+            // Waiting for the first byte of the next message is where a connection is
+            // idle; `read` is cancel-safe, so the timeout loses nothing.
+            let mut first = [0u8; 1];
+            let got = tokio::select! {
+                _ = life.shutdown.cancelled() => break,
+                r = tokio::time::timeout(opts.idle, rd.read(&mut first)) => r,
+            };
+            match got {
+                Ok(Ok(1)) => {}
+                Ok(_) => break, // EOF or error
+                Err(_) => {
+                    if pipeline.available_permits() < opts.pipelined {
+                        continue; // answers still pending: not idle
+                    }
+                    tracing::debug!(%client, "closing an idle tcp connection");
+                    break;
+                }
+            }
+            // The rest of the message must follow promptly (slow-read clients).
+            let msg = tokio::time::timeout(opts.idle, async {
+                let second = rd.read_u8().await?;
+                let len = usize::from(u16::from_be_bytes([first[0], second]));
+                let mut msg = vec![0u8; len];
+                rd.read_exact(&mut msg).await?;
+                Ok::<_, io::Error>(msg)
+            })
+            .await;
+            let Ok(Ok(msg)) = msg else { break };
+            if msg.len() < wire::HEADER_LEN {
+                tracing::debug!(%client, "closing a tcp connection that sent a runt message");
+                break;
+            }
+            let Ok(permit) = Arc::clone(&pipeline).acquire_owned().await else {
+                break;
+            };
+            match handler.prepare(&msg, client, Transport::Tcp) {
+                Action::Drop => {}
+                Action::Reply(out) => {
+                    if tx.send(out).await.is_err() {
+                        break;
+                    }
+                }
+                Action::Forward(job) => {
+                    let tx = tx.clone();
+                    life.tasks.spawn(async move {
+                        let out = job.run().await;
+                        let _ = tx.send(out).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        // Dropping our sender lets the writer end once the spawned jobs have answered.
+    };
+
+    tokio::join!(reader, writer);
+}

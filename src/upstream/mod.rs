@@ -1,0 +1,316 @@
+//! A route's upstream servers: the order they are tried in, tries within the route's
+//! deadline, TC -> TCP, and health.
+//!
+//! Split the way CoreDNS's forward plugin splits proxy, policy and health check:
+//! `exchange` talks to one server; `UpstreamSet::forward` decides who is asked when;
+//! `Upstream` keeps the consecutive-failure count and runs the background probe.
+
+pub mod exchange;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::seq::SliceRandom;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Policy, Route};
+use crate::wire::{self, rcode, Query};
+pub use exchange::{Answer, TryError};
+
+/// Background work that must stop with the server.
+#[derive(Clone, Debug, Default)]
+pub struct Lifecycle {
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+/// One upstream server and its health.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    fails: AtomicU32,
+    probing: AtomicBool,
+}
+
+impl Upstream {
+    fn new(addr: SocketAddr) -> Self {
+        Upstream {
+            addr,
+            fails: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.fails.load(Ordering::Relaxed)
+    }
+}
+
+/// How one query went, for logs (and later metrics).
+#[derive(Debug)]
+pub enum Outcome {
+    /// A reply to relay: a real answer, or the last SERVFAIL/REFUSED/truncated reply
+    /// when no upstream did better.
+    Reply { answer: Answer, upstream: SocketAddr },
+    /// Nothing usable before the deadline.
+    Failed,
+}
+
+/// What a single try ended with.
+enum TryResult {
+    /// Relay it and stop.
+    Final(Answer),
+    /// A reply, but one that asks for the next upstream (SERVFAIL, REFUSED, or TC
+    /// with TCP unavailable): kept in case nothing better comes.
+    Soft(Answer),
+    Failed(TryError),
+}
+
+type TryFuture = Pin<Box<dyn std::future::Future<Output = (usize, TryResult)> + Send>>;
+
+#[derive(Debug)]
+pub struct UpstreamSet {
+    pub route: String,
+    pub upstreams: Vec<Arc<Upstream>>,
+    policy: Policy,
+    rr: AtomicUsize,
+    timeout: Duration,
+    try_timeout: Duration,
+    max_fails: u32,
+    health_check: Duration,
+    life: Lifecycle,
+}
+
+impl UpstreamSet {
+    pub fn new(route: &Route, life: Lifecycle) -> Self {
+        UpstreamSet {
+            route: route.name.clone(),
+            upstreams: route
+                .upstreams
+                .iter()
+                .map(|u| Arc::new(Upstream::new(u.addr)))
+                .collect(),
+            policy: route.policy,
+            rr: AtomicUsize::new(0),
+            timeout: route.timeout,
+            try_timeout: route.try_timeout,
+            max_fails: route.max_fails,
+            health_check: route.health_check,
+            life,
+        }
+    }
+
+    fn is_down(&self, u: &Upstream) -> bool {
+        self.max_fails > 0 && u.consecutive_failures() >= self.max_fails
+    }
+
+    /// Upstream indexes in the order this query will try them: the healthy ones in
+    /// policy order, or all of them when none is healthy (a guess beats a SERVFAIL).
+    pub fn order(&self) -> Vec<usize> {
+        let all = 0..self.upstreams.len();
+        let mut order: Vec<usize> = all
+            .clone()
+            .filter(|&i| !self.is_down(&self.upstreams[i]))
+            .collect();
+        if order.is_empty() {
+            order = all.collect();
+        }
+        match self.policy {
+            Policy::Sequential => {}
+            Policy::RoundRobin => {
+                let k = self.rr.fetch_add(1, Ordering::Relaxed) % order.len();
+                order.rotate_left(k);
+            }
+            Policy::Random => order.shuffle(&mut rand::rng()),
+        }
+        order
+    }
+
+    /// Forwards `q` within the route's deadline. Tries go to the upstreams in
+    /// `order()`, each upstream at most twice (so a lone upstream gets one
+    /// retransmission). A try that fails, or answers SERVFAIL/REFUSED, starts the next
+    /// one at once; a try that is merely slow starts the next one after
+    /// `try_timeout` but stays open, so a late answer still wins until the deadline.
+    pub async fn forward(&self, q: &Query) -> Outcome {
+        let deadline = Instant::now() + self.timeout;
+        let order = self.order();
+        let plan: Vec<usize> = order.iter().chain(order.iter()).copied().collect();
+        let mut next = 0;
+        let mut running: FuturesUnordered<TryFuture> = FuturesUnordered::new();
+        // Per try: upstream index, and whether its failure has been counted already.
+        let mut tries: Vec<(usize, bool)> = Vec::with_capacity(plan.len());
+        let mut fallback: Option<(Answer, SocketAddr)> = None;
+        let mut try_timer = Instant::now();
+
+        let launch = |tries: &mut Vec<(usize, bool)>,
+                          running: &mut FuturesUnordered<TryFuture>,
+                          next: &mut usize,
+                          try_timer: &mut Instant| {
+            let idx = plan[*next];
+            *next += 1;
+            let n = tries.len();
+            tries.push((idx, false));
+            let addr = self.upstreams[idx].addr;
+            let q = q.clone();
+            running.push(Box::pin(async move { (n, one_try(addr, &q).await) }));
+            *try_timer = Instant::now() + self.try_timeout;
+        };
+        launch(&mut tries, &mut running, &mut next, &mut try_timer);
+
+        loop {
+            tokio::select! {
+                biased;
+                Some((n, result)) = running.next() => {
+                    let (idx, counted) = tries[n];
+                    let addr = self.upstreams[idx].addr;
+                    match result {
+                        TryResult::Final(answer) => {
+                            self.success(idx);
+                            return Outcome::Reply { answer, upstream: addr };
+                        }
+                        TryResult::Soft(answer) => {
+                            self.success(idx);
+                            tracing::debug!(route = %self.route, upstream = %addr, rcode = %rcode::name(answer.reply.rcode), truncated = answer.reply.truncated, "trying the next upstream");
+                            fallback = Some((answer, addr));
+                        }
+                        TryResult::Failed(e) => {
+                            tracing::debug!(route = %self.route, upstream = %addr, error = %e, "upstream try failed");
+                            if !counted {
+                                self.failure(idx);
+                            }
+                        }
+                    }
+                    if next < plan.len() {
+                        launch(&mut tries, &mut running, &mut next, &mut try_timer);
+                    } else if running.is_empty() {
+                        break;
+                    }
+                }
+                // Disabled once every try is launched and the newest one counted, so an
+                // expired timer cannot spin.
+                _ = sleep_until(try_timer), if next < plan.len() || tries.last().is_some_and(|t| !t.1) => {
+                    // The newest try is overdue: count it, start the next if any.
+                    if let Some(t) = tries.last_mut() {
+                        if !t.1 {
+                            t.1 = true;
+                            self.failure(t.0);
+                        }
+                    }
+                    if next < plan.len() {
+                        launch(&mut tries, &mut running, &mut next, &mut try_timer);
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    for t in tries.iter().filter(|t| !t.1) {
+                        self.failure(t.0);
+                    }
+                    break;
+                }
+            }
+        }
+        match fallback {
+            Some((answer, upstream)) => Outcome::Reply { answer, upstream },
+            None => Outcome::Failed,
+        }
+    }
+
+    fn success(&self, idx: usize) {
+        let u = &self.upstreams[idx];
+        let before = u.fails.swap(0, Ordering::Relaxed);
+        if self.max_fails > 0 && before >= self.max_fails {
+            tracing::info!(route = %self.route, upstream = %u.addr, "upstream answers again; back in rotation");
+        }
+    }
+
+    fn failure(&self, idx: usize) {
+        let u = &self.upstreams[idx];
+        let now = u.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_fails > 0 && now == self.max_fails {
+            tracing::warn!(route = %self.route, upstream = %u.addr, failures = now, "upstream marked down; probing it every {}", humantime::format_duration(self.health_check));
+            self.spawn_probe(idx);
+        }
+    }
+
+    /// Probes a down upstream with `. NS` until it answers (any reply counts: the
+    /// server is there) or the server stops.
+    fn spawn_probe(&self, idx: usize) {
+        let u = Arc::clone(&self.upstreams[idx]);
+        if self.life.shutdown.is_cancelled() || u.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (interval, per_probe, max_fails) = (self.health_check, self.try_timeout, self.max_fails);
+        let shutdown = self.life.shutdown.clone();
+        let route = self.route.clone();
+        self.life.tasks.spawn(async move {
+            let probe = probe_query();
+            while u.consecutive_failures() >= max_fails {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let ok = matches!(
+                    tokio::time::timeout(per_probe, exchange::udp(u.addr, &probe, true)).await,
+                    Ok(Ok(_))
+                );
+                if ok {
+                    u.fails.store(0, Ordering::Relaxed);
+                    tracing::info!(route = %route, upstream = %u.addr, "health probe answered; upstream back in rotation");
+                }
+            }
+            u.probing.store(false, Ordering::Release);
+        });
+    }
+}
+
+fn probe_query() -> Query {
+    Query {
+        id: 0,
+        flags: wire::FLAG_RD,
+        qname: vec![0],
+        qname_lower: vec![0],
+        qtype: wire::TYPE_NS,
+        qclass: wire::CLASS_IN,
+        edns: None,
+    }
+}
+
+/// One try against one upstream: UDP with EDNS; once more without EDNS if the server
+/// answers FORMERR without an OPT (RFC 6891 section 7: it predates EDNS); over TCP if
+/// the reply is truncated.
+async fn one_try(addr: SocketAddr, q: &Query) -> TryResult {
+    let mut edns = true;
+    let mut answer = match exchange::udp(addr, q, edns).await {
+        Ok(a) => a,
+        Err(e) => return TryResult::Failed(e),
+    };
+    if answer.reply.rcode == rcode::FORMERR && answer.reply.opt.is_none() {
+        edns = false;
+        answer = match exchange::udp(addr, q, edns).await {
+            Ok(a) => a,
+            Err(e) => return TryResult::Failed(e),
+        };
+    }
+    if answer.reply.truncated {
+        match exchange::tcp(addr, q, edns).await {
+            Ok(a) => answer = a,
+            Err(e) => {
+                // Some hosts block TCP to the cloud resolver (Azure's guest agent
+                // firewall for non-root processes): keep the truncated reply so the
+                // client at least learns it was truncated, and try elsewhere.
+                tracing::debug!(upstream = %addr, error = %e, "tcp retry after a truncated reply failed");
+                return TryResult::Soft(answer);
+            }
+        }
+    }
+    match answer.reply.rcode {
+        rcode::SERVFAIL | rcode::REFUSED => TryResult::Soft(answer),
+        _ if answer.reply.truncated => TryResult::Soft(answer),
+        _ => TryResult::Final(answer),
+    }
+}
