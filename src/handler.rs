@@ -87,18 +87,25 @@ impl Handler {
             tracing::debug!(%client, transport = transport.as_str(), len = msg.len(), "dropping a message that is not a query");
             return Action::Drop;
         }
+        let parsed = wire::parse_query(msg);
         if !self.acl.allows(client.ip()) {
             tracing::debug!(%client, transport = transport.as_str(), "refusing a client outside the acl");
-            // Only the header is echoed: nothing of an outsider's message is parsed.
+            // The question is echoed when it can be read: stub resolvers match replies
+            // on it (RFC 5452) and would otherwise wait out their timeout.
+            let question = match &parsed {
+                Ok(q) => Some((q.qname.as_slice(), q.qtype, q.qclass)),
+                Err(rej) => rej.question.as_ref().map(|(n, t, c)| (n.as_slice(), *t, *c)),
+            };
+            let edns = parsed.as_ref().ok().and_then(|q| q.edns.as_ref());
             return Action::Reply(wire::error_reply(
                 wire::id(msg),
                 wire::flags(msg),
-                None,
-                None,
+                question,
+                edns,
                 rcode::REFUSED,
             ));
         }
-        let q = match wire::parse_query(msg) {
+        let q = match parsed {
             Ok(q) => q,
             Err(rej) => {
                 tracing::debug!(%client, transport = transport.as_str(), reason = rej.reason, rcode = %rcode::name(rej.rcode), "rejecting a query");

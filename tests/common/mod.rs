@@ -1,0 +1,399 @@
+//! Test harness: zonefwd in-process on loopback port 0, fake upstreams on loopback that
+//! answer per test and record what they receive, and DNS clients from hickory-net.
+//! Nothing here sends a packet anywhere but 127.0.0.1.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hickory_net::client::Client;
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_net::xfer::DnsHandle;
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use zonefwd::{Config, Listeners, LoadEnv};
+
+pub const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+// ---- zonefwd ------------------------------------------------------------------
+
+pub struct Zonefwd {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Parses `toml` (with `[server] listen` defaulting to 127.0.0.1:0) as a config.
+pub fn config(toml: &str) -> Config {
+    let text = if toml.contains("listen") {
+        toml.to_string()
+    } else if toml.contains("[server]") {
+        toml.replacen("[server]", "[server]\nlisten = [\"127.0.0.1:0\"]", 1)
+    } else {
+        format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{toml}")
+    };
+    Config::parse(&text, "test.toml", &LoadEnv::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Zonefwd {
+    pub async fn start(toml: &str) -> Zonefwd {
+        Zonefwd::start_config(config(toml)).await
+    }
+
+    pub async fn start_config(config: Config) -> Zonefwd {
+        let listeners = Listeners::bind(&config.server.listen).expect("bind");
+        let (udp, tcp) = listeners.local_addrs()[0];
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(zonefwd::run(config, listeners, async {
+            let _ = rx.await;
+        }));
+        Zonefwd {
+            udp,
+            tcp,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("zonefwd did not stop")
+            .expect("zonefwd task panicked")
+    }
+}
+
+// ---- fake upstreams -------------------------------------------------------------
+
+/// What a fake upstream does with one query.
+#[derive(Clone)]
+pub enum Step {
+    /// Encode and send this message.
+    Reply(Message),
+    /// Send these bytes as they are.
+    Raw(Vec<u8>),
+    /// Send from another socket (another source port): a forgery.
+    FromOtherPort(Vec<u8>),
+    Sleep(Duration),
+    /// TCP only: send the first half of the framed reply, then close.
+    CloseMidReply(Message),
+}
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub msg: Message,
+    pub raw: Vec<u8>,
+    pub from: SocketAddr,
+    pub tcp: bool,
+}
+
+pub type Responder = Arc<dyn Fn(&Message, bool) -> Vec<Step> + Send + Sync>;
+
+pub struct Fake {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Fake {
+    /// A fake upstream on 127.0.0.1, UDP and TCP on one port.
+    pub async fn start(responder: impl Fn(&Message, bool) -> Vec<Step> + Send + Sync + 'static) -> Fake {
+        let responder: Responder = Arc::new(responder);
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = TcpListener::bind((LOCALHOST, port)).await {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let udp = Arc::new(udp);
+        let t1 = tokio::spawn(fake_udp(udp, responder.clone(), seen.clone()));
+        let t2 = tokio::spawn(fake_tcp(tcp, responder, seen.clone()));
+        Fake {
+            addr,
+            seen,
+            tasks: vec![t1, t2],
+        }
+    }
+
+    /// Answers every query with `f(query)`.
+    pub async fn answering(f: impl Fn(&Message) -> Message + Send + Sync + 'static) -> Fake {
+        Fake::start(move |q, _| vec![Step::Reply(f(q))]).await
+    }
+
+    /// Never answers.
+    pub async fn blackhole() -> Fake {
+        Fake::start(|_, _| vec![]).await
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn udp_count(&self) -> usize {
+        self.seen().iter().filter(|s| !s.tcp).count()
+    }
+
+    pub fn tcp_count(&self) -> usize {
+        self.seen().iter().filter(|s| s.tcp).count()
+    }
+}
+
+async fn fake_udp(sock: Arc<UdpSocket>, responder: Responder, seen: Arc<Mutex<Vec<Seen>>>) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+        let raw = buf[..n].to_vec();
+        let Ok(msg) = Message::from_vec(&raw) else { continue };
+        seen.lock().unwrap().push(Seen {
+            msg: msg.clone(),
+            raw,
+            from,
+            tcp: false,
+        });
+        let steps = responder(&msg, false);
+        let sock = sock.clone();
+        tokio::spawn(async move {
+            for step in steps {
+                match step {
+                    Step::Reply(m) => {
+                        let _ = sock.send_to(&m.to_vec().unwrap(), from).await;
+                    }
+                    Step::Raw(b) => {
+                        let _ = sock.send_to(&b, from).await;
+                    }
+                    Step::FromOtherPort(b) => {
+                        let other = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+                        let _ = other.send_to(&b, from).await;
+                    }
+                    Step::Sleep(d) => tokio::time::sleep(d).await,
+                    Step::CloseMidReply(_) => {}
+                }
+            }
+        });
+    }
+}
+
+async fn fake_tcp(listener: TcpListener, responder: Responder, seen: Arc<Mutex<Vec<Seen>>>) {
+    loop {
+        let Ok((stream, from)) = listener.accept().await else { return };
+        let responder = responder.clone();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let (mut rd, wr) = stream.into_split();
+            let wr = Arc::new(tokio::sync::Mutex::new(wr));
+            loop {
+                let Ok(len) = rd.read_u16().await else { return };
+                let mut raw = vec![0u8; usize::from(len)];
+                if rd.read_exact(&mut raw).await.is_err() {
+                    return;
+                }
+                let Ok(msg) = Message::from_vec(&raw) else { continue };
+                seen.lock().unwrap().push(Seen {
+                    msg: msg.clone(),
+                    raw,
+                    from,
+                    tcp: true,
+                });
+                let steps = responder(&msg, true);
+                let wr = wr.clone();
+                tokio::spawn(async move {
+                    for step in steps {
+                        let bytes = match step {
+                            Step::Reply(m) => m.to_vec().unwrap(),
+                            Step::Raw(b) | Step::FromOtherPort(b) => b,
+                            Step::Sleep(d) => {
+                                tokio::time::sleep(d).await;
+                                continue;
+                            }
+                            Step::CloseMidReply(m) => {
+                                let b = framed(&m.to_vec().unwrap());
+                                let mut w = wr.lock().await;
+                                let _ = w.write_all(&b[..b.len() / 2]).await;
+                                let _ = w.shutdown().await;
+                                return;
+                            }
+                        };
+                        let _ = wr.lock().await.write_all(&framed(&bytes)).await;
+                    }
+                });
+            }
+        });
+    }
+}
+
+pub fn framed(b: &[u8]) -> Vec<u8> {
+    let mut out = (b.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(b);
+    out
+}
+
+// ---- messages -------------------------------------------------------------------
+
+pub fn name(s: &str) -> Name {
+    Name::from_str(s).unwrap()
+}
+
+/// A response to `q` with its ID and question, RD copied.
+pub fn reply(q: &Message) -> Message {
+    let mut m = Message::response(q.metadata.id, OpCode::Query);
+    m.queries = q.queries.clone();
+    m.metadata.recursion_desired = q.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.metadata.checking_disabled = q.metadata.checking_disabled;
+    m
+}
+
+pub fn reply_rcode(q: &Message, rcode: ResponseCode) -> Message {
+    let mut m = reply(q);
+    m.metadata.response_code = rcode;
+    m
+}
+
+/// A reply carrying one A record for the question's name.
+pub fn reply_a(q: &Message, ip: [u8; 4], ttl: u32) -> Message {
+    let mut m = reply(q);
+    m.answers.push(a_record(&q.queries[0].name().to_string(), ip, ttl));
+    m
+}
+
+pub fn a_record(owner: &str, ip: [u8; 4], ttl: u32) -> Record {
+    Record::from_rdata(name(owner), ttl, RData::A(A(Ipv4Addr::from(ip))))
+}
+
+pub fn soa_record(zone: &str, ttl: u32, minimum: u32) -> Record {
+    Record::from_rdata(
+        name(zone),
+        ttl,
+        RData::SOA(SOA::new(
+            name(&format!("ns1.{zone}")),
+            name(&format!("hostmaster.{zone}")),
+            2026112201,
+            3600,
+            600,
+            86400,
+            minimum,
+        )),
+    )
+}
+
+/// A query message with RD set; EDNS with `payload` when given.
+pub fn query(qname: &str, qtype: RecordType, edns: Option<u16>) -> Message {
+    let mut m = Message::query();
+    m.queries.push(Query::query(name(qname), qtype));
+    m.metadata.recursion_desired = true;
+    if let Some(p) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(p);
+        m.edns = Some(e);
+    }
+    m
+}
+
+/// `m` encoded, with the question name written in exactly `spelling`'s case (hickory
+/// lowercases names when it encodes them).
+pub fn with_spelling(m: &Message, spelling: &str) -> Vec<u8> {
+    let mut b = m.to_vec().unwrap();
+    let w = zonefwd::wire::name_from_str(spelling).unwrap();
+    assert!(zonefwd::wire::names_equal(&b[12..12 + w.len()], &w));
+    b[12..12 + w.len()].copy_from_slice(&w);
+    b
+}
+
+pub fn qname_of(m: &Message) -> String {
+    m.queries[0].name().to_string()
+}
+
+// ---- clients --------------------------------------------------------------------
+
+pub fn udp_client(addr: SocketAddr) -> Client<TokioRuntimeProvider> {
+    let conn = UdpClientStream::builder(addr, TokioRuntimeProvider::default())
+        .with_timeout(Some(Duration::from_secs(15)))
+        .build();
+    let (client, bg) = Client::<TokioRuntimeProvider>::from_sender(conn);
+    tokio::spawn(bg);
+    client
+}
+
+pub async fn tcp_client(addr: SocketAddr) -> Client<TokioRuntimeProvider> {
+    let (stream, sender) = TcpClientStream::new(
+        addr,
+        None,
+        Some(Duration::from_secs(15)),
+        TokioRuntimeProvider::default(),
+    );
+    let (client, bg) = Client::<TokioRuntimeProvider>::with_timeout(
+        stream.await.expect("tcp connect"),
+        sender,
+        Duration::from_secs(15),
+    );
+    tokio::spawn(bg);
+    client
+}
+
+/// Sends `m` as it is (no EDNS added) and returns the reply.
+pub async fn ask(client: &Client<TokioRuntimeProvider>, m: Message) -> Message {
+    let mut opts = DnsRequestOptions::default();
+    opts.use_edns = m.edns.is_some();
+    let mut stream = client.send(DnsRequest::new(m, opts));
+    stream
+        .next()
+        .await
+        .expect("a response")
+        .expect("no error")
+        .into_message()
+}
+
+/// A bare UDP exchange: sends bytes, returns the first datagram back within `wait`.
+pub async fn raw_udp(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    sock.send_to(bytes, server).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+/// Elapsed time of `f`.
+pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f.await;
+    (v, t.elapsed())
+}
+
+/// A config route table with one "." route to `upstreams`.
+pub fn one_route(upstreams: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[route]]\nname = \"default\"\nzones = [\".\"]\nupstreams = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
