@@ -205,7 +205,7 @@ struct RawFile {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    listen: Option<Spanned<Vec<Spanned<ListenAddr>>>>,
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
     tcp_idle_timeout: Option<Spanned<Humane>>,
     tcp_max_connections: Option<NonZeroUsize>,
     tcp_max_pipelined: Option<NonZeroUsize>,
@@ -215,15 +215,15 @@ struct RawServer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAcl {
-    allow: Spanned<Vec<Spanned<CidrValue>>>,
+    allow: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Spanned<String>,
-    zones: Spanned<Vec<Spanned<ZoneName>>>,
-    upstreams: Spanned<Vec<Spanned<UpstreamSpec>>>,
+    zones: Spanned<Vec<Spanned<String>>>,
+    upstreams: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     policy: Option<PolicyValue>,
     timeout: Option<Spanned<Humane>>,
@@ -232,8 +232,10 @@ struct RawRoute {
     health_check: Option<Spanned<Humane>>,
 }
 
-/// Values that parse from a string with a message saying what was expected; toml puts
-/// the value's span on the error.
+/// Scalar values that parse from a string with a message saying what was expected;
+/// toml puts the value's span on the error. (Inside arrays toml would point at the
+/// array instead, so list elements stay `Spanned<String>` and are parsed in `validate`
+/// with `parse_list`.)
 macro_rules! string_value {
     ($name:ident, $inner:ty, $parse:expr) => {
         struct $name($inner);
@@ -248,39 +250,9 @@ macro_rules! string_value {
 }
 
 string_value!(Humane, Duration, |s| {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("expected a duration like \"250ms\", \"5s\" or \"1h\", got {s:?} ({e})"))
-});
-string_value!(ListenAddr, SocketAddr, |s| {
-    parse_addr(s).ok_or_else(|| {
-        format!("expected an address like \"0.0.0.0:53\", \"127.0.0.1\" or \"[::]:53\", got {s:?}")
+    humantime::parse_duration(s).map_err(|e| {
+        format!("expected a duration like \"250ms\", \"5s\" or \"1h\", got {s:?} ({e})")
     })
-});
-string_value!(CidrValue, Cidr, |s| {
-    Cidr::from_str(s).map_err(|e| format!("expected a network like \"10.0.0.0/8\": {e}"))
-});
-string_value!(ZoneName, Vec<u8>, |s| {
-    if s.split('.').any(|l| l == "*") {
-        return Err(format!(
-            "{s:?}: no wildcards; a zone already covers every name below it"
-        ));
-    }
-    let mut w = wire::name_from_str(s).map_err(|e| format!("{s:?} is not a zone name: {e}"))?;
-    wire::lowercase(&mut w);
-    Ok(w)
-});
-string_value!(UpstreamSpec, Option<SocketAddr>, |s| {
-    if s == "system" {
-        return Ok(None);
-    }
-    match parse_addr(s) {
-        Some(a) if a.port() == 0 => Err(format!("{s:?}: port 0 is not a port to send to")),
-        Some(a) if a.ip().is_unspecified() => Err(format!("{s:?}: cannot send to an unspecified address")),
-        Some(a) => Ok(Some(a)),
-        None => Err(format!(
-            "expected \"IP\", \"IP:PORT\", \"[IPv6]:PORT\" or \"system\", got {s:?}"
-        )),
-    }
 });
 string_value!(PolicyValue, Policy, |s| match s {
     "sequential" => Ok(Policy::Sequential),
@@ -290,6 +262,62 @@ string_value!(PolicyValue, Policy, |s| match s {
         "expected \"sequential\", \"round_robin\" or \"random\", got {s:?}"
     )),
 });
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    parse_addr(s).ok_or_else(|| {
+        format!("expected an address like \"0.0.0.0:53\", \"127.0.0.1\" or \"[::]:53\", got {s:?}")
+    })
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::from_str(s).map_err(|e| format!("expected a network like \"10.0.0.0/8\": {e}"))
+}
+
+fn parse_zone(s: &str) -> Result<Vec<u8>, String> {
+    if s.split('.').any(|l| l == "*") {
+        return Err(format!(
+            "{s:?}: no wildcards; a zone already covers every name below it"
+        ));
+    }
+    let mut w = wire::name_from_str(s).map_err(|e| format!("{s:?} is not a zone name: {e}"))?;
+    wire::lowercase(&mut w);
+    Ok(w)
+}
+
+/// An upstream address, or `None` for "system".
+fn parse_upstream(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "system" {
+        return Ok(None);
+    }
+    match parse_addr(s) {
+        Some(a) if a.port() == 0 => Err(format!("{s:?}: port 0 is not a port to send to")),
+        Some(a) if a.ip().is_unspecified() => {
+            Err(format!("{s:?}: cannot send to an unspecified address"))
+        }
+        Some(a) => Ok(Some(a)),
+        None => Err(format!(
+            "expected \"IP\", \"IP:PORT\", \"[IPv6]:PORT\" or \"system\", got {s:?}"
+        )),
+    }
+}
+
+/// Parses each element of a list, locating an error at the element itself.
+fn parse_list<T>(
+    list: Vec<Spanned<String>>,
+    src: &SourceText<'_>,
+    key: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<(T, Range<usize>)>, ConfigError> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let span = s.span();
+            parse(s.get_ref())
+                .map(|v| (v, span.clone()))
+                .map_err(|m| src.error(span, &format!("{key}[{i}]"), m))
+        })
+        .collect()
+}
 
 /// "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT"; the port defaults to 53.
 fn parse_addr(s: &str) -> Option<SocketAddr> {
@@ -363,7 +391,10 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
                     "an empty list would refuse every client; omit [acl] for the private-range default",
                 ));
             }
-            let allow: Vec<Cidr> = a.allow.into_inner().into_iter().map(|c| c.into_inner().0).collect();
+            let allow: Vec<Cidr> = parse_list(a.allow.into_inner(), src, "acl.allow", parse_cidr)?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
             if allow.iter().any(Cidr::is_everything) {
                 warnings.push(
                     "acl.allow admits every address: zonefwd answers anyone who can reach a listen address (an open resolver unless a firewall says otherwise)".to_string(),
@@ -412,9 +443,7 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             return Err(src.error(r.zones.span(), &key("zones"), "empty list: a route needs at least one zone (\".\" for everything)"));
         }
         let mut zones = Vec::new();
-        for z in r.zones.into_inner() {
-            let span = z.span();
-            let zone = z.into_inner().0;
+        for (zone, span) in parse_list(r.zones.into_inner(), src, &key("zones"), parse_zone)? {
             let line = src.text[..span.start].matches('\n').count() + 1;
             if let Some((other, other_line)) = zone_owner.get(&zone) {
                 return Err(src.error(
@@ -434,9 +463,8 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             return Err(src.error(r.upstreams.span(), &key("upstreams"), "empty list: a route needs at least one upstream"));
         }
         let mut upstreams: Vec<UpstreamAddr> = Vec::new();
-        for u in r.upstreams.into_inner() {
-            let span = u.span();
-            let added: Vec<UpstreamAddr> = match u.into_inner().0 {
+        for (spec, span) in parse_list(r.upstreams.into_inner(), src, &key("upstreams"), parse_upstream)? {
+            let added: Vec<UpstreamAddr> = match spec {
                 Some(addr) => vec![UpstreamAddr { addr, from_system: false }],
                 None => {
                     if resolv.is_none() {
@@ -528,9 +556,7 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
             }
             let mut seen = HashSet::new();
             let mut out = Vec::new();
-            for a in l.into_inner() {
-                let span = a.span();
-                let addr = a.into_inner().0;
+            for (addr, span) in parse_list(l.into_inner(), src, "server.listen", parse_listen)? {
                 if !seen.insert(addr) {
                     return Err(src.error(span, "server.listen", format!("{addr} is listed twice")));
                 }

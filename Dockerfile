@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1
+# zonefwd container image: a static-ish Rust binary on a slim Debian base, running as
+# a non-root user that can bind port 53 through a file capability only.
+#
+#   docker build -t zonefwd .
+#   docker run --rm -p 53:53/udp -p 53:53/tcp \
+#     -v $PWD/zonefwd.toml:/etc/zonefwd/zonefwd.toml:ro zonefwd
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked \
+ && apt-get update && apt-get install -y --no-install-recommends libcap2-bin \
+ && setcap cap_net_bind_service=+ep target/release/zonefwd
+
+FROM debian:bookworm-slim
+COPY --from=build /src/target/release/zonefwd /usr/local/bin/zonefwd
+COPY config/container.toml /etc/zonefwd/zonefwd.toml
+USER 65532:65532
+EXPOSE 53/udp 53/tcp
+ENV ZONEFWD_CONFIG=/etc/zonefwd/zonefwd.toml
+ENTRYPOINT ["/usr/local/bin/zonefwd"]
+CMD ["run"]

@@ -1,0 +1,108 @@
+//! Every bad configuration names the file, line, column and key, and says what was
+//! expected.
+
+use zonefwd::config::{Config, ConfigError, LoadEnv};
+
+const ROUTE: &str = "[[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n";
+
+fn env_with_resolv(text: &str) -> (tempfile::TempDir, LoadEnv) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("resolv.conf");
+    std::fs::write(&p, text).unwrap();
+    (dir, LoadEnv { resolv_conf: p })
+}
+
+/// (file text, expected "line:column", expected key, expected message fragment)
+const CASES: &[(&str, &str, &str, &str)] = &[
+    // Syntax.
+    ("[server\n", "1:8", "", "unclosed table"),
+    // Unknown keys, at every level.
+    ("[server]\nlistn = [\"127.0.0.1:53\"]\n", "2:1", "server.listn", "unknown field `listn`"),
+    ("[acl]\nallowed = []\n", "2:1", "acl.allowed", "unknown field `allowed`"),
+    ("[[route]]\nname = \"a\"\nzone = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "3:1", "route[0].zone", "unknown field `zone`"),
+    ("[cache]\nmax_entries = 5\n", "1:2", "cache", "unknown field `cache`"),
+    // Missing and mistyped keys.
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\n", "1:1", "route[0]", "missing field `upstreams`"),
+    ("[[route]]\nname = 7\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "2:8", "route[0].name", "expected a string"),
+    ("[server]\nlisten = \"0.0.0.0:53\"\n", "2:10", "server.listen", "expected a sequence"),
+    // Values that do not parse.
+    ("[server]\nlisten = [\"localhost:53\"]\n", "2:11", "server.listen[0]", "expected an address like"),
+    ("[server]\ntcp_idle_timeout = \"10 parsecs\"\n", "2:20", "server.tcp_idle_timeout", "expected a duration like"),
+    ("[server]\nmax_inflight = 0\n", "2:16", "server.max_inflight", "nonzero"),
+    ("[acl]\nallow = [\"10.1.2.3/8\"]\n", "2:10", "acl.allow[0]", "host bits are set"),
+    ("[acl]\nallow = [\"10.0.0.0/40\"]\n", "2:10", "acl.allow[0]", "prefix length"),
+    ("[acl]\nallow = []\n", "2:9", "acl.allow", "would refuse every client"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"168.63.129.16:99999\"]\n", "4:14", "route[0].upstreams[0]", "expected \"IP\", \"IP:PORT\""),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1:0\"]\n", "4:14", "route[0].upstreams[0]", "port 0"),
+    ("[[route]]\nname = \"a\"\nzones = [\"*.corp.example\"]\nupstreams = [\"192.0.2.1\"]\n", "3:10", "route[0].zones[0]", "no wildcards"),
+    ("[[route]]\nname = \"a\"\nzones = [\"corp..example\"]\nupstreams = [\"192.0.2.1\"]\n", "3:10", "route[0].zones[0]", "empty label"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\npolicy = \"fastest\"\n", "5:10", "route[0].policy", "expected \"sequential\", \"round_robin\" or \"random\""),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = \"5\"\n", "5:11", "route[0].timeout", "expected a duration like"),
+    // Cross-field checks.
+    ("", "1:1", "route", "no [[route]] tables"),
+    ("[[route]]\nname = \"a\"\nzones = []\nupstreams = [\"192.0.2.1\"]\n", "3:9", "route[0].zones", "empty list"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = []\n", "4:13", "route[0].upstreams", "empty list"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = \"0s\"\n", "5:11", "route[0].timeout", "longer than zero"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = \"1s\"\ntry_timeout = \"2s\"\n", "6:15", "route[0].try_timeout", "longer than the route's timeout"),
+    ("[[route]]\nname = \"a\"\nzones = [\"corp.example\"]\nupstreams = [\"192.0.2.1\"]\n[[route]]\nname = \"b\"\nzones = [\"Corp.Example.\"]\nupstreams = [\"192.0.2.2\"]\n", "7:10", "route[1].zones", "already routed by route \"a\" (line 3)"),
+    ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\n[[route]]\nname = \"a\"\nzones = [\"y.example\"]\nupstreams = [\"192.0.2.2\"]\n", "6:8", "route[1].name", "used twice"),
+    ("[[route]]\nname = \"on prem\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "2:8", "route[0].name", "use letters, digits"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\", \"192.0.2.1:53\"]\n", "4:27", "route[0].upstreams", "listed twice"),
+    ("[server]\nlisten = [\"127.0.0.1:53\", \"127.0.0.1\"]\n", "2:27", "server.listen", "listed twice"),
+    ("[server]\nlisten = [\"127.0.0.1:53\"]\n[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"127.0.0.1\"]\n", "6:14", "route[0].upstreams", "own listen address"),
+];
+
+#[test]
+fn bad_files_are_located_and_explained() {
+    let (_dir, env) = env_with_resolv("nameserver 192.0.2.53\n");
+    let mut failures = Vec::new();
+    for (text, at, key, fragment) in CASES {
+        match Config::parse(text, "bad.toml", &env) {
+            Ok(_) => failures.push(format!("accepted: {text:?}")),
+            Err(ConfigError::Invalid(e)) => {
+                let shown = e.to_string();
+                let got_at = format!("{}:{}", e.line, e.column);
+                if got_at != *at || e.key != *key || !e.message.contains(fragment) || !shown.starts_with(&format!("bad.toml:{at}: ")) {
+                    failures.push(format!("{text:?}\n  want {at} {key:?} ~{fragment:?}\n  got  {shown}"));
+                }
+            }
+            Err(other) => failures.push(format!("{text:?}: unexpected {other}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+}
+
+#[test]
+fn system_upstreams_come_from_resolv_conf_and_must_not_loop() {
+    let (_dir, env) = env_with_resolv("nameserver 192.0.2.53\nnameserver 2001:db8::53\n");
+    let c = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"system\"]\n", "s.toml", &env).unwrap();
+    let addrs: Vec<String> = c.routes[0].upstreams.iter().map(|u| u.addr.to_string()).collect();
+    assert_eq!(addrs, ["192.0.2.53:53", "[2001:db8::53]:53"]);
+    assert!(c.routes[0].upstreams.iter().all(|u| u.from_system));
+
+    // resolv.conf pointing at zonefwd itself is a loop, reported at the "system" entry.
+    let (_dir, env) = env_with_resolv("nameserver 127.0.0.1\n");
+    let text = "[server]\nlisten = [\"0.0.0.0:53\"]\n[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"system\"]\n";
+    let e = Config::parse(text, "s.toml", &env).unwrap_err().to_string();
+    assert!(e.starts_with("s.toml:6:14: route[0].upstreams: \"system\" resolves to 127.0.0.1:53"), "{e}");
+    assert!(e.contains("would loop"), "{e}");
+
+    let env = LoadEnv { resolv_conf: "/nonexistent/resolv.conf".into() };
+    let e = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"system\"]\n", "s.toml", &env).unwrap_err().to_string();
+    assert!(e.contains("\"system\" needs /nonexistent/resolv.conf"), "{e}");
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let e = Config::load("/nonexistent/zonefwd.toml".as_ref(), &LoadEnv::default()).unwrap_err();
+    assert!(e.to_string().starts_with("/nonexistent/zonefwd.toml: cannot read the config file"), "{e}");
+}
+
+#[test]
+fn warnings_for_risky_but_valid_settings() {
+    let text = format!("[server]\nlisten = [\"0.0.0.0:53\"]\n[acl]\nallow = [\"0.0.0.0/0\"]\n{ROUTE}[[route]]\nname = \"azure\"\nzones = [\"privatelink.blob.core.windows.net\"]\nupstreams = [\"168.63.129.16\"]\ntimeout = \"2s\"\n");
+    let c = Config::parse(&text, "w.toml", &LoadEnv::default()).unwrap();
+    let all = c.warnings.join("\n");
+    assert!(all.contains("open resolver"), "{all}");
+    assert!(all.contains("168.63.129.16 is at most 4s"), "{all}");
+}
