@@ -14,12 +14,8 @@ pub struct Cidr {
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                mask_eq(&net.octets(), &ip.octets(), self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                mask_eq(&net.octets(), &ip.octets(), self.prefix)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
             _ => false,
         }
     }
@@ -74,7 +70,9 @@ impl FromStr for Cidr {
             prefix,
         };
         if masked.addr != addr {
-            return Err(format!("host bits are set in {s:?}; the network is {masked}"));
+            return Err(format!(
+                "host bits are set in {s:?}; the network is {masked}"
+            ));
         }
         Ok(masked)
     }
@@ -150,10 +148,24 @@ mod tests {
     #[test]
     fn parses_and_matches() {
         let acl = Acl::default_private();
-        for ok in ["10.1.2.3", "172.31.255.255", "100.64.0.1", "127.0.0.1", "::1", "fd00::5"] {
+        for ok in [
+            "10.1.2.3",
+            "172.31.255.255",
+            "100.64.0.1",
+            "127.0.0.1",
+            "::1",
+            "fd00::5",
+        ] {
             assert!(acl.allows(ok.parse().unwrap()), "{ok}");
         }
-        for no in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "::2", "2001:db8::1", "192.0.2.1"] {
+        for no in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "::2",
+            "2001:db8::1",
+            "192.0.2.1",
+        ] {
             assert!(!acl.allows(no.parse().unwrap()), "{no}");
         }
         assert!(acl.allows("::ffff:10.0.0.1".parse().unwrap()));
@@ -162,7 +174,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_prefixes() {
-        assert!("10.1.2.3/8".parse::<Cidr>().unwrap_err().contains("10.0.0.0/8"));
+        assert!("10.1.2.3/8"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .contains("10.0.0.0/8"));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("banana/8".parse::<Cidr>().is_err());
         assert_eq!(
@@ -170,7 +185,13 @@ mod tests {
             "192.0.2.7/32"
         );
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().is_everything());
-        assert!("2001:db8::/33".parse::<Cidr>().unwrap().contains("2001:db8:7fff::1".parse().unwrap()));
-        assert!(!"2001:db8::/33".parse::<Cidr>().unwrap().contains("2001:db8:8000::1".parse().unwrap()));
+        assert!("2001:db8::/33"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains("2001:db8:7fff::1".parse().unwrap()));
+        assert!(!"2001:db8::/33"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains("2001:db8:8000::1".parse().unwrap()));
     }
 }

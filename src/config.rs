@@ -324,7 +324,10 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
-    let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
     bare.parse::<IpAddr>()
         .ok()
         .map(|ip| SocketAddr::new(ip, DNS_PORT))
@@ -351,7 +354,11 @@ impl Config {
         let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = key_path(e.path());
             let inner = e.into_inner();
-            src.error(inner.span().unwrap_or(0..0), &key, inner.message().to_string())
+            src.error(
+                inner.span().unwrap_or(0..0),
+                &key,
+                inner.message().to_string(),
+            )
         })?;
         validate(raw, &src, env)
     }
@@ -436,11 +443,19 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             ));
         }
         if names.insert(name.clone(), i).is_some() {
-            return Err(src.error(name_span, &key("name"), format!("route name {name:?} is used twice")));
+            return Err(src.error(
+                name_span,
+                &key("name"),
+                format!("route name {name:?} is used twice"),
+            ));
         }
 
         if r.zones.get_ref().is_empty() {
-            return Err(src.error(r.zones.span(), &key("zones"), "empty list: a route needs at least one zone (\".\" for everything)"));
+            return Err(src.error(
+                r.zones.span(),
+                &key("zones"),
+                "empty list: a route needs at least one zone (\".\" for everything)",
+            ));
         }
         let mut zones = Vec::new();
         for (zone, span) in parse_list(r.zones.into_inner(), src, &key("zones"), parse_zone)? {
@@ -460,21 +475,39 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
         }
 
         if r.upstreams.get_ref().is_empty() {
-            return Err(src.error(r.upstreams.span(), &key("upstreams"), "empty list: a route needs at least one upstream"));
+            return Err(src.error(
+                r.upstreams.span(),
+                &key("upstreams"),
+                "empty list: a route needs at least one upstream",
+            ));
         }
         let mut upstreams: Vec<UpstreamAddr> = Vec::new();
-        for (spec, span) in parse_list(r.upstreams.into_inner(), src, &key("upstreams"), parse_upstream)? {
+        for (spec, span) in parse_list(
+            r.upstreams.into_inner(),
+            src,
+            &key("upstreams"),
+            parse_upstream,
+        )? {
             let added: Vec<UpstreamAddr> = match spec {
-                Some(addr) => vec![UpstreamAddr { addr, from_system: false }],
+                Some(addr) => vec![UpstreamAddr {
+                    addr,
+                    from_system: false,
+                }],
                 None => {
                     if resolv.is_none() {
-                        resolv = Some(read_resolv_conf(&env.resolv_conf).map_err(|m| src.error(span.clone(), &key("upstreams"), m))?);
+                        resolv = Some(
+                            read_resolv_conf(&env.resolv_conf)
+                                .map_err(|m| src.error(span.clone(), &key("upstreams"), m))?,
+                        );
                     }
                     let list = resolv.clone().unwrap_or_default();
-                    if let Some((ns, l)) = list
-                        .iter()
-                        .find_map(|ns| server.listen.iter().find(|l| is_self(**l, *ns)).map(|l| (ns, l)))
-                    {
+                    if let Some((ns, l)) = list.iter().find_map(|ns| {
+                        server
+                            .listen
+                            .iter()
+                            .find(|l| is_self(**l, *ns))
+                            .map(|l| (ns, l))
+                    }) {
                         return Err(src.error(
                             span,
                             &key("upstreams"),
@@ -484,15 +517,31 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
                             ),
                         ));
                     }
-                    list.into_iter().map(|addr| UpstreamAddr { addr, from_system: true }).collect()
+                    list.into_iter()
+                        .map(|addr| UpstreamAddr {
+                            addr,
+                            from_system: true,
+                        })
+                        .collect()
                 }
             };
             for a in added {
                 if upstreams.iter().any(|u| u.addr == a.addr) {
-                    return Err(src.error(span, &key("upstreams"), format!("upstream {} is listed twice", a.addr)));
+                    return Err(src.error(
+                        span,
+                        &key("upstreams"),
+                        format!("upstream {} is listed twice", a.addr),
+                    ));
                 }
                 if server.listen.iter().any(|l| is_self(*l, a.addr)) {
-                    return Err(src.error(span, &key("upstreams"), format!("upstream {} is zonefwd's own listen address: queries would loop", a.addr)));
+                    return Err(src.error(
+                        span,
+                        &key("upstreams"),
+                        format!(
+                            "upstream {} is zonefwd's own listen address: queries would loop",
+                            a.addr
+                        ),
+                    ));
                 }
                 upstreams.push(a);
             }
@@ -513,8 +562,13 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
                 ),
             ));
         }
-        let health_check = positive(r.health_check, src, &key("health_check"))?.unwrap_or(DEFAULT_HEALTH_CHECK);
-        if upstreams.iter().any(|u| u.addr.ip() == IpAddr::from([168, 63, 129, 16])) && timeout <= Duration::from_secs(4) {
+        let health_check =
+            positive(r.health_check, src, &key("health_check"))?.unwrap_or(DEFAULT_HEALTH_CHECK);
+        if upstreams
+            .iter()
+            .any(|u| u.addr.ip() == IpAddr::from([168, 63, 129, 16]))
+            && timeout <= Duration::from_secs(4)
+        {
             warnings.push(format!(
                 "route {name:?}: timeout {} to 168.63.129.16 is at most 4s; Azure advises more, or private names may resolve to public addresses",
                 humantime::format_duration(timeout)
@@ -552,13 +606,21 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
         None => vec![DEFAULT_LISTEN.parse().expect("valid default")],
         Some(l) => {
             if l.get_ref().is_empty() {
-                return Err(src.error(l.span(), "server.listen", "empty list: zonefwd needs an address to listen on"));
+                return Err(src.error(
+                    l.span(),
+                    "server.listen",
+                    "empty list: zonefwd needs an address to listen on",
+                ));
             }
             let mut seen = HashSet::new();
             let mut out = Vec::new();
             for (addr, span) in parse_list(l.into_inner(), src, "server.listen", parse_listen)? {
                 if !seen.insert(addr) {
-                    return Err(src.error(span, "server.listen", format!("{addr} is listed twice")));
+                    return Err(src.error(
+                        span,
+                        "server.listen",
+                        format!("{addr} is listed twice"),
+                    ));
                 }
                 out.push(addr);
             }
@@ -569,9 +631,15 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
         listen,
         tcp_idle_timeout: positive(raw.tcp_idle_timeout, src, "server.tcp_idle_timeout")?
             .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
-        tcp_max_connections: raw.tcp_max_connections.map_or(DEFAULT_TCP_MAX_CONNECTIONS, NonZeroUsize::get),
-        tcp_max_pipelined: raw.tcp_max_pipelined.map_or(DEFAULT_TCP_MAX_PIPELINED, NonZeroUsize::get),
-        max_inflight: raw.max_inflight.map_or(DEFAULT_MAX_INFLIGHT, NonZeroUsize::get),
+        tcp_max_connections: raw
+            .tcp_max_connections
+            .map_or(DEFAULT_TCP_MAX_CONNECTIONS, NonZeroUsize::get),
+        tcp_max_pipelined: raw
+            .tcp_max_pipelined
+            .map_or(DEFAULT_TCP_MAX_PIPELINED, NonZeroUsize::get),
+        max_inflight: raw
+            .max_inflight
+            .map_or(DEFAULT_MAX_INFLIGHT, NonZeroUsize::get),
     })
 }
 
@@ -582,7 +650,9 @@ fn positive(
 ) -> Result<Option<Duration>, ConfigError> {
     match v {
         None => Ok(None),
-        Some(s) if s.get_ref().0.is_zero() => Err(src.error(s.span(), key, "must be longer than zero")),
+        Some(s) if s.get_ref().0.is_zero() => {
+            Err(src.error(s.span(), key, "must be longer than zero"))
+        }
         Some(s) => Ok(Some(s.into_inner().0)),
     }
 }
@@ -617,20 +687,30 @@ pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, String> {
         }
         let Some(ns) = words.next() else { continue };
         let addr = match ns.split_once('%') {
-            None => ns.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, DNS_PORT)),
+            None => ns
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, DNS_PORT)),
             Some((ip, zone)) => match (ip.parse::<Ipv6Addr>(), zone.parse::<u32>()) {
-                (Ok(ip), Ok(zone)) => Some(SocketAddr::V6(SocketAddrV6::new(ip, DNS_PORT, 0, zone))),
+                (Ok(ip), Ok(zone)) => {
+                    Some(SocketAddr::V6(SocketAddrV6::new(ip, DNS_PORT, 0, zone)))
+                }
                 _ => None,
             },
         };
         match addr {
             Some(a) if !out.contains(&a) => out.push(a),
             Some(_) => {}
-            None => tracing::warn!(file = %path.display(), entry = ns, "skipping a nameserver entry zonefwd cannot use"),
+            None => {
+                tracing::warn!(file = %path.display(), entry = ns, "skipping a nameserver entry zonefwd cannot use")
+            }
         }
     }
     if out.is_empty() {
-        return Err(format!("\"system\": {} lists no usable nameserver", path.display()));
+        return Err(format!(
+            "\"system\": {} lists no usable nameserver",
+            path.display()
+        ));
     }
     Ok(out)
 }
@@ -647,12 +727,20 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = Config::parse("[[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "t.toml", &env()).unwrap();
+        let c = Config::parse(
+            "[[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n",
+            "t.toml",
+            &env(),
+        )
+        .unwrap();
         assert_eq!(c.server.listen, vec!["127.0.0.1:53".parse().unwrap()]);
         assert_eq!(c.acl, Acl::default_private());
         let r = &c.routes[0];
         assert_eq!(r.upstreams[0].addr, "192.0.2.1:53".parse().unwrap());
-        assert_eq!((r.timeout, r.try_timeout), (DEFAULT_TIMEOUT, DEFAULT_TRY_TIMEOUT));
+        assert_eq!(
+            (r.timeout, r.try_timeout),
+            (DEFAULT_TIMEOUT, DEFAULT_TRY_TIMEOUT)
+        );
         assert_eq!(r.zones, vec![vec![0]]);
         assert_eq!(r.policy, Policy::Sequential);
     }
@@ -661,15 +749,24 @@ mod tests {
     fn short_timeout_caps_the_default_try_timeout() {
         let c = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"[2001:db8::1]:5300\"]\ntimeout = \"500ms\"\n", "t.toml", &env()).unwrap();
         assert_eq!(c.routes[0].try_timeout, Duration::from_millis(500));
-        assert_eq!(c.routes[0].upstreams[0].addr, "[2001:db8::1]:5300".parse().unwrap());
+        assert_eq!(
+            c.routes[0].upstreams[0].addr,
+            "[2001:db8::1]:5300".parse().unwrap()
+        );
     }
 
     #[test]
     fn error_display_points_at_the_text() {
         let e = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = \"5 parsecs\"\n", "z.toml", &env()).unwrap_err();
         let s = e.to_string();
-        assert!(s.starts_with("z.toml:5:11: route[0].timeout: expected a duration"), "{s}");
-        assert!(s.contains("5 | timeout = \"5 parsecs\"\n  |           ^^^^^^^^^^^"), "{s}");
+        assert!(
+            s.starts_with("z.toml:5:11: route[0].timeout: expected a duration"),
+            "{s}"
+        );
+        assert!(
+            s.contains("5 | timeout = \"5 parsecs\"\n  |           ^^^^^^^^^^^"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -682,7 +779,9 @@ mod tests {
         assert_eq!(got[0], "192.0.2.53:53".parse().unwrap());
         assert!(matches!(got[1], SocketAddr::V6(a) if a.scope_id() == 2));
         std::fs::write(&p, "search x\n").unwrap();
-        assert!(read_resolv_conf(&p).unwrap_err().contains("no usable nameserver"));
+        assert!(read_resolv_conf(&p)
+            .unwrap_err()
+            .contains("no usable nameserver"));
     }
 
     #[test]
@@ -691,7 +790,13 @@ mod tests {
         assert!(is_self(l, "127.0.0.1:53".parse().unwrap()));
         assert!(!is_self(l, "127.0.0.53:53".parse().unwrap()));
         assert!(!is_self(l, "127.0.0.1:5353".parse().unwrap()));
-        assert!(is_self("10.0.0.4:53".parse().unwrap(), "10.0.0.4:53".parse().unwrap()));
-        assert!(!is_self("[::]:53".parse().unwrap(), "127.0.0.1:53".parse().unwrap()));
+        assert!(is_self(
+            "10.0.0.4:53".parse().unwrap(),
+            "10.0.0.4:53".parse().unwrap()
+        ));
+        assert!(!is_self(
+            "[::]:53".parse().unwrap(),
+            "127.0.0.1:53".parse().unwrap()
+        ));
     }
 }

@@ -5,8 +5,9 @@
 //! listeners answer it inline. Only queries that must be forwarded become a `Job`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -50,7 +51,44 @@ pub struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Lets a warning through at most once per interval, so a flood that trips a limit
+/// says so in the log without writing a line per packet.
+#[derive(Debug)]
+pub struct Throttle {
+    start: Instant,
+    interval_ms: u64,
+    next_ms: AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(interval: Duration) -> Self {
+        Throttle {
+            start: Instant::now(),
+            interval_ms: interval.as_millis() as u64,
+            next_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        let now = self.start.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + self.interval_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
+pub const LIMIT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Handler {
+    overload_warning: Throttle,
     acl: Acl,
     router: Router,
     routes: Vec<Arc<UpstreamSet>>,
@@ -67,6 +105,7 @@ impl Handler {
                 .flat_map(|(i, r)| r.zones.iter().map(move |z| (z.as_slice(), i))),
         );
         Handler {
+            overload_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             acl: config.acl.clone(),
             router,
             routes: config
@@ -94,7 +133,10 @@ impl Handler {
             // on it (RFC 5452) and would otherwise wait out their timeout.
             let question = match &parsed {
                 Ok(q) => Some((q.qname.as_slice(), q.qtype, q.qclass)),
-                Err(rej) => rej.question.as_ref().map(|(n, t, c)| (n.as_slice(), *t, *c)),
+                Err(rej) => rej
+                    .question
+                    .as_ref()
+                    .map(|(n, t, c)| (n.as_slice(), *t, *c)),
             };
             let edns = parsed.as_ref().ok().and_then(|q| q.edns.as_ref());
             return Action::Reply(wire::error_reply(
@@ -109,7 +151,10 @@ impl Handler {
             Ok(q) => q,
             Err(rej) => {
                 tracing::debug!(%client, transport = transport.as_str(), reason = rej.reason, rcode = %rcode::name(rej.rcode), "rejecting a query");
-                let question = rej.question.as_ref().map(|(n, t, c)| (n.as_slice(), *t, *c));
+                let question = rej
+                    .question
+                    .as_ref()
+                    .map(|(n, t, c)| (n.as_slice(), *t, *c));
                 return Action::Reply(wire::error_reply(
                     wire::id(msg),
                     wire::flags(msg),
@@ -129,7 +174,9 @@ impl Handler {
             return Action::Reply(wire::reply_for(&q, rcode::REFUSED));
         };
         let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
-            tracing::warn!(%client, "too many queries in flight (server.max_inflight); answering SERVFAIL");
+            if self.overload_warning.ready() {
+                tracing::warn!(%client, "server.max_inflight queries are in flight: answering SERVFAIL to new ones (logged at most every 10s)");
+            }
             return Action::Reply(wire::reply_for(&q, rcode::SERVFAIL));
         };
         Action::Forward(Job {
@@ -153,9 +200,10 @@ impl Job {
             Transport::Tcp => wire::MAX_TCP_MESSAGE,
         };
         let (out, upstream) = match self.route.forward(q).await {
-            Outcome::Reply { answer, upstream } => {
-                (wire::relay(&answer.bytes, &answer.reply, q, limit), Some(upstream))
-            }
+            Outcome::Reply { answer, upstream } => (
+                wire::relay(&answer.bytes, &answer.reply, q, limit),
+                Some(upstream),
+            ),
             Outcome::Failed => (wire::reply_for(q, rcode::SERVFAIL), None),
         };
         tracing::debug!(

@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -42,7 +42,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> Result<Config, String> {
+fn load(path: &Path) -> Result<Config, String> {
     Config::load(path, &LoadEnv::default()).map_err(|e| e.to_string())
 }
 
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(path: &PathBuf) -> Result<bool, String> {
+fn serve(path: &Path) -> Result<bool, String> {
     let config = load(path)?;
     let listeners = Listeners::bind(&config.server.listen).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -12,7 +12,7 @@ use crate::wire;
 /// "A", "aaaa", "TYPE65" or "65" (RFC 3597 section 5 for the numeric form).
 pub fn parse_qtype(s: &str) -> Result<u16, String> {
     let upper = s.to_ascii_uppercase();
-    if let Some(n) = upper.strip_prefix("TYPE").unwrap_or(&upper).parse::<u16>().ok() {
+    if let Ok(n) = upper.strip_prefix("TYPE").unwrap_or(&upper).parse::<u16>() {
         return Ok(n);
     }
     RecordType::from_str(&upper)
@@ -76,18 +76,38 @@ pub fn routing_table(config: &Config) -> String {
         .collect();
     let header = ["ZONE", "ROUTE", "POLICY", "TIMEOUT", "UPSTREAMS"].map(String::from);
     let widths: Vec<usize> = (0..4)
-        .map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .chain([&header])
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in std::iter::once(&header).chain(&rows) {
         let _ = writeln!(
             s,
             "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
-            row[0], row[1], row[2], row[3], row[4],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
         );
     }
-    if !config.routes.iter().any(|r| r.zones.iter().any(|z| z == &[0])) {
-        let _ = writeln!(s, "names under no zone above are answered REFUSED (there is no \".\" route)");
+    if !config
+        .routes
+        .iter()
+        .any(|r| r.zones.iter().any(|z| z == &[0]))
+    {
+        let _ = writeln!(
+            s,
+            "names under no zone above are answered REFUSED (there is no \".\" route)"
+        );
     }
     for w in &config.warnings {
         let _ = writeln!(s, "warning: {w}");
@@ -134,7 +154,10 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
     let _ = writeln!(s, "policy     {}", r.policy.as_str());
     let _ = writeln!(s, "try order  {order}");
     if r.upstreams.iter().any(|u| u.from_system) {
-        let _ = writeln!(s, "           (system = the nameservers of /etc/resolv.conf when the config was loaded)");
+        let _ = writeln!(
+            s,
+            "           (system = the nameservers of /etc/resolv.conf when the config was loaded)"
+        );
     }
     let _ = writeln!(
         s,

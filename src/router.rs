@@ -27,10 +27,7 @@ impl Router {
     /// `zones` yields (lowercase wire zone, route index).
     pub fn new<'a>(zones: impl IntoIterator<Item = (&'a [u8], usize)>) -> Self {
         Router {
-            zones: zones
-                .into_iter()
-                .map(|(z, r)| (Box::from(z), r))
-                .collect(),
+            zones: zones.into_iter().map(|(z, r)| (Box::from(z), r)).collect(),
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
-use crate::handler::{Action, Handler, Transport};
+use crate::handler::{Action, Handler, Throttle, Transport, LIMIT_WARN_INTERVAL};
 use crate::upstream::Lifecycle;
 use crate::wire;
 
@@ -187,7 +187,10 @@ pub async fn run(
         .max()
         .unwrap_or_default();
     let grace = longest + config.server.tcp_idle_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(grace, life.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(grace, life.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some work was still running {grace:?} after the stop; exiting anyway");
     }
     tracing::info!("stopped");
@@ -242,6 +245,7 @@ async fn serve_tcp(
     limit: Arc<Semaphore>,
     opts: TcpOptions,
 ) {
+    let full_warning = Throttle::new(LIMIT_WARN_INTERVAL);
     loop {
         let (stream, client) = tokio::select! {
             _ = life.shutdown.cancelled() => return,
@@ -256,7 +260,9 @@ async fn serve_tcp(
             },
         };
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            tracing::warn!(%client, "closing a tcp connection: server.tcp_max_connections reached");
+            if full_warning.ready() {
+                tracing::warn!(%client, "server.tcp_max_connections reached: closing new tcp connections (logged at most every 10s)");
+            }
             continue;
         };
         let handler = Arc::clone(&handler);

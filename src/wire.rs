@@ -246,10 +246,7 @@ pub fn name_from_str(s: &str) -> Result<Vec<u8>, NameError> {
         if label.len() > MAX_LABEL_LEN {
             return Err(NameError::LabelTooLong);
         }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !c.is_ascii_graphic() || *c == '\\')
-        {
+        if let Some(c) = label.chars().find(|c| !c.is_ascii_graphic() || *c == '\\') {
             return Err(NameError::BadChar(c));
         }
         out.push(label.len() as u8);
@@ -411,7 +408,14 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Rejection> {
     let (qname, qtype, qclass, mut pos) = match (count(msg, 0), question) {
         (1, Some(q)) => q,
         (1, None) => return Err(reject(rcode::FORMERR, "unreadable question", None, None)),
-        _ => return Err(reject(rcode::FORMERR, "question count is not 1", None, None)),
+        _ => {
+            return Err(reject(
+                rcode::FORMERR,
+                "question count is not 1",
+                None,
+                None,
+            ))
+        }
     };
     let q = || Some((qname.clone(), qtype, qclass));
     if count(msg, 1) != 0 || count(msg, 2) != 0 {
@@ -426,15 +430,32 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Rejection> {
     for _ in 0..count(msg, 3) {
         let (rec, root_owner, next) = match read_record(msg, pos) {
             Ok(r) => r,
-            Err(_) => return Err(reject(rcode::FORMERR, "unreadable additional record", q(), None)),
+            Err(_) => {
+                return Err(reject(
+                    rcode::FORMERR,
+                    "unreadable additional record",
+                    q(),
+                    None,
+                ))
+            }
         };
         if rec.rtype == TYPE_OPT {
             if edns.is_some() {
                 // RFC 6891 6.1.1: more than one OPT is a FORMERR.
-                return Err(reject(rcode::FORMERR, "more than one opt record", q(), None));
+                return Err(reject(
+                    rcode::FORMERR,
+                    "more than one opt record",
+                    q(),
+                    None,
+                ));
             }
             if !root_owner {
-                return Err(reject(rcode::FORMERR, "opt owner is not the root", q(), None));
+                return Err(reject(
+                    rcode::FORMERR,
+                    "opt owner is not the root",
+                    q(),
+                    None,
+                ));
             }
             if check_options(&msg[rec.rdata.clone()]).is_err() {
                 return Err(reject(rcode::FORMERR, "malformed edns options", q(), None));
@@ -449,7 +470,12 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Rejection> {
         pos = next;
     }
     if pos != msg.len() {
-        return Err(reject(rcode::FORMERR, "trailing bytes after the records", q(), edns));
+        return Err(reject(
+            rcode::FORMERR,
+            "trailing bytes after the records",
+            q(),
+            edns,
+        ));
     }
     if qtype == TYPE_OPT {
         return Err(reject(rcode::FORMERR, "opt as a question type", q(), edns));
@@ -457,7 +483,12 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Rejection> {
     if let Some(e) = edns {
         if e.version > 0 {
             // RFC 6891 6.1.3: answer BADVERS with the highest version we support (0).
-            return Err(reject(rcode::BADVERS, "unsupported edns version", q(), edns));
+            return Err(reject(
+                rcode::BADVERS,
+                "unsupported edns version",
+                q(),
+                edns,
+            ));
         }
     }
     let mut qname_lower = qname.clone();
@@ -522,7 +553,16 @@ pub fn error_reply(
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&[0, u8::from(question.is_some()), 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
+    out.extend_from_slice(&[
+        0,
+        u8::from(question.is_some()),
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(edns.is_some()),
+    ]);
     if let Some((qname, qtype, qclass)) = question {
         push_question(&mut out, qname, qtype, qclass);
     }
@@ -587,8 +627,7 @@ pub fn parse_reply(msg: &[u8], sent_id: u16, q: &Query) -> Result<Reply, ReplyEr
     if flags & FLAG_QR == 0 || flags & OPCODE_MASK != 0 || count(msg, 0) != 1 {
         return Err(ReplyError::Mismatch);
     }
-    let (qname, qtype, qclass, question_end) =
-        read_question(msg).map_err(ReplyError::Malformed)?;
+    let (qname, qtype, qclass, question_end) = read_question(msg).map_err(ReplyError::Malformed)?;
     if qtype != q.qtype || qclass != q.qclass || !names_equal(&qname, &q.qname_lower) {
         return Err(ReplyError::Mismatch);
     }
@@ -789,7 +828,10 @@ mod tests {
         two_opt[11] = 2;
         push_opt(&mut two_opt, 1232, 0, false);
         push_opt(&mut two_opt, 1232, 0, false);
-        assert_eq!(parse_query(&two_opt).unwrap_err().reason, "more than one opt record");
+        assert_eq!(
+            parse_query(&two_opt).unwrap_err().reason,
+            "more than one opt record"
+        );
 
         let mut v1 = query("a", 1);
         v1[11] = 1;
@@ -806,12 +848,18 @@ mod tests {
         let mut opt_in_answer = query("a", 1);
         opt_in_answer[7] = 1;
         push_opt(&mut opt_in_answer, 1232, 0, false);
-        assert_eq!(parse_query(&opt_in_answer).unwrap_err().rcode, rcode::FORMERR);
+        assert_eq!(
+            parse_query(&opt_in_answer).unwrap_err().rcode,
+            rcode::FORMERR
+        );
 
         let mut bad_option = query("a", 1);
         bad_option[11] = 1;
         bad_option.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 4, 0, 10, 0, 9]);
-        assert_eq!(parse_query(&bad_option).unwrap_err().reason, "malformed edns options");
+        assert_eq!(
+            parse_query(&bad_option).unwrap_err().reason,
+            "malformed edns options"
+        );
     }
 
     #[test]

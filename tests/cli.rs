@@ -15,7 +15,11 @@ use zonefwd::config::{Config, LoadEnv};
 const BIN: &str = env!("CARGO_BIN_EXE_zonefwd");
 
 fn zonefwd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).env_remove("ZONEFWD_CONFIG").output().unwrap();
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("ZONEFWD_CONFIG")
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -28,7 +32,9 @@ fn every_shipped_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 192.0.2.53\n").unwrap();
-    let env = LoadEnv { resolv_conf: resolv };
+    let env = LoadEnv {
+        resolv_conf: resolv,
+    };
     let mut n = 0;
     for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).unwrap() {
         let path = entry.unwrap().path();
@@ -39,7 +45,11 @@ fn every_shipped_config_is_valid() {
     }
     assert!(n >= 3, "found {n} configs");
     // The runnable default listens where the README's dig example asks.
-    let c = Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/zonefwd.toml")), &env).unwrap();
+    let c = Config::load(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/zonefwd.toml")),
+        &env,
+    )
+    .unwrap();
     assert_eq!(c.server.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
 }
 
@@ -49,9 +59,19 @@ fn check_prints_the_routing_table() {
     let (code, out, err) = zonefwd(&["check", "-c", cfg]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(": ok"), "{out}");
-    let line = out.lines().find(|l| l.starts_with("privatelink.japaneast.azmk8s.io.")).expect(&out);
-    assert!(line.contains("azure-private") && line.contains("168.63.129.16:53"), "{line}");
-    assert!(out.lines().any(|l| l.starts_with(".  ") && l.contains("10.1.0.4:53, 10.1.0.5:53")), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("privatelink.japaneast.azmk8s.io."))
+        .expect(&out);
+    assert!(
+        line.contains("azure-private") && line.contains("168.63.129.16:53"),
+        "{line}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(".  ") && l.contains("10.1.0.4:53, 10.1.0.5:53")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -62,25 +82,48 @@ fn check_reports_errors_with_location_and_fails() {
     let (code, out, err) = zonefwd(&["check", "--config", p.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(out.is_empty());
-    assert!(err.contains(&format!("{}:3:1: server.listn: unknown field `listn`", p.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:3:1: server.listn: unknown field `listn`",
+            p.display()
+        )),
+        "{err}"
+    );
     assert!(err.contains("3 | listn = 1"), "{err}");
 
     let (code, _, err) = zonefwd(&["check", "-c", "/nonexistent/z.toml"]);
     assert_eq!(code, 2);
-    assert!(err.contains("/nonexistent/z.toml: cannot read the config file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/z.toml: cannot read the config file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn explain_shows_route_and_order_without_sending() {
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/config/reference.toml");
-    let (code, out, _) = zonefwd(&["explain", "-c", cfg, "MyAKS-1a2b.privatelink.japaneast.azmk8s.io"]);
+    let (code, out, _) = zonefwd(&[
+        "explain",
+        "-c",
+        cfg,
+        "MyAKS-1a2b.privatelink.japaneast.azmk8s.io",
+    ]);
     assert_eq!(code, 0);
     assert!(out.contains("route      azure-private"), "{out}");
-    assert!(out.contains("zone       privatelink.japaneast.azmk8s.io."), "{out}");
+    assert!(
+        out.contains("zone       privatelink.japaneast.azmk8s.io."),
+        "{out}"
+    );
     assert!(out.contains("1. 168.63.129.16:53"), "{out}");
     assert!(out.contains("nothing was sent"), "{out}");
 
-    let (code, out, _) = zonefwd(&["explain", "-c", cfg, "privatelink.japaneast.azmk8s.io", "ds"]);
+    let (code, out, _) = zonefwd(&[
+        "explain",
+        "-c",
+        cfg,
+        "privatelink.japaneast.azmk8s.io",
+        "ds",
+    ]);
     assert_eq!(code, 0);
     assert!(out.contains("route      on-prem"), "{out}");
     assert!(out.contains("DS lives in the parent zone"), "{out}");
@@ -99,8 +142,16 @@ fn explain_shows_route_and_order_without_sending() {
 fn explain_without_a_route_exits_1_and_config_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("z.toml");
-    std::fs::write(&p, "[[route]]\nname = \"corp\"\nzones = [\"corp.example\"]\nupstreams = [\"192.0.2.1\"]\n").unwrap();
-    let out = Command::new(BIN).args(["explain", "www.example.org"]).env("ZONEFWD_CONFIG", &p).output().unwrap();
+    std::fs::write(
+        &p,
+        "[[route]]\nname = \"corp\"\nzones = [\"corp.example\"]\nupstreams = [\"192.0.2.1\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["explain", "www.example.org"])
+        .env("ZONEFWD_CONFIG", &p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("zonefwd answers REFUSED"));
 }
@@ -110,7 +161,14 @@ async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 99], 42)).await;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("z.toml");
-    std::fs::write(&p, format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{}", one_route(&[up.addr], ""))).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n{}",
+            one_route(&[up.addr], "")
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "-c", p.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -128,24 +186,40 @@ async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
     });
     let mut log = Vec::new();
     let udp = loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("startup log");
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("startup log");
         log.push(line.clone());
         if line.contains("listening on udp") {
             let addr = line.rsplit("addr=").next().unwrap().trim().to_string();
-            break addr.parse::<std::net::SocketAddr>().unwrap_or_else(|_| panic!("{line}"));
+            break addr
+                .parse::<std::net::SocketAddr>()
+                .unwrap_or_else(|_| panic!("{line}"));
         }
     };
-    let out = raw_udp(udp, &query("bin.example.", RecordType::A, None).to_vec().unwrap(), Duration::from_secs(10)).await.expect("an answer");
+    let out = raw_udp(
+        udp,
+        &query("bin.example.", RecordType::A, None).to_vec().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("an answer");
     assert_eq!(Message::from_vec(&out).unwrap().answers[0].ttl, 42);
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let started = Instant::now();
     let code = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s.code();
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "did not exit after SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));

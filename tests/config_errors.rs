@@ -62,21 +62,42 @@ fn bad_files_are_located_and_explained() {
             Err(ConfigError::Invalid(e)) => {
                 let shown = e.to_string();
                 let got_at = format!("{}:{}", e.line, e.column);
-                if got_at != *at || e.key != *key || !e.message.contains(fragment) || !shown.starts_with(&format!("bad.toml:{at}: ")) {
-                    failures.push(format!("{text:?}\n  want {at} {key:?} ~{fragment:?}\n  got  {shown}"));
+                if got_at != *at
+                    || e.key != *key
+                    || !e.message.contains(fragment)
+                    || !shown.starts_with(&format!("bad.toml:{at}: "))
+                {
+                    failures.push(format!(
+                        "{text:?}\n  want {at} {key:?} ~{fragment:?}\n  got  {shown}"
+                    ));
                 }
             }
             Err(other) => failures.push(format!("{text:?}: unexpected {other}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn system_upstreams_come_from_resolv_conf_and_must_not_loop() {
     let (_dir, env) = env_with_resolv("nameserver 192.0.2.53\nnameserver 2001:db8::53\n");
-    let c = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"system\"]\n", "s.toml", &env).unwrap();
-    let addrs: Vec<String> = c.routes[0].upstreams.iter().map(|u| u.addr.to_string()).collect();
+    let c = Config::parse(
+        "[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"system\"]\n",
+        "s.toml",
+        &env,
+    )
+    .unwrap();
+    let addrs: Vec<String> = c.routes[0]
+        .upstreams
+        .iter()
+        .map(|u| u.addr.to_string())
+        .collect();
     assert_eq!(addrs, ["192.0.2.53:53", "[2001:db8::53]:53"]);
     assert!(c.routes[0].upstreams.iter().all(|u| u.from_system));
 
@@ -84,18 +105,36 @@ fn system_upstreams_come_from_resolv_conf_and_must_not_loop() {
     let (_dir, env) = env_with_resolv("nameserver 127.0.0.1\n");
     let text = "[server]\nlisten = [\"0.0.0.0:53\"]\n[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"system\"]\n";
     let e = Config::parse(text, "s.toml", &env).unwrap_err().to_string();
-    assert!(e.starts_with("s.toml:6:14: route[0].upstreams: \"system\" resolves to 127.0.0.1:53"), "{e}");
+    assert!(
+        e.starts_with("s.toml:6:14: route[0].upstreams: \"system\" resolves to 127.0.0.1:53"),
+        "{e}"
+    );
     assert!(e.contains("would loop"), "{e}");
 
-    let env = LoadEnv { resolv_conf: "/nonexistent/resolv.conf".into() };
-    let e = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"system\"]\n", "s.toml", &env).unwrap_err().to_string();
-    assert!(e.contains("\"system\" needs /nonexistent/resolv.conf"), "{e}");
+    let env = LoadEnv {
+        resolv_conf: "/nonexistent/resolv.conf".into(),
+    };
+    let e = Config::parse(
+        "[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"system\"]\n",
+        "s.toml",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("\"system\" needs /nonexistent/resolv.conf"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unreadable_file_names_the_path() {
     let e = Config::load("/nonexistent/zonefwd.toml".as_ref(), &LoadEnv::default()).unwrap_err();
-    assert!(e.to_string().starts_with("/nonexistent/zonefwd.toml: cannot read the config file"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/zonefwd.toml: cannot read the config file"),
+        "{e}"
+    );
 }
 
 #[test]

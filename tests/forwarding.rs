@@ -46,18 +46,27 @@ async fn routes_by_longest_suffix_on_label_boundaries_and_case() {
     for (qname, to_cloud) in cases {
         let (before_c, before_o) = (cloud.count(), onprem.count());
         let bytes = with_spelling(&query(qname, RecordType::A, None), qname);
-        let out = raw_udp(z.udp, &bytes, Duration::from_secs(10)).await.expect("an answer");
+        let out = raw_udp(z.udp, &bytes, Duration::from_secs(10))
+            .await
+            .expect("an answer");
         let r = Message::from_vec(&out).unwrap();
         assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{qname}");
         // The client gets its own spelling of the name back (RFC 1035 7.3).
         assert_eq!(qname_of(&r), qname, "question spelling for {qname}");
-        let want = if to_cloud { [10, 9, 9, 9] } else { [10, 1, 1, 1] };
+        let want = if to_cloud {
+            [10, 9, 9, 9]
+        } else {
+            [10, 1, 1, 1]
+        };
         assert_eq!(r.answers[0].data, a_record("x.", want, 1).data, "{qname}");
         assert_eq!(cloud.count() - before_c, usize::from(to_cloud), "{qname}");
         assert_eq!(onprem.count() - before_o, usize::from(!to_cloud), "{qname}");
     }
     // The upstream is asked in the client's spelling too.
-    assert!(cloud.seen().iter().any(|s| qname_of(&s.msg) == "MyAKS-1A2B.PrivateLink.JapanEast.AZMK8S.io."));
+    assert!(cloud
+        .seen()
+        .iter()
+        .any(|s| qname_of(&s.msg) == "MyAKS-1A2B.PrivateLink.JapanEast.AZMK8S.io."));
     z.stop().await.unwrap();
 }
 
@@ -65,12 +74,36 @@ async fn routes_by_longest_suffix_on_label_boundaries_and_case() {
 async fn ds_for_a_zone_apex_goes_where_the_parent_goes() {
     let (cloud, onprem, z) = split_setup(true).await;
     let c = udp_client(z.udp);
-    ask(&c, query("privatelink.japaneast.azmk8s.io.", RecordType::DS, None)).await;
-    assert_eq!((cloud.count(), onprem.count()), (0, 1), "apex DS goes to the parent's route");
-    ask(&c, query("sub.privatelink.japaneast.azmk8s.io.", RecordType::DS, None)).await;
-    assert_eq!((cloud.count(), onprem.count()), (1, 1), "DS below the apex stays in the zone");
-    ask(&c, query("privatelink.japaneast.azmk8s.io.", RecordType::SOA, None)).await;
-    assert_eq!((cloud.count(), onprem.count()), (2, 1), "other types at the apex stay in the zone");
+    ask(
+        &c,
+        query("privatelink.japaneast.azmk8s.io.", RecordType::DS, None),
+    )
+    .await;
+    assert_eq!(
+        (cloud.count(), onprem.count()),
+        (0, 1),
+        "apex DS goes to the parent's route"
+    );
+    ask(
+        &c,
+        query("sub.privatelink.japaneast.azmk8s.io.", RecordType::DS, None),
+    )
+    .await;
+    assert_eq!(
+        (cloud.count(), onprem.count()),
+        (1, 1),
+        "DS below the apex stays in the zone"
+    );
+    ask(
+        &c,
+        query("privatelink.japaneast.azmk8s.io.", RecordType::SOA, None),
+    )
+    .await;
+    assert_eq!(
+        (cloud.count(), onprem.count()),
+        (2, 1),
+        "other types at the apex stay in the zone"
+    );
     z.stop().await.unwrap();
 }
 
@@ -135,7 +168,8 @@ async fn reply_bytes_are_relayed_as_received() {
             },
         ));
         r.authorities.push(soa_record("example.net.", 60, 60));
-        r.additionals.push(a_record("ns1.example.net.", [192, 0, 2, 53], 50));
+        r.additionals
+            .push(a_record("ns1.example.net.", [192, 0, 2, 53], 50));
         r
     })
     .await;
@@ -149,7 +183,8 @@ async fn reply_bytes_are_relayed_as_received() {
     let expect = {
         let probe = query("Mixed.Example.NET.", RecordType::A, None);
         let mut e = reply(&probe);
-        e.answers.push(a_record("Mixed.Example.NET.", [192, 0, 2, 1], 30));
+        e.answers
+            .push(a_record("Mixed.Example.NET.", [192, 0, 2, 1], 30));
         e
     };
     assert_eq!(r.answers[0], expect.answers[0]);
@@ -180,15 +215,27 @@ async fn upstream_ids_are_fresh() {
     for i in 0..16u16 {
         let mut q = query(&format!("n{i}.example."), RecordType::A, None);
         q.metadata.id = 4242;
-        let out = raw_udp(z.udp, &q.to_vec().unwrap(), Duration::from_secs(10)).await.unwrap();
-        assert_eq!(Message::from_vec(&out).unwrap().metadata.id, 4242, "client gets its own id back");
+        let out = raw_udp(z.udp, &q.to_vec().unwrap(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&out).unwrap().metadata.id,
+            4242,
+            "client gets its own id back"
+        );
         client_ids.push(4242);
     }
     let upstream_ids: Vec<u16> = up.seen().iter().map(|s| s.msg.metadata.id).collect();
     assert_eq!(upstream_ids.len(), 16);
-    assert!(upstream_ids.iter().filter(|&&id| id == 4242).count() <= 1, "client id reused upstream: {upstream_ids:?}");
+    assert!(
+        upstream_ids.iter().filter(|&&id| id == 4242).count() <= 1,
+        "client id reused upstream: {upstream_ids:?}"
+    );
     let distinct: std::collections::HashSet<_> = upstream_ids.iter().collect();
-    assert!(distinct.len() >= 14, "upstream ids barely vary: {upstream_ids:?}");
+    assert!(
+        distinct.len() >= 14,
+        "upstream ids barely vary: {upstream_ids:?}"
+    );
     let ports: std::collections::HashSet<_> = up.seen().iter().map(|s| s.from.port()).collect();
     assert!(ports.len() >= 14, "source ports barely vary: {ports:?}");
     z.stop().await.unwrap();
@@ -199,7 +246,11 @@ async fn refused_from_the_last_upstream_is_relayed() {
     let a = Fake::answering(|q| reply_rcode(q, ResponseCode::ServFail)).await;
     let b = Fake::answering(|q| reply_rcode(q, ResponseCode::Refused)).await;
     let z = Zonefwd::start(&one_route(&[a.addr, b.addr], "")).await;
-    let (r, took) = timed(ask(&udp_client(z.udp), query("x.example.", RecordType::A, None))).await;
+    let (r, took) = timed(ask(
+        &udp_client(z.udp),
+        query("x.example.", RecordType::A, None),
+    ))
+    .await;
     assert_eq!(r.metadata.response_code, ResponseCode::Refused);
     // SERVFAIL and REFUSED move on at once: no waiting for a timeout.
     assert!(took < Duration::from_secs(3), "took {took:?}");
@@ -217,7 +268,10 @@ async fn edns_is_hop_by_hop() {
     let r = ask(&c, query("a.example.", RecordType::A, None)).await;
     assert!(r.edns.is_none());
     let sent = &up.seen()[0].msg;
-    let e = sent.edns.as_ref().expect("zonefwd adds its own OPT upstream");
+    let e = sent
+        .edns
+        .as_ref()
+        .expect("zonefwd adds its own OPT upstream");
     assert_eq!(e.max_payload(), 1232);
     assert!(!e.flags().dnssec_ok);
 
@@ -237,7 +291,9 @@ async fn edns_is_hop_by_hop() {
     let mut e = Edns::new();
     e.set_version(1);
     q.edns = Some(e);
-    let out = raw_udp(z.udp, &q.to_vec().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let out = raw_udp(z.udp, &q.to_vec().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let r = Message::from_vec(&out).unwrap();
     // 16 is BADVERS here; hickory names the shared code BADSIG.
     assert_eq!(u16::from(r.metadata.response_code), 16);
@@ -249,7 +305,11 @@ async fn edns_is_hop_by_hop() {
 /// 40 A records (over 512 octets), or 10 for names starting with "few." (under 512).
 fn big_reply(q: &Message) -> Message {
     let mut r = reply(q);
-    let n = if qname_of(q).starts_with("few.") { 10 } else { 40 };
+    let n = if qname_of(q).starts_with("few.") {
+        10
+    } else {
+        40
+    };
     for i in 0..n {
         r.answers.push(a_record(&qname_of(q), [192, 0, 2, i], 60));
     }
@@ -262,7 +322,13 @@ async fn replies_too_big_for_the_client_are_truncated() {
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     // 40 A records with a long name: well over 512 octets.
     let qn = "a-rather-long-name-for-forty-addresses.example.";
-    let out = raw_udp(z.udp, &query(qn, RecordType::A, None).to_vec().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let out = raw_udp(
+        z.udp,
+        &query(qn, RecordType::A, None).to_vec().unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert!(out.len() <= 512);
     let r = Message::from_vec(&out).unwrap();
     assert!(r.metadata.truncation, "TC=1 when it does not fit");
@@ -270,7 +336,13 @@ async fn replies_too_big_for_the_client_are_truncated() {
     assert_eq!(qname_of(&r), qn);
 
     // With EDNS 4096 the client may take up to zonefwd's cap of 1232: it fits.
-    let out = raw_udp(z.udp, &query(qn, RecordType::A, Some(4096)).to_vec().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let out = raw_udp(
+        z.udp,
+        &query(qn, RecordType::A, Some(4096)).to_vec().unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let r = Message::from_vec(&out).unwrap();
     assert!(!r.metadata.truncation);
     assert_eq!(r.answers.len(), 40);
@@ -284,10 +356,16 @@ async fn replies_too_big_for_the_client_are_truncated() {
     // The OPT record is last: its CLASS field (payload) sits 8 octets from the end.
     let at = bytes.len() - 8;
     bytes[at..at + 2].copy_from_slice(&100u16.to_be_bytes());
-    let out = raw_udp(z.udp, &bytes, Duration::from_secs(5)).await.unwrap();
+    let out = raw_udp(z.udp, &bytes, Duration::from_secs(5))
+        .await
+        .unwrap();
     let r = Message::from_vec(&out).unwrap();
     assert!(out.len() > 100 && out.len() <= 512);
-    assert!(!r.metadata.truncation && r.answers.len() == 10, "{} octets fit in 512", out.len());
+    assert!(
+        !r.metadata.truncation && r.answers.len() == 10,
+        "{} octets fit in 512",
+        out.len()
+    );
 
     // Over TCP, the whole answer.
     let r = ask(&tcp_client(z.tcp).await, query(qn, RecordType::A, None)).await;
@@ -309,7 +387,11 @@ async fn truncated_upstream_reply_is_retried_over_tcp() {
     })
     .await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
-    let r = ask(&tcp_client(z.tcp).await, query("big.example.", RecordType::A, None)).await;
+    let r = ask(
+        &tcp_client(z.tcp).await,
+        query("big.example.", RecordType::A, None),
+    )
+    .await;
     assert!(!r.metadata.truncation);
     assert_eq!(r.answers.len(), 40);
     assert_eq!((up.udp_count(), up.tcp_count()), (1, 1));
@@ -328,7 +410,11 @@ async fn upstream_without_edns_gets_a_plain_retry() {
     })
     .await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
-    let r = ask(&udp_client(z.udp), query("old.example.", RecordType::A, None)).await;
+    let r = ask(
+        &udp_client(z.udp),
+        query("old.example.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert_eq!(r.answers.len(), 1);
     assert_eq!(up.count(), 2);
@@ -338,15 +424,26 @@ async fn upstream_without_edns_gets_a_plain_retry() {
 #[tokio::test]
 async fn tcp_pipelined_queries_are_answered_out_of_order() {
     let up = Fake::start(|q, _| {
-        let delay = if qname_of(q).starts_with("slow.") { 800 } else { 0 };
-        vec![Step::Sleep(Duration::from_millis(delay)), Step::Reply(reply_a(q, [192, 0, 2, 1], 1))]
+        let delay = if qname_of(q).starts_with("slow.") {
+            800
+        } else {
+            0
+        };
+        vec![
+            Step::Sleep(Duration::from_millis(delay)),
+            Step::Reply(reply_a(q, [192, 0, 2, 1], 1)),
+        ]
     })
     .await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(z.tcp).await.unwrap();
     let mut burst = Vec::new();
-    for (id, n) in [(1u16, "slow.example."), (2, "fast1.example."), (3, "fast2.example.")] {
+    for (id, n) in [
+        (1u16, "slow.example."),
+        (2, "fast1.example."),
+        (3, "fast2.example."),
+    ] {
         let mut q = query(n, RecordType::A, None);
         q.metadata.id = id;
         burst.extend(framed(&q.to_vec().unwrap()));
@@ -357,24 +454,42 @@ async fn tcp_pipelined_queries_are_answered_out_of_order() {
     }
     let mut order = Vec::new();
     for _ in 0..3 {
-        let len = tokio::time::timeout(Duration::from_secs(10), s.read_u16()).await.unwrap().unwrap();
+        let len = tokio::time::timeout(Duration::from_secs(10), s.read_u16())
+            .await
+            .unwrap()
+            .unwrap();
         let mut buf = vec![0; usize::from(len)];
         s.read_exact(&mut buf).await.unwrap();
         order.push(Message::from_vec(&buf).unwrap().metadata.id);
     }
-    assert_eq!(order.last(), Some(&1), "the slow answer comes last: {order:?}");
-    assert_eq!(up.count(), 3, "all three were forwarded before the first came back");
+    assert_eq!(
+        order.last(),
+        Some(&1),
+        "the slow answer comes last: {order:?}"
+    );
+    assert_eq!(
+        up.count(),
+        3,
+        "all three were forwarded before the first came back"
+    );
     z.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn tcp_idle_connections_are_closed() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 1)).await;
-    let z = Zonefwd::start(&format!("[server]\ntcp_idle_timeout = \"300ms\"\n{}", one_route(&[up.addr], ""))).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\ntcp_idle_timeout = \"300ms\"\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
     use tokio::io::AsyncReadExt;
     let mut s = tokio::net::TcpStream::connect(z.tcp).await.unwrap();
     let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("closed well before 10s").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed well before 10s")
+        .unwrap();
     assert_eq!(n, 0, "EOF from the server");
     z.stop().await.unwrap();
 }
@@ -383,8 +498,16 @@ async fn tcp_idle_connections_are_closed() {
 async fn fails_over_on_timeout_and_answers_before_the_deadline() {
     let dead = Fake::blackhole().await;
     let live = Fake::answering(|q| reply_a(q, [192, 0, 2, 2], 1)).await;
-    let z = Zonefwd::start(&one_route(&[dead.addr, live.addr], "timeout = \"3s\"\ntry_timeout = \"200ms\"")).await;
-    let (r, took) = timed(ask(&udp_client(z.udp), query("f.example.", RecordType::A, None))).await;
+    let z = Zonefwd::start(&one_route(
+        &[dead.addr, live.addr],
+        "timeout = \"3s\"\ntry_timeout = \"200ms\"",
+    ))
+    .await;
+    let (r, took) = timed(ask(
+        &udp_client(z.udp),
+        query("f.example.", RecordType::A, None),
+    ))
+    .await;
     assert_eq!(r.answers.len(), 1);
     assert!(took < Duration::from_secs(2), "failover took {took:?}");
     assert_eq!((dead.count(), live.count()), (1, 1));
@@ -395,29 +518,74 @@ async fn fails_over_on_timeout_and_answers_before_the_deadline() {
 async fn all_upstreams_down_gives_servfail_by_the_deadline() {
     let a = Fake::blackhole().await;
     let b = Fake::blackhole().await;
-    let z = Zonefwd::start(&one_route(&[a.addr, b.addr], "timeout = \"1s\"\ntry_timeout = \"200ms\"")).await;
+    let z = Zonefwd::start(&one_route(
+        &[a.addr, b.addr],
+        "timeout = \"1s\"\ntry_timeout = \"200ms\"",
+    ))
+    .await;
     // A raw UDP exchange (no client retransmissions) and a TCP client.
     let q = query("down.example.", RecordType::A, None);
-    let (out, took) = timed(raw_udp(z.udp, &q.to_vec().unwrap(), Duration::from_secs(10))).await;
-    assert_eq!(Message::from_vec(&out.unwrap()).unwrap().metadata.response_code, ResponseCode::ServFail);
-    assert!(took >= Duration::from_millis(900), "gave up early: {took:?}");
+    let (out, took) = timed(raw_udp(
+        z.udp,
+        &q.to_vec().unwrap(),
+        Duration::from_secs(10),
+    ))
+    .await;
+    assert_eq!(
+        Message::from_vec(&out.unwrap())
+            .unwrap()
+            .metadata
+            .response_code,
+        ResponseCode::ServFail
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "gave up early: {took:?}"
+    );
     assert!(took < Duration::from_secs(4), "deadline not kept: {took:?}");
     let (r, took) = timed(ask(&tcp_client(z.tcp).await, q)).await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     assert!(took < Duration::from_secs(4), "deadline not kept: {took:?}");
     // Each upstream asked at most twice per query (health probes aside).
-    let asked = |f: &Fake| f.seen().iter().filter(|s| qname_of(&s.msg) == "down.example.").count();
-    assert!(asked(&a) <= 4 && asked(&b) <= 4, "{} {}", asked(&a), asked(&b));
-    assert!(asked(&a) >= 2 && asked(&b) >= 2, "both tried for both queries");
+    let asked = |f: &Fake| {
+        f.seen()
+            .iter()
+            .filter(|s| qname_of(&s.msg) == "down.example.")
+            .count()
+    };
+    assert!(
+        asked(&a) <= 4 && asked(&b) <= 4,
+        "{} {}",
+        asked(&a),
+        asked(&b)
+    );
+    assert!(
+        asked(&a) >= 2 && asked(&b) >= 2,
+        "both tried for both queries"
+    );
     z.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_late_answer_from_an_earlier_try_still_wins() {
     // The only upstream answers after 700 ms; tries every 200 ms must not discard it.
-    let slow = Fake::start(|q, _| vec![Step::Sleep(Duration::from_millis(700)), Step::Reply(reply_a(q, [192, 0, 2, 3], 1))]).await;
-    let z = Zonefwd::start(&one_route(&[slow.addr], "timeout = \"3s\"\ntry_timeout = \"200ms\"")).await;
-    let r = ask(&udp_client(z.udp), query("late.example.", RecordType::A, None)).await;
+    let slow = Fake::start(|q, _| {
+        vec![
+            Step::Sleep(Duration::from_millis(700)),
+            Step::Reply(reply_a(q, [192, 0, 2, 3], 1)),
+        ]
+    })
+    .await;
+    let z = Zonefwd::start(&one_route(
+        &[slow.addr],
+        "timeout = \"3s\"\ntry_timeout = \"200ms\"",
+    ))
+    .await;
+    let r = ask(
+        &udp_client(z.udp),
+        query("late.example.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert_eq!(r.answers.len(), 1);
     z.stop().await.unwrap();
@@ -443,11 +611,18 @@ async fn a_down_upstream_is_skipped_then_probed_back() {
     .await;
     let c = udp_client(z.udp);
     let first = ask(&c, query("h1.example.", RecordType::A, None)).await;
-    assert_eq!(first.answers[0].data, a_record("x.", [192, 0, 2, 20], 1).data);
+    assert_eq!(
+        first.answers[0].data,
+        a_record("x.", [192, 0, 2, 20], 1).data
+    );
     // Marked down: the next query goes straight to the backup, not to the dead one.
     let asked = |f: &Fake, n: &str| f.seen().iter().filter(|s| qname_of(&s.msg) == n).count();
     let (_, took) = timed(ask(&c, query("h2.example.", RecordType::A, None))).await;
-    assert_eq!(asked(&flappy, "h2.example."), 0, "a down upstream is skipped");
+    assert_eq!(
+        asked(&flappy, "h2.example."),
+        0,
+        "a down upstream is skipped"
+    );
     assert!(took < Duration::from_millis(1500));
     // It comes back: the probe (". NS") sees it and it is first in line again.
     alive.store(true, Ordering::SeqCst);
@@ -457,10 +632,19 @@ async fn a_down_upstream_is_skipped_then_probed_back() {
         if r.answers[0].data == a_record("x.", [192, 0, 2, 10], 1).data {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "upstream never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream never came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(flappy.seen().iter().any(|s| qname_of(&s.msg) == "." && s.msg.queries[0].query_type() == RecordType::NS), "probed with . NS");
+    assert!(
+        flappy
+            .seen()
+            .iter()
+            .any(|s| qname_of(&s.msg) == "." && s.msg.queries[0].query_type() == RecordType::NS),
+        "probed with . NS"
+    );
     z.stop().await.unwrap();
 }
 
@@ -476,13 +660,21 @@ async fn when_every_upstream_is_down_they_are_tried_anyway() {
         }
     })
     .await;
-    let z = Zonefwd::start(&one_route(&[up.addr], "timeout = \"600ms\"\ntry_timeout = \"100ms\"\nmax_fails = 1\nhealth_check = \"1h\"")).await;
+    let z = Zonefwd::start(&one_route(
+        &[up.addr],
+        "timeout = \"600ms\"\ntry_timeout = \"100ms\"\nmax_fails = 1\nhealth_check = \"1h\"",
+    ))
+    .await;
     let c = udp_client(z.udp);
     let r = ask(&c, query("d1.example.", RecordType::A, None)).await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     answers.store(true, Ordering::SeqCst);
     let r = ask(&c, query("d2.example.", RecordType::A, None)).await;
-    assert_eq!(r.answers.len(), 1, "the only upstream is down but still asked");
+    assert_eq!(
+        r.answers.len(),
+        1,
+        "the only upstream is down but still asked"
+    );
     z.stop().await.unwrap();
 }
 
@@ -507,7 +699,11 @@ async fn forged_replies_are_ignored_and_the_real_one_wins() {
     })
     .await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
-    let r = ask(&udp_client(z.udp), query("bank.example.", RecordType::A, None)).await;
+    let r = ask(
+        &udp_client(z.udp),
+        query("bank.example.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(r.answers.len(), 1);
     assert_eq!(r.answers[0].data, a_record("x.", [192, 0, 2, 44], 1).data);
     assert_eq!(up.count(), 1, "one try: forgeries do not end it");
@@ -523,7 +719,11 @@ async fn malformed_upstream_reply_becomes_servfail() {
     })
     .await;
     let z = Zonefwd::start(&one_route(&[up.addr], "timeout = \"2s\"")).await;
-    let (r, took) = timed(ask(&udp_client(z.udp), query("m.example.", RecordType::A, None))).await;
+    let (r, took) = timed(ask(
+        &udp_client(z.udp),
+        query("m.example.", RecordType::A, None),
+    ))
+    .await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     assert!(took < Duration::from_secs(3));
     z.stop().await.unwrap();
@@ -532,7 +732,11 @@ async fn malformed_upstream_reply_becomes_servfail() {
 #[tokio::test]
 async fn clients_outside_the_acl_are_refused_on_udp_and_tcp() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 1)).await;
-    let z = Zonefwd::start(&format!("[acl]\nallow = [\"10.0.0.0/8\", \"::1/128\"]\n{}", one_route(&[up.addr], ""))).await;
+    let z = Zonefwd::start(&format!(
+        "[acl]\nallow = [\"10.0.0.0/8\", \"::1/128\"]\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
     for client in [udp_client(z.udp), tcp_client(z.tcp).await] {
         let r = ask(&client, query("x.example.", RecordType::A, None)).await;
         assert_eq!(r.metadata.response_code, ResponseCode::Refused);
@@ -586,23 +790,43 @@ async fn malformed_and_non_query_messages() {
 
     assert_eq!(up.count(), 0, "nothing malformed was forwarded");
     // And the server still serves.
-    let r = ask(&udp_client(z.udp), query("still.example.", RecordType::A, None)).await;
+    let r = ask(
+        &udp_client(z.udp),
+        query("still.example.", RecordType::A, None),
+    )
+    .await;
     assert_eq!(r.answers.len(), 1);
     z.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn shutdown_finishes_queries_in_flight() {
-    let up = Fake::start(|q, _| vec![Step::Sleep(Duration::from_millis(500)), Step::Reply(reply_a(q, [192, 0, 2, 5], 1))]).await;
+    let up = Fake::start(|q, _| {
+        vec![
+            Step::Sleep(Duration::from_millis(500)),
+            Step::Reply(reply_a(q, [192, 0, 2, 5], 1)),
+        ]
+    })
+    .await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     let addr = z.udp;
-    let pending = tokio::spawn(async move { ask(&udp_client(addr), query("slow.example.", RecordType::A, None)).await });
+    let pending = tokio::spawn(async move {
+        ask(
+            &udp_client(addr),
+            query("slow.example.", RecordType::A, None),
+        )
+        .await
+    });
     while up.count() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     z.stop().await.unwrap();
     let r = pending.await.unwrap();
-    assert_eq!(r.answers.len(), 1, "the query in flight was answered before exit");
+    assert_eq!(
+        r.answers.len(),
+        1,
+        "the query in flight was answered before exit"
+    );
 }
 
 #[tokio::test]
@@ -641,7 +865,9 @@ async fn many_concurrent_clients_all_get_answers() {
         let addr = z.udp;
         tasks.push(tokio::spawn(async move {
             let q = query(&format!("c{i}.example."), RecordType::A, None);
-            let out = raw_udp(addr, &q.to_vec().unwrap(), Duration::from_secs(10)).await.expect("an answer");
+            let out = raw_udp(addr, &q.to_vec().unwrap(), Duration::from_secs(10))
+                .await
+                .expect("an answer");
             Message::from_vec(&out).unwrap().answers.len()
         }));
     }
@@ -649,5 +875,129 @@ async fn many_concurrent_clients_all_get_answers() {
         assert_eq!(t.await.unwrap(), 1);
     }
     assert_eq!(hits.load(Ordering::SeqCst), 200);
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tcp_connections_beyond_the_limit_are_closed() {
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 1)).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\ntcp_max_connections = 2\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let held1 = tcp_client(z.tcp).await;
+    let held2 = tcp_client(z.tcp).await;
+    // Both count against the limit once they have been answered once.
+    ask(&held1, query("one.example.", RecordType::A, None)).await;
+    ask(&held2, query("two.example.", RecordType::A, None)).await;
+    let mut third = tokio::net::TcpStream::connect(z.tcp).await.unwrap();
+    let _ = third
+        .write_all(&framed(
+            &query("three.example.", RecordType::A, None)
+                .to_vec()
+                .unwrap(),
+        ))
+        .await;
+    let mut buf = [0u8; 2];
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(matches!(n, Ok(0) | Err(_)), "third connection got {n:?}");
+    assert_eq!(
+        up.seen()
+            .iter()
+            .filter(|s| qname_of(&s.msg) == "three.example.")
+            .count(),
+        0
+    );
+    // The held ones still work.
+    ask(&held1, query("again.example.", RecordType::A, None)).await;
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn beyond_max_inflight_new_queries_get_servfail_at_once() {
+    let up = Fake::start(|q, _| {
+        vec![
+            Step::Sleep(Duration::from_millis(800)),
+            Step::Reply(reply_a(q, [192, 0, 2, 1], 1)),
+        ]
+    })
+    .await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmax_inflight = 1\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let addr = z.udp;
+    let first = tokio::spawn(async move {
+        raw_udp(
+            addr,
+            &query("first.example.", RecordType::A, None)
+                .to_vec()
+                .unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    while up.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (out, took) = timed(raw_udp(
+        z.udp,
+        &query("second.example.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+        Duration::from_secs(10),
+    ))
+    .await;
+    let r = Message::from_vec(&out.unwrap()).unwrap();
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        took < Duration::from_millis(500),
+        "overload answer took {took:?}"
+    );
+    let first = Message::from_vec(&first.await.unwrap().unwrap()).unwrap();
+    assert_eq!(first.answers.len(), 1);
+    assert_eq!(up.count(), 1);
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ipv6_listener_and_upstream() {
+    // A v6 fake upstream on ::1, zonefwd listening on [::1]:0.
+    let sock = match tokio::net::UdpSocket::bind("[::1]:0").await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("skipping: no IPv6 loopback here ({e})");
+            return;
+        }
+    };
+    let up = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let _ = sock
+                .send_to(&reply_a(&q, [192, 0, 2, 6], 6).to_vec().unwrap(), from)
+                .await;
+        }
+    });
+    let z = Zonefwd::start(&format!("[server]\nlisten = [\"[::1]:0\"]\n[[route]]\nname = \"v6\"\nzones = [\".\"]\nupstreams = [\"{up}\"]\n")).await;
+    assert!(z.udp.is_ipv6());
+    let r = ask(
+        &udp_client(z.udp),
+        query("six.example.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
+    let r = ask(
+        &tcp_client(z.tcp).await,
+        query("six.example.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
     z.stop().await.unwrap();
 }

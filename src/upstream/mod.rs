@@ -57,7 +57,10 @@ impl Upstream {
 pub enum Outcome {
     /// A reply to relay: a real answer, or the last SERVFAIL/REFUSED/truncated reply
     /// when no upstream did better.
-    Reply { answer: Answer, upstream: SocketAddr },
+    Reply {
+        answer: Answer,
+        upstream: SocketAddr,
+    },
     /// Nothing usable before the deadline.
     Failed,
 }
@@ -149,9 +152,9 @@ impl UpstreamSet {
         let mut try_timer = Instant::now();
 
         let launch = |tries: &mut Vec<(usize, bool)>,
-                          running: &mut FuturesUnordered<TryFuture>,
-                          next: &mut usize,
-                          try_timer: &mut Instant| {
+                      running: &mut FuturesUnordered<TryFuture>,
+                      next: &mut usize,
+                      try_timer: &mut Instant| {
             let idx = plan[*next];
             *next += 1;
             let n = tries.len();
@@ -244,7 +247,8 @@ impl UpstreamSet {
         if self.life.shutdown.is_cancelled() || u.probing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (interval, per_probe, max_fails) = (self.health_check, self.try_timeout, self.max_fails);
+        let (interval, per_probe, max_fails) =
+            (self.health_check, self.try_timeout, self.max_fails);
         let shutdown = self.life.shutdown.clone();
         let route = self.route.clone();
         self.life.tasks.spawn(async move {

@@ -14,7 +14,9 @@ use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::tcp::TcpClientStream;
 use hickory_net::udp::UdpClientStream;
 use hickory_net::xfer::DnsHandle;
-use hickory_proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, OpCode, Query, ResponseCode};
+use hickory_proto::op::{
+    DnsRequest, DnsRequestOptions, Edns, Message, OpCode, Query, ResponseCode,
+};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,7 +120,9 @@ impl Drop for Fake {
 
 impl Fake {
     /// A fake upstream on 127.0.0.1, UDP and TCP on one port.
-    pub async fn start(responder: impl Fn(&Message, bool) -> Vec<Step> + Send + Sync + 'static) -> Fake {
+    pub async fn start(
+        responder: impl Fn(&Message, bool) -> Vec<Step> + Send + Sync + 'static,
+    ) -> Fake {
         let responder: Responder = Arc::new(responder);
         let (udp, tcp) = loop {
             let udp = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
@@ -169,9 +173,13 @@ impl Fake {
 async fn fake_udp(sock: Arc<UdpSocket>, responder: Responder, seen: Arc<Mutex<Vec<Seen>>>) {
     let mut buf = vec![0u8; 65535];
     loop {
-        let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            return;
+        };
         let raw = buf[..n].to_vec();
-        let Ok(msg) = Message::from_vec(&raw) else { continue };
+        let Ok(msg) = Message::from_vec(&raw) else {
+            continue;
+        };
         seen.lock().unwrap().push(Seen {
             msg: msg.clone(),
             raw,
@@ -203,7 +211,9 @@ async fn fake_udp(sock: Arc<UdpSocket>, responder: Responder, seen: Arc<Mutex<Ve
 
 async fn fake_tcp(listener: TcpListener, responder: Responder, seen: Arc<Mutex<Vec<Seen>>>) {
     loop {
-        let Ok((stream, from)) = listener.accept().await else { return };
+        let Ok((stream, from)) = listener.accept().await else {
+            return;
+        };
         let responder = responder.clone();
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -215,7 +225,9 @@ async fn fake_tcp(listener: TcpListener, responder: Responder, seen: Arc<Mutex<V
                 if rd.read_exact(&mut raw).await.is_err() {
                     return;
                 }
-                let Ok(msg) = Message::from_vec(&raw) else { continue };
+                let Ok(msg) = Message::from_vec(&raw) else {
+                    continue;
+                };
                 seen.lock().unwrap().push(Seen {
                     msg: msg.clone(),
                     raw,
@@ -280,7 +292,8 @@ pub fn reply_rcode(q: &Message, rcode: ResponseCode) -> Message {
 /// A reply carrying one A record for the question's name.
 pub fn reply_a(q: &Message, ip: [u8; 4], ttl: u32) -> Message {
     let mut m = reply(q);
-    m.answers.push(a_record(&q.queries[0].name().to_string(), ip, ttl));
+    m.answers
+        .push(a_record(&q.queries[0].name().to_string(), ip, ttl));
     m
 }
 
