@@ -165,7 +165,7 @@ pub async fn run(
             route = %r.name,
             zones = %r.zones.iter().map(|z| wire::name_to_string(z)).collect::<Vec<_>>().join(" "),
             upstreams = %r.upstreams.iter().map(|u| u.addr.to_string()).collect::<Vec<_>>().join(" "),
-            policy = r.policy.as_str(),
+            policy = %r.policy.as_str(),
             timeout = %humantime::format_duration(r.timeout),
             "route"
         );

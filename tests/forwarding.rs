@@ -1001,3 +1001,48 @@ async fn ipv6_listener_and_upstream() {
     assert_eq!(r.answers.len(), 1);
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn tcp_cut_off_mid_reply_after_truncation_fails_over() {
+    // The first upstream truncates over UDP, then closes TCP halfway through the
+    // reply (as a guest-agent firewall or a crashing server might).
+    let cut = Fake::start(|q, tcp| {
+        if tcp {
+            vec![Step::CloseMidReply(big_reply(q))]
+        } else {
+            let mut r = reply(q);
+            r.metadata.truncation = true;
+            vec![Step::Reply(r)]
+        }
+    })
+    .await;
+    let good = Fake::answering(big_reply).await;
+    let z = Zonefwd::start(&one_route(&[cut.addr, good.addr], "")).await;
+    let r = ask(
+        &tcp_client(z.tcp).await,
+        query("cut.example.", RecordType::A, None),
+    )
+    .await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(r.answers.len(), 40);
+    assert_eq!((cut.udp_count(), cut.tcp_count()), (1, 1));
+    assert_eq!(good.count(), 1);
+    z.stop().await.unwrap();
+
+    // Alone, it leaves the client the truncated reply: TC=1 says to retry elsewhere,
+    // which is more than a SERVFAIL would say.
+    let z = Zonefwd::start(&one_route(&[cut.addr], "timeout = \"2s\"")).await;
+    let out = raw_udp(
+        z.udp,
+        &query("cut2.example.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let r = Message::from_vec(&out).unwrap();
+    assert!(r.metadata.truncation);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    z.stop().await.unwrap();
+}
