@@ -170,23 +170,35 @@ impl Fake {
     }
 }
 
+/// Decodes a query the fake received, records it, and asks the responder what to do.
+fn record_and_respond(
+    seen: &Mutex<Vec<Seen>>,
+    responder: &Responder,
+    raw: Vec<u8>,
+    from: SocketAddr,
+    tcp: bool,
+) -> Option<Vec<Step>> {
+    let msg = Message::from_vec(&raw).ok()?;
+    let steps = responder(&msg, tcp);
+    seen.lock().unwrap().push(Seen {
+        msg,
+        raw,
+        from,
+        tcp,
+    });
+    Some(steps)
+}
+
 async fn fake_udp(sock: Arc<UdpSocket>, responder: Responder, seen: Arc<Mutex<Vec<Seen>>>) {
     let mut buf = vec![0u8; 65535];
     loop {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else {
             return;
         };
-        let raw = buf[..n].to_vec();
-        let Ok(msg) = Message::from_vec(&raw) else {
+        let Some(steps) = record_and_respond(&seen, &responder, buf[..n].to_vec(), from, false)
+        else {
             continue;
         };
-        seen.lock().unwrap().push(Seen {
-            msg: msg.clone(),
-            raw,
-            from,
-            tcp: false,
-        });
-        let steps = responder(&msg, false);
         let sock = sock.clone();
         tokio::spawn(async move {
             for step in steps {
@@ -225,16 +237,9 @@ async fn fake_tcp(listener: TcpListener, responder: Responder, seen: Arc<Mutex<V
                 if rd.read_exact(&mut raw).await.is_err() {
                     return;
                 }
-                let Ok(msg) = Message::from_vec(&raw) else {
+                let Some(steps) = record_and_respond(&seen, &responder, raw, from, true) else {
                     continue;
                 };
-                seen.lock().unwrap().push(Seen {
-                    msg: msg.clone(),
-                    raw,
-                    from,
-                    tcp: true,
-                });
-                let steps = responder(&msg, true);
                 let wr = wr.clone();
                 tokio::spawn(async move {
                     for step in steps {
