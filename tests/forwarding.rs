@@ -1046,3 +1046,34 @@ async fn tcp_cut_off_mid_reply_after_truncation_fails_over() {
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_upstream_that_answers_servfail_is_not_marked_down() {
+    // SERVFAIL is an answer about one name, not a sign the server is gone: with B
+    // blackholed, each query ends at the deadline, and A must stay in rotation.
+    let a = Fake::answering(|q| reply_rcode(q, ResponseCode::ServFail)).await;
+    let b = Fake::blackhole().await;
+    let z = Zonefwd::start(&one_route(
+        &[a.addr, b.addr],
+        "timeout = \"500ms\"\ntry_timeout = \"100ms\"\nmax_fails = 1\nhealth_check = \"1h\"",
+    ))
+    .await;
+    // Raw single-shot UDP: a client retransmission would start a second job whose
+    // SERVFAIL resets A's count and hide a miscount.
+    for i in 0..3 {
+        let q = query(&format!("sf{i}.example."), RecordType::A, None);
+        let out = raw_udp(z.udp, &q.to_vec().unwrap(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&out).unwrap().metadata.response_code,
+            ResponseCode::ServFail
+        );
+    }
+    let asked_a = |n: &str| a.seen().iter().filter(|s| qname_of(&s.msg) == n).count();
+    let asked_b = |n: &str| b.seen().iter().filter(|s| qname_of(&s.msg) == n).count();
+    assert!(asked_a("sf2.example.") >= 1, "A was wrongly marked down");
+    // B failed and is skipped once marked down (max_fails = 1).
+    assert_eq!(asked_b("sf2.example."), 0, "B should be marked down");
+    z.stop().await.unwrap();
+}

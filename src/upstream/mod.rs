@@ -77,6 +77,17 @@ enum TryResult {
 
 type TryFuture = Pin<Box<dyn std::future::Future<Output = (usize, TryResult)> + Send>>;
 
+/// Where a try stands, so each failure is counted once: when the try fails, when it
+/// outlives `try_timeout`, or when the deadline ends it, whichever comes first; and a
+/// try that answered is never counted as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TryState {
+    Running,
+    /// Past `try_timeout`, failure already counted, still allowed to answer.
+    Overdue,
+    Done,
+}
+
 #[derive(Debug)]
 pub struct UpstreamSet {
     pub route: String,
@@ -146,19 +157,19 @@ impl UpstreamSet {
         let plan: Vec<usize> = order.iter().chain(order.iter()).copied().collect();
         let mut next = 0;
         let mut running: FuturesUnordered<TryFuture> = FuturesUnordered::new();
-        // Per try: upstream index, and whether its failure has been counted already.
-        let mut tries: Vec<(usize, bool)> = Vec::with_capacity(plan.len());
+        // Per try: upstream index and state.
+        let mut tries: Vec<(usize, TryState)> = Vec::with_capacity(plan.len());
         let mut fallback: Option<(Answer, SocketAddr)> = None;
         let mut try_timer = Instant::now();
 
-        let launch = |tries: &mut Vec<(usize, bool)>,
+        let launch = |tries: &mut Vec<(usize, TryState)>,
                       running: &mut FuturesUnordered<TryFuture>,
                       next: &mut usize,
                       try_timer: &mut Instant| {
             let idx = plan[*next];
             *next += 1;
             let n = tries.len();
-            tries.push((idx, false));
+            tries.push((idx, TryState::Running));
             let addr = self.upstreams[idx].addr;
             let q = q.clone();
             running.push(Box::pin(async move { (n, one_try(addr, &q).await) }));
@@ -170,7 +181,8 @@ impl UpstreamSet {
             tokio::select! {
                 biased;
                 Some((n, result)) = running.next() => {
-                    let (idx, counted) = tries[n];
+                    let (idx, state) = tries[n];
+                    tries[n].1 = TryState::Done;
                     let addr = self.upstreams[idx].addr;
                     match result {
                         TryResult::Final(answer) => {
@@ -184,7 +196,7 @@ impl UpstreamSet {
                         }
                         TryResult::Failed(e) => {
                             tracing::debug!(route = %self.route, upstream = %addr, error = %e, "upstream try failed");
-                            if !counted {
+                            if state == TryState::Running {
                                 self.failure(idx);
                             }
                         }
@@ -197,11 +209,11 @@ impl UpstreamSet {
                 }
                 // Disabled once every try is launched and the newest one counted, so an
                 // expired timer cannot spin.
-                _ = sleep_until(try_timer), if next < plan.len() || tries.last().is_some_and(|t| !t.1) => {
+                _ = sleep_until(try_timer), if next < plan.len() || tries.last().is_some_and(|t| t.1 == TryState::Running) => {
                     // The newest try is overdue: count it, start the next if any.
                     if let Some(t) = tries.last_mut() {
-                        if !t.1 {
-                            t.1 = true;
+                        if t.1 == TryState::Running {
+                            t.1 = TryState::Overdue;
                             self.failure(t.0);
                         }
                     }
@@ -210,7 +222,7 @@ impl UpstreamSet {
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    for t in tries.iter().filter(|t| !t.1) {
+                    for t in tries.iter().filter(|t| t.1 == TryState::Running) {
                         self.failure(t.0);
                     }
                     break;
