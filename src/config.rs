@@ -43,10 +43,50 @@ pub struct Config {
     pub server: Server,
     pub acl: Acl,
     pub routes: Vec<Route>,
+    /// Entries in the one response cache all routes share.
+    pub cache_max_entries: usize,
     /// Things that are allowed but probably not meant; logged at startup and printed
     /// by `check`.
     pub warnings: Vec<String>,
 }
+
+/// How a route uses the response cache: `[cache]`, overlaid by the route's own
+/// `cache = { ... }`, or disabled by `cache = false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub enabled: bool,
+    /// Positive TTLs are raised to at least this and cut to at most `max_ttl`.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// Cap on a negative answer's TTL, itself min(SOA TTL, SOA MINIMUM) (RFC 2308 5).
+    pub negative_max_ttl: Duration,
+    /// How long a failure (SERVFAIL, or no answer at all) is remembered; at most 5
+    /// minutes (RFC 9520 section 3.2).
+    pub servfail_ttl: Duration,
+    /// How long past expiry an entry may still be served when upstreams fail (RFC
+    /// 8767); zero disables.
+    pub serve_stale: Duration,
+    /// Refresh an entry that is asked for again in the last tenth of its TTL.
+    pub prefetch: bool,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            enabled: true,
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(86400),
+            negative_max_ttl: Duration::from_secs(3600),
+            servfail_ttl: Duration::from_secs(5),
+            serve_stale: Duration::from_secs(86400),
+            prefetch: true,
+        }
+    }
+}
+
+pub const DEFAULT_CACHE_MAX_ENTRIES: usize = 100_000;
+/// RFC 9520 section 3.2: a resolution failure may be cached for at most 5 minutes.
+pub const MAX_SERVFAIL_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {
@@ -102,6 +142,9 @@ pub struct Route {
     pub max_fails: u32,
     /// Probe interval for an upstream marked down.
     pub health_check: Duration,
+    pub cache: CachePolicy,
+    /// Queries per second each upstream of this route may be sent; `None`: no limit.
+    pub max_qps: Option<u32>,
 }
 
 /// Where the outside world is read from while loading, so tests can point elsewhere.
@@ -198,8 +241,51 @@ struct RawFile {
     #[serde(default)]
     server: RawServer,
     acl: Option<RawAcl>,
+    cache: Option<Spanned<RawCache>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+}
+
+/// `[cache]`, and the same keys (but `max_entries`) in a route's `cache = { ... }`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_entries: Option<Spanned<NonZeroUsize>>,
+    min_ttl: Option<Spanned<Humane>>,
+    max_ttl: Option<Spanned<Humane>>,
+    negative_max_ttl: Option<Spanned<Humane>>,
+    servfail_ttl: Option<Spanned<Humane>>,
+    serve_stale: Option<Spanned<Humane>>,
+    prefetch: Option<bool>,
+}
+
+/// A route's `cache`: `false`/`true`, or a table overriding `[cache]`.
+enum RawRouteCache {
+    Switch(bool),
+    Overrides(RawCache),
+}
+
+impl<'de> Deserialize<'de> for RawRouteCache {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawRouteCache;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a table of cache settings such as { negative_max_ttl = \"10s\" }")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<RawRouteCache, E> {
+                Ok(RawRouteCache::Switch(b))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawRouteCache, A::Error> {
+                RawCache::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawRouteCache::Overrides)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -230,6 +316,8 @@ struct RawRoute {
     try_timeout: Option<Spanned<Humane>>,
     max_fails: Option<u32>,
     health_check: Option<Spanned<Humane>>,
+    cache: Option<Spanned<RawRouteCache>>,
+    max_qps: Option<std::num::NonZeroU32>,
 }
 
 /// Scalar values that parse from a string with a message saying what was expected;
@@ -411,6 +499,18 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
         }
     };
 
+    let (cache_max_entries, global_cache) = match raw.cache {
+        None => (DEFAULT_CACHE_MAX_ENTRIES, CachePolicy::default()),
+        Some(c) => {
+            let c = c.into_inner();
+            let max = c
+                .max_entries
+                .as_ref()
+                .map_or(DEFAULT_CACHE_MAX_ENTRIES, |m| m.get_ref().get());
+            (max, cache_policy(CachePolicy::default(), c, src, "cache")?)
+        }
+    };
+
     if raw.route.is_empty() {
         return Err(src.error(
             0..0,
@@ -574,6 +674,23 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
                 humantime::format_duration(timeout)
             ));
         }
+        let cache = match r.cache.map(Spanned::into_inner) {
+            None | Some(RawRouteCache::Switch(true)) => global_cache,
+            Some(RawRouteCache::Switch(false)) => CachePolicy {
+                enabled: false,
+                ..global_cache
+            },
+            Some(RawRouteCache::Overrides(o)) => {
+                if let Some(m) = &o.max_entries {
+                    return Err(src.error(
+                        m.span(),
+                        &key("cache.max_entries"),
+                        "the cache is shared by all routes: set max_entries in [cache]",
+                    ));
+                }
+                cache_policy(global_cache, o, src, &key("cache"))?
+            }
+        };
         routes.push(Route {
             name,
             zones,
@@ -583,6 +700,8 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             try_timeout,
             max_fails: r.max_fails.unwrap_or(DEFAULT_MAX_FAILS),
             health_check,
+            cache,
+            max_qps: r.max_qps.map(|q| q.get()),
         });
     }
 
@@ -597,8 +716,51 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
         server,
         acl,
         routes,
+        cache_max_entries,
         warnings,
     })
+}
+
+/// `base` with the settings `raw` gives; `key` is where they are ("cache" or
+/// "route[i].cache") for messages.
+fn cache_policy(
+    base: CachePolicy,
+    raw: RawCache,
+    src: &SourceText<'_>,
+    key: &str,
+) -> Result<CachePolicy, ConfigError> {
+    let dur =
+        |v: Option<Spanned<Humane>>, default: Duration| v.map_or(default, |d| d.into_inner().0);
+    let max_span = raw.max_ttl.as_ref().map(|m| m.span());
+    let servfail_span = raw.servfail_ttl.as_ref().map(|m| m.span());
+    let p = CachePolicy {
+        enabled: base.enabled,
+        min_ttl: dur(raw.min_ttl, base.min_ttl),
+        max_ttl: dur(raw.max_ttl, base.max_ttl),
+        negative_max_ttl: dur(raw.negative_max_ttl, base.negative_max_ttl),
+        servfail_ttl: dur(raw.servfail_ttl, base.servfail_ttl),
+        serve_stale: dur(raw.serve_stale, base.serve_stale),
+        prefetch: raw.prefetch.unwrap_or(base.prefetch),
+    };
+    if p.max_ttl < p.min_ttl {
+        return Err(src.error(
+            max_span.unwrap_or(0..0),
+            &format!("{key}.max_ttl"),
+            format!(
+                "{} is below min_ttl ({})",
+                humantime::format_duration(p.max_ttl),
+                humantime::format_duration(p.min_ttl)
+            ),
+        ));
+    }
+    if p.servfail_ttl > MAX_SERVFAIL_TTL {
+        return Err(src.error(
+            servfail_span.unwrap_or(0..0),
+            &format!("{key}.servfail_ttl"),
+            "at most 5m: a failure must not be remembered longer (RFC 9520 3.2)",
+        ));
+    }
+    Ok(p)
 }
 
 fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, ConfigError> {

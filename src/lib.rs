@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod cache;
 pub mod config;
 pub mod handler;
 pub mod report;

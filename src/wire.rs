@@ -597,12 +597,12 @@ pub struct Reply {
     pub opt_is_last: bool,
     /// End of the last record: bytes after it are dropped, never relayed.
     pub end: usize,
-}
-
-impl Reply {
-    fn ext_rcode(&self) -> u8 {
-        (self.rcode >> 4) as u8
-    }
+    pub answers: u16,
+    /// Offsets of every TTL field except the OPT's (whose "TTL" holds flags).
+    pub ttl_offsets: Vec<u16>,
+    /// The first SOA of the authority section: (TTL, MINIMUM), for negative caching
+    /// (RFC 2308 section 5).
+    pub soa: Option<(u32, u32)>,
 }
 
 /// Why an upstream datagram was not accepted as the reply.
@@ -631,6 +631,11 @@ pub fn parse_reply(msg: &[u8], sent_id: u16, q: &Query) -> Result<Reply, ReplyEr
     if qtype != q.qtype || qclass != q.qclass || !names_equal(&qname, &q.qname_lower) {
         return Err(ReplyError::Mismatch);
     }
+    walk(msg, question_end).map_err(ReplyError::Malformed)
+}
+
+/// Walks the records after the question (a message already known to have one).
+fn walk(msg: &[u8], question_end: usize) -> Result<Reply, WireError> {
     let (an, ns, ar) = (
         usize::from(count(msg, 1)),
         usize::from(count(msg, 2)),
@@ -640,80 +645,184 @@ pub fn parse_reply(msg: &[u8], sent_id: u16, q: &Query) -> Result<Reply, ReplyEr
     let mut opt = None;
     let mut opt_is_last = false;
     let mut ext = 0u8;
+    let mut soa = None;
+    let mut ttl_offsets = Vec::with_capacity(an + ns + ar);
     for i in 0..an + ns + ar {
-        let (rec, root_owner, next) = read_record(msg, pos).map_err(ReplyError::Malformed)?;
+        let (rec, root_owner, next) = read_record(msg, pos)?;
         opt_is_last = false;
         if rec.rtype == TYPE_OPT {
             if i < an + ns {
-                return Err(ReplyError::Malformed(WireError::MisplacedOpt));
+                return Err(WireError::MisplacedOpt);
             }
             if opt.is_some() {
-                return Err(ReplyError::Malformed(WireError::DuplicateOpt));
+                return Err(WireError::DuplicateOpt);
             }
             if !root_owner {
-                return Err(ReplyError::Malformed(WireError::OptOwner));
+                return Err(WireError::OptOwner);
             }
-            check_options(&msg[rec.rdata.clone()]).map_err(ReplyError::Malformed)?;
+            check_options(&msg[rec.rdata.clone()])?;
             ext = (rec.ttl >> 24) as u8;
             opt = Some(pos..next);
             opt_is_last = true;
+        } else {
+            // The TTL sits 6 octets before the RDATA (TTL, RDLENGTH).
+            ttl_offsets.push((rec.rdata.start - 6) as u16);
+            if rec.rtype == TYPE_SOA && (an..an + ns).contains(&i) && soa.is_none() {
+                // MINIMUM is the last field of the SOA RDATA.
+                if rec.rdata.len() >= 22 {
+                    soa = Some((rec.ttl, u32_at(msg, rec.rdata.end - 4, "soa")?));
+                }
+            }
         }
         pos = next;
     }
     Ok(Reply {
-        rcode: (u16::from(ext) << 4) | (flags & RCODE_MASK),
-        truncated: flags & FLAG_TC != 0,
+        rcode: (u16::from(ext) << 4) | (flags(msg) & RCODE_MASK),
+        truncated: flags(msg) & FLAG_TC != 0,
         question_end,
         opt,
         opt_is_last,
         end: pos,
+        answers: an as u16,
+        ttl_offsets,
+        soa,
     })
 }
 
-/// The upstream's reply rewritten for the client: the client's ID and question
-/// spelling, RA set, the upstream's OPT replaced by one made for this client (none if
-/// the client sent none), everything else as received. Over UDP, a reply larger than
-/// `limit` becomes header + question + OPT with TC=1 (RFC 1035 4.2.1, RFC 6891 7),
-/// so the client retries over TCP rather than trusting a partial RRset.
-pub fn relay(msg: &[u8], r: &Reply, q: &Query, limit: usize) -> Vec<u8> {
-    if r.ext_rcode() != 0 && q.edns.is_none() {
+/// An upstream reply made ready to serve any client who asked the same question: no
+/// OPT (it is hop-by-hop and rebuilt per client), RA set, Z clear, nothing after the
+/// last record. The cache stores exactly this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalized {
+    pub bytes: Vec<u8>,
+    /// Full response code, including any extended bits the upstream's OPT carried.
+    pub rcode: u16,
+    pub truncated: bool,
+    pub question_end: usize,
+    pub answers: u16,
+    pub ttl_offsets: Vec<u16>,
+    pub soa: Option<(u32, u32)>,
+}
+
+impl Normalized {
+    pub fn ttl_at(&self, offset: u16) -> u32 {
+        let o = usize::from(offset);
+        u32::from_be_bytes([
+            self.bytes[o],
+            self.bytes[o + 1],
+            self.bytes[o + 2],
+            self.bytes[o + 3],
+        ])
+    }
+
+    pub fn set_ttl_at(&mut self, offset: u16, ttl: u32) {
+        let o = usize::from(offset);
+        self.bytes[o..o + 4].copy_from_slice(&ttl.to_be_bytes());
+    }
+}
+
+/// Normalizes a reply `parse_reply` accepted; `None` when an OPT in the middle of the
+/// additional section could not be re-encoded away.
+pub fn normalize(msg: &[u8], r: &Reply) -> Option<Normalized> {
+    let (mut bytes, walked) = match &r.opt {
+        None => (msg[..r.end].to_vec(), None),
+        Some(opt) if r.opt_is_last => {
+            let mut b = msg[..opt.start].to_vec();
+            let ar = count(&b, 3) - 1;
+            set_u16(&mut b, 10, ar);
+            (b, None)
+        }
+        // Removing an OPT from the middle would shift names that later compression
+        // pointers refer to; let a full decoder re-encode this rare shape, then walk
+        // the result for its own offsets.
+        Some(_) => {
+            let b = reencode_without_opt(&msg[..r.end])?;
+            let w = walk(&b, r.question_end).ok()?;
+            (b, Some(w))
+        }
+    };
+    let f = (flags(&bytes) | FLAG_RA) & !FLAG_Z;
+    set_u16(&mut bytes, 2, f);
+    let w = walked.as_ref().unwrap_or(r);
+    Some(Normalized {
+        bytes,
+        rcode: r.rcode,
+        truncated: r.truncated,
+        question_end: r.question_end,
+        answers: w.answers,
+        ttl_offsets: w.ttl_offsets.clone(),
+        soa: w.soa,
+    })
+}
+
+/// How the TTLs of a served reply are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttls {
+    /// As stored (a reply straight from upstream).
+    AsStored,
+    /// Decremented by the entry's age in seconds, never below 0 (a cache hit).
+    Aged(u32),
+    /// All set to this value (a stale answer, RFC 8767 section 4: 30 seconds).
+    Fixed(u32),
+}
+
+/// A normalized reply served to one client: its ID and question spelling, TTLs as
+/// asked, and an OPT made for this client (none if it sent none). A reply larger than
+/// `limit` becomes header + question + OPT with TC=1 (RFC 1035 4.2.1, RFC 6891 7), so
+/// the client retries over TCP rather than trusting a partial RRset.
+pub fn render(n: &Normalized, q: &Query, limit: usize, ttls: Ttls) -> Vec<u8> {
+    let ext_rcode = (n.rcode >> 4) as u8;
+    if ext_rcode != 0 && q.edns.is_none() {
         // An extended rcode cannot be said to a client without EDNS.
         return reply_for(q, rcode::SERVFAIL);
     }
-    let mut out = match &r.opt {
-        None => msg[..r.end].to_vec(),
-        Some(opt) if r.opt_is_last => msg[..opt.start].to_vec(),
-        // Removing an OPT from the middle would shift names that later compression
-        // pointers refer to; let a full decoder re-encode this rare shape.
-        Some(_) => match reencode_without_opt(&msg[..r.end]) {
-            Some(v) => v,
-            None => return reply_for(q, rcode::SERVFAIL),
-        },
-    };
-    if r.opt.is_some() && r.opt_is_last {
-        let ar = count(&out, 3) - 1;
-        set_u16(&mut out, 10, ar);
+    let opt_len = if q.edns.is_some() { 11 } else { 0 };
+    if n.bytes.len() + opt_len > limit {
+        return truncated(&n.bytes, n.question_end, q, ext_rcode);
     }
+    let mut out = Vec::with_capacity(n.bytes.len() + opt_len);
+    out.extend_from_slice(&n.bytes);
     set_u16(&mut out, 0, q.id);
-    let f = (flags(&out) | FLAG_RA) & !FLAG_Z;
-    set_u16(&mut out, 2, f);
-    // The reply's question is stored uncompressed at offset 12 (read_name refuses
-    // pointers into the header) and matched ours ignoring case, so it has the same
-    // length: write the client's spelling back (RFC 1035 7.3, 0x20 case randomisation).
+    // The question is stored uncompressed at offset 12 (read_name refuses pointers
+    // into the header) and matched this client's ignoring case, so it has the same
+    // length: write the client's spelling back (RFC 1035 7.3, 0x20 randomisation).
     out[HEADER_LEN..HEADER_LEN + q.qname.len()].copy_from_slice(&q.qname);
+    match ttls {
+        Ttls::AsStored => {}
+        Ttls::Aged(age) => {
+            for &o in &n.ttl_offsets {
+                let ttl = n.ttl_at(o).saturating_sub(age);
+                let o = usize::from(o);
+                out[o..o + 4].copy_from_slice(&ttl.to_be_bytes());
+            }
+        }
+        Ttls::Fixed(ttl) => {
+            for &o in &n.ttl_offsets {
+                let o = usize::from(o);
+                out[o..o + 4].copy_from_slice(&ttl.to_be_bytes());
+            }
+        }
+    }
     if let Some(e) = &q.edns {
         let ar = count(&out, 3) + 1;
         set_u16(&mut out, 10, ar);
-        push_opt(&mut out, EDNS_PAYLOAD, r.ext_rcode(), e.dnssec_ok);
-    }
-    if out.len() > limit {
-        return truncated(&out, r.question_end, q, r.ext_rcode());
+        push_opt(&mut out, EDNS_PAYLOAD, ext_rcode, e.dnssec_ok);
     }
     out
 }
 
+/// The upstream's reply rewritten for the client, TTLs untouched: normalize + render.
+pub fn relay(msg: &[u8], r: &Reply, q: &Query, limit: usize) -> Vec<u8> {
+    match normalize(msg, r) {
+        Some(n) => render(&n, q, limit, Ttls::AsStored),
+        None => reply_for(q, rcode::SERVFAIL),
+    }
+}
+
 fn truncated(full: &[u8], question_end: usize, q: &Query, ext_rcode: u8) -> Vec<u8> {
     let mut out = full[..question_end].to_vec();
+    set_u16(&mut out, 0, q.id);
+    out[HEADER_LEN..HEADER_LEN + q.qname.len()].copy_from_slice(&q.qname);
     set_u16(&mut out, 2, flags(full) | FLAG_TC);
     set_u16(&mut out, 6, 0);
     set_u16(&mut out, 8, 0);
@@ -969,6 +1078,42 @@ mod tests {
         assert_eq!(msg.additionals.len(), 1);
         assert!(msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok));
         assert_eq!(msg.metadata.id, 3);
+    }
+
+    #[test]
+    fn walk_finds_ttls_and_the_negative_soa() {
+        let q = parse_query(&query("nx.example", 1)).unwrap();
+        let mut r = header(8, FLAG_QR | 3, [1, 1, 1, 1]);
+        push_question(&mut r, &q.qname, 1, 1);
+        answer_a(&mut r, 77);
+        // SOA in authority: owner = question name (pointer), TTL 900, MINIMUM 60.
+        r.extend_from_slice(&[0xc0, 12, 0, 6, 0, 1]);
+        r.extend_from_slice(&900u32.to_be_bytes());
+        let mut rdata = vec![0, 0]; // mname ".", rname "."
+        for v in [1u32, 2, 3, 4, 60] {
+            rdata.extend_from_slice(&v.to_be_bytes());
+        }
+        r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        r.extend_from_slice(&rdata);
+        push_opt(&mut r, 1232, 0, false);
+        let p = parse_reply(&r, 8, &q).unwrap();
+        assert_eq!(p.soa, Some((900, 60)));
+        assert_eq!(p.ttl_offsets.len(), 2, "OPT's flags are not a TTL");
+        let n = normalize(&r, &p).unwrap();
+        assert_eq!(n.ttl_at(n.ttl_offsets[0]), 77);
+        assert_eq!(n.ttl_at(n.ttl_offsets[1]), 900);
+        let aged = render(&n, &q, 512, Ttls::Aged(100));
+        let back = parse_reply(&aged, q.id, &q).unwrap();
+        let t = |o: u16| u32::from_be_bytes(aged[o as usize..o as usize + 4].try_into().unwrap());
+        assert_eq!(
+            (t(back.ttl_offsets[0]), t(back.ttl_offsets[1])),
+            (0, 800),
+            "never below 0"
+        );
+        let stale = render(&n, &q, 512, Ttls::Fixed(30));
+        assert!(back.ttl_offsets.iter().all(|&o| u32::from_be_bytes(
+            stale[o as usize..o as usize + 4].try_into().unwrap()
+        ) == 30));
     }
 
     #[test]
