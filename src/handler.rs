@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::acl::Acl;
+use crate::cache::{Cache, Clock, Lookup, Stored, STALE_TTL};
+use crate::config::CachePolicy;
 use crate::config::Config;
+use crate::resolver::{self, Resolution, Resolver};
 use crate::router::Router;
-use crate::upstream::{Lifecycle, Outcome, UpstreamSet};
-use crate::wire::{self, rcode, Query};
+use crate::upstream::{Lifecycle, UpstreamSet};
+use crate::wire::{self, rcode, Query, Ttls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -24,6 +27,14 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The largest reply this client can take on this transport.
+    pub fn limit(self, q: &Query) -> usize {
+        match self {
+            Transport::Udp => wire::Edns::udp_limit(q.edns.as_ref()),
+            Transport::Tcp => wire::MAX_TCP_MESSAGE,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
@@ -46,10 +57,20 @@ pub enum Action {
 pub struct Job {
     query: Query,
     route: Arc<UpstreamSet>,
+    policy: CachePolicy,
+    /// An expired answer to fall back on (RFC 8767).
+    stale: Option<Arc<Stored>>,
+    resolver: Arc<Resolver>,
+    cache: Arc<Cache>,
     client: SocketAddr,
     transport: Transport,
     _permit: OwnedSemaphorePermit,
 }
+
+/// RFC 8767 section 5's client response timer: with a stale answer at hand, a client
+/// waits at most this long for a fresh one (the resolution goes on and refreshes the
+/// cache).
+pub const STALE_ANSWER_AFTER: Duration = Duration::from_millis(1800);
 
 /// Lets a warning through at most once per interval, so a flood that trips a limit
 /// says so in the log without writing a line per packet.
@@ -91,12 +112,16 @@ pub struct Handler {
     overload_warning: Throttle,
     acl: Acl,
     router: Router,
-    routes: Vec<Arc<UpstreamSet>>,
+    routes: Vec<(Arc<UpstreamSet>, CachePolicy)>,
     inflight: Arc<Semaphore>,
+    cache: Arc<Cache>,
+    resolver: Arc<Resolver>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Handler {
-    pub fn new(config: &Config, life: Lifecycle) -> Self {
+    /// `cache` is passed in so it can outlive one configuration.
+    pub fn new(config: &Config, life: Lifecycle, cache: Arc<Cache>) -> Self {
         let router = Router::new(
             config
                 .routes
@@ -111,14 +136,21 @@ impl Handler {
             routes: config
                 .routes
                 .iter()
-                .map(|r| Arc::new(UpstreamSet::new(r, life.clone())))
+                .map(|r| (Arc::new(UpstreamSet::new(r, life.clone())), r.cache))
                 .collect(),
             inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
+            resolver: Arc::new(Resolver::new(Arc::clone(&cache), life.clone())),
+            cache,
+            clock: life.clock,
         }
     }
 
-    pub fn routes(&self) -> &[Arc<UpstreamSet>] {
-        &self.routes
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
     }
 
     pub fn prepare(&self, msg: &[u8], client: SocketAddr, transport: Transport) -> Action {
@@ -173,6 +205,38 @@ impl Handler {
             tracing::debug!(%client, name = %wire::name_to_string(&q.qname), "no route for this name");
             return Action::Reply(wire::reply_for(&q, rcode::REFUSED));
         };
+        let (route, policy) = &self.routes[m.route];
+        let mut stale = None;
+        if policy.enabled {
+            let limit = transport.limit(&q);
+            match self.cache.lookup(&q, policy, self.clock.now()) {
+                Lookup::Fresh {
+                    stored,
+                    age,
+                    prefetch,
+                } => {
+                    if prefetch {
+                        // Refresh in the background; this client is served now.
+                        drop(self.resolver.resolve(&q, route, *policy));
+                    }
+                    return Action::Reply(wire::render(&stored.reply, &q, limit, Ttls::Aged(age)));
+                }
+                Lookup::Failing { stale: Some(s) } => {
+                    self.cache.note_stale_served();
+                    return Action::Reply(wire::render(
+                        &s.reply,
+                        &q,
+                        limit,
+                        Ttls::Fixed(STALE_TTL),
+                    ));
+                }
+                Lookup::Failing { stale: None } => {
+                    return Action::Reply(wire::reply_for(&q, rcode::SERVFAIL));
+                }
+                Lookup::Stale(s) => stale = Some(s),
+                Lookup::Miss => {}
+            }
+        }
         let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
             if self.overload_warning.ready() {
                 tracing::warn!(%client, "server.max_inflight queries are in flight: answering SERVFAIL to new ones (logged at most every 10s)");
@@ -180,7 +244,11 @@ impl Handler {
             return Action::Reply(wire::reply_for(&q, rcode::SERVFAIL));
         };
         Action::Forward(Job {
-            route: Arc::clone(&self.routes[m.route]),
+            route: Arc::clone(route),
+            policy: *policy,
+            stale,
+            resolver: Arc::clone(&self.resolver),
+            cache: Arc::clone(&self.cache),
             query: q,
             client,
             transport,
@@ -190,21 +258,36 @@ impl Handler {
 }
 
 impl Job {
-    /// Forwards and builds the client's reply; `limit` is the largest reply the client
-    /// can take on its transport.
+    /// Resolves (joining an identical resolution in flight) and builds the client's
+    /// reply, falling back on a stale answer when the upstreams fail or are slow.
     pub async fn run(self) -> Vec<u8> {
         let started = Instant::now();
         let q = &self.query;
-        let limit = match self.transport {
-            Transport::Udp => wire::Edns::udp_limit(q.edns.as_ref()),
-            Transport::Tcp => wire::MAX_TCP_MESSAGE,
+        let limit = self.transport.limit(q);
+        let pending = self.resolver.resolve(q, &self.route, self.policy);
+        let res = match &self.stale {
+            Some(_) => tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(pending))
+                .await
+                .ok()
+                .flatten(),
+            None => resolver::wait(pending).await,
         };
-        let (out, upstream) = match self.route.forward(q).await {
-            Outcome::Reply { answer, upstream } => (
-                wire::relay(&answer.bytes, &answer.reply, q, limit),
-                Some(upstream),
-            ),
-            Outcome::Failed => (wire::reply_for(q, rcode::SERVFAIL), None),
+        let failed = res.as_deref().is_none_or(Resolution::is_failure);
+        let answer = match res.as_deref() {
+            Some(Resolution::Answer { reply, upstream }) => Some((reply, *upstream)),
+            _ => None,
+        };
+        let served_stale = failed && self.stale.is_some();
+        let upstream = answer.as_ref().map(|a| a.1);
+        let out = match (answer, &self.stale) {
+            // A failure with a stale answer at hand: the stale answer (RFC 8767).
+            (_, Some(s)) if failed => {
+                self.cache.note_stale_served();
+                wire::render(&s.reply, q, limit, Ttls::Fixed(STALE_TTL))
+            }
+            // An answer, or the SERVFAIL/REFUSED/TC an upstream gave when none did better.
+            (Some((reply, _)), _) => wire::render(reply, q, limit, Ttls::AsStored),
+            (None, _) => wire::reply_for(q, rcode::SERVFAIL),
         };
         tracing::debug!(
             client = %self.client,
@@ -213,6 +296,7 @@ impl Job {
             qtype = q.qtype,
             route = %self.route.route,
             upstream = ?upstream,
+            stale = served_stale,
             rcode = %rcode::name(u16::from(out[3] & 0x0f)),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "answered"

@@ -11,10 +11,11 @@ pub mod cache;
 pub mod config;
 pub mod handler;
 pub mod report;
+pub mod resolver;
 pub mod router;
 pub mod server;
 pub mod upstream;
 pub mod wire;
 
 pub use config::{Config, LoadEnv};
-pub use server::{run, Listeners};
+pub use server::{run, run_with_clock, Listeners};

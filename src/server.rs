@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::cache::{Cache, Clock, SystemClock};
 use crate::config::Config;
 use crate::handler::{Action, Handler, Throttle, Transport, LIMIT_WARN_INTERVAL};
 use crate::upstream::Lifecycle;
@@ -135,8 +136,19 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let life = Lifecycle::default();
-    let handler = Arc::new(Handler::new(&config, life.clone()));
+    run_with_clock(config, listeners, shutdown, Arc::new(SystemClock)).await
+}
+
+/// `run` with the clock the cache and budgets use: tests pass a `ManualClock`.
+pub async fn run_with_clock(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    clock: Arc<dyn Clock>,
+) -> io::Result<()> {
+    let life = Lifecycle::with_clock(clock);
+    let cache = Arc::new(Cache::new(config.cache_max_entries));
+    let handler = Arc::new(Handler::new(&config, life.clone(), cache));
     let tcp_limit = Arc::new(Semaphore::new(config.server.tcp_max_connections));
     let tcp_opts = TcpOptions {
         idle: config.server.tcp_idle_timeout,

@@ -20,7 +20,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[server]\nlistn = [\"127.0.0.1:53\"]\n", "2:1", "server.listn", "unknown field `listn`"),
     ("[acl]\nallowed = []\n", "2:1", "acl.allowed", "unknown field `allowed`"),
     ("[[route]]\nname = \"a\"\nzone = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "3:1", "route[0].zone", "unknown field `zone`"),
-    ("[cache]\nmax_entries = 5\n", "1:2", "cache", "unknown field `cache`"),
+    ("[cashe]\nmax_entries = 5\n", "1:2", "cashe", "unknown field `cashe`"),
     // Missing and mistyped keys.
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\n", "1:1", "route[0]", "missing field `upstreams`"),
     ("[[route]]\nname = 7\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "2:8", "route[0].name", "expected a string"),

@@ -16,13 +16,14 @@ const CLOUD_ZONES: &str = r#"zones = ["privatelink.japaneast.azmk8s.io", "blob.c
 async fn split_setup(with_root: bool) -> (Fake, Fake, Zonefwd) {
     let cloud = Fake::answering(|q| reply_a(q, [10, 9, 9, 9], 60)).await;
     let onprem = Fake::answering(|q| reply_a(q, [10, 1, 1, 1], 60)).await;
+    // No cache: these tests count what reaches each upstream.
     let mut toml = format!(
-        "[[route]]\nname = \"azure-private\"\n{CLOUD_ZONES}\nupstreams = [\"{}\"]\n",
+        "[[route]]\nname = \"azure-private\"\n{CLOUD_ZONES}\nupstreams = [\"{}\"]\ncache = false\n",
         cloud.addr
     );
     if with_root {
         toml.push_str(&format!(
-            "[[route]]\nname = \"on-prem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
+            "[[route]]\nname = \"on-prem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\ncache = false\n",
             onprem.addr
         ));
     }

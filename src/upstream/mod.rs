@@ -9,7 +9,7 @@ pub mod exchange;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,31 +19,98 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::{Clock, SystemClock};
 use crate::config::{Policy, Route};
+use crate::handler::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::wire::{self, rcode, Query};
 pub use exchange::{Answer, TryError};
 
-/// Background work that must stop with the server.
-#[derive(Clone, Debug, Default)]
+/// What the parts of a running server share: background work that must stop with it,
+/// and the clock (injected so tests can drive TTLs and budgets).
+#[derive(Clone, Debug)]
 pub struct Lifecycle {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    pub clock: Arc<dyn Clock>,
 }
 
-/// One upstream server and its health.
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle::with_clock(Arc::new(SystemClock))
+    }
+}
+
+impl Lifecycle {
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Lifecycle {
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            clock,
+        }
+    }
+}
+
+/// A query budget: `rate` per second, bursts of up to one second's worth. The cloud
+/// resolvers drop what exceeds their limits (Azure: 1000 qps per VM to 168.63.129.16;
+/// AWS: 1024 packets/s per interface), so zonefwd keeps under them itself and says so.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(per_second: u32, now: std::time::Instant) -> Self {
+        TokenBucket {
+            rate: f64::from(per_second),
+            state: std::sync::Mutex::new((f64::from(per_second), now)),
+        }
+    }
+
+    pub fn try_take(&self, now: std::time::Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.rate;
+        s.0 = (s.0 + refill).min(self.rate);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One upstream server, its health and its budget.
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
     fails: AtomicU32,
     probing: AtomicBool,
+    budget: Option<TokenBucket>,
+    /// Tries not sent because the budget was spent.
+    pub over_budget: AtomicU64,
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, max_qps: Option<u32>, now: std::time::Instant) -> Self {
         Upstream {
             addr,
             fails: AtomicU32::new(0),
             probing: AtomicBool::new(false),
+            budget: max_qps.map(|q| TokenBucket::new(q, now)),
+            over_budget: AtomicU64::new(0),
+        }
+    }
+
+    fn within_budget(&self, now: std::time::Instant) -> bool {
+        match &self.budget {
+            None => true,
+            Some(b) if b.try_take(now) => true,
+            Some(_) => {
+                self.over_budget.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 
@@ -63,6 +130,8 @@ pub enum Outcome {
     },
     /// Nothing usable before the deadline.
     Failed,
+    /// Every upstream's `max_qps` budget was spent: nothing was sent.
+    OverBudget,
 }
 
 /// What a single try ended with.
@@ -98,6 +167,7 @@ pub struct UpstreamSet {
     try_timeout: Duration,
     max_fails: u32,
     health_check: Duration,
+    budget_warning: Throttle,
     life: Lifecycle,
 }
 
@@ -108,7 +178,7 @@ impl UpstreamSet {
             upstreams: route
                 .upstreams
                 .iter()
-                .map(|u| Arc::new(Upstream::new(u.addr)))
+                .map(|u| Arc::new(Upstream::new(u.addr, route.max_qps, life.clock.now())))
                 .collect(),
             policy: route.policy,
             rr: AtomicUsize::new(0),
@@ -116,6 +186,7 @@ impl UpstreamSet {
             try_timeout: route.try_timeout,
             max_fails: route.max_fails,
             health_check: route.health_check,
+            budget_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             life,
         }
     }
@@ -162,20 +233,34 @@ impl UpstreamSet {
         let mut fallback: Option<(Answer, SocketAddr)> = None;
         let mut try_timer = Instant::now();
 
+        // Starts the next try whose upstream has budget left; false when none has.
         let launch = |tries: &mut Vec<(usize, TryState)>,
                       running: &mut FuturesUnordered<TryFuture>,
                       next: &mut usize,
-                      try_timer: &mut Instant| {
-            let idx = plan[*next];
-            *next += 1;
-            let n = tries.len();
-            tries.push((idx, TryState::Running));
-            let addr = self.upstreams[idx].addr;
-            let q = q.clone();
-            running.push(Box::pin(async move { (n, one_try(addr, &q).await) }));
-            *try_timer = Instant::now() + self.try_timeout;
+                      try_timer: &mut Instant|
+         -> bool {
+            while *next < plan.len() {
+                let idx = plan[*next];
+                *next += 1;
+                if !self.upstreams[idx].within_budget(self.life.clock.now()) {
+                    continue;
+                }
+                let n = tries.len();
+                tries.push((idx, TryState::Running));
+                let addr = self.upstreams[idx].addr;
+                let q = q.clone();
+                running.push(Box::pin(async move { (n, one_try(addr, &q).await) }));
+                *try_timer = Instant::now() + self.try_timeout;
+                return true;
+            }
+            false
         };
-        launch(&mut tries, &mut running, &mut next, &mut try_timer);
+        if !launch(&mut tries, &mut running, &mut next, &mut try_timer) {
+            if self.budget_warning.ready() {
+                tracing::warn!(route = %self.route, "max_qps spent on every upstream: answering from stale cache or SERVFAIL (logged at most every 10s)");
+            }
+            return Outcome::OverBudget;
+        }
 
         loop {
             tokio::select! {
@@ -201,9 +286,7 @@ impl UpstreamSet {
                             }
                         }
                     }
-                    if next < plan.len() {
-                        launch(&mut tries, &mut running, &mut next, &mut try_timer);
-                    } else if running.is_empty() {
+                    if !launch(&mut tries, &mut running, &mut next, &mut try_timer) && running.is_empty() {
                         break;
                     }
                 }
@@ -217,9 +300,7 @@ impl UpstreamSet {
                             self.failure(t.0);
                         }
                     }
-                    if next < plan.len() {
-                        launch(&mut tries, &mut running, &mut next, &mut try_timer);
-                    }
+                    launch(&mut tries, &mut running, &mut next, &mut try_timer);
                 }
                 _ = sleep_until(deadline) => {
                     for t in tries.iter().filter(|t| t.1 == TryState::Running) {

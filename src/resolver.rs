@@ -1,0 +1,151 @@
+//! Query coalescing: one upstream resolution per question in flight.
+//!
+//! Identical questions that arrive while one is being resolved wait for that one's
+//! answer instead of sending their own. Besides sparing the upstream (Azure drops what
+//! exceeds 1000 qps per VM), this closes the birthday attack on forwarders: without
+//! it an attacker triggers many identical upstream queries and races forged replies
+//! against all of them at once (RFC 5452 section 5, dnsmasq's DNSpooq
+//! CVE-2020-25686).
+//!
+//! A resolution runs in a task of its own, so it outlives the client that started it:
+//! the other waiters, the cache and a stale-serving client who stopped waiting all
+//! still get its result.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::cache::{Cache, CacheKey};
+use crate::config::CachePolicy;
+use crate::upstream::{Lifecycle, Outcome, UpstreamSet};
+use crate::wire::{self, rcode, Normalized, Query};
+
+/// How a resolution ended.
+#[derive(Debug)]
+pub enum Resolution {
+    /// What an upstream said (possibly the last SERVFAIL/REFUSED when none did better).
+    Answer {
+        reply: Arc<Normalized>,
+        upstream: std::net::SocketAddr,
+    },
+    /// No upstream answered before the route's deadline.
+    Failed,
+    /// Every upstream's `max_qps` was spent.
+    OverBudget,
+}
+
+impl Resolution {
+    /// Not an answer a client should rely on when a stale one is at hand (RFC 8767
+    /// section 5: timeouts, SERVFAIL and REFUSED count as failures).
+    pub fn is_failure(&self) -> bool {
+        match self {
+            Resolution::Answer { reply, .. } => {
+                matches!(reply.rcode, rcode::SERVFAIL | rcode::REFUSED) || reply.truncated
+            }
+            Resolution::Failed | Resolution::OverBudget => true,
+        }
+    }
+}
+
+type Pending = watch::Receiver<Option<Arc<Resolution>>>;
+
+#[derive(Debug, Default)]
+pub struct ResolverStats {
+    /// Resolutions started (each sends at least one upstream query, budget allowing).
+    pub started: AtomicU64,
+    /// Client queries that joined a resolution already in flight.
+    pub coalesced: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Resolver {
+    inflight: Mutex<HashMap<CacheKey, Pending>>,
+    cache: Arc<Cache>,
+    life: Lifecycle,
+    pub stats: ResolverStats,
+}
+
+impl Resolver {
+    pub fn new(cache: Arc<Cache>, life: Lifecycle) -> Self {
+        Resolver {
+            inflight: Mutex::new(HashMap::new()),
+            cache,
+            life,
+            stats: ResolverStats::default(),
+        }
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Pending>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins the resolution of `q`'s question in flight, or starts one on `route`.
+    pub fn resolve(
+        self: &Arc<Self>,
+        q: &Query,
+        route: &Arc<UpstreamSet>,
+        policy: CachePolicy,
+    ) -> Pending {
+        let key = CacheKey::of(q);
+        let (tx, rx) = {
+            let mut map = self.inflight();
+            if let Some(rx) = map.get(&key) {
+                self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                return rx.clone();
+            }
+            let (tx, rx) = watch::channel(None);
+            map.insert(key.clone(), rx.clone());
+            (tx, rx)
+        };
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
+        let this = Arc::clone(self);
+        let route = Arc::clone(route);
+        let q = q.clone();
+        self.life.tasks.spawn(async move {
+            let res = match route.forward(&q).await {
+                Outcome::Reply { answer, upstream } => {
+                    match wire::normalize(&answer.bytes, &answer.reply) {
+                        Some(n) => Resolution::Answer {
+                            reply: Arc::new(n),
+                            upstream,
+                        },
+                        None => Resolution::Failed,
+                    }
+                }
+                Outcome::Failed => Resolution::Failed,
+                Outcome::OverBudget => Resolution::OverBudget,
+            };
+            if policy.enabled {
+                let now = this.life.clock.now();
+                match &res {
+                    Resolution::Answer { reply, .. } if reply.rcode == rcode::SERVFAIL => {
+                        this.cache.store_failure(&q, &policy, now)
+                    }
+                    Resolution::Answer { reply, .. } => {
+                        this.cache.store_answer(&q, reply, &policy, now);
+                    }
+                    Resolution::Failed => this.cache.store_failure(&q, &policy, now),
+                    // Our own limit, not the upstream's failure: nothing to remember.
+                    Resolution::OverBudget => {}
+                }
+            }
+            // Into the cache first, out of the in-flight map second: a query arriving
+            // in between finds one or the other, never neither.
+            this.inflight().remove(&key);
+            let _ = tx.send(Some(Arc::new(res)));
+        });
+        rx
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight().len()
+    }
+}
+
+/// Waits for a resolution's result; `None` if its task died without one.
+pub async fn wait(mut rx: Pending) -> Option<Arc<Resolution>> {
+    let r = rx.wait_for(Option::is_some).await.ok()?;
+    r.clone()
+}
