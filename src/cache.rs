@@ -177,7 +177,7 @@ impl Equivalent<CacheKey> for KeyRef<'_> {
 #[derive(Debug)]
 pub struct Stored {
     /// TTLs already clamped (positive) or capped at the negative TTL (negative).
-    pub reply: Normalized,
+    pub reply: Arc<Normalized>,
     pub at: Instant,
     /// Seconds the entry is fresh: the smallest TTL it holds.
     pub lifetime: u32,
@@ -320,7 +320,8 @@ impl Cache {
         }
     }
 
-    /// Caches an upstream answer if it may be cached, and returns whether it was.
+    /// Caches an upstream answer if it may be cached, and returns the entry (TTLs as the
+    /// cache will serve them, so the client of a miss sees what later hits see).
     /// Positive answers: every TTL clamped to [min_ttl, max_ttl], fresh for the
     /// smallest. Negative answers (NXDOMAIN, or NOERROR without answers) need an SOA in
     /// the authority section: fresh for min(SOA TTL, SOA MINIMUM) capped by
@@ -332,9 +333,9 @@ impl Cache {
         reply: &Normalized,
         policy: &CachePolicy,
         now: Instant,
-    ) -> bool {
+    ) -> Option<Arc<Stored>> {
         if reply.truncated || reply.ttl_offsets.is_empty() {
-            return false;
+            return None;
         }
         let (min, max) = (secs(policy.min_ttl), secs(policy.max_ttl));
         let mut n = reply.clone();
@@ -351,7 +352,7 @@ impl Cache {
             rcode::NOERROR | rcode::NXDOMAIN => {
                 let Some((soa_ttl, minimum)) = reply.soa else {
                     // No SOA: nothing says how long the name is absent (RFC 2308 5).
-                    return false;
+                    return None;
                 };
                 let negative = soa_ttl
                     .min(minimum)
@@ -362,26 +363,27 @@ impl Cache {
                 }
                 negative
             }
-            _ => return false,
+            _ => return None,
         };
         if lifetime == 0 {
-            return false;
+            return None;
         }
+        let stored = Arc::new(Stored {
+            reply: Arc::new(n),
+            at: now,
+            lifetime,
+            hits: AtomicU32::new(0),
+            prefetching: AtomicBool::new(false),
+        });
         self.inner.insert(
             CacheKey::of(q),
             Entry {
-                data: Some(Arc::new(Stored {
-                    reply: n,
-                    at: now,
-                    lifetime,
-                    hits: AtomicU32::new(0),
-                    prefetching: AtomicBool::new(false),
-                })),
+                data: Some(Arc::clone(&stored)),
                 failed_until: None,
             },
         );
         self.stats.inserts.fetch_add(1, Ordering::Relaxed);
-        true
+        Some(stored)
     }
 
     /// Remembers that the question could not be answered (SERVFAIL, or nothing in
@@ -464,7 +466,9 @@ mod tests {
         let c = Cache::new(100);
         let t0 = Instant::now();
         let a = q("www.example", 1);
-        assert!(c.store_answer(&a, &reply(&a, 0, &[300, 120], None), &policy(), t0));
+        assert!(c
+            .store_answer(&a, &reply(&a, 0, &[300, 120], None), &policy(), t0)
+            .is_some());
         let (age, s, _) = fresh(c.lookup(&a, &policy(), t0 + Duration::from_secs(100)));
         assert_eq!((age, s.lifetime), (100, 120));
         let served = wire::render(&s.reply, &a, 512, wire::Ttls::Aged(age));
@@ -510,7 +514,9 @@ mod tests {
         assert_eq!(s.reply.ttl_at(s.reply.ttl_offsets[1]), 600);
         // TTL 0 without a floor: not cached at all.
         let z = q("zero.example", 1);
-        assert!(!c.store_answer(&z, &reply(&z, 0, &[0], None), &policy(), t0));
+        assert!(c
+            .store_answer(&z, &reply(&z, 0, &[0], None), &policy(), t0)
+            .is_none());
     }
 
     #[test]
@@ -519,12 +525,8 @@ mod tests {
         let t0 = Instant::now();
         let nx = q("nx.example", 1);
         // min(SOA TTL 900, MINIMUM 300) = 300.
-        assert!(c.store_answer(
-            &nx,
-            &reply(&nx, rcode::NXDOMAIN, &[], Some((900, 300))),
-            &policy(),
-            t0
-        ));
+        let nx_reply = reply(&nx, rcode::NXDOMAIN, &[], Some((900, 300)));
+        assert!(c.store_answer(&nx, &nx_reply, &policy(), t0).is_some());
         let (_, s, _) = fresh(c.lookup(&nx, &policy(), t0));
         assert_eq!(s.lifetime, 300);
         assert_eq!(
@@ -538,29 +540,18 @@ mod tests {
             ..policy()
         };
         let nodata = q("nodata.example", 28);
-        assert!(c.store_answer(&nodata, &reply(&nodata, 0, &[], Some((900, 300))), &p, t0));
+        let nodata_reply = reply(&nodata, 0, &[], Some((900, 300)));
+        assert!(c.store_answer(&nodata, &nodata_reply, &p, t0).is_some());
         assert_eq!(fresh(c.lookup(&nodata, &p, t0)).1.lifetime, 10);
         // No SOA: not cached.
         let bare = q("bare.example", 1);
-        assert!(!c.store_answer(
-            &bare,
-            &reply(&bare, rcode::NXDOMAIN, &[], None),
-            &policy(),
-            t0
-        ));
+        let no_soa = reply(&bare, rcode::NXDOMAIN, &[], None);
+        assert!(c.store_answer(&bare, &no_soa, &policy(), t0).is_none());
         // REFUSED and SERVFAIL are never cached as answers.
-        assert!(!c.store_answer(
-            &bare,
-            &reply(&bare, rcode::REFUSED, &[60], None),
-            &policy(),
-            t0
-        ));
-        assert!(!c.store_answer(
-            &bare,
-            &reply(&bare, rcode::SERVFAIL, &[60], None),
-            &policy(),
-            t0
-        ));
+        for rc in [rcode::REFUSED, rcode::SERVFAIL] {
+            let r = reply(&bare, rc, &[60], None);
+            assert!(c.store_answer(&bare, &r, &policy(), t0).is_none());
+        }
     }
 
     #[test]

@@ -49,8 +49,8 @@ pub enum Action {
     Drop,
     /// Answer at once.
     Reply(Vec<u8>),
-    /// Forward, then answer.
-    Forward(Job),
+    /// Forward, then answer. (Boxed: the other variants are small and common.)
+    Forward(Box<Job>),
 }
 
 /// A query on its way upstream; holds its in-flight permit until it is answered.
@@ -243,7 +243,7 @@ impl Handler {
             }
             return Action::Reply(wire::reply_for(&q, rcode::SERVFAIL));
         };
-        Action::Forward(Job {
+        Action::Forward(Box::new(Job {
             route: Arc::clone(route),
             policy: *policy,
             stale,
@@ -253,7 +253,7 @@ impl Handler {
             client,
             transport,
             _permit: permit,
-        })
+        }))
     }
 }
 

@@ -117,20 +117,34 @@ impl Resolver {
                 Outcome::Failed => Resolution::Failed,
                 Outcome::OverBudget => Resolution::OverBudget,
             };
-            if policy.enabled {
+            let res = if policy.enabled {
                 let now = this.life.clock.now();
-                match &res {
-                    Resolution::Answer { reply, .. } if reply.rcode == rcode::SERVFAIL => {
-                        this.cache.store_failure(&q, &policy, now)
+                match res {
+                    Resolution::Answer { ref reply, .. } if reply.rcode == rcode::SERVFAIL => {
+                        this.cache.store_failure(&q, &policy, now);
+                        res
                     }
-                    Resolution::Answer { reply, .. } => {
-                        this.cache.store_answer(&q, reply, &policy, now);
+                    // Waiters get the answer as the cache holds it (TTLs clamped), so
+                    // a miss and the hits after it agree.
+                    Resolution::Answer { reply, upstream } => {
+                        match this.cache.store_answer(&q, &reply, &policy, now) {
+                            Some(stored) => Resolution::Answer {
+                                reply: Arc::clone(&stored.reply),
+                                upstream,
+                            },
+                            None => Resolution::Answer { reply, upstream },
+                        }
                     }
-                    Resolution::Failed => this.cache.store_failure(&q, &policy, now),
+                    Resolution::Failed => {
+                        this.cache.store_failure(&q, &policy, now);
+                        res
+                    }
                     // Our own limit, not the upstream's failure: nothing to remember.
-                    Resolution::OverBudget => {}
+                    Resolution::OverBudget => res,
                 }
-            }
+            } else {
+                res
+            };
             // Into the cache first, out of the in-flight map second: a query arriving
             // in between finds one or the other, never neither.
             this.inflight().remove(&key);

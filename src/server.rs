@@ -116,6 +116,14 @@ fn new_socket(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
     if ty == Type::STREAM {
         // A restart must not wait for old connections in TIME_WAIT.
         s.set_reuse_address(true)?;
+    } else {
+        // A burst of queries must queue rather than drop while the receive loop is
+        // busy: the default (about 200 KiB, some 250 small datagrams) overflows at a
+        // few hundred simultaneous clients. The kernel caps this at net.core.rmem_max;
+        // best effort, like Unbound's so-rcvbuf.
+        if let Err(e) = s.set_recv_buffer_size(UDP_LISTEN_RCVBUF) {
+            tracing::debug!(error = %e, "could not enlarge the udp receive buffer");
+        }
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
@@ -124,6 +132,8 @@ fn new_socket(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
     }
     Ok(s)
 }
+
+const UDP_LISTEN_RCVBUF: usize = 4 << 20;
 
 /// Largest client datagram read; a query is far smaller, anything cut short fails to
 /// parse and is answered FORMERR.

@@ -54,12 +54,25 @@ impl Zonefwd {
     }
 
     pub async fn start_config(config: Config) -> Zonefwd {
+        Zonefwd::start_with_clock(config, Arc::new(zonefwd::cache::SystemClock)).await
+    }
+
+    /// With a clock the test moves: TTLs, serve-stale windows and budgets follow it.
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Arc<dyn zonefwd::cache::Clock>,
+    ) -> Zonefwd {
         let listeners = Listeners::bind(&config.server.listen).expect("bind");
         let (udp, tcp) = listeners.local_addrs()[0];
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(zonefwd::run(config, listeners, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(zonefwd::run_with_clock(
+            config,
+            listeners,
+            async {
+                let _ = rx.await;
+            },
+            clock,
+        ));
         Zonefwd {
             udp,
             tcp,
