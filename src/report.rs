@@ -37,6 +37,35 @@ pub fn router_for(config: &Config) -> Router {
     )
 }
 
+/// One line on how a route uses the cache.
+pub fn cache_summary(r: &Route) -> String {
+    let c = &r.cache;
+    if !c.enabled {
+        return "off".to_string();
+    }
+    let d = |d| humantime::format_duration(d).to_string();
+    format!(
+        "on: TTLs kept within {}..{}, negative answers at most {}, failures remembered {}, {}, {}",
+        d(c.min_ttl),
+        d(c.max_ttl),
+        d(c.negative_max_ttl),
+        d(c.servfail_ttl),
+        if c.serve_stale.is_zero() {
+            "no stale answers".to_string()
+        } else {
+            format!(
+                "stale answers up to {} past expiry when upstreams fail",
+                d(c.serve_stale)
+            )
+        },
+        if c.prefetch {
+            "prefetch"
+        } else {
+            "no prefetch"
+        }
+    )
+}
+
 fn upstream_list(r: &Route) -> String {
     r.upstreams
         .iter()
@@ -59,6 +88,11 @@ pub fn routing_table(config: &Config) -> String {
     let _ = writeln!(s, "listen  {} (udp and tcp)", listen.join(", "));
     let acl: Vec<String> = config.acl.entries().iter().map(|c| c.to_string()).collect();
     let _ = writeln!(s, "acl     {}", acl.join(", "));
+    let _ = writeln!(
+        s,
+        "cache   {} entries, shared by all routes",
+        config.cache_max_entries
+    );
     let rows: Vec<[String; 5]> = config
         .routes
         .iter()
@@ -108,6 +142,12 @@ pub fn routing_table(config: &Config) -> String {
             s,
             "names under no zone above are answered REFUSED (there is no \".\" route)"
         );
+    }
+    for r in &config.routes {
+        let budget = r.max_qps.map_or(String::new(), |q| {
+            format!("; at most {q} queries/s to each upstream")
+        });
+        let _ = writeln!(s, "route {}: cache {}{budget}", r.name, cache_summary(r));
     }
     for w in &config.warnings {
         let _ = writeln!(s, "warning: {w}");
@@ -165,6 +205,13 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
         humantime::format_duration(r.timeout),
         humantime::format_duration(r.try_timeout)
     );
+    let _ = writeln!(s, "cache      {}", cache_summary(r));
+    if let Some(q) = r.max_qps {
+        let _ = writeln!(
+            s,
+            "budget     at most {q} queries/s to each upstream; beyond it, a stale answer or SERVFAIL"
+        );
+    }
     if r.max_fails > 0 {
         let _ = writeln!(
             s,

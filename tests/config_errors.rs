@@ -38,6 +38,16 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[[route]]\nname = \"a\"\nzones = [\"corp..example\"]\nupstreams = [\"192.0.2.1\"]\n", "3:10", "route[0].zones[0]", "empty label"),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\npolicy = \"fastest\"\n", "5:10", "route[0].policy", "expected \"sequential\", \"round_robin\" or \"random\""),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = \"5\"\n", "5:11", "route[0].timeout", "expected a duration like"),
+    // The cache.
+    ("[cache]\nmax_entries = 0\n", "2:15", "cache.max_entries", "nonzero"),
+    ("[cache]\nservfail_ttl = \"10m\"\n", "2:16", "cache.servfail_ttl", "at most 5m"),
+    ("[cache]\nmin_ttl = \"1h\"\nmax_ttl = \"10m\"\n", "3:11", "cache.max_ttl", "below min_ttl"),
+    ("[cache]\nserve_stale = \"forever\"\n", "2:15", "cache.serve_stale", "expected a duration like"),
+    ("[cache]\nprefetch = \"yes\"\n", "2:12", "cache.prefetch", "expected a boolean"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = \"off\"\n", "5:9", "route[0].cache", "true, false, or a table"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = { max_entries = 5 }\n", "5:25", "route[0].cache.max_entries", "set max_entries in [cache]"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = { negative_ttl = \"1s\" }\n", "5:11", "route[0].cache.negative_ttl", "unknown field `negative_ttl`"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nmax_qps = 0\n", "5:11", "route[0].max_qps", "nonzero"),
     // Cross-field checks.
     ("", "1:1", "route", "no [[route]] tables"),
     ("[[route]]\nname = \"a\"\nzones = []\nupstreams = [\"192.0.2.1\"]\n", "3:9", "route[0].zones", "empty list"),
@@ -125,6 +135,26 @@ fn system_upstreams_come_from_resolv_conf_and_must_not_loop() {
         e.contains("\"system\" needs /nonexistent/resolv.conf"),
         "{e}"
     );
+}
+
+#[test]
+fn route_cache_settings_overlay_the_global_ones() {
+    use std::time::Duration;
+    let text = "[cache]\nmax_entries = 500\nnegative_max_ttl = \"30m\"\nprefetch = false\n\
+        [[route]]\nname = \"azure\"\nzones = [\"privatelink.blob.core.windows.net\"]\nupstreams = [\"168.63.129.16\"]\n\
+        cache = { negative_max_ttl = \"10s\" }\nmax_qps = 900\n\
+        [[route]]\nname = \"lab\"\nzones = [\"lab.example\"]\nupstreams = [\"192.0.2.2\"]\ncache = false\n\
+        [[route]]\nname = \"rest\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n";
+    let c = Config::parse(text, "c.toml", &LoadEnv::default()).unwrap();
+    assert_eq!(c.cache_max_entries, 500);
+    let (azure, lab, rest) = (&c.routes[0], &c.routes[1], &c.routes[2]);
+    assert_eq!(azure.cache.negative_max_ttl, Duration::from_secs(10));
+    assert!(!azure.cache.prefetch, "inherited from [cache]");
+    assert_eq!(azure.max_qps, Some(900));
+    assert!(!lab.cache.enabled);
+    assert!(rest.cache.enabled);
+    assert_eq!(rest.cache.negative_max_ttl, Duration::from_secs(1800));
+    assert_eq!(rest.max_qps, None);
 }
 
 #[test]
