@@ -101,9 +101,17 @@ impl Resolver {
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         let this = Arc::clone(self);
+        let own = rx.clone();
         let route = Arc::clone(route);
         let q = q.clone();
         self.life.tasks.spawn(async move {
+            // However this task ends (even by a panic), the question leaves the
+            // in-flight map; otherwise later queries would join a dead resolution.
+            let unregister = Unregister {
+                resolver: &this,
+                key: &key,
+                rx: &own,
+            };
             let res = match route.forward(&q).await {
                 Outcome::Reply { answer, upstream } => {
                     match wire::normalize(&answer.bytes, &answer.reply) {
@@ -147,7 +155,7 @@ impl Resolver {
             };
             // Into the cache first, out of the in-flight map second: a query arriving
             // in between finds one or the other, never neither.
-            this.inflight().remove(&key);
+            drop(unregister);
             let _ = tx.send(Some(Arc::new(res)));
         });
         rx
@@ -155,6 +163,23 @@ impl Resolver {
 
     pub fn in_flight(&self) -> usize {
         self.inflight().len()
+    }
+}
+
+/// Takes a resolution's question out of the in-flight map when it ends, but only if
+/// the entry is still this resolution's own.
+struct Unregister<'a> {
+    resolver: &'a Resolver,
+    key: &'a CacheKey,
+    rx: &'a Pending,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        let mut map = self.resolver.inflight();
+        if map.get(self.key).is_some_and(|r| r.same_channel(self.rx)) {
+            map.remove(self.key);
+        }
     }
 }
 
