@@ -29,6 +29,12 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_TCP_MAX_PIPELINED: usize = 64;
 pub const DEFAULT_MAX_INFLIGHT: usize = 10_000;
+pub const MAX_UDP_THREADS: usize = 64;
+
+/// One UDP thread per CPU this process may use.
+pub fn default_udp_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_UDP_THREADS))
+}
 /// Above Azure's advice of more than 4 s for forwarding to 168.63.129.16.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -99,6 +105,8 @@ pub struct Server {
     pub tcp_max_pipelined: usize,
     /// Client queries being forwarded at once, all transports; beyond it, SERVFAIL.
     pub max_inflight: usize,
+    /// Threads serving UDP, each with its own socket on every listen address.
+    pub udp_threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,6 +304,7 @@ struct RawServer {
     tcp_max_connections: Option<NonZeroUsize>,
     tcp_max_pipelined: Option<NonZeroUsize>,
     max_inflight: Option<NonZeroUsize>,
+    udp_threads: Option<Spanned<NonZeroUsize>>,
 }
 
 #[derive(Deserialize)]
@@ -802,6 +811,17 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
         max_inflight: raw
             .max_inflight
             .map_or(DEFAULT_MAX_INFLIGHT, NonZeroUsize::get),
+        udp_threads: match raw.udp_threads {
+            None => default_udp_threads(),
+            Some(t) if t.get_ref().get() > MAX_UDP_THREADS => {
+                return Err(src.error(
+                    t.span(),
+                    "server.udp_threads",
+                    format!("at most {MAX_UDP_THREADS}"),
+                ));
+            }
+            Some(t) => t.into_inner().get(),
+        },
     })
 }
 

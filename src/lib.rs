@@ -14,6 +14,7 @@ pub mod report;
 pub mod resolver;
 pub mod router;
 pub mod server;
+pub mod udp_batch;
 pub mod upstream;
 pub mod wire;
 

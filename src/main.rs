@@ -86,7 +86,8 @@ fn main() -> ExitCode {
 
 fn serve(path: &Path) -> Result<bool, String> {
     let config = load(path)?;
-    let listeners = Listeners::bind(&config.server.listen).map_err(|e| e.to_string())?;
+    let listeners = Listeners::bind(&config.server.listen, config.server.udp_threads)
+        .map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,13 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsRawFd;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::{Cache, Clock, SystemClock};
 use crate::config::Config;
 use crate::handler::{Action, Handler, Throttle, Transport, LIMIT_WARN_INTERVAL};
+use crate::udp_batch::{self, Batch};
 use crate::upstream::Lifecycle;
 use crate::wire;
 
@@ -27,7 +30,8 @@ use crate::wire;
 /// knows the real addresses and can fail early.
 #[derive(Debug)]
 pub struct Listeners {
-    pub udp: Vec<std::net::UdpSocket>,
+    /// Per listen address, one UDP socket per UDP thread (SO_REUSEPORT when several).
+    pub udp: Vec<Vec<std::net::UdpSocket>>,
     pub tcp: Vec<std::net::TcpListener>,
 }
 
@@ -42,15 +46,24 @@ pub struct BindError {
 
 impl Listeners {
     /// Binds UDP and TCP on each address, on the same port (for port 0, the port the
-    /// kernel picked for UDP).
-    pub fn bind(addrs: &[SocketAddr]) -> Result<Listeners, BindError> {
+    /// kernel picked for UDP), with `udp_sockets` UDP sockets per address sharing the
+    /// port through SO_REUSEPORT, one for each UDP thread.
+    pub fn bind(addrs: &[SocketAddr], udp_sockets: usize) -> Result<Listeners, BindError> {
         let mut l = Listeners {
             udp: Vec::new(),
             tcp: Vec::new(),
         };
+        let reuse_port = udp_sockets > 1;
         for &addr in addrs {
-            let (udp, tcp) = bind_pair(addr)?;
-            l.udp.push(udp);
+            let (udp, tcp) = bind_pair(addr, reuse_port)?;
+            let bound = udp.local_addr().map_err(|e| bind_error(addr, "udp", e))?;
+            let mut group = vec![udp];
+            for _ in 1..udp_sockets {
+                let more =
+                    new_socket(bound, Type::DGRAM, true).map_err(|e| bind_error(addr, "udp", e))?;
+                group.push(more.into());
+            }
+            l.udp.push(group);
             l.tcp.push(tcp);
         }
         Ok(l)
@@ -61,7 +74,7 @@ impl Listeners {
         self.udp
             .iter()
             .zip(&self.tcp)
-            .filter_map(|(u, t)| Some((u.local_addr().ok()?, t.local_addr().ok()?)))
+            .filter_map(|(u, t)| Some((u.first()?.local_addr().ok()?, t.local_addr().ok()?)))
             .collect()
     }
 }
@@ -83,18 +96,22 @@ fn bind_error(addr: SocketAddr, proto: &'static str, source: io::Error) -> BindE
     }
 }
 
-fn bind_pair(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), BindError> {
+fn bind_pair(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), BindError> {
     // With port 0 the TCP port may be taken by someone else; pick again a few times.
     let attempts = if addr.port() == 0 { 16 } else { 1 };
     let mut last = None;
     for _ in 0..attempts {
-        let udp = new_socket(addr, Type::DGRAM).map_err(|e| bind_error(addr, "udp", e))?;
+        let udp =
+            new_socket(addr, Type::DGRAM, reuse_port).map_err(|e| bind_error(addr, "udp", e))?;
         let port = udp
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket())
             .map_or(addr.port(), |a| a.port());
-        match new_socket(SocketAddr::new(addr.ip(), port), Type::STREAM) {
+        match new_socket(SocketAddr::new(addr.ip(), port), Type::STREAM, false) {
             Ok(tcp) => return Ok((udp.into(), tcp.into())),
             Err(e) => last = Some(e),
         }
@@ -102,7 +119,7 @@ fn bind_pair(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpList
     Err(bind_error(addr, "tcp", last.expect("at least one attempt")))
 }
 
-fn new_socket(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
+fn new_socket(addr: SocketAddr, ty: Type, reuse_port: bool) -> io::Result<Socket> {
     let proto = if ty == Type::DGRAM {
         Protocol::UDP
     } else {
@@ -124,6 +141,11 @@ fn new_socket(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
         if let Err(e) = s.set_recv_buffer_size(UDP_LISTEN_RCVBUF) {
             tracing::debug!(error = %e, "could not enlarge the udp receive buffer");
         }
+    }
+    if reuse_port {
+        // Several sockets on one port, one per UDP thread; the kernel spreads clients
+        // over them by address hash (and only lets the same user join the group).
+        s.set_reuse_port(true)?;
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
@@ -165,11 +187,13 @@ pub async fn run_with_clock(
         pipelined: config.server.tcp_max_pipelined,
     };
 
-    for sock in listeners.udp {
-        let sock = Arc::new(UdpSocket::from_std(sock)?);
-        tracing::info!(addr = %sock.local_addr()?, "listening on udp");
-        life.tasks
-            .spawn(serve_udp(sock, Arc::clone(&handler), life.clone()));
+    for group in listeners.udp {
+        if let Some(first) = group.first() {
+            tracing::info!(addr = %first.local_addr()?, threads = group.len(), "listening on udp");
+        }
+        for (i, sock) in group.into_iter().enumerate() {
+            spawn_udp_thread(i, sock, Arc::clone(&handler), life.clone())?;
+        }
     }
     for listener in listeners.tcp {
         let listener = TcpListener::from_std(listener)?;
@@ -219,33 +243,91 @@ pub async fn run_with_clock(
     Ok(())
 }
 
-async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, life: Lifecycle) {
-    let mut buf = vec![0u8; UDP_QUERY_BUF];
-    loop {
-        let (n, client) = tokio::select! {
-            _ = life.shutdown.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors from earlier replies surface here on some systems;
-                    // they concern one client, not the socket.
-                    tracing::debug!(error = %e, "udp receive error");
-                    continue;
+/// Serves one UDP socket on a thread of its own with a single-threaded runtime: a
+/// query is received, answered (from cache, inline) and sent on one thread, and the
+/// forwarding it starts runs there too. A shared multi-threaded runtime spent more
+/// CPU waking its workers for each other than on the queries themselves.
+fn spawn_udp_thread(
+    index: usize,
+    sock: std::net::UdpSocket,
+    handler: Arc<Handler>,
+    life: Lifecycle,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("zonefwd-udp-{index}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                match UdpSocket::from_std(sock) {
+                    Ok(sock) => serve_udp(Arc::new(sock), handler, life.clone()).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve a udp socket"),
                 }
+                // Queries this thread started finish on this runtime: keep it running
+                // until every tracked task, here and elsewhere, is done.
+                life.tasks.wait().await;
+            })
+        })?;
+    Ok(())
+}
+
+async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, life: Lifecycle) {
+    let fd = sock.as_raw_fd();
+    let mut batch = Batch::new(UDP_QUERY_BUF);
+    let mut received = Vec::with_capacity(udp_batch::BATCH);
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(udp_batch::BATCH);
+    loop {
+        tokio::select! {
+            _ = life.shutdown.cancelled() => return,
+            r = sock.readable() => if let Err(e) = r {
+                tracing::debug!(error = %e, "udp socket error");
+                continue;
             },
-        };
-        match handler.prepare(&buf[..n], client, Transport::Udp) {
-            Action::Drop => {}
-            Action::Reply(out) => send_udp(&sock, &out, client).await,
-            Action::Forward(job) => {
-                let sock = Arc::clone(&sock);
-                life.tasks.spawn(async move {
-                    let out = job.run().await;
-                    send_udp(&sock, &out, client).await;
-                });
+        }
+        match sock.try_io(Interest::READABLE, || batch.recv(fd, &mut received)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                // ICMP errors from earlier replies surface here on some systems;
+                // they concern one client, not the socket.
+                tracing::debug!(error = %e, "udp receive error");
+                continue;
+            }
+        }
+        for (i, &(len, client)) in received.iter().enumerate() {
+            match handler.prepare(batch.datagram(i, len), client, Transport::Udp) {
+                Action::Drop => {}
+                Action::Reply(out) => replies.push((out, client)),
+                Action::Forward(job) => {
+                    let sock = Arc::clone(&sock);
+                    life.tasks.spawn(async move {
+                        let out = job.run().await;
+                        send_udp(&sock, &out, client).await;
+                    });
+                }
+            }
+        }
+        flush(&sock, &mut batch, &mut replies).await;
+    }
+}
+
+/// Sends the answers made from one batch, as many per system call as the socket takes;
+/// whatever it will not take at once goes out one by one, waiting for room.
+async fn flush(sock: &UdpSocket, batch: &mut Batch, replies: &mut Vec<(Vec<u8>, SocketAddr)>) {
+    let fd = sock.as_raw_fd();
+    let mut sent = 0;
+    while sent < replies.len() {
+        match sock.try_io(Interest::WRITABLE, || batch.send(fd, &replies[sent..])) {
+            Ok(n) if n > 0 => sent += n,
+            _ => {
+                let (out, client) = &replies[sent];
+                send_udp(sock, out, *client).await;
+                sent += 1;
             }
         }
     }
+    replies.clear();
 }
 
 async fn send_udp(sock: &UdpSocket, out: &[u8], client: SocketAddr) {

@@ -156,6 +156,30 @@ fn explain_without_a_route_exits_1_and_config_comes_from_the_environment() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("zonefwd answers REFUSED"));
 }
 
+/// A child process that cannot outlive a failing test (it would hold the test's
+/// output pipes open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 #[tokio::test]
 async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 99], 42)).await;
@@ -169,13 +193,16 @@ async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "-c", p.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "-c", p.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // The startup lines name the bound addresses: read the UDP one.
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -191,7 +218,10 @@ async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
             .expect("startup log");
         log.push(line.clone());
         if line.contains("listening on udp") {
-            let addr = line.rsplit("addr=").next().unwrap().trim().to_string();
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .unwrap_or_else(|| panic!("{line}"));
             break addr
                 .parse::<std::net::SocketAddr>()
                 .unwrap_or_else(|_| panic!("{line}"));

@@ -62,7 +62,8 @@ impl Zonefwd {
         config: Config,
         clock: Arc<dyn zonefwd::cache::Clock>,
     ) -> Zonefwd {
-        let listeners = Listeners::bind(&config.server.listen).expect("bind");
+        let listeners =
+            Listeners::bind(&config.server.listen, config.server.udp_threads).expect("bind");
         let (udp, tcp) = listeners.local_addrs()[0];
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(zonefwd::run_with_clock(
