@@ -862,7 +862,12 @@ async fn many_concurrent_clients_all_get_answers() {
         reply_a(q, [192, 0, 2, 1], 1)
     })
     .await;
-    let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
+    // More UDP threads than cores: four sockets share the port (SO_REUSEPORT).
+    let z = Zonefwd::start(&format!(
+        "[server]\nudp_threads = 4\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let addr = z.udp;
