@@ -239,9 +239,16 @@ impl Handler {
         }
         let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
             if self.overload_warning.ready() {
-                tracing::warn!(%client, "server.max_inflight queries are in flight: answering SERVFAIL to new ones (logged at most every 10s)");
+                tracing::warn!(%client, "server.max_inflight queries are in flight: answering new ones from stale cache or SERVFAIL (logged at most every 10s)");
             }
-            return Action::Reply(wire::reply_for(&q, rcode::SERVFAIL));
+            // Overloaded: an expired answer beats a SERVFAIL (RFC 8767's purpose).
+            return Action::Reply(match stale {
+                Some(s) => {
+                    self.cache.note_stale_served();
+                    wire::render(&s.reply, &q, transport.limit(&q), Ttls::Fixed(STALE_TTL))
+                }
+                None => wire::reply_for(&q, rcode::SERVFAIL),
+            });
         };
         Action::Forward(Box::new(Job {
             route: Arc::clone(route),

@@ -391,3 +391,52 @@ async fn max_qps_caps_upstream_queries_and_falls_back_to_stale() {
     assert_eq!(up.count(), 6, "nothing sent over budget");
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn when_overloaded_a_stale_answer_beats_servfail() {
+    let up = Fake::start(|q, _| {
+        let delay = if qname_of(q) == "busy.example." {
+            1500
+        } else {
+            0
+        };
+        vec![
+            Step::Sleep(Duration::from_millis(delay)),
+            Step::Reply(reply_a(q, [192, 0, 2, 11], 5)),
+        ]
+    })
+    .await;
+    let (z, clock) = start(&format!(
+        "[server]\nmax_inflight = 1\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    ask_raw(&z, &query("known.example.", RecordType::A, None)).await;
+    clock.advance(Duration::from_secs(10)); // known.example. has expired
+    let addr = z.udp;
+    let busy = tokio::spawn(async move {
+        raw_udp(
+            addr,
+            &query("busy.example.", RecordType::A, None)
+                .to_vec()
+                .unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    eventually("the slow query to hold the only slot", || {
+        asked(&up, "busy.example.") == 1
+    })
+    .await;
+    let r = ask_raw(&z, &query("known.example.", RecordType::A, None)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(r.answers[0].ttl, 30, "the stale answer, not SERVFAIL");
+    let r = ask_raw(&z, &query("unknown.example.", RecordType::A, None)).await;
+    assert_eq!(
+        r.metadata.response_code,
+        ResponseCode::ServFail,
+        "nothing stale to give"
+    );
+    assert!(busy.await.unwrap().is_some());
+    z.stop().await.unwrap();
+}
