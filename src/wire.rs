@@ -126,10 +126,32 @@ fn count(msg: &[u8], n: usize) -> u16 {
 
 /// Reads the (possibly compressed) name at `pos`, appending its uncompressed wire form
 /// to `out` when given. Returns the position just after the name as it is stored.
-pub fn read_name(
+pub fn read_name(msg: &[u8], start: usize, out: Option<&mut Vec<u8>>) -> Result<usize, WireError> {
+    read_name_avoiding(msg, start, out, &[])
+}
+
+/// Octets [from, to) reached through a compression pointer while reading the name that
+/// starts at `name_start` may be used: they lie wholly before that name (a pointer
+/// refers to an earlier, complete name, RFC 1035 4.1.4) and outside every TTL field.
+fn earlier_name_bytes(ttls: &[u16], name_start: usize, from: usize, to: usize) -> bool {
+    to <= name_start && !touches_ttl(ttls, from, to)
+}
+
+/// Whether [start, end) touches any of the 4-octet TTL fields at `ttls` (ascending).
+fn touches_ttl(ttls: &[u16], start: usize, end: usize) -> bool {
+    let i = ttls.partition_point(|&o| usize::from(o) + 4 <= start);
+    ttls.get(i).is_some_and(|&o| usize::from(o) < end)
+}
+
+/// `read_name`, refusing names that are read, through a compression pointer, out of a
+/// TTL field. zonefwd rewrites TTLs (clamping, ageing), so a name aliased onto TTL
+/// octets would change meaning after it was validated; real compression points only
+/// at earlier names.
+fn read_name_avoiding(
     msg: &[u8],
     start: usize,
     mut out: Option<&mut Vec<u8>>,
+    ttls: &[u16],
 ) -> Result<usize, WireError> {
     let mut pos = start;
     let mut after: Option<usize> = None;
@@ -147,6 +169,9 @@ pub fn read_name(
                     return Err(WireError::NameTooLong);
                 }
                 if l == 0 {
+                    if after.is_some() && !earlier_name_bytes(ttls, start, pos, pos + 1) {
+                        return Err(WireError::BadPointer);
+                    }
                     if let Some(o) = out.as_deref_mut() {
                         o.push(0);
                     }
@@ -155,6 +180,9 @@ pub fn read_name(
                 let label = msg
                     .get(pos + 1..pos + 1 + l)
                     .ok_or(WireError::Truncated("label"))?;
+                if after.is_some() && !earlier_name_bytes(ttls, start, pos, pos + 1 + l) {
+                    return Err(WireError::BadPointer);
+                }
                 if let Some(o) = out.as_deref_mut() {
                     o.push(b);
                     o.extend_from_slice(label);
@@ -163,6 +191,9 @@ pub fn read_name(
             }
             0xc0 => {
                 let lo = *msg.get(pos + 1).ok_or(WireError::Truncated("pointer"))?;
+                if after.is_some() && !earlier_name_bytes(ttls, start, pos, pos + 2) {
+                    return Err(WireError::BadPointer);
+                }
                 let target = (usize::from(b & 0x3f) << 8) | usize::from(lo);
                 if target >= floor || target < HEADER_LEN {
                     return Err(WireError::BadPointer);
@@ -349,8 +380,12 @@ struct RecordHead {
     rdata: Range<usize>,
 }
 
-fn read_record(msg: &[u8], pos: usize) -> Result<(RecordHead, bool, usize), WireError> {
-    let name_end = read_name(msg, pos, None)?;
+fn read_record(
+    msg: &[u8],
+    pos: usize,
+    ttls: &[u16],
+) -> Result<(RecordHead, bool, usize), WireError> {
+    let name_end = read_name_avoiding(msg, pos, None, ttls)?;
     let root_owner = name_end == pos + 1 && msg[pos] == 0;
     let rtype = u16_at(msg, name_end, "record")?;
     let class = u16_at(msg, name_end + 2, "record")?;
@@ -428,7 +463,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Rejection> {
     }
     let mut edns = None;
     for _ in 0..count(msg, 3) {
-        let (rec, root_owner, next) = match read_record(msg, pos) {
+        let (rec, root_owner, next) = match read_record(msg, pos, &[]) {
             Ok(r) => r,
             Err(_) => {
                 return Err(reject(
@@ -648,7 +683,7 @@ fn walk(msg: &[u8], question_end: usize) -> Result<Reply, WireError> {
     let mut soa = None;
     let mut ttl_offsets = Vec::with_capacity(an + ns + ar);
     for i in 0..an + ns + ar {
-        let (rec, root_owner, next) = read_record(msg, pos)?;
+        let (rec, root_owner, next) = read_record(msg, pos, &ttl_offsets)?;
         opt_is_last = false;
         if rec.rtype == TYPE_OPT {
             if i < an + ns {
@@ -898,6 +933,61 @@ mod tests {
         let mut m = header(1, 0, [1, 0, 0, 0]);
         m.extend_from_slice(&[0x41, 0]);
         assert_eq!(read_name(&m, 12, None), Err(WireError::BadLabelType));
+    }
+
+    #[test]
+    fn names_may_not_alias_ttl_octets() {
+        // An owner name that points at the last octet of an earlier TTL (0x00, which
+        // reads as the root) would change meaning when zonefwd rewrites that TTL.
+        let q = parse_query(&query("a", 1)).unwrap();
+        let mut r = header(1, FLAG_QR, [1, 2, 0, 0]);
+        push_question(&mut r, &q.qname, 1, 1);
+        let first = r.len();
+        answer_a(&mut r, 256); // TTL octets 00 00 01 00
+        let ttl_last = first + 2 + 4 + 3;
+        r.extend_from_slice(&[
+            0xc0,
+            ttl_last as u8,
+            0,
+            1,
+            0,
+            1,
+            0,
+            0,
+            0,
+            9,
+            0,
+            4,
+            1,
+            2,
+            3,
+            4,
+        ]);
+        assert_eq!(
+            parse_reply(&r, 1, &q),
+            Err(ReplyError::Malformed(WireError::BadPointer))
+        );
+        // The same pointer aimed at the question name is ordinary compression.
+        let n = r.len();
+        r[n - 15] = 12;
+        assert!(parse_reply(&r, 1, &q).is_ok());
+    }
+
+    #[test]
+    fn names_read_through_pointers_end_before_the_name_that_points() {
+        // The pointer goes backwards, to a length octet (9) at the end of an earlier
+        // record, but the label it starts runs on into the pointing record itself,
+        // over its TTL.
+        let q = parse_query(&query("a", 1)).unwrap();
+        let mut r = header(1, FLAG_QR, [1, 2, 0, 0]);
+        push_question(&mut r, &q.qname, 1, 1);
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 0, 0, 4, 192, 0, 2, 9]);
+        let nine = r.len() - 1;
+        r.extend_from_slice(&[0xc0, nine as u8, 0, 1, 0, 1, 0, 0, 1, 0, 0, 4, 1, 2, 3, 4]);
+        assert_eq!(
+            parse_reply(&r, 1, &q),
+            Err(ReplyError::Malformed(WireError::BadPointer))
+        );
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! Property tests: no input makes the wire code panic, loop, or emit something that is
+//! not a well-formed DNS message. Random bytes, and valid messages with bytes flipped,
+//! cut or spliced, go through every path a packet from a client or an upstream takes.
+
+use proptest::prelude::*;
+use zonefwd::wire::{self, Query, Ttls};
+
+/// A valid query for `name` with optional EDNS, built by hand so the test does not
+/// depend on the code under test.
+fn query_bytes(name: &[u8], qtype: u16, edns: bool) -> Vec<u8> {
+    let mut m = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
+    m.extend_from_slice(name);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    if edns {
+        m.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0x80, 0, 0, 0]);
+    }
+    m
+}
+
+/// A valid reply to `q` with `n` compressed A records and an SOA in authority.
+fn reply_bytes(q: &Query, id: u16, n: u8) -> Vec<u8> {
+    let mut r = wire::build_upstream_query(q, id, false);
+    r[2] |= 0x80;
+    r[7] = n;
+    r[9] = 1;
+    for i in 0..n {
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 0, 0, 4, 192, 0, 2, i]);
+    }
+    r.extend_from_slice(&[0xc0, 12, 0, 6, 0, 1, 0, 0, 0, 60, 0, 22, 0, 0]);
+    for v in [1u32, 2, 3, 4, 5] {
+        r.extend_from_slice(&v.to_be_bytes());
+    }
+    r
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(3000)
+}
+
+fn name_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec("[a-zA-Z0-9-]{1,20}", 0..5).prop_map(|labels| {
+        let mut w = Vec::new();
+        for l in labels {
+            w.push(l.len() as u8);
+            w.extend_from_slice(l.as_bytes());
+        }
+        w.push(0);
+        w
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(usize, u8),
+    Cut(usize),
+    Insert(usize, Vec<u8>),
+}
+
+fn mutate(mut m: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
+    for mu in muts {
+        if m.is_empty() {
+            break;
+        }
+        match mu {
+            Mutation::Flip(at, x) => {
+                let i = at % m.len();
+                m[i] ^= x;
+            }
+            Mutation::Cut(at) => m.truncate(at % (m.len() + 1)),
+            Mutation::Insert(at, bytes) => {
+                let i = at % (m.len() + 1);
+                m.splice(i..i, bytes.iter().copied());
+            }
+        }
+    }
+    m
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), 1u8..=255).prop_map(|(a, x)| Mutation::Flip(a, x)),
+        any::<usize>().prop_map(Mutation::Cut),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(a, b)| Mutation::Insert(a, b)),
+    ]
+}
+
+/// Everything a client query goes through, for any bytes.
+fn exercise_query(bytes: &[u8]) {
+    if !wire::is_answerable_query(bytes) {
+        return;
+    }
+    match wire::parse_query(bytes) {
+        Ok(q) => {
+            assert!(q.qname.len() <= wire::MAX_NAME_LEN);
+            assert_eq!(q.qname.len(), q.qname_lower.len());
+            let up = wire::build_upstream_query(&q, 1, true);
+            let back = wire::parse_query(&up).expect("our own upstream query parses");
+            assert!(wire::names_equal(&back.qname, &q.qname));
+            let err = wire::reply_for(&q, wire::rcode::SERVFAIL);
+            assert!(err.len() >= wire::HEADER_LEN);
+        }
+        Err(rej) => {
+            let question = rej
+                .question
+                .as_ref()
+                .map(|(n, t, c)| (n.as_slice(), *t, *c));
+            let out = wire::error_reply(
+                wire::id(bytes),
+                wire::flags(bytes),
+                question,
+                rej.edns.as_ref(),
+                rej.rcode,
+            );
+            assert!(out.len() >= wire::HEADER_LEN);
+        }
+    }
+}
+
+/// Everything an upstream reply goes through, for any bytes; what reaches the client
+/// must itself walk clean.
+fn exercise_reply(bytes: &[u8], q: &Query, id: u16) {
+    let Ok(r) = wire::parse_reply(bytes, id, q) else {
+        return;
+    };
+    let Some(n) = wire::normalize(bytes, &r) else {
+        return;
+    };
+    for (limit, ttls) in [
+        (512, Ttls::AsStored),
+        (1232, Ttls::Aged(30)),
+        (65535, Ttls::Fixed(30)),
+    ] {
+        let out = wire::render(&n, q, limit, ttls);
+        assert!(out.len() <= limit.max(512), "{} > {limit}", out.len());
+        assert_eq!(wire::id(&out), q.id);
+        if out[3] & 0x0f != wire::rcode::SERVFAIL as u8 {
+            wire::parse_reply(&out, q.id, q).expect("what zonefwd sends walks clean");
+        }
+    }
+}
+
+proptest! {
+    // 3000 cases each in CI; PROPTEST_CASES=100000 for a longer hunt.
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_as_a_query(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        exercise_query(&bytes);
+    }
+
+    #[test]
+    fn mutated_queries(name in name_strategy(), qtype in any::<u16>(), edns in any::<bool>(),
+                       muts in prop::collection::vec(mutation(), 1..6)) {
+        exercise_query(&mutate(query_bytes(&name, qtype, edns), &muts));
+    }
+
+    #[test]
+    fn random_bytes_as_a_reply(name in name_strategy(), tail in prop::collection::vec(any::<u8>(), 0..600)) {
+        let q = wire::parse_query(&query_bytes(&name, 1, true)).unwrap();
+        // A header that passes the ID/QR checks and the question, then anything.
+        let mut r = reply_bytes(&q, 7, 0);
+        r.truncate(wire::HEADER_LEN + name.len() + 4);
+        r[6] = tail.first().copied().unwrap_or(0);
+        r[7] = tail.get(1).copied().unwrap_or(0);
+        r[9] = tail.get(2).copied().unwrap_or(0);
+        r[11] = tail.get(3).copied().unwrap_or(0);
+        r.extend_from_slice(&tail);
+        exercise_reply(&r, &q, 7);
+    }
+
+    #[test]
+    fn mutated_replies(name in name_strategy(), n in 0u8..30, muts in prop::collection::vec(mutation(), 1..6)) {
+        let q = wire::parse_query(&query_bytes(&name, 1, true)).unwrap();
+        let r = mutate(reply_bytes(&q, 9, n), &muts);
+        exercise_reply(&r, &q, 9);
+    }
+}
+
+/// Many names in a 64 KiB reply, and deep pointer chains: linear, not quadratic.
+#[test]
+fn a_64k_reply_with_thousands_of_names_is_walked_and_relayed_fast() {
+    let q = wire::parse_query(&query_bytes(&[1, b'x', 0], 1, true)).unwrap();
+    let mut r = wire::build_upstream_query(&q, 5, false);
+    r[2] |= 0x80;
+    let mut count = 0u16;
+    // Each record's owner is a new label in front of a pointer to the previous owner:
+    // names grow long through chains of pointers.
+    let mut prev = 12u16;
+    while r.len() < 65_000 && count < 4000 {
+        let at = r.len() as u16;
+        let label = [3, b'a' + (count % 26) as u8, b'b', b'c'];
+        r.extend_from_slice(&label);
+        r.extend_from_slice(&(0xc000 | prev).to_be_bytes());
+        r.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        count += 1;
+        // Keep names under 255 octets (restart the chain every 50 links), and pointer
+        // targets within the 14 bits a pointer has.
+        prev = if count % 50 == 0 || at >= 0x4000 {
+            12
+        } else {
+            at
+        };
+    }
+    r[6..8].copy_from_slice(&count.to_be_bytes());
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let p = wire::parse_reply(&r, 5, &q).expect("walks");
+        let n = wire::normalize(&r, &p).unwrap();
+        let out = wire::render(&n, &q, 65535, Ttls::Aged(1));
+        assert!(out.len() >= r.len());
+    }
+    // Generous: 20 walks of 4000 records take milliseconds; quadratic work would not.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
