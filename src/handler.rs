@@ -120,27 +120,21 @@ pub struct Handler {
 }
 
 impl Handler {
-    /// `cache` is passed in so it can outlive one configuration.
-    pub fn new(config: &Config, life: Lifecycle, cache: Arc<Cache>) -> Self {
-        let router = Router::new(
-            config
-                .routes
-                .iter()
-                .enumerate()
-                .flat_map(|(i, r)| r.zones.iter().map(move |z| (z.as_slice(), i))),
-        );
+    /// The `resolver` (and the cache it fills) is passed in so it outlives one
+    /// configuration: a reload keeps both.
+    pub fn new(config: &Config, life: Lifecycle, resolver: Arc<Resolver>) -> Self {
         Handler {
             overload_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             acl: config.acl.clone(),
-            router,
+            router: Router::for_config(config),
             routes: config
                 .routes
                 .iter()
                 .map(|r| (Arc::new(UpstreamSet::new(r, life.clone())), r.cache))
                 .collect(),
             inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
-            resolver: Arc::new(Resolver::new(Arc::clone(&cache), life.clone())),
-            cache,
+            cache: Arc::clone(resolver.cache()),
+            resolver,
             clock: life.clock,
         }
     }

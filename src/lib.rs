@@ -19,4 +19,4 @@ pub mod upstream;
 pub mod wire;
 
 pub use config::{Config, LoadEnv};
-pub use server::{run, run_with_clock, Listeners};
+pub use server::{run, run_with, Control, Listeners};

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use zonefwd::config::{Config, LoadEnv, DEFAULT_PATH};
-use zonefwd::{report, Listeners};
+use zonefwd::{report, Control, Listeners};
 
 /// A lightweight conditional DNS forwarder: private cloud zones to the cloud resolver,
 /// everything else to your own DNS servers.
@@ -94,12 +94,42 @@ fn serve(path: &Path) -> Result<bool, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async {
         let stop = stop_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let reloads = reload_on_sighup(path.to_path_buf())
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "zonefwd starting");
-        zonefwd::run(config, listeners, stop)
+        let control = Control {
+            reloads: Some(reloads),
+            ..Control::default()
+        };
+        zonefwd::run_with(config, listeners, stop, control)
             .await
             .map_err(|e| e.to_string())
     })?;
     Ok(true)
+}
+
+/// On SIGHUP, reads and validates the config file again and hands it to the server;
+/// an invalid file is logged with its location and the running configuration stays.
+fn reload_on_sighup(
+    path: PathBuf,
+) -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<Config>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
+            match Config::load(&path, &LoadEnv::default()) {
+                Ok(config) => {
+                    if tx.send(config).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!("reload failed, the running configuration stays: {e}"),
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Resolves on SIGTERM (systemd, Kubernetes) or SIGINT (a terminal).

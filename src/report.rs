@@ -27,16 +27,6 @@ pub fn qtype_name(t: u16) -> String {
     }
 }
 
-pub fn router_for(config: &Config) -> Router {
-    Router::new(
-        config
-            .routes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| r.zones.iter().map(move |z| (z.as_slice(), i))),
-    )
-}
-
 /// One line on how a route uses the cache.
 pub fn cache_summary(r: &Route) -> String {
     let c = &r.cache;
@@ -160,7 +150,7 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
     let mut qname = wire::name_from_str(name).map_err(|e| format!("{name:?}: {e}"))?;
     let display = wire::name_to_string(&qname);
     wire::lowercase(&mut qname);
-    let router = router_for(config);
+    let router = Router::for_config(config);
     let mut s = String::new();
     let _ = writeln!(s, "name       {display} {}", qtype_name(qtype));
     let Some(m) = router.route(&qname, qtype) else {

@@ -161,6 +161,10 @@ impl Resolver {
         rx
     }
 
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
     pub fn in_flight(&self) -> usize {
         self.inflight().len()
     }

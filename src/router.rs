@@ -35,6 +35,17 @@ impl Router {
         Router { zones: map }
     }
 
+    /// The routing table of a configuration: every zone of every route.
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        Router::new(
+            config
+                .routes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| r.zones.iter().map(move |z| (z.as_slice(), i))),
+        )
+    }
+
     /// Finds the route for a lowercase wire `qname`. A DS record lives in the parent
     /// zone (RFC 4034 section 5, RFC 4035 3.1.4.1), so a DS query skips a match on the
     /// whole name and is routed as its parent would be.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::os::fd::AsRawFd;
 
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::cache::{Cache, Clock, SystemClock};
 use crate::config::Config;
 use crate::handler::{Action, Handler, Throttle, Transport, LIMIT_WARN_INTERVAL};
+use crate::resolver::Resolver;
 use crate::udp_batch::{self, Batch};
 use crate::upstream::Lifecycle;
 use crate::wire;
@@ -161,6 +163,27 @@ const UDP_LISTEN_RCVBUF: usize = 4 << 20;
 /// parse and is answered FORMERR.
 const UDP_QUERY_BUF: usize = 4096;
 
+/// What the server is handed besides its configuration and sockets.
+pub struct Control {
+    /// The clock the cache and budgets use: tests pass a `ManualClock`.
+    pub clock: Arc<dyn Clock>,
+    /// New configurations to switch to (SIGHUP in `main`), already validated.
+    pub reloads: Option<mpsc::UnboundedReceiver<Config>>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            clock: Arc::new(SystemClock),
+            reloads: None,
+        }
+    }
+}
+
+/// The handler every listener uses for its next query; a reload swaps it whole, so a
+/// query is handled entirely by the old configuration or entirely by the new one.
+type Current = Arc<ArcSwap<Handler>>;
+
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight queries finish
 /// (each ends by its route's deadline) and returns.
 pub async fn run(
@@ -168,19 +191,27 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    run_with_clock(config, listeners, shutdown, Arc::new(SystemClock)).await
+    run_with(config, listeners, shutdown, Control::default()).await
 }
 
-/// `run` with the clock the cache and budgets use: tests pass a `ManualClock`.
-pub async fn run_with_clock(
+/// `run`, with a clock and a source of configuration reloads.
+pub async fn run_with(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-    clock: Arc<dyn Clock>,
+    mut control: Control,
 ) -> io::Result<()> {
-    let life = Lifecycle::with_clock(clock);
-    let cache = Arc::new(Cache::new(config.cache_max_entries));
-    let handler = Arc::new(Handler::new(&config, life.clone(), cache));
+    let life = Lifecycle::with_clock(control.clock);
+    // The cache and the in-flight map outlive any one configuration.
+    let resolver = Arc::new(Resolver::new(
+        Arc::new(Cache::new(config.cache_max_entries)),
+        life.clone(),
+    ));
+    let handler: Current = Arc::new(ArcSwap::from_pointee(Handler::new(
+        &config,
+        life.clone(),
+        Arc::clone(&resolver),
+    )));
     let tcp_limit = Arc::new(Semaphore::new(config.server.tcp_max_connections));
     let tcp_opts = TcpOptions {
         idle: config.server.tcp_idle_timeout,
@@ -206,6 +237,48 @@ pub async fn run_with_clock(
             tcp_opts,
         ));
     }
+    log_config(&config);
+
+    tokio::pin!(shutdown);
+    let mut running = config;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(new) = next_reload(&mut control.reloads) => {
+                running = reload(&handler, running, new, &life, &resolver);
+            }
+        }
+    }
+    tracing::info!("stopping: no new queries; finishing those in flight");
+    life.shutdown.cancel();
+    life.tasks.close();
+    // In-flight queries end by their route deadline; TCP writes are bounded by the idle
+    // timeout. This bound only guards against a bug keeping a task alive.
+    let longest = running
+        .routes
+        .iter()
+        .map(|r| r.timeout)
+        .max()
+        .unwrap_or_default();
+    let grace = longest + running.server.tcp_idle_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(grace, life.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some work was still running {grace:?} after the stop; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn next_reload(reloads: &mut Option<mpsc::UnboundedReceiver<Config>>) -> Option<Config> {
+    match reloads {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_config(config: &Config) {
     for r in &config.routes {
         tracing::info!(
             route = %r.name,
@@ -219,28 +292,48 @@ pub async fn run_with_clock(
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+}
 
-    shutdown.await;
-    tracing::info!("stopping: no new queries; finishing those in flight");
-    life.shutdown.cancel();
-    life.tasks.close();
-    // In-flight queries end by their route deadline; TCP writes are bounded by the idle
-    // timeout. This bound only guards against a bug keeping a task alive.
-    let longest = config
-        .routes
-        .iter()
-        .map(|r| r.timeout)
-        .max()
-        .unwrap_or_default();
-    let grace = longest + config.server.tcp_idle_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(grace, life.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some work was still running {grace:?} after the stop; exiting anyway");
+/// Switches to `new`: routes, ACL, upstreams, cache policies and `max_inflight` take
+/// effect for the next query; queries in flight finish on the old ones; the cache is
+/// kept. Sockets and the settings bound to them stay as they are until a restart.
+fn reload(
+    current: &Current,
+    old: Config,
+    new: Config,
+    life: &Lifecycle,
+    resolver: &Arc<Resolver>,
+) -> Config {
+    current.store(Arc::new(Handler::new(
+        &new,
+        life.clone(),
+        Arc::clone(resolver),
+    )));
+    tracing::info!(config = %new.source, routes = new.routes.len(), "configuration reloaded");
+    log_config(&new);
+    let mut needs_restart = Vec::new();
+    if old.server.listen != new.server.listen {
+        needs_restart.push("server.listen");
     }
-    tracing::info!("stopped");
-    Ok(())
+    if old.server.udp_threads != new.server.udp_threads {
+        needs_restart.push("server.udp_threads");
+    }
+    if old.server.tcp_idle_timeout != new.server.tcp_idle_timeout
+        || old.server.tcp_max_connections != new.server.tcp_max_connections
+        || old.server.tcp_max_pipelined != new.server.tcp_max_pipelined
+    {
+        needs_restart.push("server.tcp_*");
+    }
+    if old.cache_max_entries != new.cache_max_entries {
+        needs_restart.push("cache.max_entries");
+    }
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            settings = %needs_restart.join(", "),
+            "these changes take effect only after a restart; everything else is in effect now"
+        );
+    }
+    new
 }
 
 /// Serves one UDP socket on a thread of its own with a single-threaded runtime: a
@@ -250,7 +343,7 @@ pub async fn run_with_clock(
 fn spawn_udp_thread(
     index: usize,
     sock: std::net::UdpSocket,
-    handler: Arc<Handler>,
+    handler: Current,
     life: Lifecycle,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -272,7 +365,7 @@ fn spawn_udp_thread(
     Ok(())
 }
 
-async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, life: Lifecycle) {
+async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
     let fd = sock.as_raw_fd();
     let mut batch = Batch::new(UDP_QUERY_BUF);
     let mut received = Vec::with_capacity(udp_batch::BATCH);
@@ -295,6 +388,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, life: Lifecycle)
                 continue;
             }
         }
+        let handler = handler.load();
         for (i, &(len, client)) in received.iter().enumerate() {
             match handler.prepare(batch.datagram(i, len), client, Transport::Udp) {
                 Action::Drop => {}
@@ -344,7 +438,7 @@ struct TcpOptions {
 
 async fn serve_tcp(
     listener: TcpListener,
-    handler: Arc<Handler>,
+    handler: Current,
     life: Lifecycle,
     limit: Arc<Semaphore>,
     opts: TcpOptions,
@@ -384,7 +478,7 @@ async fn serve_tcp(
 async fn connection(
     stream: TcpStream,
     client: SocketAddr,
-    handler: Arc<Handler>,
+    handler: Current,
     life: Lifecycle,
     opts: TcpOptions,
 ) {
@@ -444,7 +538,7 @@ async fn connection(
             let Ok(permit) = Arc::clone(&pipeline).acquire_owned().await else {
                 break;
             };
-            match handler.prepare(&msg, client, Transport::Tcp) {
+            match handler.load().prepare(&msg, client, Transport::Tcp) {
                 Action::Drop => {}
                 Action::Reply(out) => {
                     if tx.send(out).await.is_err() {

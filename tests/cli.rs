@@ -180,6 +180,85 @@ impl std::ops::DerefMut for KillOnDrop {
     }
 }
 
+/// The binary serving a config file, with its log lines readable as they come.
+struct Running {
+    child: KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+    udp: std::net::SocketAddr,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = KillOnDrop(
+            Command::new(BIN)
+                .args(["run", "-c", config.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut r = Running {
+            child,
+            lines,
+            log: Vec::new(),
+            udp: "0.0.0.0:0".parse().unwrap(),
+        };
+        // The startup lines name the bound addresses: read the UDP one.
+        let line = r.wait_for("listening on udp");
+        r.udp = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        r
+    }
+
+    /// Waits for a log line containing `what` and returns it.
+    fn wait_for(&mut self, what: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!("no log line with {what:?} in:\n{}", self.log.join("\n"))
+                });
+            self.log.push(line.clone());
+            if line.contains(what) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn ask(&self, name: &str) -> Message {
+        let out = raw_udp(
+            self.udp,
+            &query(name, RecordType::A, None).to_vec().unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("an answer");
+        Message::from_vec(&out).unwrap()
+    }
+}
+
 #[tokio::test]
 async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 99], 42)).await;
@@ -193,57 +272,13 @@ async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = KillOnDrop(
-        Command::new(BIN)
-            .args(["run", "-c", p.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // The startup lines name the bound addresses: read the UDP one.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let udp = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("startup log");
-        log.push(line.clone());
-        if line.contains("listening on udp") {
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .unwrap_or_else(|| panic!("{line}"));
-            break addr
-                .parse::<std::net::SocketAddr>()
-                .unwrap_or_else(|_| panic!("{line}"));
-        }
-    };
-    let out = raw_udp(
-        udp,
-        &query("bin.example.", RecordType::A, None).to_vec().unwrap(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("an answer");
-    assert_eq!(Message::from_vec(&out).unwrap().answers[0].ttl, 42);
+    let mut z = Running::start(&p);
+    assert_eq!(z.ask("bin.example.").await.answers[0].ttl, 42);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    z.signal("-TERM");
     let started = Instant::now();
     let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = z.child.try_wait().unwrap() {
             break s.code();
         }
         assert!(
@@ -253,11 +288,67 @@ async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-        log.push(line);
-    }
-    let log = log.join("\n");
+    z.wait_for("SIGTERM received");
+    z.wait_for("stopped");
+    let log = z.log.join("\n");
     assert!(log.contains("listening on tcp"), "{log}");
     assert!(log.contains("route=default"), "{log}");
-    assert!(log.contains("SIGTERM received"), "{log}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_valid_file_and_keeps_serving_through_an_invalid_one() {
+    let a = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 0)).await;
+    let b = Fake::answering(|q| reply_a(q, [192, 0, 2, 2], 0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.toml");
+    let server = "[server]\nlisten = [\"127.0.0.1:0\"]\n";
+    std::fs::write(&p, format!("{server}{}", one_route(&[a.addr], ""))).unwrap();
+    let mut z = Running::start(&p);
+    assert_eq!(
+        z.ask("one.example.").await.answers[0].data,
+        a_record("x.", [192, 0, 2, 1], 0).data
+    );
+
+    // A valid new file: the next queries go to B.
+    std::fs::write(&p, format!("{server}{}", one_route(&[b.addr], ""))).unwrap();
+    z.signal("-HUP");
+    z.wait_for("configuration reloaded");
+    assert_eq!(
+        z.ask("two.example.").await.answers[0].data,
+        a_record("x.", [192, 0, 2, 2], 0).data
+    );
+
+    // An invalid file: the error names the place; B keeps answering.
+    std::fs::write(
+        &p,
+        format!("{server}[[route]]\nname = \"x\"\nzones = [\".\"]\nupstreams = [\"nowhere\"]\n"),
+    )
+    .unwrap();
+    z.signal("-HUP");
+    let err = z.wait_for("reload failed");
+    assert!(
+        err.contains(&format!("{}:6:14: route[0].upstreams[0]", p.display())),
+        "{err}"
+    );
+    assert_eq!(
+        z.ask("three.example.").await.answers[0].data,
+        a_record("x.", [192, 0, 2, 2], 0).data
+    );
+
+    // A listen change is applied to the rest but says it needs a restart.
+    std::fs::write(
+        &p,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n{}",
+            one_route(&[a.addr], "")
+        ),
+    )
+    .unwrap();
+    z.signal("-HUP");
+    let warn = z.wait_for("only after a restart");
+    assert!(warn.contains("server.listen"), "{warn}");
+    assert_eq!(
+        z.ask("four.example.").await.answers[0].data,
+        a_record("x.", [192, 0, 2, 1], 0).data
+    );
 }

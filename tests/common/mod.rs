@@ -32,6 +32,7 @@ pub const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 pub struct Zonefwd {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    reloads: tokio::sync::mpsc::UnboundedSender<Config>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -66,20 +67,30 @@ impl Zonefwd {
             Listeners::bind(&config.server.listen, config.server.udp_threads).expect("bind");
         let (udp, tcp) = listeners.local_addrs()[0];
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(zonefwd::run_with_clock(
+        let (reloads, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(zonefwd::run_with(
             config,
             listeners,
             async {
                 let _ = rx.await;
             },
-            clock,
+            zonefwd::Control {
+                clock,
+                reloads: Some(reload_rx),
+            },
         ));
         Zonefwd {
             udp,
             tcp,
+            reloads,
             stop: Some(tx),
             task,
         }
+    }
+
+    /// Hands the server a new configuration, as SIGHUP does after validating the file.
+    pub fn reload(&self, toml: &str) {
+        self.reloads.send(config(toml)).expect("server running");
     }
 
     /// Signals shutdown and waits for `run` to return.
