@@ -99,6 +99,7 @@ fn serve(path: &Path) -> Result<bool, String> {
         tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "zonefwd starting");
         let control = Control {
             reloads: Some(reloads),
+            notifier: zonefwd::notify::Notifier::from_env(),
             ..Control::default()
         };
         zonefwd::run_with(config, listeners, stop, control)

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::cache::{Cache, Clock, SystemClock};
 use crate::config::Config;
 use crate::handler::{Action, Handler, Throttle, Transport, LIMIT_WARN_INTERVAL};
+use crate::notify::{self, Notifier};
 use crate::resolver::Resolver;
 use crate::udp_batch::{self, Batch};
 use crate::upstream::Lifecycle;
@@ -169,6 +170,8 @@ pub struct Control {
     pub clock: Arc<dyn Clock>,
     /// New configurations to switch to (SIGHUP in `main`), already validated.
     pub reloads: Option<mpsc::UnboundedReceiver<Config>>,
+    /// Where to tell systemd about readiness, reloads and liveness.
+    pub notifier: Notifier,
 }
 
 impl Default for Control {
@@ -176,6 +179,7 @@ impl Default for Control {
         Control {
             clock: Arc::new(SystemClock),
             reloads: None,
+            notifier: Notifier::default(),
         }
     }
 }
@@ -238,6 +242,12 @@ pub async fn run_with(
         ));
     }
     log_config(&config);
+    let notifier = Arc::new(control.notifier);
+    notifier.notify(&format!("READY=1\nSTATUS={}", status(&config)));
+    if let Some(interval) = notify::watchdog_interval().filter(|_| notifier.is_enabled()) {
+        life.tasks
+            .spawn(watchdog(interval, Arc::clone(&notifier), life.clone()));
+    }
 
     tokio::pin!(shutdown);
     let mut running = config;
@@ -245,10 +255,13 @@ pub async fn run_with(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(new) = next_reload(&mut control.reloads) => {
+                notifier.reloading();
                 running = reload(&handler, running, new, &life, &resolver);
+                notifier.notify(&format!("READY=1\nSTATUS={}", status(&running)));
             }
         }
     }
+    notifier.notify("STOPPING=1");
     tracing::info!("stopping: no new queries; finishing those in flight");
     life.shutdown.cancel();
     life.tasks.close();
@@ -269,6 +282,33 @@ pub async fn run_with(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn status(config: &Config) -> String {
+    let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
+    format!(
+        "serving {} routes on {}",
+        config.routes.len(),
+        listen.join(" ")
+    )
+}
+
+/// Pings systemd's watchdog at half its interval while every UDP serving loop has gone
+/// round recently; a stuck loop stops the pings, and systemd restarts the service.
+async fn watchdog(interval: Duration, notifier: Arc<Notifier>, life: Lifecycle) {
+    let mut tick = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            _ = life.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let oldest = life.heartbeats.oldest();
+        if oldest <= interval / 2 + notify::HEARTBEAT {
+            notifier.notify("WATCHDOG=1");
+        } else {
+            tracing::error!(stalled = ?oldest, "a udp serving loop has stalled; withholding the watchdog ping");
+        }
+    }
 }
 
 async fn next_reload(reloads: &mut Option<mpsc::UnboundedReceiver<Config>>) -> Option<Config> {
@@ -367,12 +407,19 @@ fn spawn_udp_thread(
 
 async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
     let fd = sock.as_raw_fd();
+    let beat = life.heartbeats.register();
+    let mut heartbeat = tokio::time::interval(notify::HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut batch = Batch::new(UDP_QUERY_BUF);
     let mut received = Vec::with_capacity(udp_batch::BATCH);
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(udp_batch::BATCH);
     loop {
         tokio::select! {
             _ = life.shutdown.cancelled() => return,
+            _ = heartbeat.tick() => {
+                beat.beat();
+                continue;
+            }
             r = sock.readable() => if let Err(e) = r {
                 tracing::debug!(error = %e, "udp socket error");
                 continue;

@@ -190,11 +190,16 @@ struct Running {
 
 impl Running {
     fn start(config: &Path) -> Running {
+        Running::start_with(config, &[])
+    }
+
+    fn start_with(config: &Path, envs: &[(&str, &str)]) -> Running {
         let mut child = KillOnDrop(
             Command::new(BIN)
                 .args(["run", "-c", config.to_str().unwrap()])
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
+                .envs(envs.iter().copied())
                 .stderr(Stdio::piped())
                 .stdout(Stdio::null())
                 .spawn()
@@ -351,4 +356,67 @@ async fn sighup_reloads_a_valid_file_and_keeps_serving_through_an_invalid_one() 
         z.ask("four.example.").await.answers[0].data,
         a_record("x.", [192, 0, 2, 1], 0).data
     );
+}
+
+#[tokio::test]
+async fn tells_systemd_ready_reloading_stopping_and_pings_the_watchdog() {
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n{}",
+            one_route(&[up.addr], "")
+        ),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let z = Running::start_with(
+        &p,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving 1 routes on 127.0.0.1:0"),
+        "{ready}"
+    );
+    // Pings at half the interval while the serving loops beat.
+    let mut pings = 0;
+    while pings < 3 {
+        let m = next();
+        assert_eq!(m, "WATCHDOG=1");
+        pings += 1;
+    }
+    z.signal("-HUP");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.starts_with("READY=1")) {
+        let m = next();
+        if m != "WATCHDOG=1" {
+            seen.push(m);
+        }
+    }
+    assert!(
+        seen[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{seen:?}"
+    );
+    z.signal("-TERM");
+    loop {
+        let m = next();
+        if m == "STOPPING=1" {
+            break;
+        }
+        assert_eq!(m, "WATCHDOG=1");
+    }
 }

@@ -32,6 +32,8 @@ pub struct Lifecycle {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     pub clock: Arc<dyn Clock>,
+    /// Each serving loop's last round, for the systemd watchdog.
+    pub heartbeats: Arc<crate::notify::Heartbeats>,
 }
 
 impl Default for Lifecycle {
@@ -46,6 +48,7 @@ impl Lifecycle {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             clock,
+            heartbeats: Arc::default(),
         }
     }
 }

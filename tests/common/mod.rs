@@ -77,6 +77,7 @@ impl Zonefwd {
             zonefwd::Control {
                 clock,
                 reloads: Some(reload_rx),
+                ..zonefwd::Control::default()
             },
         ));
         Zonefwd {
