@@ -107,6 +107,18 @@ pub struct Server {
     pub max_inflight: usize,
     /// Threads serving UDP, each with its own socket on every listen address.
     pub udp_threads: usize,
+    pub log_format: LogFormat,
+    /// One log line per query (client, name, type, route, upstream, rcode, latency,
+    /// cache outcome), at info level on the target `zonefwd::query`.
+    pub query_log: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text for a person (and journald).
+    Human,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +317,8 @@ struct RawServer {
     tcp_max_pipelined: Option<NonZeroUsize>,
     max_inflight: Option<NonZeroUsize>,
     udp_threads: Option<Spanned<NonZeroUsize>>,
+    log_format: Option<LogFormatValue>,
+    query_log: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -350,6 +364,11 @@ string_value!(Humane, Duration, |s| {
     humantime::parse_duration(s).map_err(|e| {
         format!("expected a duration like \"250ms\", \"5s\" or \"1h\", got {s:?} ({e})")
     })
+});
+string_value!(LogFormatValue, LogFormat, |s| match s {
+    "human" => Ok(LogFormat::Human),
+    "json" => Ok(LogFormat::Json),
+    _ => Err(format!("expected \"human\" or \"json\", got {s:?}")),
 });
 string_value!(PolicyValue, Policy, |s| match s {
     "sequential" => Ok(Policy::Sequential),
@@ -604,10 +623,15 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
                 }],
                 None => {
                     if resolv.is_none() {
-                        resolv = Some(
-                            read_resolv_conf(&env.resolv_conf)
-                                .map_err(|m| src.error(span.clone(), &key("upstreams"), m))?,
-                        );
+                        let (found, skipped) = read_resolv_conf(&env.resolv_conf)
+                            .map_err(|m| src.error(span.clone(), &key("upstreams"), m))?;
+                        for entry in skipped {
+                            warnings.push(format!(
+                                "{}: skipping nameserver {entry}, which zonefwd cannot use",
+                                env.resolv_conf.display()
+                            ));
+                        }
+                        resolv = Some(found);
                     }
                     let list = resolv.clone().unwrap_or_default();
                     if let Some((ns, l)) = list.iter().find_map(|ns| {
@@ -822,6 +846,8 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
             }
             Some(t) => t.into_inner().get(),
         },
+        log_format: raw.log_format.map_or(LogFormat::Human, |f| f.0),
+        query_log: raw.query_log.unwrap_or(false),
     })
 }
 
@@ -858,10 +884,12 @@ fn is_self(listen: SocketAddr, upstream: SocketAddr) -> bool {
 
 /// The nameservers of a resolv.conf, port 53. Link-local IPv6 entries need a numeric
 /// zone index (`fe80::1%2`); interface names are not resolved here.
-pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, String> {
+/// The nameservers of a resolv.conf, and the entries skipped.
+pub fn read_resolv_conf(path: &Path) -> Result<(Vec<SocketAddr>, Vec<String>), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("\"system\" needs {}: {e}", path.display()))?;
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         if words.next() != Some("nameserver") {
@@ -883,9 +911,7 @@ pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, String> {
         match addr {
             Some(a) if !out.contains(&a) => out.push(a),
             Some(_) => {}
-            None => {
-                tracing::warn!(file = %path.display(), entry = ns, "skipping a nameserver entry zonefwd cannot use")
-            }
+            None => skipped.push(ns.to_string()),
         }
     }
     if out.is_empty() {
@@ -894,7 +920,7 @@ pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, String> {
             path.display()
         ));
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 #[cfg(test)]
@@ -956,7 +982,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("resolv.conf");
         std::fs::write(&p, "# c\nsearch x\nnameserver 192.0.2.53\nnameserver fe80::1%2\nnameserver fe80::1%eth0\nnameserver 192.0.2.53\nnameserver ::1\n").unwrap();
-        let got = read_resolv_conf(&p).unwrap();
+        let (got, skipped) = read_resolv_conf(&p).unwrap();
+        assert_eq!(skipped, vec!["fe80::1%eth0".to_string()]);
         assert_eq!(got.len(), 3);
         assert_eq!(got[0], "192.0.2.53:53".parse().unwrap());
         assert!(matches!(got[1], SocketAddr::V6(a) if a.scope_id() == 2));

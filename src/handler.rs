@@ -64,7 +64,39 @@ pub struct Job {
     cache: Arc<Cache>,
     client: SocketAddr,
     transport: Transport,
+    query_log: bool,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The query log line (`server.query_log`): one per answered query.
+struct QueryLog<'a> {
+    client: SocketAddr,
+    transport: Transport,
+    query: &'a Query,
+    route: &'a str,
+    upstream: Option<SocketAddr>,
+    /// How it was answered: upstream, cache, stale, failure-cached, overload, servfail,
+    /// refused-acl, no-route, refused-xfr.
+    outcome: &'static str,
+    started: Instant,
+}
+
+impl QueryLog<'_> {
+    fn emit(&self, reply: &[u8]) {
+        tracing::info!(
+            target: "zonefwd::query",
+            client = %self.client,
+            transport = self.transport.as_str(),
+            name = %wire::name_to_string(&self.query.qname),
+            qtype = %crate::report::qtype_name(self.query.qtype),
+            route = self.route,
+            upstream = %self.upstream.map_or_else(|| "-".to_string(), |u| u.to_string()),
+            rcode = %rcode::name(u16::from(reply[3] & 0x0f)),
+            ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            outcome = self.outcome,
+            "query"
+        );
+    }
 }
 
 /// RFC 8767 section 5's client response timer: with a stale answer at hand, a client
@@ -109,6 +141,7 @@ impl Throttle {
 pub const LIMIT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct Handler {
+    query_log: bool,
     overload_warning: Throttle,
     acl: Acl,
     router: Router,
@@ -124,6 +157,7 @@ impl Handler {
     /// configuration: a reload keeps both.
     pub fn new(config: &Config, life: Lifecycle, resolver: Arc<Resolver>) -> Self {
         Handler {
+            query_log: config.server.query_log,
             overload_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             acl: config.acl.clone(),
             router: Router::for_config(config),
@@ -147,7 +181,35 @@ impl Handler {
         &self.resolver
     }
 
+    /// An inline answer to a parsed query, logged when `server.query_log` is on.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        client: SocketAddr,
+        transport: Transport,
+        q: &Query,
+        route: &str,
+        outcome: &'static str,
+        started: Instant,
+        reply: Vec<u8>,
+    ) -> Action {
+        if self.query_log {
+            QueryLog {
+                client,
+                transport,
+                query: q,
+                route,
+                upstream: None,
+                outcome,
+                started,
+            }
+            .emit(&reply);
+        }
+        Action::Reply(reply)
+    }
+
     pub fn prepare(&self, msg: &[u8], client: SocketAddr, transport: Transport) -> Action {
+        let started = Instant::now();
         if !wire::is_answerable_query(msg) {
             tracing::debug!(%client, transport = transport.as_str(), len = msg.len(), "dropping a message that is not a query");
             return Action::Drop;
@@ -165,13 +227,17 @@ impl Handler {
                     .map(|(n, t, c)| (n.as_slice(), *t, *c)),
             };
             let edns = parsed.as_ref().ok().and_then(|q| q.edns.as_ref());
-            return Action::Reply(wire::error_reply(
+            let reply = wire::error_reply(
                 wire::id(msg),
                 wire::flags(msg),
                 question,
                 edns,
                 rcode::REFUSED,
-            ));
+            );
+            return match &parsed {
+                Ok(q) => self.answer(client, transport, q, "-", "refused-acl", started, reply),
+                Err(_) => Action::Reply(reply),
+            };
         }
         let q = match parsed {
             Ok(q) => q,
@@ -193,11 +259,13 @@ impl Handler {
         if q.qtype == wire::TYPE_AXFR || q.qtype == wire::TYPE_IXFR {
             // Zone transfers are a conversation with the primary, not something to
             // relay one message at a time.
-            return Action::Reply(wire::reply_for(&q, rcode::REFUSED));
+            let reply = wire::reply_for(&q, rcode::REFUSED);
+            return self.answer(client, transport, &q, "-", "refused-xfr", started, reply);
         }
         let Some(m) = self.router.route(&q.qname_lower, q.qtype) else {
             tracing::debug!(%client, name = %wire::name_to_string(&q.qname), "no route for this name");
-            return Action::Reply(wire::reply_for(&q, rcode::REFUSED));
+            let reply = wire::reply_for(&q, rcode::REFUSED);
+            return self.answer(client, transport, &q, "-", "no-route", started, reply);
         };
         let (route, policy) = &self.routes[m.route];
         let mut stale = None;
@@ -213,19 +281,41 @@ impl Handler {
                         // Refresh in the background; this client is served now.
                         drop(self.resolver.resolve(&q, route, *policy));
                     }
-                    return Action::Reply(wire::render(&stored.reply, &q, limit, Ttls::Aged(age)));
+                    let reply = wire::render(&stored.reply, &q, limit, Ttls::Aged(age));
+                    return self.answer(
+                        client,
+                        transport,
+                        &q,
+                        &route.route,
+                        "cache",
+                        started,
+                        reply,
+                    );
                 }
                 Lookup::Failing { stale: Some(s) } => {
                     self.cache.note_stale_served();
-                    return Action::Reply(wire::render(
-                        &s.reply,
+                    let reply = wire::render(&s.reply, &q, limit, Ttls::Fixed(STALE_TTL));
+                    return self.answer(
+                        client,
+                        transport,
                         &q,
-                        limit,
-                        Ttls::Fixed(STALE_TTL),
-                    ));
+                        &route.route,
+                        "stale",
+                        started,
+                        reply,
+                    );
                 }
                 Lookup::Failing { stale: None } => {
-                    return Action::Reply(wire::reply_for(&q, rcode::SERVFAIL));
+                    let reply = wire::reply_for(&q, rcode::SERVFAIL);
+                    return self.answer(
+                        client,
+                        transport,
+                        &q,
+                        &route.route,
+                        "failure-cached",
+                        started,
+                        reply,
+                    );
                 }
                 Lookup::Stale(s) => stale = Some(s),
                 Lookup::Miss => {}
@@ -236,13 +326,22 @@ impl Handler {
                 tracing::warn!(%client, "server.max_inflight queries are in flight: answering new ones from stale cache or SERVFAIL (logged at most every 10s)");
             }
             // Overloaded: an expired answer beats a SERVFAIL (RFC 8767's purpose).
-            return Action::Reply(match stale {
+            let reply = match stale {
                 Some(s) => {
                     self.cache.note_stale_served();
                     wire::render(&s.reply, &q, transport.limit(&q), Ttls::Fixed(STALE_TTL))
                 }
                 None => wire::reply_for(&q, rcode::SERVFAIL),
-            });
+            };
+            return self.answer(
+                client,
+                transport,
+                &q,
+                &route.route,
+                "overload",
+                started,
+                reply,
+            );
         };
         Action::Forward(Box::new(Job {
             route: Arc::clone(route),
@@ -253,6 +352,7 @@ impl Handler {
             query: q,
             client,
             transport,
+            query_log: self.query_log,
             _permit: permit,
         }))
     }
@@ -290,18 +390,24 @@ impl Job {
             (Some((reply, _)), _) => wire::render(reply, q, limit, Ttls::AsStored),
             (None, _) => wire::reply_for(q, rcode::SERVFAIL),
         };
-        tracing::debug!(
-            client = %self.client,
-            transport = self.transport.as_str(),
-            name = %wire::name_to_string(&q.qname),
-            qtype = q.qtype,
-            route = %self.route.route,
-            upstream = ?upstream,
-            stale = served_stale,
-            rcode = %rcode::name(u16::from(out[3] & 0x0f)),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        );
+        if self.query_log {
+            QueryLog {
+                client: self.client,
+                transport: self.transport,
+                query: q,
+                route: &self.route.route,
+                upstream,
+                outcome: if served_stale {
+                    "stale"
+                } else if upstream.is_some() {
+                    "upstream"
+                } else {
+                    "servfail"
+                },
+                started,
+            }
+            .emit(&out);
+        }
         out
     }
 }

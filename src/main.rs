@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use zonefwd::config::{Config, LoadEnv, DEFAULT_PATH};
+use zonefwd::config::{Config, LoadEnv, LogFormat, DEFAULT_PATH};
 use zonefwd::{report, Control, Listeners};
 
 /// A lightweight conditional DNS forwarder: private cloud zones to the cloud resolver,
@@ -47,18 +47,29 @@ fn load(path: &Path) -> Result<Config, String> {
     Config::load(path, &LoadEnv::default()).map_err(|e| e.to_string())
 }
 
+/// Logs go to stderr, filtered by `RUST_LOG` (default info), as text or JSON lines.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // Colour only for a person at a terminal: journald and log files get plain text.
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
     let result = match cli.command {
-        Command::Run(c) => serve(&c.config),
+        // The configuration is read first: it says how to log.
+        Command::Run(c) => load(&c.config).and_then(|config| {
+            init_logging(config.server.log_format);
+            serve(&c.config, config)
+        }),
         Command::Check(c) => load(&c.config).map(|config| {
             print!("{}", report::routing_table(&config));
             true
@@ -84,8 +95,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(path: &Path) -> Result<bool, String> {
-    let config = load(path)?;
+fn serve(path: &Path, config: Config) -> Result<bool, String> {
     let listeners = Listeners::bind(&config.server.listen, config.server.udp_threads)
         .map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()

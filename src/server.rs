@@ -367,6 +367,9 @@ fn reload(
     if old.cache_max_entries != new.cache_max_entries {
         needs_restart.push("cache.max_entries");
     }
+    if old.server.log_format != new.server.log_format {
+        needs_restart.push("server.log_format");
+    }
     if !needs_restart.is_empty() {
         tracing::warn!(
             settings = %needs_restart.join(", "),

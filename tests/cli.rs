@@ -220,9 +220,14 @@ impl Running {
         };
         // The startup lines name the bound addresses: read the UDP one.
         let line = r.wait_for("listening on udp");
+        // `addr=127.0.0.1:5353` in text logs, `"addr":"127.0.0.1:5353"` in JSON.
         r.udp = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .find_map(|w| {
+                w.strip_prefix("addr=")
+                    .or_else(|| w.strip_prefix("\"addr\":"))
+            })
+            .map(|a| a.trim_matches('"'))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("{line}"));
         r
@@ -419,4 +424,40 @@ async fn tells_systemd_ready_reloading_stopping_and_pings_the_watchdog() {
         }
         assert_eq!(m, "WATCHDOG=1");
     }
+}
+
+#[tokio::test]
+async fn json_logs_and_the_query_log() {
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nlog_format = \"json\"\nquery_log = true\n{}",
+            one_route(&[up.addr], "")
+        ),
+    )
+    .unwrap();
+    let mut z = Running::start(&p);
+    z.ask("logged.example.").await;
+    let miss = z.wait_for("\"outcome\":\"upstream\"");
+    z.ask("logged.example.").await;
+    let hit = z.wait_for("\"outcome\":\"cache\"");
+    for line in [&miss, &hit] {
+        assert!(line.contains("\"target\":\"zonefwd::query\""), "{line}");
+        assert!(line.contains("\"name\":\"logged.example.\""), "{line}");
+        assert!(line.contains("\"qtype\":\"A\""), "{line}");
+        assert!(line.contains("\"rcode\":\"NOERROR\""), "{line}");
+        assert!(line.contains("\"route\":\"default\""), "{line}");
+    }
+    assert!(
+        miss.contains(&format!("\"upstream\":\"{}\"", up.addr)),
+        "{miss}"
+    );
+    assert!(
+        z.log.iter().all(|l| l.starts_with('{') && l.ends_with('}')),
+        "every line is a JSON object: {:?}",
+        z.log
+    );
 }

@@ -31,6 +31,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[server]\nmax_inflight = 0\n", "2:16", "server.max_inflight", "nonzero"),
     ("[server]\nudp_threads = 65\n", "2:15", "server.udp_threads", "at most 64"),
     ("[server]\nudp_threads = 0\n", "2:15", "server.udp_threads", "nonzero"),
+    ("[server]\nlog_format = \"xml\"\n", "2:14", "server.log_format", "expected \"human\" or \"json\""),
     ("[acl]\nallow = [\"10.1.2.3/8\"]\n", "2:10", "acl.allow[0]", "host bits are set"),
     ("[acl]\nallow = [\"10.0.0.0/40\"]\n", "2:10", "acl.allow[0]", "prefix length"),
     ("[acl]\nallow = []\n", "2:9", "acl.allow", "would refuse every client"),
