@@ -269,19 +269,23 @@ impl Running {
     }
 }
 
+/// Writes `z.toml` in `dir`: listening on 127.0.0.1:0, `server_extra` under [server],
+/// then `routes`.
+fn write_config(dir: &tempfile::TempDir, server_extra: &str, routes: &str) -> std::path::PathBuf {
+    let p = dir.path().join("z.toml");
+    std::fs::write(
+        &p,
+        format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{server_extra}{routes}"),
+    )
+    .unwrap();
+    p
+}
+
 #[tokio::test]
 async fn run_serves_logs_its_listeners_and_stops_on_sigterm() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 99], 42)).await;
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("z.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n{}",
-            one_route(&[up.addr], "")
-        ),
-    )
-    .unwrap();
+    let p = write_config(&dir, "", &one_route(&[up.addr], ""));
     let mut z = Running::start(&p);
     assert_eq!(z.ask("bin.example.").await.answers[0].ttl, 42);
 
@@ -367,15 +371,7 @@ async fn sighup_reloads_a_valid_file_and_keeps_serving_through_an_invalid_one() 
 async fn tells_systemd_ready_reloading_stopping_and_pings_the_watchdog() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("z.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n{}",
-            one_route(&[up.addr], "")
-        ),
-    )
-    .unwrap();
+    let p = write_config(&dir, "", &one_route(&[up.addr], ""));
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
@@ -430,15 +426,11 @@ async fn tells_systemd_ready_reloading_stopping_and_pings_the_watchdog() {
 async fn json_logs_and_the_query_log() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("z.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nlog_format = \"json\"\nquery_log = true\n{}",
-            one_route(&[up.addr], "")
-        ),
-    )
-    .unwrap();
+    let p = write_config(
+        &dir,
+        "log_format = \"json\"\nquery_log = true\n",
+        &one_route(&[up.addr], ""),
+    );
     let mut z = Running::start(&p);
     z.ask("logged.example.").await;
     let miss = z.wait_for("\"outcome\":\"upstream\"");
