@@ -108,6 +108,10 @@ pub struct Server {
     /// Threads serving UDP, each with its own socket on every listen address.
     pub udp_threads: usize,
     pub log_format: LogFormat,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; off when `None`.
+    pub metrics: Option<SocketAddr>,
+    /// `/readyz` also fails while any route has every upstream marked down.
+    pub ready_requires_upstreams: bool,
     /// One log line per query (client, name, type, route, upstream, rcode, latency,
     /// cache outcome), at info level on the target `zonefwd::query`.
     pub query_log: bool,
@@ -319,6 +323,8 @@ struct RawServer {
     udp_threads: Option<Spanned<NonZeroUsize>>,
     log_format: Option<LogFormatValue>,
     query_log: Option<bool>,
+    metrics: Option<Spanned<String>>,
+    ready_requires_upstreams: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -738,6 +744,11 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
         });
     }
 
+    if let Some(m) = server.metrics.filter(|m| !m.ip().is_loopback()) {
+        warnings.push(format!(
+            "server.metrics listens on {m}, beyond this host: the metrics and health endpoints have no authentication; firewall them or use a loopback address"
+        ));
+    }
     for l in &server.listen {
         if !l.ip().is_loopback() && acl.entries().iter().any(Cidr::is_everything) {
             warnings.push(format!("listening on {l} with an acl that admits everyone"));
@@ -848,6 +859,13 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
         },
         log_format: raw.log_format.map_or(LogFormat::Human, |f| f.0),
         query_log: raw.query_log.unwrap_or(false),
+        metrics: match raw.metrics {
+            None => None,
+            Some(m) => Some(
+                parse_listen(m.get_ref()).map_err(|e| src.error(m.span(), "server.metrics", e))?,
+            ),
+        },
+        ready_requires_upstreams: raw.ready_requires_upstreams.unwrap_or(false),
     })
 }
 

@@ -15,6 +15,7 @@ use crate::acl::Acl;
 use crate::cache::{Cache, Clock, Lookup, Stored, STALE_TTL};
 use crate::config::CachePolicy;
 use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::resolver::{self, Resolution, Resolver};
 use crate::router::Router;
 use crate::upstream::{Lifecycle, UpstreamSet};
@@ -65,6 +66,7 @@ pub struct Job {
     client: SocketAddr,
     transport: Transport,
     query_log: bool,
+    metrics: Arc<RouteMetrics>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -145,8 +147,10 @@ pub struct Handler {
     overload_warning: Throttle,
     acl: Acl,
     router: Router,
-    routes: Vec<(Arc<UpstreamSet>, CachePolicy)>,
+    routes: Vec<(Arc<UpstreamSet>, CachePolicy, Arc<RouteMetrics>)>,
     inflight: Arc<Semaphore>,
+    max_inflight: usize,
+    metrics: Arc<Metrics>,
     cache: Arc<Cache>,
     resolver: Arc<Resolver>,
     clock: Arc<dyn Clock>,
@@ -155,7 +159,12 @@ pub struct Handler {
 impl Handler {
     /// The `resolver` (and the cache it fills) is passed in so it outlives one
     /// configuration: a reload keeps both.
-    pub fn new(config: &Config, life: Lifecycle, resolver: Arc<Resolver>) -> Self {
+    pub fn new(
+        config: &Config,
+        life: Lifecycle,
+        resolver: Arc<Resolver>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Handler {
             query_log: config.server.query_log,
             overload_warning: Throttle::new(LIMIT_WARN_INTERVAL),
@@ -164,9 +173,17 @@ impl Handler {
             routes: config
                 .routes
                 .iter()
-                .map(|r| (Arc::new(UpstreamSet::new(r, life.clone())), r.cache))
+                .map(|r| {
+                    (
+                        Arc::new(UpstreamSet::new(r, life.clone())),
+                        r.cache,
+                        metrics.route(&r.name),
+                    )
+                })
                 .collect(),
             inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
+            max_inflight: config.server.max_inflight,
+            metrics,
             cache: Arc::clone(resolver.cache()),
             resolver,
             clock: life.clock,
@@ -181,6 +198,15 @@ impl Handler {
         &self.resolver
     }
 
+    pub fn upstream_sets(&self) -> impl Iterator<Item = &Arc<UpstreamSet>> {
+        self.routes.iter().map(|r| &r.0)
+    }
+
+    /// Client queries being forwarded now.
+    pub fn inflight(&self) -> usize {
+        self.max_inflight - self.inflight.available_permits()
+    }
+
     /// An inline answer to a parsed query, logged when `server.query_log` is on.
     #[allow(clippy::too_many_arguments)]
     fn answer(
@@ -188,11 +214,12 @@ impl Handler {
         client: SocketAddr,
         transport: Transport,
         q: &Query,
-        route: &str,
+        (route, metrics): (&str, &RouteMetrics),
         outcome: &'static str,
         started: Instant,
         reply: Vec<u8>,
     ) -> Action {
+        metrics.observe(transport, &reply, started.elapsed());
         if self.query_log {
             QueryLog {
                 client,
@@ -212,8 +239,10 @@ impl Handler {
         let started = Instant::now();
         if !wire::is_answerable_query(msg) {
             tracing::debug!(%client, transport = transport.as_str(), len = msg.len(), "dropping a message that is not a query");
+            self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
             return Action::Drop;
         }
+        let unrouted = ("-", &*self.metrics.unrouted);
         let parsed = wire::parse_query(msg);
         if !self.acl.allows(client.ip()) {
             tracing::debug!(%client, transport = transport.as_str(), "refusing a client outside the acl");
@@ -234,9 +263,23 @@ impl Handler {
                 edns,
                 rcode::REFUSED,
             );
+            self.metrics.acl_refused.fetch_add(1, Ordering::Relaxed);
             return match &parsed {
-                Ok(q) => self.answer(client, transport, q, "-", "refused-acl", started, reply),
-                Err(_) => Action::Reply(reply),
+                Ok(q) => self.answer(
+                    client,
+                    transport,
+                    q,
+                    unrouted,
+                    "refused-acl",
+                    started,
+                    reply,
+                ),
+                Err(_) => {
+                    self.metrics
+                        .unrouted
+                        .observe(transport, &reply, started.elapsed());
+                    Action::Reply(reply)
+                }
             };
         }
         let q = match parsed {
@@ -247,27 +290,41 @@ impl Handler {
                     .question
                     .as_ref()
                     .map(|(n, t, c)| (n.as_slice(), *t, *c));
-                return Action::Reply(wire::error_reply(
+                let reply = wire::error_reply(
                     wire::id(msg),
                     wire::flags(msg),
                     question,
                     rej.edns.as_ref(),
                     rej.rcode,
-                ));
+                );
+                self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .unrouted
+                    .observe(transport, &reply, started.elapsed());
+                return Action::Reply(reply);
             }
         };
         if q.qtype == wire::TYPE_AXFR || q.qtype == wire::TYPE_IXFR {
             // Zone transfers are a conversation with the primary, not something to
             // relay one message at a time.
             let reply = wire::reply_for(&q, rcode::REFUSED);
-            return self.answer(client, transport, &q, "-", "refused-xfr", started, reply);
+            return self.answer(
+                client,
+                transport,
+                &q,
+                unrouted,
+                "refused-xfr",
+                started,
+                reply,
+            );
         }
         let Some(m) = self.router.route(&q.qname_lower, q.qtype) else {
             tracing::debug!(%client, name = %wire::name_to_string(&q.qname), "no route for this name");
             let reply = wire::reply_for(&q, rcode::REFUSED);
-            return self.answer(client, transport, &q, "-", "no-route", started, reply);
+            return self.answer(client, transport, &q, unrouted, "no-route", started, reply);
         };
-        let (route, policy) = &self.routes[m.route];
+        let (route, policy, route_metrics) = &self.routes[m.route];
+        let here = (route.route.as_str(), &**route_metrics);
         let mut stale = None;
         if policy.enabled {
             let limit = transport.limit(&q);
@@ -282,28 +339,12 @@ impl Handler {
                         drop(self.resolver.resolve(&q, route, *policy));
                     }
                     let reply = wire::render(&stored.reply, &q, limit, Ttls::Aged(age));
-                    return self.answer(
-                        client,
-                        transport,
-                        &q,
-                        &route.route,
-                        "cache",
-                        started,
-                        reply,
-                    );
+                    return self.answer(client, transport, &q, here, "cache", started, reply);
                 }
                 Lookup::Failing { stale: Some(s) } => {
                     self.cache.note_stale_served();
                     let reply = wire::render(&s.reply, &q, limit, Ttls::Fixed(STALE_TTL));
-                    return self.answer(
-                        client,
-                        transport,
-                        &q,
-                        &route.route,
-                        "stale",
-                        started,
-                        reply,
-                    );
+                    return self.answer(client, transport, &q, here, "stale", started, reply);
                 }
                 Lookup::Failing { stale: None } => {
                     let reply = wire::reply_for(&q, rcode::SERVFAIL);
@@ -311,7 +352,7 @@ impl Handler {
                         client,
                         transport,
                         &q,
-                        &route.route,
+                        here,
                         "failure-cached",
                         started,
                         reply,
@@ -333,15 +374,7 @@ impl Handler {
                 }
                 None => wire::reply_for(&q, rcode::SERVFAIL),
             };
-            return self.answer(
-                client,
-                transport,
-                &q,
-                &route.route,
-                "overload",
-                started,
-                reply,
-            );
+            return self.answer(client, transport, &q, here, "overload", started, reply);
         };
         Action::Forward(Box::new(Job {
             route: Arc::clone(route),
@@ -353,6 +386,7 @@ impl Handler {
             client,
             transport,
             query_log: self.query_log,
+            metrics: Arc::clone(route_metrics),
             _permit: permit,
         }))
     }
@@ -390,6 +424,8 @@ impl Job {
             (Some((reply, _)), _) => wire::render(reply, q, limit, Ttls::AsStored),
             (None, _) => wire::reply_for(q, rcode::SERVFAIL),
         };
+        self.metrics
+            .observe(self.transport, &out, started.elapsed());
         if self.query_log {
             QueryLog {
                 client: self.client,

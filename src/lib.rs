@@ -10,6 +10,7 @@ pub mod acl;
 pub mod cache;
 pub mod config;
 pub mod handler;
+pub mod metrics;
 pub mod notify;
 pub mod report;
 pub mod resolver;

@@ -96,8 +96,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(path: &Path, config: Config) -> Result<bool, String> {
-    let listeners = Listeners::bind(&config.server.listen, config.server.udp_threads)
-        .map_err(|e| e.to_string())?;
+    let listeners = Listeners::for_server(&config.server).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::cache::{Cache, Clock, SystemClock};
 use crate::config::Config;
 use crate::handler::{Action, Handler, Throttle, Transport, LIMIT_WARN_INTERVAL};
+use crate::metrics::{Health, Metrics};
 use crate::notify::{self, Notifier};
 use crate::resolver::Resolver;
 use crate::udp_batch::{self, Batch};
@@ -36,6 +38,8 @@ pub struct Listeners {
     /// Per listen address, one UDP socket per UDP thread (SO_REUSEPORT when several).
     pub udp: Vec<Vec<std::net::UdpSocket>>,
     pub tcp: Vec<std::net::TcpListener>,
+    /// `[server] metrics`, when set.
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,7 @@ impl Listeners {
         let mut l = Listeners {
             udp: Vec::new(),
             tcp: Vec::new(),
+            metrics: None,
         };
         let reuse_port = udp_sockets > 1;
         for &addr in addrs {
@@ -70,6 +75,21 @@ impl Listeners {
             l.tcp.push(tcp);
         }
         Ok(l)
+    }
+
+    /// Everything `[server]` asks for: the DNS listeners and the metrics endpoint.
+    pub fn for_server(server: &crate::config::Server) -> Result<Listeners, BindError> {
+        let mut l = Listeners::bind(&server.listen, server.udp_threads)?;
+        if let Some(addr) = server.metrics {
+            let s = new_socket(addr, Type::STREAM, false)
+                .map_err(|e| bind_error(addr, "metrics", e))?;
+            l.metrics = Some(s.into());
+        }
+        Ok(l)
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// (udp, tcp) local addresses, in configuration order.
@@ -211,11 +231,17 @@ pub async fn run_with(
         Arc::new(Cache::new(config.cache_max_entries)),
         life.clone(),
     ));
+    let metrics = Arc::new(Metrics::default());
     let handler: Current = Arc::new(ArcSwap::from_pointee(Handler::new(
         &config,
         life.clone(),
         Arc::clone(&resolver),
+        Arc::clone(&metrics),
     )));
+    let health = Arc::new(Health::default());
+    health
+        .requires_upstreams
+        .store(config.server.ready_requires_upstreams, Ordering::Relaxed);
     let tcp_limit = Arc::new(Semaphore::new(config.server.tcp_max_connections));
     let tcp_opts = TcpOptions {
         idle: config.server.tcp_idle_timeout,
@@ -241,7 +267,23 @@ pub async fn run_with(
             tcp_opts,
         ));
     }
+    if let Some(listener) = listeners.metrics {
+        let listener = TcpListener::from_std(listener)?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+        let registry = Arc::new(crate::metrics::registry(
+            Arc::clone(&handler),
+            Arc::clone(&metrics),
+        ));
+        life.tasks.spawn(crate::metrics::serve_http(
+            listener,
+            registry,
+            Arc::clone(&health),
+            Arc::clone(&handler),
+            life.clone(),
+        ));
+    }
     log_config(&config);
+    health.serving.store(true, Ordering::Relaxed);
     let notifier = Arc::new(control.notifier);
     notifier.notify(&format!("READY=1\nSTATUS={}", status(&config)));
     if let Some(interval) = notify::watchdog_interval().filter(|_| notifier.is_enabled()) {
@@ -256,11 +298,15 @@ pub async fn run_with(
             _ = &mut shutdown => break,
             Some(new) = next_reload(&mut control.reloads) => {
                 notifier.reloading();
-                running = reload(&handler, running, new, &life, &resolver);
+                running = reload(&handler, running, new, &life, &resolver, &metrics);
+                health
+                    .requires_upstreams
+                    .store(running.server.ready_requires_upstreams, Ordering::Relaxed);
                 notifier.notify(&format!("READY=1\nSTATUS={}", status(&running)));
             }
         }
     }
+    health.serving.store(false, Ordering::Relaxed);
     notifier.notify("STOPPING=1");
     tracing::info!("stopping: no new queries; finishing those in flight");
     life.shutdown.cancel();
@@ -343,11 +389,13 @@ fn reload(
     new: Config,
     life: &Lifecycle,
     resolver: &Arc<Resolver>,
+    metrics: &Arc<Metrics>,
 ) -> Config {
     current.store(Arc::new(Handler::new(
         &new,
         life.clone(),
         Arc::clone(resolver),
+        Arc::clone(metrics),
     )));
     tracing::info!(config = %new.source, routes = new.routes.len(), "configuration reloaded");
     log_config(&new);
@@ -369,6 +417,9 @@ fn reload(
     }
     if old.server.log_format != new.server.log_format {
         needs_restart.push("server.log_format");
+    }
+    if old.server.metrics != new.server.metrics {
+        needs_restart.push("server.metrics");
     }
     if !needs_restart.is_empty() {
         tracing::warn!(

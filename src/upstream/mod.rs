@@ -84,10 +84,22 @@ impl TokenBucket {
     }
 }
 
+/// What happened to the tries sent to one upstream, for the metrics.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    pub sent: AtomicU64,
+    /// Tries that outlived `try_timeout`, or were still unanswered at the deadline.
+    pub timeouts: AtomicU64,
+    /// Network errors and malformed replies.
+    pub errors: AtomicU64,
+}
+
 /// One upstream server, its health and its budget.
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    pub stats: UpstreamStats,
+    max_fails: u32,
     fails: AtomicU32,
     probing: AtomicBool,
     budget: Option<TokenBucket>,
@@ -96,9 +108,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr, max_qps: Option<u32>, now: std::time::Instant) -> Self {
+    fn new(
+        addr: SocketAddr,
+        max_fails: u32,
+        max_qps: Option<u32>,
+        now: std::time::Instant,
+    ) -> Self {
         Upstream {
             addr,
+            stats: UpstreamStats::default(),
+            max_fails,
             fails: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             budget: max_qps.map(|q| TokenBucket::new(q, now)),
@@ -119,6 +138,11 @@ impl Upstream {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.fails.load(Ordering::Relaxed)
+    }
+
+    /// Past `max_fails` failures in a row: skipped while any other is up, and probed.
+    pub fn is_marked_down(&self) -> bool {
+        self.max_fails > 0 && self.consecutive_failures() >= self.max_fails
     }
 }
 
@@ -181,7 +205,14 @@ impl UpstreamSet {
             upstreams: route
                 .upstreams
                 .iter()
-                .map(|u| Arc::new(Upstream::new(u.addr, route.max_qps, life.clock.now())))
+                .map(|u| {
+                    Arc::new(Upstream::new(
+                        u.addr,
+                        route.max_fails,
+                        route.max_qps,
+                        life.clock.now(),
+                    ))
+                })
                 .collect(),
             policy: route.policy,
             rr: AtomicUsize::new(0),
@@ -194,17 +225,13 @@ impl UpstreamSet {
         }
     }
 
-    fn is_down(&self, u: &Upstream) -> bool {
-        self.max_fails > 0 && u.consecutive_failures() >= self.max_fails
-    }
-
     /// Upstream indexes in the order this query will try them: the healthy ones in
     /// policy order, or all of them when none is healthy (a guess beats a SERVFAIL).
     pub fn order(&self) -> Vec<usize> {
         let all = 0..self.upstreams.len();
         let mut order: Vec<usize> = all
             .clone()
-            .filter(|&i| !self.is_down(&self.upstreams[i]))
+            .filter(|&i| !self.upstreams[i].is_marked_down())
             .collect();
         if order.is_empty() {
             order = all.collect();
@@ -250,6 +277,10 @@ impl UpstreamSet {
                 }
                 let n = tries.len();
                 tries.push((idx, TryState::Running));
+                self.upstreams[idx]
+                    .stats
+                    .sent
+                    .fetch_add(1, Ordering::Relaxed);
                 let addr = self.upstreams[idx].addr;
                 let q = q.clone();
                 running.push(Box::pin(async move { (n, one_try(addr, &q).await) }));
@@ -284,6 +315,7 @@ impl UpstreamSet {
                         }
                         TryResult::Failed(e) => {
                             tracing::debug!(route = %self.route, upstream = %addr, error = %e, "upstream try failed");
+                            self.upstreams[idx].stats.errors.fetch_add(1, Ordering::Relaxed);
                             if state == TryState::Running {
                                 self.failure(idx);
                             }
@@ -300,6 +332,7 @@ impl UpstreamSet {
                     if let Some(t) = tries.last_mut() {
                         if t.1 == TryState::Running {
                             t.1 = TryState::Overdue;
+                            self.upstreams[t.0].stats.timeouts.fetch_add(1, Ordering::Relaxed);
                             self.failure(t.0);
                         }
                     }
@@ -307,6 +340,7 @@ impl UpstreamSet {
                 }
                 _ = sleep_until(deadline) => {
                     for t in tries.iter().filter(|t| t.1 == TryState::Running) {
+                        self.upstreams[t.0].stats.timeouts.fetch_add(1, Ordering::Relaxed);
                         self.failure(t.0);
                     }
                     break;

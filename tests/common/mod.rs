@@ -32,6 +32,8 @@ pub const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 pub struct Zonefwd {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    /// The metrics endpoint, when the config asked for one.
+    pub metrics: Option<SocketAddr>,
     reloads: tokio::sync::mpsc::UnboundedSender<Config>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -63,9 +65,9 @@ impl Zonefwd {
         config: Config,
         clock: Arc<dyn zonefwd::cache::Clock>,
     ) -> Zonefwd {
-        let listeners =
-            Listeners::bind(&config.server.listen, config.server.udp_threads).expect("bind");
+        let listeners = Listeners::for_server(&config.server).expect("bind");
         let (udp, tcp) = listeners.local_addrs()[0];
+        let metrics = listeners.metrics_addr();
         let (tx, rx) = oneshot::channel();
         let (reloads, reload_rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(zonefwd::run_with(
@@ -83,6 +85,7 @@ impl Zonefwd {
         Zonefwd {
             udp,
             tcp,
+            metrics,
             reloads,
             stop: Some(tx),
             task,
@@ -413,6 +416,32 @@ pub async fn ask(client: &Client<TokioRuntimeProvider>, m: Message) -> Message {
         .expect("a response")
         .expect("no error")
         .into_message()
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut raw))
+        .await
+        .expect("an http response")
+        .unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A bare UDP exchange: sends bytes, returns the first datagram back within `wait`.

@@ -1,0 +1,152 @@
+//! /metrics, /healthz and /readyz, end to end: counters move under queries, readiness
+//! follows the listeners and, when asked, the upstreams.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+
+/// The value of the sample whose line starts with `series` (name and labels).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn ask(z: &Zonefwd, name: &str) -> Message {
+    let out = raw_udp(
+        z.udp,
+        &query(name, RecordType::A, None).to_vec().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("an answer");
+    Message::from_vec(&out).unwrap()
+}
+
+#[tokio::test]
+async fn counters_move_under_queries() {
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let m = z.metrics.expect("metrics bound");
+    let (status, body) = http_get(m, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics text: {body}");
+
+    ask(&z, "one.example.").await; // miss, forwarded
+    ask(&z, "one.example.").await; // hit
+    let mut resp = reply_a(&query("x.", RecordType::A, None), [1, 2, 3, 4], 1);
+    resp.metadata.id = 9;
+    raw_udp(z.udp, &resp.to_vec().unwrap(), Duration::from_millis(200)).await; // dropped (QR=1)
+
+    let (_, body) = http_get(m, "/metrics").await;
+    let v =
+        |series: &str| sample(&body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"));
+    assert_eq!(
+        v(r#"zonefwd_queries_total{route="default",transport="udp",rcode="NOERROR"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"zonefwd_query_duration_seconds_count{route="default"}"#),
+        2.0
+    );
+    // Cumulative buckets: never above the count, +Inf equal to it.
+    let bucket = |le: &str| {
+        v(&format!(
+            r#"zonefwd_query_duration_seconds_bucket{{le="{le}",route="default"}}"#
+        ))
+    };
+    assert_eq!(bucket("+Inf"), 2.0);
+    assert!(bucket("10.0") <= 2.0 && bucket("0.0005") <= bucket("10.0"));
+    assert_eq!(v("zonefwd_cache_hits_total"), 1.0);
+    assert_eq!(v("zonefwd_cache_entries"), 1.0);
+    assert_eq!(v("zonefwd_resolutions_total"), 1.0);
+    assert_eq!(v("zonefwd_dropped_total"), 1.0);
+    let upstream = format!(r#"{{route="default",upstream="{}"}}"#, up.addr);
+    assert_eq!(v(&format!("zonefwd_upstream_queries_total{upstream}")), 1.0);
+    assert_eq!(v(&format!("zonefwd_upstream_up{upstream}")), 1.0);
+    assert_eq!(v("zonefwd_inflight"), 0.0);
+
+    assert_eq!(http_get(m, "/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(http_get(m, "/readyz").await.0, 200);
+    assert_eq!(http_get(m, "/nope").await.0, 404);
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn acl_refusals_and_malformed_queries_are_counted() {
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\n[acl]\nallow = [\"10.0.0.0/8\"]\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    ask(&z, "refused.example.").await;
+    let mut two = query("x.example.", RecordType::A, None);
+    two.queries.push(two.queries[0].clone());
+    raw_udp(z.udp, &two.to_vec().unwrap(), Duration::from_secs(5)).await;
+    let (_, body) = http_get(z.metrics.unwrap(), "/metrics").await;
+    assert_eq!(
+        sample(&body, "zonefwd_acl_refused_total"),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            r#"zonefwd_queries_total{route="-",transport="udp",rcode="REFUSED"}"#
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn readiness_can_require_an_upstream_up() {
+    let dead = Fake::blackhole().await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\nready_requires_upstreams = true\n{}",
+        one_route(
+            &[dead.addr],
+            "timeout = \"300ms\"\ntry_timeout = \"100ms\"\nmax_fails = 1\nhealth_check = \"1h\""
+        )
+    ))
+    .await;
+    let m = z.metrics.unwrap();
+    assert_eq!(
+        http_get(m, "/readyz").await.0,
+        200,
+        "ready before any failure"
+    );
+    ask(&z, "fails.example.").await;
+    let (status, body) = http_get(m, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("every upstream is down on route(s): default"),
+        "{body}"
+    );
+    assert_eq!(http_get(m, "/healthz").await.0, 200, "alive all the same");
+    let (_, metrics) = http_get(m, "/metrics").await;
+    let upstream = format!(r#"{{route="default",upstream="{}"}}"#, dead.addr);
+    assert_eq!(
+        sample(&metrics, &format!("zonefwd_upstream_up{upstream}")),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &metrics,
+            &format!("zonefwd_upstream_timeouts_total{upstream}")
+        )
+        .unwrap()
+            >= 1.0
+    );
+    z.stop().await.unwrap();
+}
