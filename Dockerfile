@@ -20,5 +20,8 @@ COPY config/container.toml /etc/zonefwd/zonefwd.toml
 USER 65532:65532
 EXPOSE 53/udp 53/tcp
 ENV ZONEFWD_CONFIG=/etc/zonefwd/zonefwd.toml
+# A DNS round trip to the listener itself, answered by zonefwd without any upstream.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/zonefwd", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/zonefwd"]
 CMD ["run"]

@@ -31,6 +31,15 @@ enum Command {
     Run(ConfigArg),
     /// Validate the configuration and print the routing table.
     Check(ConfigArg),
+    /// Exit 0 if the zonefwd serving this configuration answers on its first listen
+    /// address (for container HEALTHCHECKs: no curl needed).
+    Healthcheck {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Show which route answers NAME and the upstreams it would try, without sending anything.
     Explain {
         #[command(flatten)]
@@ -74,6 +83,9 @@ fn main() -> ExitCode {
             print!("{}", report::routing_table(&config));
             true
         }),
+        Command::Healthcheck { config, timeout } => {
+            load(&config.config).and_then(|c| healthcheck(&c, timeout))
+        }
         Command::Explain {
             config,
             name,
@@ -116,6 +128,47 @@ fn serve(path: &Path, config: Config) -> Result<bool, String> {
             .map_err(|e| e.to_string())
     })?;
     Ok(true)
+}
+
+/// Sends a STATUS-opcode query to the first listen address (a wildcard address is
+/// reached through loopback). zonefwd answers that itself, NOTIMP, without asking any
+/// upstream, and a client outside the ACL still gets REFUSED: any reply with our ID
+/// proves the UDP serving loop is alive, whatever the upstreams are doing.
+fn healthcheck(config: &Config, timeout: std::time::Duration) -> Result<bool, String> {
+    let mut target = *config.server.listen.first().ok_or("no listen address")?;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let bind: std::net::SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("a literal address");
+    let sock = std::net::UdpSocket::bind(bind).map_err(|e| format!("healthcheck: {e}"))?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| format!("healthcheck: {e}"))?;
+    let id: u16 = rand::random();
+    // Header only: ID, opcode 2 (STATUS), no question.
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    sock.send_to(&q, target)
+        .map_err(|e| format!("healthcheck: cannot send to {target}: {e}"))?;
+    let mut buf = [0u8; 512];
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from == target && n >= 12 && buf[..2] == id.to_be_bytes() => {
+                println!("zonefwd answers on {target}");
+                return Ok(true);
+            }
+            Ok(_) => continue,
+            Err(e) => return Err(format!("healthcheck: no answer from {target}: {e}")),
+        }
+    }
 }
 
 /// On SIGHUP, reads and validates the config file again and hands it to the server;

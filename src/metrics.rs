@@ -380,21 +380,22 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
         .expect("a valid response")
 }
 
-/// Answers one HTTP request.
+/// Answers one HTTP request, given its method and path.
 fn route(
-    req: &Request<hyper::body::Incoming>,
+    method: &hyper::Method,
+    path: &str,
     registry: &Registry,
     health: &Health,
     handler: &ArcSwap<Handler>,
 ) -> Response<Full<Bytes>> {
-    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+    if method != hyper::Method::GET && method != hyper::Method::HEAD {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "GET only\n".into(),
         );
     }
-    match req.uri().path() {
+    match path {
         "/metrics" => {
             let mut body = String::new();
             match prometheus_client::encoding::text::encode(&mut body, registry) {
@@ -471,8 +472,8 @@ pub async fn serve_http(
         );
         let shutdown = life.shutdown.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let resp = route(&req, &registry, &health, &handler);
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let resp = route(req.method(), req.uri().path(), &registry, &health, &handler);
                 async move { Ok::<_, Infallible>(resp) }
             });
             // A client that never finishes its request headers is cut off.
@@ -485,5 +486,72 @@ pub async fn serve_http(
                 _ = shutdown.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Cache;
+    use crate::resolver::Resolver;
+
+    fn handler() -> Arc<ArcSwap<Handler>> {
+        let config = crate::config::Config::parse(
+            "[[route]]\nname = \"r\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n",
+            "t.toml",
+            &crate::config::LoadEnv::default(),
+        )
+        .unwrap();
+        let life = Lifecycle::default();
+        let resolver = Arc::new(Resolver::new(Arc::new(Cache::new(10)), life.clone()));
+        Arc::new(ArcSwap::from_pointee(Handler::new(
+            &config,
+            life,
+            resolver,
+            Arc::default(),
+        )))
+    }
+
+    #[test]
+    fn readiness_follows_the_listeners() {
+        let h = handler();
+        let registry = registry(Arc::clone(&h), Arc::default());
+        let health = Health::default();
+        let get = |path| route(&hyper::Method::GET, path, &registry, &health, &h).status();
+        assert_eq!(
+            get("/readyz"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not serving yet"
+        );
+        assert_eq!(get("/healthz"), StatusCode::OK, "alive all the same");
+        health.serving.store(true, Ordering::Relaxed);
+        assert_eq!(get("/readyz"), StatusCode::OK);
+        health.serving.store(false, Ordering::Relaxed);
+        assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE, "stopping");
+        assert_eq!(
+            route(&hyper::Method::POST, "/metrics", &registry, &health, &h).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_hold_each_observation_once() {
+        let hist = Histogram::default();
+        hist.observe(Duration::from_micros(300));
+        hist.observe(Duration::from_millis(30));
+        hist.observe(Duration::from_secs(60));
+        let (sum, count, buckets) = hist.snapshot();
+        assert_eq!(count, 3);
+        assert_eq!(
+            buckets.iter().map(|b| b.1).sum::<u64>(),
+            3,
+            "per-bucket counts add up to the count"
+        );
+        assert_eq!(
+            buckets.last().unwrap(),
+            &(f64::INFINITY, 1),
+            "60 s is above every bound"
+        );
+        assert!((sum - 60.0303).abs() < 1e-9);
     }
 }

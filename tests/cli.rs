@@ -453,3 +453,38 @@ async fn json_logs_and_the_query_log() {
         z.log
     );
 }
+
+#[tokio::test]
+async fn healthcheck_answers_0_while_serving_and_fails_when_not() {
+    // Upstream unreachable on purpose: the healthcheck must not depend on it.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        &dir,
+        "",
+        "[[route]]\nname = \"default\"\nzones = [\".\"]\nupstreams = [\"127.0.0.1:9\"]\n",
+    );
+    let z = Running::start(&p);
+    // The healthcheck reads the same kind of file, naming the port actually bound, and
+    // a wildcard address, which it reaches through loopback.
+    let probe = dir.path().join("probe.toml");
+    let write_probe = |addr: String| {
+        std::fs::write(&probe, format!("[server]\nlisten = [\"{addr}\"]\n[[route]]\nname = \"d\"\nzones = [\".\"]\nupstreams = [\"127.0.0.1:9\"]\n")).unwrap();
+    };
+    write_probe(format!("0.0.0.0:{}", z.udp.port()));
+    let (code, out, err) = zonefwd(&["healthcheck", "-c", probe.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("zonefwd answers on 127.0.0.1:{}", z.udp.port())),
+        "{out}"
+    );
+    drop(z);
+    let (code, _, err) = zonefwd(&[
+        "healthcheck",
+        "-c",
+        probe.to_str().unwrap(),
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("healthcheck: no answer from"), "{err}");
+}
