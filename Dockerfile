@@ -10,12 +10,18 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked \
- && apt-get update && apt-get install -y --no-install-recommends libcap2-bin \
- && setcap cap_net_bind_service=+ep target/release/zonefwd
+RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
 COPY --from=build /src/target/release/zonefwd /usr/local/bin/zonefwd
+# The file capability is set here, in the image's own layer: COPY --from has not
+# always kept extended attributes (moby#38132, buildkit#2250), RUN layers do.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libcap2-bin \
+ && setcap cap_net_bind_service=+ep /usr/local/bin/zonefwd \
+ && apt-get purge -y libcap2-bin \
+ && apt-get autoremove -y \
+ && rm -rf /var/lib/apt/lists/*
 COPY config/container.toml /etc/zonefwd/zonefwd.toml
 USER 65532:65532
 EXPOSE 53/udp 53/tcp

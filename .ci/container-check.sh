@@ -25,7 +25,8 @@ for proto in udp tcp; do
   grep -qE "^EXPOSE .*\b$port/$proto\b" <<<"$runtime" || fail "EXPOSE lacks $port/$proto (the port config/container.toml listens on)"
 done
 grep -q 'CMD \["/usr/local/bin/zonefwd", "healthcheck"\]' <<<"$runtime" || fail "HEALTHCHECK must run zonefwd healthcheck"
-grep -q 'setcap cap_net_bind_service=+ep target/release/zonefwd' "$df" || fail "the binary needs cap_net_bind_service as a file capability"
+grep -q 'setcap cap_net_bind_service=+ep /usr/local/bin/zonefwd' <<<"$runtime" \
+  || fail "the runtime stage must give the binary cap_net_bind_service as a file capability (in a RUN: COPY --from may drop it)"
 echo "container-check: Dockerfile runtime stage agrees with the binary (USER $user, port $port)"
 
 if [[ $(id -u) != 0 ]]; then
