@@ -17,14 +17,6 @@ async fn start(toml: &str) -> (Zonefwd, Arc<ManualClock>) {
     (z, clock)
 }
 
-/// A raw UDP exchange (no client retransmission, so upstream counts are exact).
-async fn ask_raw(z: &Zonefwd, m: &Message) -> Message {
-    let out = raw_udp(z.udp, &m.to_vec().unwrap(), Duration::from_secs(10))
-        .await
-        .expect("an answer");
-    Message::from_vec(&out).unwrap()
-}
-
 fn asked(f: &Fake, name: &str) -> usize {
     f.seen().iter().filter(|s| qname_of(&s.msg) == name).count()
 }
@@ -44,7 +36,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 async fn hits_are_served_from_cache_with_ttls_counting_down() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 300)).await;
     let (z, clock) = start(&one_route(&[up.addr], "")).await;
-    let first = ask_raw(&z, &query("www.example.", RecordType::A, None)).await;
+    let first = exchange(z.udp, &query("www.example.", RecordType::A, None)).await;
     assert_eq!(first.answers[0].ttl, 300);
 
     clock.advance(Duration::from_secs(100));
@@ -66,14 +58,14 @@ async fn hits_are_served_from_cache_with_ttls_counting_down() {
     assert!(hit.metadata.recursion_available);
 
     // An EDNS client gets its own OPT on a hit, a plain one none.
-    let with_edns = ask_raw(&z, &query("www.example.", RecordType::A, Some(1232))).await;
+    let with_edns = exchange(z.udp, &query("www.example.", RecordType::A, Some(1232))).await;
     assert!(with_edns.edns.is_some());
     assert!(hit.edns.is_none());
 
     // Expired, upstream healthy: asked again (stale data is not served while the
     // upstream answers), and the new TTL starts over.
     clock.advance(Duration::from_secs(250));
-    let fresh = ask_raw(&z, &query("www.example.", RecordType::A, None)).await;
+    let fresh = exchange(z.udp, &query("www.example.", RecordType::A, None)).await;
     assert_eq!(asked(&up, "www.example."), 2);
     assert_eq!(fresh.answers[0].ttl, 300);
     z.stop().await.unwrap();
@@ -136,12 +128,16 @@ async fn stale_answers_only_after_upstream_failure_and_within_the_window() {
         "timeout = \"1s\"\ntry_timeout = \"500ms\"\nmax_fails = 0\n[cache]\nserve_stale = \"1h\"",
     ))
     .await;
-    ask_raw(&z, &query("kube.example.", RecordType::A, None)).await;
+    exchange(z.udp, &query("kube.example.", RecordType::A, None)).await;
 
     // Expired and the upstream is gone: the stale answer, with TTL 30.
     dead.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(60));
-    let (r, took) = timed(ask_raw(&z, &query("kube.example.", RecordType::A, None))).await;
+    let (r, took) = timed(exchange(
+        z.udp,
+        &query("kube.example.", RecordType::A, None),
+    ))
+    .await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert_eq!(r.answers[0].ttl, 30, "RFC 8767: stale answers carry TTL 30");
     assert!(took < Duration::from_secs(3), "stale answer took {took:?}");
@@ -152,13 +148,13 @@ async fn stale_answers_only_after_upstream_failure_and_within_the_window() {
 
     // The failure is remembered (servfail_ttl 5s): stale again without asking.
     let before = asked(&up, "kube.example.");
-    let r = ask_raw(&z, &query("kube.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("kube.example.", RecordType::A, None)).await;
     assert_eq!(r.answers[0].ttl, 30);
     assert_eq!(asked(&up, "kube.example."), before);
 
     // Past serve_stale (1h after expiry): SERVFAIL, not a day-old address.
     clock.advance(Duration::from_secs(3600));
-    let r = ask_raw(&z, &query("kube.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("kube.example.", RecordType::A, None)).await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     z.stop().await.unwrap();
 }
@@ -180,11 +176,11 @@ async fn a_slow_upstream_gets_the_stale_answer_out_after_the_client_timer() {
         "timeout = \"8s\"\ntry_timeout = \"8s\"",
     ))
     .await;
-    ask_raw(&z, &query("slowpoke.example.", RecordType::A, None)).await;
+    exchange(z.udp, &query("slowpoke.example.", RecordType::A, None)).await;
     slow.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(20));
-    let (r, took) = timed(ask_raw(
-        &z,
+    let (r, took) = timed(exchange(
+        z.udp,
         &query("slowpoke.example.", RecordType::A, None),
     ))
     .await;
@@ -196,7 +192,7 @@ async fn a_slow_upstream_gets_the_stale_answer_out_after_the_client_timer() {
     // The refresh completes in the background and lands in the cache.
     eventually("the refresh", || asked(&up, "slowpoke.example.") == 2).await;
     tokio::time::sleep(Duration::from_millis(2600)).await;
-    let r = ask_raw(&z, &query("slowpoke.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("slowpoke.example.", RecordType::A, None)).await;
     assert_eq!(r.answers[0].ttl, 10, "fresh again after the slow refresh");
     assert_eq!(asked(&up, "slowpoke.example."), 2);
     z.stop().await.unwrap();
@@ -207,7 +203,7 @@ async fn servfail_is_cached_for_servfail_ttl_only() {
     let up = Fake::answering(|q| reply_rcode(q, ResponseCode::ServFail)).await;
     let (z, clock) = start(&one_route(&[up.addr], "[cache]\nservfail_ttl = \"5s\"")).await;
     for _ in 0..3 {
-        let r = ask_raw(&z, &query("broken.example.", RecordType::A, None)).await;
+        let r = exchange(z.udp, &query("broken.example.", RecordType::A, None)).await;
         assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     }
     let once = asked(&up, "broken.example.");
@@ -216,7 +212,7 @@ async fn servfail_is_cached_for_servfail_ttl_only() {
         "one resolution (an upstream tried at most twice): {once}"
     );
     clock.advance(Duration::from_secs(6));
-    ask_raw(&z, &query("broken.example.", RecordType::A, None)).await;
+    exchange(z.udp, &query("broken.example.", RecordType::A, None)).await;
     assert!(
         asked(&up, "broken.example.") > once,
         "asked again after servfail_ttl"
@@ -239,23 +235,23 @@ async fn negative_answers_are_cached_by_their_soa_with_route_overrides() {
     ))
     .await;
     // The "." route: min(SOA TTL, MINIMUM) = 300.
-    let r = ask_raw(&z, &query("nx.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("nx.example.", RecordType::A, None)).await;
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(
         r.authorities[0].ttl, 300,
         "the SOA says how long the name is absent"
     );
     // The private route: capped at 10 s.
-    let r = ask_raw(
-        &z,
+    let r = exchange(
+        z.udp,
         &query("new-endpoint.privatelink.example.", RecordType::A, None),
     )
     .await;
     assert_eq!(r.authorities[0].ttl, 10);
     clock.advance(Duration::from_secs(11));
-    ask_raw(&z, &query("nx.example.", RecordType::A, None)).await;
-    ask_raw(
-        &z,
+    exchange(z.udp, &query("nx.example.", RecordType::A, None)).await;
+    exchange(
+        z.udp,
         &query("new-endpoint.privatelink.example.", RecordType::A, None),
     )
     .await;
@@ -275,11 +271,11 @@ async fn popular_entries_are_prefetched_before_they_expire() {
     let up = Fake::answering(move |q| reply_a(q, [192, 0, 2, v.load(Ordering::SeqCst) as u8], 100))
         .await;
     let (z, clock) = start(&one_route(&[up.addr], "")).await;
-    ask_raw(&z, &query("hot.example.", RecordType::A, None)).await;
+    exchange(z.udp, &query("hot.example.", RecordType::A, None)).await;
     version.store(2, Ordering::SeqCst);
-    ask_raw(&z, &query("hot.example.", RecordType::A, None)).await; // a hit
+    exchange(z.udp, &query("hot.example.", RecordType::A, None)).await; // a hit
     clock.advance(Duration::from_secs(91));
-    let r = ask_raw(&z, &query("hot.example.", RecordType::A, None)).await; // a hit in the last tenth
+    let r = exchange(z.udp, &query("hot.example.", RecordType::A, None)).await; // a hit in the last tenth
     assert_eq!(
         r.answers[0].ttl, 9,
         "served from cache while the refresh runs"
@@ -288,7 +284,7 @@ async fn popular_entries_are_prefetched_before_they_expire() {
     // The old entry stays fresh for 9 more seconds; poll until the refresh replaced it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = ask_raw(&z, &query("hot.example.", RecordType::A, None)).await;
+        let r = exchange(z.udp, &query("hot.example.", RecordType::A, None)).await;
         if r.answers[0].data == a_record("x.", [192, 0, 2, 2], 1).data {
             assert_eq!(
                 r.answers[0].ttl, 100,
@@ -303,7 +299,7 @@ async fn popular_entries_are_prefetched_before_they_expire() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     clock.advance(Duration::from_secs(20)); // the old entry would have expired now
-    let r = ask_raw(&z, &query("hot.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("hot.example.", RecordType::A, None)).await;
     assert_eq!(
         r.answers[0].data,
         a_record("x.", [192, 0, 2, 2], 1).data,
@@ -328,26 +324,26 @@ async fn the_cache_key_separates_do_cd_qtype_and_truncated_replies_are_not_cache
     })
     .await;
     let (z, _clock) = start(&one_route(&[up.addr], "timeout = \"1s\"")).await;
-    ask_raw(&z, &query("k.example.", RecordType::A, None)).await;
-    ask_raw(&z, &query("k.example.", RecordType::A, None)).await;
+    exchange(z.udp, &query("k.example.", RecordType::A, None)).await;
+    exchange(z.udp, &query("k.example.", RecordType::A, None)).await;
     assert_eq!(asked(&up, "k.example."), 1);
     let mut with_do = query("k.example.", RecordType::A, None);
     let mut e = Edns::new();
     e.set_dnssec_ok(true);
     with_do.edns = Some(e);
-    ask_raw(&z, &with_do).await;
+    exchange(z.udp, &with_do).await;
     assert_eq!(asked(&up, "k.example."), 2, "DO=1 is another question");
     let mut cd = query("k.example.", RecordType::A, None);
     cd.metadata.checking_disabled = true;
-    ask_raw(&z, &cd).await;
+    exchange(z.udp, &cd).await;
     assert_eq!(asked(&up, "k.example."), 3, "CD=1 is another question");
-    ask_raw(&z, &query("k.example.", RecordType::AAAA, None)).await;
+    exchange(z.udp, &query("k.example.", RecordType::AAAA, None)).await;
     assert_eq!(asked(&up, "k.example."), 4, "AAAA is another question");
 
-    let r = ask_raw(&z, &query("tc.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("tc.example.", RecordType::A, None)).await;
     assert!(r.metadata.truncation);
     let n = asked(&up, "tc.example.");
-    ask_raw(&z, &query("tc.example.", RecordType::A, None)).await;
+    exchange(z.udp, &query("tc.example.", RecordType::A, None)).await;
     assert!(
         asked(&up, "tc.example.") > n,
         "a truncated reply is never served from cache"
@@ -362,8 +358,8 @@ async fn max_qps_caps_upstream_queries_and_falls_back_to_stale() {
     // The clock stands still, so the bucket holds 3 tokens and never refills.
     let mut servfails = 0;
     for i in 0..10 {
-        let (r, took) = timed(ask_raw(
-            &z,
+        let (r, took) = timed(exchange(
+            z.udp,
             &query(&format!("b{i}.example."), RecordType::A, None),
         ))
         .await;
@@ -381,11 +377,15 @@ async fn max_qps_caps_upstream_queries_and_falls_back_to_stale() {
     // on new names, then b0 is over budget and served stale.
     clock.advance(Duration::from_secs(6));
     for i in 10..13 {
-        let r = ask_raw(&z, &query(&format!("b{i}.example."), RecordType::A, None)).await;
+        let r = exchange(
+            z.udp,
+            &query(&format!("b{i}.example."), RecordType::A, None),
+        )
+        .await;
         assert_eq!(r.answers.len(), 1);
     }
     assert_eq!(up.count(), 6);
-    let r = ask_raw(&z, &query("b0.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("b0.example.", RecordType::A, None)).await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert_eq!(r.answers[0].ttl, 30, "over budget: the stale answer");
     assert_eq!(up.count(), 6, "nothing sent over budget");
@@ -411,7 +411,7 @@ async fn when_overloaded_a_stale_answer_beats_servfail() {
         one_route(&[up.addr], "")
     ))
     .await;
-    ask_raw(&z, &query("known.example.", RecordType::A, None)).await;
+    exchange(z.udp, &query("known.example.", RecordType::A, None)).await;
     clock.advance(Duration::from_secs(10)); // known.example. has expired
     let addr = z.udp;
     let busy = tokio::spawn(async move {
@@ -428,10 +428,10 @@ async fn when_overloaded_a_stale_answer_beats_servfail() {
         asked(&up, "busy.example.") == 1
     })
     .await;
-    let r = ask_raw(&z, &query("known.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("known.example.", RecordType::A, None)).await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert_eq!(r.answers[0].ttl, 30, "the stale answer, not SERVFAIL");
-    let r = ask_raw(&z, &query("unknown.example.", RecordType::A, None)).await;
+    let r = exchange(z.udp, &query("unknown.example.", RecordType::A, None)).await;
     assert_eq!(
         r.metadata.response_code,
         ResponseCode::ServFail,

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hickory_proto::op::Message;
-use hickory_proto::rr::RecordType;
 use zonefwd::config::{Config, LoadEnv};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zonefwd");
@@ -258,14 +257,7 @@ impl Running {
     }
 
     async fn ask(&self, name: &str) -> Message {
-        let out = raw_udp(
-            self.udp,
-            &query(name, RecordType::A, None).to_vec().unwrap(),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("an answer");
-        Message::from_vec(&out).unwrap()
+        ask_a(self.udp, name).await
     }
 }
 

@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 
 /// The value of the sample whose line starts with `series` (name and labels).
@@ -14,17 +13,6 @@ fn sample(body: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-async fn ask(z: &Zonefwd, name: &str) -> Message {
-    let out = raw_udp(
-        z.udp,
-        &query(name, RecordType::A, None).to_vec().unwrap(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("an answer");
-    Message::from_vec(&out).unwrap()
 }
 
 #[tokio::test]
@@ -40,8 +28,8 @@ async fn counters_move_under_queries() {
     assert_eq!(status, 200);
     assert!(body.ends_with("# EOF\n"), "OpenMetrics text: {body}");
 
-    ask(&z, "one.example.").await; // miss, forwarded
-    ask(&z, "one.example.").await; // hit
+    ask_a(z.udp, "one.example.").await; // miss, forwarded
+    ask_a(z.udp, "one.example.").await; // hit
     let mut resp = reply_a(&query("x.", RecordType::A, None), [1, 2, 3, 4], 1);
     resp.metadata.id = 9;
     raw_udp(z.udp, &resp.to_vec().unwrap(), Duration::from_millis(200)).await; // dropped (QR=1)
@@ -88,7 +76,7 @@ async fn acl_refusals_and_malformed_queries_are_counted() {
         one_route(&[up.addr], "")
     ))
     .await;
-    ask(&z, "refused.example.").await;
+    ask_a(z.udp, "refused.example.").await;
     let mut two = query("x.example.", RecordType::A, None);
     two.queries.push(two.queries[0].clone());
     raw_udp(z.udp, &two.to_vec().unwrap(), Duration::from_secs(5)).await;
@@ -126,7 +114,7 @@ async fn readiness_can_require_an_upstream_up() {
         200,
         "ready before any failure"
     );
-    ask(&z, "fails.example.").await;
+    ask_a(z.udp, "fails.example.").await;
     let (status, body) = http_get(m, "/readyz").await;
     assert_eq!(status, 503);
     assert!(

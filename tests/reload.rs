@@ -9,17 +9,6 @@ use common::*;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
-async fn ask_raw(z: &Zonefwd, name: &str) -> Message {
-    let out = raw_udp(
-        z.udp,
-        &query(name, RecordType::A, None).to_vec().unwrap(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("an answer");
-    Message::from_vec(&out).unwrap()
-}
-
 fn answered_by(r: &Message, last_octet: u8) -> bool {
     r.answers
         .first()
@@ -30,7 +19,10 @@ fn answered_by(r: &Message, last_octet: u8) -> bool {
 /// a reload takes effect asynchronously, within milliseconds.
 async fn until_answered_by(z: &Zonefwd, last_octet: u8) {
     for i in 0..500 {
-        if answered_by(&ask_raw(z, &format!("probe{i}.example.")).await, last_octet) {
+        if answered_by(
+            &ask_a(z.udp, &format!("probe{i}.example.")).await,
+            last_octet,
+        ) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -43,12 +35,12 @@ async fn a_reload_switches_routes_and_keeps_the_cache() {
     let a = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 3600)).await;
     let b = Fake::answering(|q| reply_a(q, [192, 0, 2, 2], 3600)).await;
     let z = Zonefwd::start(&one_route(&[a.addr], "")).await;
-    assert!(answered_by(&ask_raw(&z, "cached.example.").await, 1));
+    assert!(answered_by(&ask_a(z.udp, "cached.example.").await, 1));
 
     z.reload(&one_route(&[b.addr], ""));
     until_answered_by(&z, 2).await;
     // Cached before the reload, still served from cache: B never hears of it.
-    let r = ask_raw(&z, "cached.example.").await;
+    let r = ask_a(z.udp, "cached.example.").await;
     assert!(answered_by(&r, 1), "the cache survives a reload");
     assert!(!b
         .seen()
@@ -97,7 +89,7 @@ async fn a_reload_can_tighten_the_acl() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     assert_eq!(
-        ask_raw(&z, "before.example.").await.metadata.response_code,
+        ask_a(z.udp, "before.example.").await.metadata.response_code,
         ResponseCode::NoError
     );
     z.reload(&format!(
@@ -106,7 +98,7 @@ async fn a_reload_can_tighten_the_acl() {
     ));
     let mut refused = false;
     for i in 0..500 {
-        if ask_raw(&z, &format!("after{i}.example."))
+        if ask_a(z.udp, &format!("after{i}.example."))
             .await
             .metadata
             .response_code

@@ -444,6 +444,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// One UDP exchange of `m` (no client retransmission, so upstream counts are exact),
+/// parsed.
+pub async fn exchange(server: SocketAddr, m: &Message) -> Message {
+    let out = raw_udp(server, &m.to_vec().unwrap(), Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    Message::from_vec(&out).unwrap()
+}
+
+/// `exchange` of an A query for `name`.
+pub async fn ask_a(server: SocketAddr, name: &str) -> Message {
+    exchange(server, &query(name, RecordType::A, None)).await
+}
+
 /// A bare UDP exchange: sends bytes, returns the first datagram back within `wait`.
 pub async fn raw_udp(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
