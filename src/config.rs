@@ -28,6 +28,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_TCP_MAX_PIPELINED: usize = 64;
+pub const DEFAULT_TCP_MAX_QUERIES_PER_CONNECTION: usize = 1000;
+pub const DEFAULT_TCP_MAX_LIFETIME: Duration = Duration::from_secs(300);
+pub const DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 pub const DEFAULT_MAX_INFLIGHT: usize = 10_000;
 pub const MAX_UDP_THREADS: usize = 64;
 
@@ -103,6 +106,13 @@ pub struct Server {
     pub tcp_max_connections: usize,
     /// Queries one TCP connection may have in flight; reading pauses beyond it.
     pub tcp_max_pipelined: usize,
+    /// Queries one TCP connection may send in all; then it is closed once answered
+    /// (RFC 9210 section 4; dnsdist's CVE-2025-30193 was the unbounded case).
+    pub tcp_max_queries_per_connection: usize,
+    /// A TCP connection is closed, once its answers are out, after this long.
+    pub tcp_max_lifetime: Duration,
+    /// TCP connections one client address may hold at once.
+    pub tcp_max_connections_per_client: usize,
     /// Client queries being forwarded at once, all transports; beyond it, SERVFAIL.
     pub max_inflight: usize,
     /// Threads serving UDP, each with its own socket on every listen address.
@@ -319,6 +329,9 @@ struct RawServer {
     tcp_idle_timeout: Option<Spanned<Humane>>,
     tcp_max_connections: Option<NonZeroUsize>,
     tcp_max_pipelined: Option<NonZeroUsize>,
+    tcp_max_queries_per_connection: Option<NonZeroUsize>,
+    tcp_max_lifetime: Option<Spanned<Humane>>,
+    tcp_max_connections_per_client: Option<NonZeroUsize>,
     max_inflight: Option<NonZeroUsize>,
     udp_threads: Option<Spanned<NonZeroUsize>>,
     log_format: Option<LogFormatValue>,
@@ -846,6 +859,14 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
         max_inflight: raw
             .max_inflight
             .map_or(DEFAULT_MAX_INFLIGHT, NonZeroUsize::get),
+        tcp_max_queries_per_connection: raw
+            .tcp_max_queries_per_connection
+            .map_or(DEFAULT_TCP_MAX_QUERIES_PER_CONNECTION, NonZeroUsize::get),
+        tcp_max_lifetime: positive(raw.tcp_max_lifetime, src, "server.tcp_max_lifetime")?
+            .unwrap_or(DEFAULT_TCP_MAX_LIFETIME),
+        tcp_max_connections_per_client: raw
+            .tcp_max_connections_per_client
+            .map_or(DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT, NonZeroUsize::get),
         udp_threads: match raw.udp_threads {
             None => default_udp_threads(),
             Some(t) if t.get_ref().get() > MAX_UDP_THREADS => {

@@ -6,6 +6,7 @@
 //! datagram without a bound, and can only send replies it encodes from records, which
 //! rules out relaying the upstream's bytes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -246,6 +247,9 @@ pub async fn run_with(
     let tcp_opts = TcpOptions {
         idle: config.server.tcp_idle_timeout,
         pipelined: config.server.tcp_max_pipelined,
+        max_queries: config.server.tcp_max_queries_per_connection,
+        lifetime: config.server.tcp_max_lifetime,
+        per_client: config.server.tcp_max_connections_per_client,
     };
 
     for group in listeners.udp {
@@ -406,10 +410,17 @@ fn reload(
     if old.server.udp_threads != new.server.udp_threads {
         needs_restart.push("server.udp_threads");
     }
-    if old.server.tcp_idle_timeout != new.server.tcp_idle_timeout
-        || old.server.tcp_max_connections != new.server.tcp_max_connections
-        || old.server.tcp_max_pipelined != new.server.tcp_max_pipelined
-    {
+    let tcp = |s: &crate::config::Server| {
+        (
+            s.tcp_idle_timeout,
+            s.tcp_max_connections,
+            s.tcp_max_pipelined,
+            s.tcp_max_queries_per_connection,
+            s.tcp_max_lifetime,
+            s.tcp_max_connections_per_client,
+        )
+    };
+    if tcp(&old.server) != tcp(&new.server) {
         needs_restart.push("server.tcp_*");
     }
     if old.cache_max_entries != new.cache_max_entries {
@@ -535,6 +546,46 @@ async fn send_udp(sock: &UdpSocket, out: &[u8], client: SocketAddr) {
 struct TcpOptions {
     idle: Duration,
     pipelined: usize,
+    max_queries: usize,
+    lifetime: Duration,
+    per_client: usize,
+}
+
+/// TCP connections per client address, so one client cannot take every slot.
+#[derive(Default)]
+struct PerClient(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// A client's hold on one of its connection slots, given back on drop.
+struct ClientSlot {
+    table: Arc<PerClient>,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    fn take(table: &Arc<PerClient>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut t = table.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: Arc::clone(table),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn serve_tcp(
@@ -545,6 +596,8 @@ async fn serve_tcp(
     opts: TcpOptions,
 ) {
     let full_warning = Throttle::new(LIMIT_WARN_INTERVAL);
+    let client_warning = Throttle::new(LIMIT_WARN_INTERVAL);
+    let per_client = Arc::new(PerClient::default());
     loop {
         let (stream, client) = tokio::select! {
             _ = life.shutdown.cancelled() => return,
@@ -564,11 +617,17 @@ async fn serve_tcp(
             }
             continue;
         };
+        let Some(slot) = PerClient::take(&per_client, client.ip(), opts.per_client) else {
+            if client_warning.ready() {
+                tracing::warn!(%client, "server.tcp_max_connections_per_client reached: closing new tcp connections from this client (logged at most every 10s)");
+            }
+            continue;
+        };
         let handler = Arc::clone(&handler);
         let life2 = life.clone();
         life.tasks.spawn(async move {
             connection(stream, client, handler, life2, opts).await;
-            drop(permit);
+            drop((permit, slot));
         });
     }
 }
@@ -603,12 +662,20 @@ async fn connection(
     };
 
     let reader = async move {
+        // RFC 9210 section 4: a connection's life and its number of queries are
+        // bounded; past either, zonefwd stops reading, answers what it has, and closes.
+        let end_of_life = tokio::time::Instant::now() + opts.lifetime;
+        let mut queries = 0usize;
         loop {
             // Waiting for the first byte of the next message is where a connection is
             // idle; `read` is cancel-safe, so the timeout loses nothing.
             let mut first = [0u8; 1];
             let got = tokio::select! {
                 _ = life.shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(end_of_life) => {
+                    tracing::debug!(%client, "closing a tcp connection at server.tcp_max_lifetime");
+                    break;
+                }
                 r = tokio::time::timeout(opts.idle, rd.read(&mut first)) => r,
             };
             match got {
@@ -639,6 +706,7 @@ async fn connection(
             let Ok(permit) = Arc::clone(&pipeline).acquire_owned().await else {
                 break;
             };
+            queries += 1;
             match handler.load().prepare(&msg, client, Transport::Tcp) {
                 Action::Drop => {}
                 Action::Reply(out) => {
@@ -654,6 +722,10 @@ async fn connection(
                         drop(permit);
                     });
                 }
+            }
+            if queries >= opts.max_queries {
+                tracing::debug!(%client, "closing a tcp connection at server.tcp_max_queries_per_connection");
+                break;
             }
         }
         // Dropping our sender lets the writer end once the spawned jobs have answered.

@@ -1,0 +1,140 @@
+//! RFC 9210 limits on client TCP connections: queries per connection, connection
+//! lifetime, connections per client. Past them zonefwd answers what it has and closes.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads framed answers until the server closes: their IDs.
+async fn answers_until_close(s: &mut TcpStream) -> Vec<u16> {
+    let mut ids = Vec::new();
+    loop {
+        let len = match tokio::time::timeout(Duration::from_secs(10), s.read_u16())
+            .await
+            .expect("closed or answered in time")
+        {
+            Ok(l) => l,
+            Err(_) => return ids, // EOF
+        };
+        let mut buf = vec![0; usize::from(len)];
+        s.read_exact(&mut buf).await.unwrap();
+        ids.push(Message::from_vec(&buf).unwrap().metadata.id);
+    }
+}
+
+fn framed_query(name: &str, id: u16) -> Vec<u8> {
+    let mut q = query(name, RecordType::A, None);
+    q.metadata.id = id;
+    framed(&q.to_vec().unwrap())
+}
+
+#[tokio::test]
+async fn a_connection_carries_at_most_tcp_max_queries_per_connection() {
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\ntcp_max_queries_per_connection = 3\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let mut s = TcpStream::connect(z.tcp).await.unwrap();
+    for id in 1..=5u16 {
+        s.write_all(&framed_query(&format!("q{id}.example."), id))
+            .await
+            .unwrap();
+    }
+    let mut ids = answers_until_close(&mut s).await;
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3], "three answered, then closed");
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_at_tcp_max_lifetime_even_when_busy() {
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\ntcp_max_lifetime = \"500ms\"\ntcp_idle_timeout = \"30s\"\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let mut s = TcpStream::connect(z.tcp).await.unwrap();
+    let (answered, took) = timed(async {
+        // Keep it busy: a query every 100 ms; the lifetime still ends it.
+        let mut n = 0;
+        for id in 1..=50u16 {
+            if s.write_all(&framed_query("busy.example.", id))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), s.read_u16())
+                .await
+                .unwrap()
+            {
+                Ok(len) => {
+                    let mut buf = vec![0; usize::from(len)];
+                    s.read_exact(&mut buf).await.unwrap();
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        n
+    })
+    .await;
+    assert!((2..50).contains(&answered), "answered {answered}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the idle timeout (30 s) did not decide: {took:?}"
+    );
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_client_holds_at_most_tcp_max_connections_per_client() {
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\ntcp_max_connections_per_client = 2\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let mut held = Vec::new();
+    for id in 1..=2u16 {
+        let mut s = TcpStream::connect(z.tcp).await.unwrap();
+        s.write_all(&framed_query("held.example.", id))
+            .await
+            .unwrap();
+        let len = s.read_u16().await.unwrap();
+        let mut buf = vec![0; usize::from(len)];
+        s.read_exact(&mut buf).await.unwrap();
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(z.tcp).await.unwrap();
+    let _ = third.write_all(&framed_query("third.example.", 3)).await;
+    assert!(
+        answers_until_close(&mut third).await.is_empty(),
+        "the third connection is closed unanswered"
+    );
+    // A slot comes back when a held connection closes.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(z.tcp).await.unwrap();
+        s.write_all(&framed_query("again.example.", 4))
+            .await
+            .unwrap();
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), s.read_u16()).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the freed slot can be used");
+    z.stop().await.unwrap();
+}
