@@ -118,6 +118,7 @@ pub struct Server {
     /// Threads serving UDP, each with its own socket on every listen address.
     pub udp_threads: usize,
     pub log_format: LogFormat,
+    pub any_queries: AnyQueries,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when `None`.
     pub metrics: Option<SocketAddr>,
     /// `/readyz` also fails while any route has every upstream marked down.
@@ -125,6 +126,17 @@ pub struct Server {
     /// One log line per query (client, name, type, route, upstream, rcode, latency,
     /// cache outcome), at info level on the target `zonefwd::query`.
     pub query_log: bool,
+}
+
+/// What to do with ANY queries (RFC 8482).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyQueries {
+    /// Answer with one synthesised HINFO "RFC8482" record; nothing goes upstream.
+    Hinfo,
+    /// Answer REFUSED.
+    Refuse,
+    /// Forward like any other query.
+    Forward,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +347,7 @@ struct RawServer {
     max_inflight: Option<NonZeroUsize>,
     udp_threads: Option<Spanned<NonZeroUsize>>,
     log_format: Option<LogFormatValue>,
+    any_queries: Option<AnyQueriesValue>,
     query_log: Option<bool>,
     metrics: Option<Spanned<String>>,
     ready_requires_upstreams: Option<bool>,
@@ -388,6 +401,14 @@ string_value!(LogFormatValue, LogFormat, |s| match s {
     "human" => Ok(LogFormat::Human),
     "json" => Ok(LogFormat::Json),
     _ => Err(format!("expected \"human\" or \"json\", got {s:?}")),
+});
+string_value!(AnyQueriesValue, AnyQueries, |s| match s {
+    "hinfo" => Ok(AnyQueries::Hinfo),
+    "refuse" => Ok(AnyQueries::Refuse),
+    "forward" => Ok(AnyQueries::Forward),
+    _ => Err(format!(
+        "expected \"hinfo\", \"refuse\" or \"forward\", got {s:?}"
+    )),
 });
 string_value!(PolicyValue, Policy, |s| match s {
     "sequential" => Ok(Policy::Sequential),
@@ -879,6 +900,7 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
             Some(t) => t.into_inner().get(),
         },
         log_format: raw.log_format.map_or(LogFormat::Human, |f| f.0),
+        any_queries: raw.any_queries.map_or(AnyQueries::Hinfo, |a| a.0),
         query_log: raw.query_log.unwrap_or(false),
         metrics: match raw.metrics {
             None => None,

@@ -13,8 +13,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::acl::Acl;
 use crate::cache::{Cache, Clock, Lookup, Stored, STALE_TTL};
-use crate::config::CachePolicy;
 use crate::config::Config;
+use crate::config::{AnyQueries, CachePolicy};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::resolver::{self, Resolution, Resolver};
 use crate::router::Router;
@@ -144,6 +144,7 @@ pub const LIMIT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct Handler {
     query_log: bool,
+    any_queries: AnyQueries,
     overload_warning: Throttle,
     acl: Acl,
     router: Router,
@@ -167,6 +168,7 @@ impl Handler {
     ) -> Self {
         Handler {
             query_log: config.server.query_log,
+            any_queries: config.server.any_queries,
             overload_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             acl: config.acl.clone(),
             router: Router::for_config(config),
@@ -314,6 +316,22 @@ impl Handler {
                 &q,
                 unrouted,
                 "refused-xfr",
+                started,
+                reply,
+            );
+        }
+        if q.qtype == wire::TYPE_ANY && self.any_queries != AnyQueries::Forward {
+            // RFC 8482: ANY is the amplifier of choice and answers nothing a stub needs.
+            let reply = match self.any_queries {
+                AnyQueries::Refuse => wire::reply_for(&q, rcode::REFUSED),
+                _ => wire::any_hinfo_reply(&q),
+            };
+            return self.answer(
+                client,
+                transport,
+                &q,
+                unrouted,
+                "any-rfc8482",
                 started,
                 reply,
             );

@@ -607,6 +607,33 @@ pub fn error_reply(
     out
 }
 
+pub const TYPE_HINFO: u16 = 13;
+pub const TYPE_ANY: u16 = 255;
+
+/// RFC 8482 section 4.2: the minimal answer to ANY, one synthesised HINFO record
+/// ("RFC8482", "") for the question name, so ANY cannot be used for amplification.
+pub fn any_hinfo_reply(q: &Query) -> Vec<u8> {
+    let mut out = error_reply(
+        q.id,
+        q.flags,
+        Some((&q.qname, q.qtype, q.qclass)),
+        None,
+        rcode::NOERROR,
+    );
+    set_u16(&mut out, 6, 1);
+    out.extend_from_slice(&[0xc0, 12]); // owner: the question name
+    out.extend_from_slice(&TYPE_HINFO.to_be_bytes());
+    out.extend_from_slice(&q.qclass.to_be_bytes());
+    out.extend_from_slice(&3789u32.to_be_bytes()); // the TTL RFC 8482 suggests
+    out.extend_from_slice(&9u16.to_be_bytes());
+    out.extend_from_slice(&[7, b'R', b'F', b'C', b'8', b'4', b'8', b'2', 0]);
+    if let Some(e) = &q.edns {
+        set_u16(&mut out, 10, 1);
+        push_opt(&mut out, EDNS_PAYLOAD, 0, e.dnssec_ok);
+    }
+    out
+}
+
 /// The reply to a query that reached the forwarding stage but got no usable upstream
 /// answer.
 pub fn reply_for(q: &Query, rcode: u16) -> Vec<u8> {

@@ -33,6 +33,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[server]\nudp_threads = 0\n", "2:15", "server.udp_threads", "nonzero"),
     ("[server]\ntcp_max_lifetime = \"0s\"\n", "2:20", "server.tcp_max_lifetime", "longer than zero"),
     ("[server]\ntcp_max_connections_per_client = 0\n", "2:34", "server.tcp_max_connections_per_client", "nonzero"),
+    ("[server]\nany_queries = \"drop\"\n", "2:15", "server.any_queries", "expected \"hinfo\", \"refuse\" or \"forward\""),
     ("[server]\nlog_format = \"xml\"\n", "2:14", "server.log_format", "expected \"human\" or \"json\""),
     ("[acl]\nallow = [\"10.1.2.3/8\"]\n", "2:10", "acl.allow[0]", "host bits are set"),
     ("[acl]\nallow = [\"10.0.0.0/40\"]\n", "2:10", "acl.allow[0]", "prefix length"),

@@ -138,3 +138,41 @@ async fn one_client_holds_at_most_tcp_max_connections_per_client() {
     assert!(again.is_some(), "the freed slot can be used");
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn any_queries_get_the_rfc8482_answer_and_never_reach_an_upstream() {
+    use hickory_proto::rr::RData;
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
+    let r = exchange(z.udp, &query("big.example.", RecordType::ANY, Some(1232))).await;
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(r.answers[0].ttl, 3789);
+    match &r.answers[0].data {
+        RData::HINFO(h) => assert_eq!((&h.cpu[..], &h.os[..]), (&b"RFC8482"[..], &b""[..])),
+        other => panic!("expected HINFO, got {other:?}"),
+    }
+    assert!(r.edns.is_some(), "an EDNS client gets its OPT");
+    assert_eq!(up.count(), 0);
+    z.stop().await.unwrap();
+
+    let z = Zonefwd::start(&format!(
+        "[server]\nany_queries = \"refuse\"\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let r = exchange(z.udp, &query("big.example.", RecordType::ANY, None)).await;
+    assert_eq!(
+        r.metadata.response_code,
+        hickory_proto::op::ResponseCode::Refused
+    );
+    z.stop().await.unwrap();
+
+    let z = Zonefwd::start(&format!(
+        "[server]\nany_queries = \"forward\"\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    exchange(z.udp, &query("big.example.", RecordType::ANY, None)).await;
+    assert_eq!(up.count(), 1, "forwarded when the operator says so");
+    z.stop().await.unwrap();
+}
