@@ -5,7 +5,7 @@
 //! listeners answer it inline. Only queries that must be forwarded become a `Job`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use crate::config::{AnyQueries, CachePolicy};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::resolver::{self, Resolution, Resolver};
 use crate::router::Router;
+use crate::throttle::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::upstream::{Lifecycle, UpstreamSet};
 use crate::wire::{self, rcode, Query, Ttls};
 
@@ -105,42 +106,6 @@ impl QueryLog<'_> {
 /// waits at most this long for a fresh one (the resolution goes on and refreshes the
 /// cache).
 pub const STALE_ANSWER_AFTER: Duration = Duration::from_millis(1800);
-
-/// Lets a warning through at most once per interval, so a flood that trips a limit
-/// says so in the log without writing a line per packet.
-#[derive(Debug)]
-pub struct Throttle {
-    start: Instant,
-    interval_ms: u64,
-    next_ms: AtomicU64,
-}
-
-impl Throttle {
-    pub fn new(interval: Duration) -> Self {
-        Throttle {
-            start: Instant::now(),
-            interval_ms: interval.as_millis() as u64,
-            next_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub fn ready(&self) -> bool {
-        let now = self.start.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Ordering::Relaxed);
-        now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now + self.interval_ms,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-    }
-}
-
-pub const LIMIT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct Handler {
     query_log: bool,

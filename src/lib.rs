@@ -16,6 +16,7 @@ pub mod report;
 pub mod resolver;
 pub mod router;
 pub mod server;
+pub mod throttle;
 pub mod udp_batch;
 pub mod upstream;
 pub mod wire;

@@ -164,10 +164,6 @@ impl Resolver {
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.inflight().len()
-    }
 }
 
 /// Takes a resolution's question out of the in-flight map when it ends, but only if

@@ -24,10 +24,11 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::{Cache, Clock, SystemClock};
 use crate::config::Config;
-use crate::handler::{Action, Handler, Throttle, Transport, LIMIT_WARN_INTERVAL};
+use crate::handler::{Action, Handler, Transport};
 use crate::metrics::{Health, Metrics};
 use crate::notify::{self, Notifier};
 use crate::resolver::Resolver;
+use crate::throttle::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::udp_batch::{self, Batch};
 use crate::upstream::Lifecycle;
 use crate::wire;

@@ -224,11 +224,6 @@ pub fn names_equal(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-/// Number of labels in an uncompressed wire name, the root not counted.
-pub fn label_count(name: &[u8]) -> usize {
-    label_offsets(name).count()
-}
-
 /// Offsets of each label start in an uncompressed wire name: each is the start of a
 /// suffix that is itself a name, from the whole name down to the last label.
 pub fn label_offsets(name: &[u8]) -> impl Iterator<Item = usize> + '_ {
@@ -873,14 +868,6 @@ pub fn render(n: &Normalized, q: &Query, limit: usize, ttls: Ttls) -> Vec<u8> {
     out
 }
 
-/// The upstream's reply rewritten for the client, TTLs untouched: normalize + render.
-pub fn relay(msg: &[u8], r: &Reply, q: &Query, limit: usize) -> Vec<u8> {
-    match normalize(msg, r) {
-        Some(n) => render(&n, q, limit, Ttls::AsStored),
-        None => reply_for(q, rcode::SERVFAIL),
-    }
-}
-
 fn truncated(full: &[u8], question_end: usize, q: &Query, ext_rcode: u8) -> Vec<u8> {
     let mut out = full[..question_end].to_vec();
     set_u16(&mut out, 0, q.id);
@@ -904,6 +891,19 @@ fn reencode_without_opt(msg: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The path a forwarded reply takes: normalize, then render with TTLs as stored.
+    fn relay(msg: &[u8], r: &Reply, q: &Query, limit: usize) -> Vec<u8> {
+        match normalize(msg, r) {
+            Some(n) => render(&n, q, limit, Ttls::AsStored),
+            None => reply_for(q, rcode::SERVFAIL),
+        }
+    }
+
+    /// Number of labels in an uncompressed wire name, the root not counted.
+    fn label_count(name: &[u8]) -> usize {
+        label_offsets(name).count()
+    }
 
     fn header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{Clock, SystemClock};
 use crate::config::{Policy, Route};
-use crate::handler::{Throttle, LIMIT_WARN_INTERVAL};
+use crate::throttle::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::wire::{self, rcode, Query};
 pub use exchange::{Answer, TryError};
 
