@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::acl::{Acl, Cidr};
+use crate::clients::{ClientLimitConfig, OverLimit};
 use crate::wire;
 
 pub const DEFAULT_PATH: &str = "/etc/zonefwd/zonefwd.toml";
@@ -32,6 +33,12 @@ pub const DEFAULT_TCP_MAX_QUERIES_PER_CONNECTION: usize = 1000;
 pub const DEFAULT_TCP_MAX_LIFETIME: Duration = Duration::from_secs(300);
 pub const DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 pub const DEFAULT_MAX_INFLIGHT: usize = 10_000;
+/// Per client (IPv4 address or IPv6 /64): well above a host's needs, below what one
+/// client would need to crowd out the rest. On-prem DNS servers forwarding for a whole
+/// site belong in `client_limit_exempt`.
+pub const DEFAULT_CLIENT_QPS: u32 = 2000;
+/// Unbound's `wait-limit` default: queries one client may have waiting on upstreams.
+pub const DEFAULT_CLIENT_MAX_INFLIGHT: u32 = 1000;
 pub const MAX_UDP_THREADS: usize = 64;
 
 /// One UDP thread per CPU this process may use.
@@ -126,6 +133,10 @@ pub struct Server {
     /// One log line per query (client, name, type, route, upstream, rcode, latency,
     /// cache outcome), at info level on the target `zonefwd::query`.
     pub query_log: bool,
+    /// Per-client query rate and in-flight cap (`client_*` keys).
+    pub client_limits: ClientLimitConfig,
+    /// Probe every upstream for forwarding loops (`loopcheck`).
+    pub loop_detection: bool,
 }
 
 /// What to do with ANY queries (RFC 8482).
@@ -351,6 +362,12 @@ struct RawServer {
     query_log: Option<bool>,
     metrics: Option<Spanned<String>>,
     ready_requires_upstreams: Option<bool>,
+    client_qps: Option<u32>,
+    client_burst: Option<Spanned<u32>>,
+    client_max_inflight: Option<u32>,
+    client_limit_action: Option<OverLimitValue>,
+    client_limit_exempt: Option<Spanned<Vec<Spanned<String>>>>,
+    loop_detection: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -409,6 +426,11 @@ string_value!(AnyQueriesValue, AnyQueries, |s| match s {
     _ => Err(format!(
         "expected \"hinfo\", \"refuse\" or \"forward\", got {s:?}"
     )),
+});
+string_value!(OverLimitValue, OverLimit, |s| match s {
+    "drop" => Ok(OverLimit::Drop),
+    "refuse" => Ok(OverLimit::Refuse),
+    _ => Err(format!("expected \"drop\" or \"refuse\", got {s:?}")),
 });
 string_value!(PolicyValue, Policy, |s| match s {
     "sequential" => Ok(Policy::Sequential),
@@ -842,6 +864,7 @@ fn cache_policy(
 }
 
 fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, ConfigError> {
+    let qps = raw.client_qps.unwrap_or(DEFAULT_CLIENT_QPS);
     let listen = match raw.listen {
         None => vec![DEFAULT_LISTEN.parse().expect("valid default")],
         Some(l) => {
@@ -909,6 +932,38 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
             ),
         },
         ready_requires_upstreams: raw.ready_requires_upstreams.unwrap_or(false),
+        loop_detection: raw.loop_detection.unwrap_or(true),
+        client_limits: ClientLimitConfig {
+            qps,
+            burst: match raw.client_burst {
+                // One second's worth, but at least one query.
+                None => qps.max(1),
+                Some(b) if *b.get_ref() == 0 => {
+                    return Err(src.error(
+                        b.span(),
+                        "server.client_burst",
+                        "must be at least 1 (set client_qps = 0 to turn the rate limit off)",
+                    ));
+                }
+                Some(b) => b.into_inner(),
+            },
+            max_inflight: raw
+                .client_max_inflight
+                .unwrap_or(DEFAULT_CLIENT_MAX_INFLIGHT),
+            action: raw.client_limit_action.map_or(OverLimit::Drop, |a| a.0),
+            exempt: match raw.client_limit_exempt {
+                None => Vec::new(),
+                Some(l) => parse_list(
+                    l.into_inner(),
+                    src,
+                    "server.client_limit_exempt",
+                    parse_cidr,
+                )?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
+            },
+        },
     })
 }
 

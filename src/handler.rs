@@ -13,8 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::acl::Acl;
 use crate::cache::{Cache, Clock, Lookup, Stored, STALE_TTL};
+use crate::clients::{ClientLimits, ClientSlot, OverLimit};
 use crate::config::Config;
 use crate::config::{AnyQueries, CachePolicy};
+use crate::loopcheck::LoopDetector;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::resolver::{self, Resolution, Resolver};
 use crate::router::Router;
@@ -69,6 +71,7 @@ pub struct Job {
     query_log: bool,
     metrics: Arc<RouteMetrics>,
     _permit: OwnedSemaphorePermit,
+    _slot: Option<ClientSlot>,
 }
 
 /// The query log line (`server.query_log`): one per answered query.
@@ -111,6 +114,9 @@ pub struct Handler {
     query_log: bool,
     any_queries: AnyQueries,
     overload_warning: Throttle,
+    limit_warning: Throttle,
+    clients: Arc<ClientLimits>,
+    loops: Option<Arc<LoopDetector>>,
     acl: Acl,
     router: Router,
     routes: Vec<(Arc<UpstreamSet>, CachePolicy, Arc<RouteMetrics>)>,
@@ -120,6 +126,7 @@ pub struct Handler {
     cache: Arc<Cache>,
     resolver: Arc<Resolver>,
     clock: Arc<dyn Clock>,
+    life: Lifecycle,
 }
 
 impl Handler {
@@ -131,29 +138,51 @@ impl Handler {
         resolver: Arc<Resolver>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let routes: Vec<_> = config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    Arc::new(UpstreamSet::new(r, life.clone())),
+                    r.cache,
+                    metrics.route(&r.name),
+                )
+            })
+            .collect();
+        let loops = config.server.loop_detection.then(|| {
+            Arc::new(LoopDetector::new(
+                routes
+                    .iter()
+                    .zip(&config.routes)
+                    .map(|((set, _, _), r)| (set, r.zones[0].as_slice())),
+            ))
+        });
         Handler {
+            loops,
             query_log: config.server.query_log,
             any_queries: config.server.any_queries,
             overload_warning: Throttle::new(LIMIT_WARN_INTERVAL),
+            limit_warning: Throttle::new(LIMIT_WARN_INTERVAL),
+            clients: Arc::new(ClientLimits::new(config.server.client_limits.clone())),
             acl: config.acl.clone(),
             router: Router::for_config(config),
-            routes: config
-                .routes
-                .iter()
-                .map(|r| {
-                    (
-                        Arc::new(UpstreamSet::new(r, life.clone())),
-                        r.cache,
-                        metrics.route(&r.name),
-                    )
-                })
-                .collect(),
+            routes,
             inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
             max_inflight: config.server.max_inflight,
             metrics,
             cache: Arc::clone(resolver.cache()),
             resolver,
-            clock: life.clock,
+            clock: life.clock.clone(),
+            life,
+        }
+    }
+
+    /// Starts what runs beside the listeners for this configuration (loop probes).
+    /// Called once the handler is the current one: a probe that comes back must meet
+    /// the detector that sent it.
+    pub fn start_background(&self) {
+        if let Some(d) = &self.loops {
+            d.spawn(&self.life.tasks, self.life.shutdown.clone());
         }
     }
 
@@ -167,6 +196,13 @@ impl Handler {
 
     pub fn upstream_sets(&self) -> impl Iterator<Item = &Arc<UpstreamSet>> {
         self.routes.iter().map(|r| &r.0)
+    }
+
+    /// Loop probes that came back (0 when loop detection is off).
+    pub fn loops_detected(&self) -> u64 {
+        self.loops
+            .as_ref()
+            .map_or(0, |d| d.detected.load(Ordering::Relaxed))
     }
 
     /// Client queries being forwarded now.
@@ -211,11 +247,10 @@ impl Handler {
         }
         let unrouted = ("-", &*self.metrics.unrouted);
         let parsed = wire::parse_query(msg);
-        if !self.acl.allows(client.ip()) {
-            tracing::debug!(%client, transport = transport.as_str(), "refusing a client outside the acl");
-            // The question is echoed when it can be read: stub resolvers match replies
-            // on it (RFC 5452) and would otherwise wait out their timeout.
-            let question = match &parsed {
+        // REFUSED echoing the question when it can be read: stub resolvers match
+        // replies on it (RFC 5452) and would otherwise wait out their timeout.
+        let refusal = |parsed: &Result<Query, wire::Rejection>| {
+            let question = match parsed {
                 Ok(q) => Some((q.qname.as_slice(), q.qtype, q.qclass)),
                 Err(rej) => rej
                     .question
@@ -223,13 +258,31 @@ impl Handler {
                     .map(|(n, t, c)| (n.as_slice(), *t, *c)),
             };
             let edns = parsed.as_ref().ok().and_then(|q| q.edns.as_ref());
-            let reply = wire::error_reply(
+            wire::error_reply(
                 wire::id(msg),
                 wire::flags(msg),
                 question,
                 edns,
                 rcode::REFUSED,
-            );
+            )
+        };
+        // The rate limit comes before the ACL, so a flood from outside it is dropped
+        // rather than answered one REFUSED per packet.
+        if self.clients.admit(client.ip(), started).is_err() {
+            self.metrics
+                .client_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            if self.limit_warning.ready() {
+                tracing::warn!(%client, "a client is over server.client_qps (logged at most every 10s)");
+            }
+            return match self.clients.action() {
+                OverLimit::Drop => Action::Drop,
+                OverLimit::Refuse => Action::Reply(refusal(&parsed)),
+            };
+        }
+        if !self.acl.allows(client.ip()) {
+            tracing::debug!(%client, transport = transport.as_str(), "refusing a client outside the acl");
+            let reply = refusal(&parsed);
             self.metrics.acl_refused.fetch_add(1, Ordering::Relaxed);
             return match &parsed {
                 Ok(q) => self.answer(
@@ -301,6 +354,21 @@ impl Handler {
                 reply,
             );
         }
+        if let Some(loops) = &self.loops {
+            if loops.is_own_probe(&q.qname_lower, client) {
+                // Our own loop probe came round: stop it here.
+                let reply = wire::reply_for(&q, rcode::REFUSED);
+                return self.answer(
+                    client,
+                    transport,
+                    &q,
+                    unrouted,
+                    "loop-probe",
+                    started,
+                    reply,
+                );
+            }
+        }
         let Some(m) = self.router.route(&q.qname_lower, q.qtype) else {
             tracing::debug!(%client, name = %wire::name_to_string(&q.qname), "no route for this name");
             let reply = wire::reply_for(&q, rcode::REFUSED);
@@ -345,6 +413,26 @@ impl Handler {
                 Lookup::Miss => {}
             }
         }
+        let slot = match self.clients.start(client.ip(), started) {
+            Ok(slot) => slot,
+            Err(_) => {
+                // DNSBomb (CVE-2024-33655): one client's queries piling up behind a
+                // slow upstream.
+                self.metrics
+                    .client_inflight_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.limit_warning.ready() {
+                    tracing::warn!(%client, "a client has server.client_max_inflight queries waiting on upstreams (logged at most every 10s)");
+                }
+                return match self.clients.action() {
+                    OverLimit::Drop => Action::Drop,
+                    OverLimit::Refuse => {
+                        let reply = wire::reply_for(&q, rcode::REFUSED);
+                        self.answer(client, transport, &q, here, "client-limit", started, reply)
+                    }
+                };
+            }
+        };
         let Ok(permit) = Arc::clone(&self.inflight).try_acquire_owned() else {
             if self.overload_warning.ready() {
                 tracing::warn!(%client, "server.max_inflight queries are in flight: answering new ones from stale cache or SERVFAIL (logged at most every 10s)");
@@ -371,6 +459,7 @@ impl Handler {
             query_log: self.query_log,
             metrics: Arc::clone(route_metrics),
             _permit: permit,
+            _slot: slot,
         }))
     }
 }

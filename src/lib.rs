@@ -8,8 +8,10 @@
 
 pub mod acl;
 pub mod cache;
+pub mod clients;
 pub mod config;
 pub mod handler;
+pub mod loopcheck;
 pub mod metrics;
 pub mod notify;
 pub mod report;

@@ -103,6 +103,10 @@ pub struct Metrics {
     pub dropped: AtomicU64,
     /// Queries answered FORMERR, NOTIMP or BADVERS.
     pub malformed: AtomicU64,
+    /// Queries over `server.client_qps`.
+    pub client_rate_limited: AtomicU64,
+    /// Queries over `server.client_max_inflight`.
+    pub client_inflight_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -216,7 +220,7 @@ impl Collector for Collect {
             }
         }
         type UpstreamValue = fn(&crate::upstream::Upstream) -> u64;
-        let per_upstream: [(&str, &str, MetricType, UpstreamValue); 6] = [
+        let per_upstream: [(&str, &str, MetricType, UpstreamValue); 8] = [
             (
                 "zonefwd_upstream_queries",
                 "Tries sent to an upstream",
@@ -236,6 +240,12 @@ impl Collector for Collect {
                 |u| u.stats.errors.load(Ordering::Relaxed),
             ),
             (
+                "zonefwd_upstream_mismatched_replies",
+                "Replies dropped for a wrong ID or question (forgeries or late answers, RFC 5452)",
+                MetricType::Counter,
+                |u| u.stats.mismatched.load(Ordering::Relaxed),
+            ),
+            (
                 "zonefwd_upstream_over_budget",
                 "Tries not sent because max_qps was spent",
                 MetricType::Counter,
@@ -246,6 +256,12 @@ impl Collector for Collect {
                 "1 while the upstream is in rotation, 0 while marked down",
                 MetricType::Gauge,
                 |u| u64::from(!u.is_marked_down()),
+            ),
+            (
+                "zonefwd_upstream_in_loop",
+                "1 while a loop probe sent to the upstream came back to zonefwd (out of rotation)",
+                MetricType::Gauge,
+                |u| u64::from(u.looped.load(Ordering::Relaxed)),
             ),
             (
                 "zonefwd_upstream_consecutive_failures",
@@ -354,6 +370,24 @@ impl Collector for Collect {
             "zonefwd_malformed",
             "Queries answered FORMERR, NOTIMP or BADVERS",
             load(&self.metrics.malformed),
+        )?;
+        counter(
+            &mut enc,
+            "zonefwd_client_rate_limited",
+            "Queries dropped or refused because their client was over server.client_qps",
+            load(&self.metrics.client_rate_limited),
+        )?;
+        counter(
+            &mut enc,
+            "zonefwd_client_inflight_limited",
+            "Queries dropped or refused because their client had server.client_max_inflight waiting",
+            load(&self.metrics.client_inflight_limited),
+        )?;
+        counter(
+            &mut enc,
+            "zonefwd_forwarding_loops",
+            "Loop probes that came back to zonefwd through an upstream",
+            handler.loops_detected(),
         )?;
         gauge(
             &mut enc,
@@ -497,7 +531,7 @@ mod tests {
 
     fn handler() -> Arc<ArcSwap<Handler>> {
         let config = crate::config::Config::parse(
-            "[[route]]\nname = \"r\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n",
+            "[server]\nloop_detection = false\n[[route]]\nname = \"r\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n",
             "t.toml",
             &crate::config::LoadEnv::default(),
         )

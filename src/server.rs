@@ -289,6 +289,7 @@ pub async fn run_with(
     }
     log_config(&config);
     health.serving.store(true, Ordering::Relaxed);
+    handler.load().start_background();
     let notifier = Arc::new(control.notifier);
     notifier.notify(&format!("READY=1\nSTATUS={}", status(&config)));
     if let Some(interval) = notify::watchdog_interval().filter(|_| notifier.is_enabled()) {
@@ -402,6 +403,7 @@ fn reload(
         Arc::clone(resolver),
         Arc::clone(metrics),
     )));
+    current.load().start_background();
     tracing::info!(config = %new.source, routes = new.routes.len(), "configuration reloaded");
     log_config(&new);
     let mut needs_restart = Vec::new();

@@ -701,7 +701,11 @@ async fn forged_replies_are_ignored_and_the_real_one_wins() {
         ]
     })
     .await;
-    let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
     let r = ask(
         &udp_client(z.udp),
         query("bank.example.", RecordType::A, None),
@@ -710,6 +714,21 @@ async fn forged_replies_are_ignored_and_the_real_one_wins() {
     assert_eq!(r.answers.len(), 1);
     assert_eq!(r.answers[0].data, a_record("x.", [192, 0, 2, 44], 1).data);
     assert_eq!(up.count(), 1, "one try: forgeries do not end it");
+    // Only the real answer was cached.
+    let again = ask_a(z.udp, "bank.example.").await;
+    assert_eq!(
+        again.answers[0].data,
+        a_record("x.", [192, 0, 2, 44], 1).data
+    );
+    assert_eq!(up.count(), 1);
+    // The three that came from the upstream's own address and port are counted; the
+    // one from another port never reached zonefwd (its socket is connected).
+    let (_, text) = http_get(z.metrics.unwrap(), "/metrics").await;
+    let line = format!(
+        "zonefwd_upstream_mismatched_replies_total{{route=\"default\",upstream=\"{}\"}} 3",
+        up.addr
+    );
+    assert!(text.contains(&line), "{line} missing from\n{text}");
     z.stop().await.unwrap();
 }
 

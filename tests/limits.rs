@@ -1,5 +1,6 @@
-//! RFC 9210 limits on client TCP connections: queries per connection, connection
-//! lifetime, connections per client. Past them zonefwd answers what it has and closes.
+//! Abuse limits: RFC 9210 limits on client TCP connections (queries per connection,
+//! connection lifetime, connections per client), per-client query rate and in-flight
+//! caps, and RFC 8482 ANY.
 mod common;
 
 use std::time::Duration;
@@ -174,5 +175,139 @@ async fn any_queries_get_the_rfc8482_answer_and_never_reach_an_upstream() {
     .await;
     exchange(z.udp, &query("big.example.", RecordType::ANY, None)).await;
     assert_eq!(up.count(), 1, "forwarded when the operator says so");
+    z.stop().await.unwrap();
+}
+
+/// Sends `n` distinct A queries from `from` over UDP at once; returns the rcodes of the
+/// answers that came back within `wait` (dropped queries are simply missing).
+async fn burst_from(
+    from: std::net::IpAddr,
+    server: std::net::SocketAddr,
+    n: u16,
+    wait: Duration,
+) -> Vec<hickory_proto::op::ResponseCode> {
+    let sock = tokio::net::UdpSocket::bind((from, 0)).await.unwrap();
+    for id in 0..n {
+        let mut q = query(&format!("r{id}.example."), RecordType::A, None);
+        q.metadata.id = id;
+        sock.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Ok((len, _))) = tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+        out.push(
+            Message::from_vec(&buf[..len])
+                .unwrap()
+                .metadata
+                .response_code,
+        );
+        if out.len() == usize::from(n) {
+            break;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_client_over_client_qps_is_refused_or_dropped_and_others_are_not() {
+    use hickory_proto::op::ResponseCode;
+    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\nclient_qps = 2\nclient_burst = 10\nclient_limit_action = \"refuse\"\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let one: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let (codes, took) = timed(burst_from(one, z.udp, 40, Duration::from_secs(5))).await;
+    assert_eq!(codes.len(), 40, "refuse answers every query");
+    let ok = codes
+        .iter()
+        .filter(|c| **c == ResponseCode::NoError)
+        .count();
+    let refused = codes
+        .iter()
+        .filter(|c| **c == ResponseCode::Refused)
+        .count();
+    // The burst, plus what 2 qps refilled while the test ran.
+    let refill = (took.as_secs_f64() * 2.0).ceil() as usize + 1;
+    assert!(
+        (10..=10 + refill).contains(&ok),
+        "{ok} answered in {took:?}"
+    );
+    assert_eq!(ok + refused, 40);
+    assert_eq!(up.count(), ok, "refused queries never went upstream");
+    // Another client has a bucket of its own.
+    let two: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let codes = burst_from(two, z.udp, 5, Duration::from_secs(5)).await;
+    assert_eq!(codes, vec![ResponseCode::NoError; 5]);
+    let (_, text) = http_get(z.metrics.unwrap(), "/metrics").await;
+    assert!(
+        text.contains(&format!("zonefwd_client_rate_limited_total {refused}")),
+        "{text}"
+    );
+    z.stop().await.unwrap();
+
+    // The default action drops: the excess gets no answer at all.
+    let z = Zonefwd::start(&format!(
+        "[server]\nclient_qps = 1\nclient_burst = 5\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let codes = burst_from(one, z.udp, 30, Duration::from_millis(1500)).await;
+    assert!((5..=8).contains(&codes.len()), "{} answered", codes.len());
+    assert!(codes.iter().all(|c| *c == ResponseCode::NoError));
+    z.stop().await.unwrap();
+
+    // Exempt networks are not limited.
+    let z = Zonefwd::start(&format!(
+        "[server]\nclient_qps = 1\nclient_burst = 1\nclient_limit_exempt = [\"127.0.0.0/8\"]\n{}",
+        one_route(&[up.addr], "")
+    ))
+    .await;
+    let codes = burst_from(one, z.udp, 30, Duration::from_secs(5)).await;
+    assert_eq!(codes, vec![ResponseCode::NoError; 30]);
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_may_have_only_client_max_inflight_queries_waiting_upstream() {
+    use hickory_proto::op::ResponseCode;
+    // DNSBomb: a slow upstream, and a client sending many distinct names.
+    let up = Fake::start(|q, _| {
+        vec![
+            Step::Sleep(Duration::from_millis(1500)),
+            Step::Reply(reply_a(q, [192, 0, 2, 1], 60)),
+        ]
+    })
+    .await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\nclient_max_inflight = 3\nclient_limit_action = \"refuse\"\n{}",
+        one_route(&[up.addr], "timeout = \"5s\"\ntry_timeout = \"4s\"")
+    ))
+    .await;
+    let one: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let codes = burst_from(one, z.udp, 10, Duration::from_secs(5)).await;
+    let ok = codes
+        .iter()
+        .filter(|c| **c == ResponseCode::NoError)
+        .count();
+    let refused = codes
+        .iter()
+        .filter(|c| **c == ResponseCode::Refused)
+        .count();
+    assert_eq!((ok, refused), (3, 7), "{codes:?}");
+    assert_eq!(up.count(), 3, "only three queries reached the upstream");
+    // Another client is not held back by the first one's pile.
+    let two: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let codes = burst_from(two, z.udp, 3, Duration::from_secs(5)).await;
+    assert_eq!(codes, vec![ResponseCode::NoError; 3]);
+    // Slots come back once answered: the first client may forward again.
+    let codes = burst_from(one, z.udp, 2, Duration::from_secs(5)).await;
+    assert_eq!(codes, vec![ResponseCode::NoError; 2]);
+    let (_, text) = http_get(z.metrics.unwrap(), "/metrics").await;
+    assert!(
+        text.contains("zonefwd_client_inflight_limited_total 7"),
+        "{text}"
+    );
     z.stop().await.unwrap();
 }

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -41,7 +42,13 @@ pub fn random_id() -> u16 {
     rand::random()
 }
 
-pub async fn udp(server: SocketAddr, q: &Query, edns: bool) -> Result<Answer, TryError> {
+/// `mismatched` counts replies dropped for a wrong ID or question.
+pub async fn udp(
+    server: SocketAddr,
+    q: &Query,
+    edns: bool,
+    mismatched: &AtomicU64,
+) -> Result<Answer, TryError> {
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -66,6 +73,7 @@ pub async fn udp(server: SocketAddr, q: &Query, edns: bool) -> Result<Answer, Tr
                 return Ok(Answer { bytes: buf, reply });
             }
             Err(ReplyError::Mismatch) => {
+                mismatched.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%server, "ignoring a reply that does not match the query (id or question)");
             }
             Err(ReplyError::Malformed(e)) => return Err(TryError::Malformed(e)),
@@ -73,7 +81,12 @@ pub async fn udp(server: SocketAddr, q: &Query, edns: bool) -> Result<Answer, Tr
     }
 }
 
-pub async fn tcp(server: SocketAddr, q: &Query, edns: bool) -> Result<Answer, TryError> {
+pub async fn tcp(
+    server: SocketAddr,
+    q: &Query,
+    edns: bool,
+    mismatched: &AtomicU64,
+) -> Result<Answer, TryError> {
     let mut stream = TcpStream::connect(server).await?;
     stream.set_nodelay(true)?;
     let id = random_id();
@@ -97,6 +110,7 @@ pub async fn tcp(server: SocketAddr, q: &Query, edns: bool) -> Result<Answer, Tr
         match wire::parse_reply(&buf, id, q) {
             Ok(reply) => return Ok(Answer { bytes: buf, reply }),
             Err(ReplyError::Mismatch) => {
+                mismatched.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%server, "ignoring a tcp message that does not match the query");
             }
             Err(ReplyError::Malformed(e)) => return Err(TryError::Malformed(e)),

@@ -92,6 +92,9 @@ pub struct UpstreamStats {
     pub timeouts: AtomicU64,
     /// Network errors and malformed replies.
     pub errors: AtomicU64,
+    /// Replies from the upstream's address and port that matched no query (wrong ID
+    /// or question): forgeries, or very late answers. Dropped; the wait goes on.
+    pub mismatched: AtomicU64,
 }
 
 /// One upstream server, its health and its budget.
@@ -102,6 +105,8 @@ pub struct Upstream {
     max_fails: u32,
     fails: AtomicU32,
     probing: AtomicBool,
+    /// A loop probe sent here came back to zonefwd (`loopcheck`): out of rotation.
+    pub looped: AtomicBool,
     budget: Option<TokenBucket>,
     /// Tries not sent because the budget was spent.
     pub over_budget: AtomicU64,
@@ -120,6 +125,7 @@ impl Upstream {
             max_fails,
             fails: AtomicU32::new(0),
             probing: AtomicBool::new(false),
+            looped: AtomicBool::new(false),
             budget: max_qps.map(|q| TokenBucket::new(q, now)),
             over_budget: AtomicU64::new(0),
         }
@@ -199,6 +205,11 @@ pub struct UpstreamSet {
 }
 
 impl UpstreamSet {
+    /// The route's deadline for one query.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn new(route: &Route, life: Lifecycle) -> Self {
         UpstreamSet {
             route: route.name.clone(),
@@ -227,14 +238,22 @@ impl UpstreamSet {
 
     /// Upstream indexes in the order this query will try them: the healthy ones in
     /// policy order, or all of them when none is healthy (a guess beats a SERVFAIL).
+    ///
+    /// An upstream in a forwarding loop is never tried: the query would only come back.
     pub fn order(&self) -> Vec<usize> {
-        let all = 0..self.upstreams.len();
-        let mut order: Vec<usize> = all
-            .clone()
+        let usable: Vec<usize> = (0..self.upstreams.len())
+            .filter(|&i| !self.upstreams[i].looped.load(Ordering::Relaxed))
+            .collect();
+        let mut order: Vec<usize> = usable
+            .iter()
+            .copied()
             .filter(|&i| !self.upstreams[i].is_marked_down())
             .collect();
         if order.is_empty() {
-            order = all.collect();
+            order = usable;
+        }
+        if order.is_empty() {
+            return order;
         }
         match self.policy {
             Policy::Sequential => {}
@@ -255,6 +274,12 @@ impl UpstreamSet {
     pub async fn forward(&self, q: &Query) -> Outcome {
         let deadline = Instant::now() + self.timeout;
         let order = self.order();
+        if order.is_empty() {
+            if self.budget_warning.ready() {
+                tracing::warn!(route = %self.route, "every upstream of this route is in a forwarding loop: answering SERVFAIL (logged at most every 10s)");
+            }
+            return Outcome::Failed;
+        }
         let plan: Vec<usize> = order.iter().chain(order.iter()).copied().collect();
         let mut next = 0;
         let mut running: FuturesUnordered<TryFuture> = FuturesUnordered::new();
@@ -281,9 +306,11 @@ impl UpstreamSet {
                     .stats
                     .sent
                     .fetch_add(1, Ordering::Relaxed);
-                let addr = self.upstreams[idx].addr;
+                let u = Arc::clone(&self.upstreams[idx]);
                 let q = q.clone();
-                running.push(Box::pin(async move { (n, one_try(addr, &q).await) }));
+                running.push(Box::pin(async move {
+                    (n, one_try(u.addr, &q, &u.stats.mismatched).await)
+                }));
                 *try_timer = Instant::now() + self.try_timeout;
                 return true;
             }
@@ -389,7 +416,7 @@ impl UpstreamSet {
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let ok = matches!(
-                    tokio::time::timeout(per_probe, exchange::udp(u.addr, &probe, true)).await,
+                    tokio::time::timeout(per_probe, exchange::udp(u.addr, &probe, true, &u.stats.mismatched)).await,
                     Ok(Ok(_))
                 );
                 if ok {
@@ -417,21 +444,21 @@ fn probe_query() -> Query {
 /// One try against one upstream: UDP with EDNS; once more without EDNS if the server
 /// answers FORMERR without an OPT (RFC 6891 section 7: it predates EDNS); over TCP if
 /// the reply is truncated.
-async fn one_try(addr: SocketAddr, q: &Query) -> TryResult {
+async fn one_try(addr: SocketAddr, q: &Query, mismatched: &AtomicU64) -> TryResult {
     let mut edns = true;
-    let mut answer = match exchange::udp(addr, q, edns).await {
+    let mut answer = match exchange::udp(addr, q, edns, mismatched).await {
         Ok(a) => a,
         Err(e) => return TryResult::Failed(e),
     };
     if answer.reply.rcode == rcode::FORMERR && answer.reply.opt.is_none() {
         edns = false;
-        answer = match exchange::udp(addr, q, edns).await {
+        answer = match exchange::udp(addr, q, edns, mismatched).await {
             Ok(a) => a,
             Err(e) => return TryResult::Failed(e),
         };
     }
     if answer.reply.truncated {
-        match exchange::tcp(addr, q, edns).await {
+        match exchange::tcp(addr, q, edns, mismatched).await {
             Ok(a) => answer = a,
             Err(e) => {
                 // Some hosts block TCP to the cloud resolver (Azure's guest agent

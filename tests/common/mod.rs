@@ -39,14 +39,21 @@ pub struct Zonefwd {
     task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Parses `toml` (with `[server] listen` defaulting to 127.0.0.1:0) as a config.
+/// Parses `toml` as a config, with two defaults of its own: `[server] listen` on
+/// 127.0.0.1:0, and `loop_detection = false` unless the test sets it, so the fake
+/// upstreams see only the queries the test makes (tests/loops.rs turns it on).
 pub fn config(toml: &str) -> Config {
-    let text = if toml.contains("listen") {
-        toml.to_string()
-    } else if toml.contains("[server]") {
-        toml.replacen("[server]", "[server]\nlisten = [\"127.0.0.1:0\"]", 1)
+    let mut server = String::from("[server]");
+    if !toml.contains("listen") {
+        server.push_str("\nlisten = [\"127.0.0.1:0\"]");
+    }
+    if !toml.contains("loop_detection") {
+        server.push_str("\nloop_detection = false");
+    }
+    let text = if toml.contains("[server]") {
+        toml.replacen("[server]", &server, 1)
     } else {
-        format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{toml}")
+        format!("{server}\n{toml}")
     };
     Config::parse(&text, "test.toml", &LoadEnv::default()).unwrap_or_else(|e| panic!("{e}"))
 }
