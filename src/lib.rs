@@ -10,6 +10,8 @@ pub mod acl;
 pub mod cache;
 pub mod clients;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod loopcheck;
 pub mod metrics;

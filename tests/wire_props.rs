@@ -3,6 +3,7 @@
 //! cut or spliced, go through every path a packet from a client or an upstream takes.
 
 use proptest::prelude::*;
+use zonefwd::fuzzing::{exercise_handler, exercise_query, exercise_reply, exercise_reply_bytes};
 use zonefwd::wire::{self, Query, Ttls};
 
 /// A valid query for `name` with optional EDNS, built by hand so the test does not
@@ -89,61 +90,6 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// Everything a client query goes through, for any bytes.
-fn exercise_query(bytes: &[u8]) {
-    if !wire::is_answerable_query(bytes) {
-        return;
-    }
-    match wire::parse_query(bytes) {
-        Ok(q) => {
-            assert!(q.qname.len() <= wire::MAX_NAME_LEN);
-            assert_eq!(q.qname.len(), q.qname_lower.len());
-            let up = wire::build_upstream_query(&q, 1, true);
-            let back = wire::parse_query(&up).expect("our own upstream query parses");
-            assert!(wire::names_equal(&back.qname, &q.qname));
-            let err = wire::reply_for(&q, wire::rcode::SERVFAIL);
-            assert!(err.len() >= wire::HEADER_LEN);
-        }
-        Err(rej) => {
-            let question = rej
-                .question
-                .as_ref()
-                .map(|(n, t, c)| (n.as_slice(), *t, *c));
-            let out = wire::error_reply(
-                wire::id(bytes),
-                wire::flags(bytes),
-                question,
-                rej.edns.as_ref(),
-                rej.rcode,
-            );
-            assert!(out.len() >= wire::HEADER_LEN);
-        }
-    }
-}
-
-/// Everything an upstream reply goes through, for any bytes; what reaches the client
-/// must itself walk clean.
-fn exercise_reply(bytes: &[u8], q: &Query, id: u16) {
-    let Ok(r) = wire::parse_reply(bytes, id, q) else {
-        return;
-    };
-    let Some(n) = wire::normalize(bytes, &r) else {
-        return;
-    };
-    for (limit, ttls) in [
-        (512, Ttls::AsStored),
-        (1232, Ttls::Aged(30)),
-        (65535, Ttls::Fixed(30)),
-    ] {
-        let out = wire::render(&n, q, limit, ttls);
-        assert!(out.len() <= limit.max(512), "{} > {limit}", out.len());
-        assert_eq!(wire::id(&out), q.id);
-        if out[3] & 0x0f != wire::rcode::SERVFAIL as u8 {
-            wire::parse_reply(&out, q.id, q).expect("what zonefwd sends walks clean");
-        }
-    }
-}
-
 proptest! {
     // 3000 cases each in CI; PROPTEST_CASES=100000 for a longer hunt.
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
@@ -151,12 +97,15 @@ proptest! {
     #[test]
     fn random_bytes_as_a_query(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         exercise_query(&bytes);
+        exercise_handler(&bytes);
     }
 
     #[test]
     fn mutated_queries(name in name_strategy(), qtype in any::<u16>(), edns in any::<bool>(),
                        muts in prop::collection::vec(mutation(), 1..6)) {
-        exercise_query(&mutate(query_bytes(&name, qtype, edns), &muts));
+        let bytes = mutate(query_bytes(&name, qtype, edns), &muts);
+        exercise_query(&bytes);
+        exercise_handler(&bytes);
     }
 
     #[test]
@@ -171,6 +120,7 @@ proptest! {
         r[11] = tail.get(3).copied().unwrap_or(0);
         r.extend_from_slice(&tail);
         exercise_reply(&r, &q, 7);
+        exercise_reply_bytes(&r);
     }
 
     #[test]
@@ -178,6 +128,7 @@ proptest! {
         let q = wire::parse_query(&query_bytes(&name, 1, true)).unwrap();
         let r = mutate(reply_bytes(&q, 9, n), &muts);
         exercise_reply(&r, &q, 9);
+        exercise_reply_bytes(&r);
     }
 }
 
