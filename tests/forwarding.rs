@@ -753,17 +753,35 @@ async fn malformed_upstream_reply_becomes_servfail() {
 
 #[tokio::test]
 async fn clients_outside_the_acl_are_refused_on_udp_and_tcp() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 1)).await;
-    let z = Zonefwd::start(&format!(
-        "[acl]\nallow = [\"10.0.0.0/8\", \"::1/128\"]\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
-    for client in [udp_client(z.udp), tcp_client(z.tcp).await] {
-        let r = ask(&client, query("x.example.", RecordType::A, None)).await;
-        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    // Every route, and a name already in the cache: the ACL comes before all of them.
+    let cloud = Fake::answering(|q| reply_a(q, [10, 9, 9, 9], 60)).await;
+    let onprem = Fake::answering(|q| reply_a(q, [10, 1, 1, 1], 60)).await;
+    let routes = format!(
+        "[[route]]\nname = \"cloud\"\n{CLOUD_ZONES}\nupstreams = [\"{}\"]\n[[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
+        cloud.addr, onprem.addr
+    );
+    let z = Zonefwd::start(&routes).await;
+    let warm = ask_a(z.udp, "www.example.").await;
+    assert_eq!(warm.metadata.response_code, ResponseCode::NoError);
+    let asked = (cloud.count(), onprem.count());
+    assert_eq!(asked, (0, 1));
+    z.reload(&format!(
+        "[acl]\nallow = [\"10.0.0.0/8\", \"::1/128\"]\n{routes}"
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for name in [
+        "www.example.",
+        "aks1.privatelink.japaneast.azmk8s.io.",
+        "acct.blob.core.windows.net.",
+        "uncached.example.",
+    ] {
+        for client in [udp_client(z.udp), tcp_client(z.tcp).await] {
+            let r = ask(&client, query(name, RecordType::A, None)).await;
+            assert_eq!(r.metadata.response_code, ResponseCode::Refused, "{name}");
+            assert!(r.answers.is_empty());
+        }
     }
-    assert_eq!(up.count(), 0);
+    assert_eq!((cloud.count(), onprem.count()), asked);
     z.stop().await.unwrap();
 }
 
