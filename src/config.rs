@@ -202,6 +202,22 @@ pub struct Route {
     pub cache: CachePolicy,
     /// Queries per second each upstream of this route may be sent; `None`: no limit.
     pub max_qps: Option<u32>,
+    /// Presets (`presets/catalog.toml`) whose zones this route took.
+    pub presets: Vec<String>,
+    /// NXDOMAIN from this route is asked again through this route (an index into
+    /// `Config::routes`), like Azure's "fallback to internet" on a private zone link.
+    pub nxdomain_fallback: Option<usize>,
+    /// A/AAAA answers outside private ranges: logged and counted, or refused.
+    pub expect_private: Option<ExpectPrivate>,
+}
+
+/// `expect_private`: what a public address in an answer from this route means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectPrivate {
+    /// Log it and count it; the client gets the answer.
+    Warn,
+    /// The client gets SERVFAIL instead of a public address.
+    Enforce,
 }
 
 /// Where the outside world is read from while loading, so tests can point elsewhere.
@@ -380,7 +396,10 @@ struct RawAcl {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Spanned<String>,
-    zones: Spanned<Vec<Spanned<String>>>,
+    zones: Option<Spanned<Vec<Spanned<String>>>>,
+    presets: Option<Spanned<Vec<Spanned<String>>>>,
+    nxdomain_fallback: Option<Spanned<String>>,
+    expect_private: Option<ExpectPrivateValue>,
     upstreams: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     policy: Option<PolicyValue>,
@@ -431,6 +450,11 @@ string_value!(OverLimitValue, OverLimit, |s| match s {
     "drop" => Ok(OverLimit::Drop),
     "refuse" => Ok(OverLimit::Refuse),
     _ => Err(format!("expected \"drop\" or \"refuse\", got {s:?}")),
+});
+string_value!(ExpectPrivateValue, ExpectPrivate, |s| match s {
+    "warn" => Ok(ExpectPrivate::Warn),
+    "enforce" => Ok(ExpectPrivate::Enforce),
+    _ => Err(format!("expected \"warn\" or \"enforce\", got {s:?}")),
 });
 string_value!(PolicyValue, Policy, |s| match s {
     "sequential" => Ok(Policy::Sequential),
@@ -614,8 +638,11 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
     // zone -> (route name, line) for duplicate messages.
     let mut zone_owner: HashMap<Vec<u8>, (String, usize)> = HashMap::new();
     let mut resolv: Option<Vec<SocketAddr>> = None;
+    // (route index, target name, key) resolved once every route is known.
+    let mut fallbacks: Vec<(usize, Spanned<String>, String)> = Vec::new();
 
     for (i, spanned) in raw.route.into_iter().enumerate() {
+        let route_span = spanned.span();
         let r = spanned.into_inner();
         let key = |k: &str| format!("route[{i}].{k}");
 
@@ -640,20 +667,65 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             ));
         }
 
-        if r.zones.get_ref().is_empty() {
-            return Err(src.error(
-                r.zones.span(),
-                &key("zones"),
-                "empty list: a route needs at least one zone (\".\" for everything)",
-            ));
+        // (zone, where it came from, which key) from `zones` and `presets`.
+        let mut listed: Vec<(Vec<u8>, Range<usize>, String)> = Vec::new();
+        match &r.zones {
+            None if r.presets.is_none() => {
+                return Err(src.error(
+                    route_span.clone(),
+                    &key("zones"),
+                    "missing field `zones`: a route needs zones (\".\" for everything) or presets",
+                ));
+            }
+            Some(z) if z.get_ref().is_empty() && r.presets.is_none() => {
+                return Err(src.error(
+                    z.span(),
+                    &key("zones"),
+                    "empty list: a route needs at least one zone (\".\" for everything)",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(z) = r.zones {
+            for (zone, span) in parse_list(z.into_inner(), src, &key("zones"), parse_zone)? {
+                listed.push((zone, span, key("zones")));
+            }
+        }
+        let mut presets = Vec::new();
+        if let Some(p) = r.presets {
+            if p.get_ref().is_empty() {
+                return Err(src.error(p.span(), &key("presets"), "empty list"));
+            }
+            for (j, name) in p.into_inner().into_iter().enumerate() {
+                let span = name.span();
+                let Some(preset) = crate::presets::find(name.get_ref()) else {
+                    return Err(src.error(
+                        span,
+                        &format!("{}[{j}]", key("presets")),
+                        format!(
+                            "no preset {:?}; presets: {} (zonefwd presets lists them)",
+                            name.get_ref(),
+                            crate::presets::names().join(", ")
+                        ),
+                    ));
+                };
+                for zone in preset.wire_zones() {
+                    listed.push((zone, span.clone(), format!("{}[{j}]", key("presets"))));
+                }
+                presets.push(preset.name.clone());
+            }
         }
         let mut zones = Vec::new();
-        for (zone, span) in parse_list(r.zones.into_inner(), src, &key("zones"), parse_zone)? {
+        for (zone, span, k) in listed {
+            if zones.contains(&zone) {
+                // Listed by hand and by a preset, or by two presets: once is enough.
+                continue;
+            }
             let line = src.text[..span.start].matches('\n').count() + 1;
             if let Some((other, other_line)) = zone_owner.get(&zone) {
                 return Err(src.error(
                     span,
-                    &key("zones"),
+                    &k,
                     format!(
                         "zone {} is already routed by route {other:?} (line {other_line}); a zone belongs to one route",
                         wire::name_to_string(&zone)
@@ -797,7 +869,38 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             health_check,
             cache,
             max_qps: r.max_qps.map(|q| q.get()),
+            presets,
+            nxdomain_fallback: None,
+            expect_private: r.expect_private.map(|e| e.0),
         });
+        if let Some(f) = r.nxdomain_fallback {
+            fallbacks.push((i, f, key("nxdomain_fallback")));
+        }
+    }
+
+    let sources: HashSet<usize> = fallbacks.iter().map(|f| f.0).collect();
+    for (i, target, k) in fallbacks {
+        let Some(j) = routes.iter().position(|r| &r.name == target.get_ref()) else {
+            return Err(src.error(
+                target.span(),
+                &k,
+                format!("no route named {:?}", target.get_ref()),
+            ));
+        };
+        if j == i {
+            return Err(src.error(target.span(), &k, "a route cannot fall back to itself"));
+        }
+        if sources.contains(&j) {
+            return Err(src.error(
+                target.span(),
+                &k,
+                format!(
+                    "route {:?} has a fallback of its own: one step only",
+                    routes[j].name
+                ),
+            ));
+        }
+        routes[i].nxdomain_fallback = Some(j);
     }
 
     if let Some(m) = server.metrics.filter(|m| !m.ip().is_loopback()) {

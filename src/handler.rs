@@ -149,6 +149,11 @@ impl Handler {
                 )
             })
             .collect();
+        for (i, r) in config.routes.iter().enumerate() {
+            if let Some(j) = r.nxdomain_fallback {
+                let _ = routes[i].0.fallback.set(Arc::clone(&routes[j].0));
+            }
+        }
         let loops = config.server.loop_detection.then(|| {
             Arc::new(LoopDetector::new(
                 routes

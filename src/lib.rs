@@ -16,6 +16,8 @@ pub mod handler;
 pub mod loopcheck;
 pub mod metrics;
 pub mod notify;
+pub mod onprem;
+pub mod presets;
 pub mod report;
 pub mod resolver;
 pub mod router;

@@ -50,6 +50,22 @@ enum Command {
         #[arg(name = "TYPE", default_value = "A")]
         qtype: String,
     },
+    /// List the zone presets, or print the zones of one.
+    Presets {
+        /// A preset's name (azure, azure-government, azure-china, aws).
+        name: Option<String>,
+    },
+    /// Print the conditional forwarders on-prem DNS servers need for every zone this
+    /// configuration sends to the cloud, pointing at zonefwd.
+    OnpremForwarders {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// zonefwd's addresses as the on-prem servers reach it, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        target: Vec<std::net::IpAddr>,
+        #[arg(long, value_enum)]
+        format: zonefwd::onprem::Format,
+    },
 }
 
 fn load(path: &Path) -> Result<Config, String> {
@@ -95,6 +111,28 @@ fn main() -> ExitCode {
             let (text, matched) = report::explain(&config, &name, t)?;
             print!("{text}");
             Ok(matched)
+        }),
+        Command::Presets { name: None } => {
+            print!("{}", zonefwd::presets::list_text());
+            Ok(true)
+        }
+        Command::Presets { name: Some(n) } => match zonefwd::presets::find(&n) {
+            Some(p) => {
+                print!("{}", zonefwd::presets::show_text(p));
+                Ok(true)
+            }
+            None => Err(format!(
+                "no preset {n:?}; presets: {}",
+                zonefwd::presets::names().join(", ")
+            )),
+        },
+        Command::OnpremForwarders {
+            config,
+            target,
+            format,
+        } => load(&config.config).and_then(|c| {
+            print!("{}", zonefwd::onprem::render(&c, &target, format)?);
+            Ok(true)
         }),
     };
     match result {

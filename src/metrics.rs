@@ -219,6 +219,30 @@ impl Collector for Collect {
                     )?;
             }
         }
+        type RouteValue = fn(&crate::upstream::UpstreamSet) -> u64;
+        let per_route: [(&str, &str, RouteValue); 2] = [
+            (
+                "zonefwd_nxdomain_fallbacks",
+                "NXDOMAIN answers asked again through the route's nxdomain_fallback",
+                |s| s.nxdomain_fallbacks.load(Ordering::Relaxed),
+            ),
+            (
+                "zonefwd_public_answers",
+                "Answers with public A/AAAA records from a route with expect_private",
+                |s| s.public_answers.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in per_route {
+            let mut fam = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for set in handler.upstream_sets() {
+                let labels = [("route", set.route.as_str())];
+                fam.encode_family(&labels)?
+                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                        &value(set),
+                        None,
+                    )?;
+            }
+        }
         type UpstreamValue = fn(&crate::upstream::Upstream) -> u64;
         let per_upstream: [(&str, &str, MetricType, UpstreamValue); 8] = [
             (

@@ -112,7 +112,7 @@ impl Resolver {
                 key: &key,
                 rx: &own,
             };
-            let res = match route.forward(&q).await {
+            let res = match route.resolve(&q).await {
                 Outcome::Reply { answer, upstream } => {
                     match wire::normalize(&answer.bytes, &answer.reply) {
                         Some(n) => Resolution::Answer {

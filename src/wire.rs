@@ -126,6 +126,54 @@ fn count(msg: &[u8], n: usize) -> u16 {
 
 /// Reads the (possibly compressed) name at `pos`, appending its uncompressed wire form
 /// to `out` when given. Returns the position just after the name as it is stored.
+/// The addresses of the A and AAAA records in the answer section of a reply that
+/// `parse_reply` accepted (`question_end` and `answers` from its `Reply`).
+pub fn answer_addresses(msg: &[u8], question_end: usize, answers: u16) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut pos = question_end;
+    for _ in 0..answers {
+        let Ok(after) = read_name(msg, pos, None) else {
+            break;
+        };
+        let (Ok(rtype), Ok(rdlen)) = (
+            u16_at(msg, after, "type"),
+            u16_at(msg, after + 8, "rdlength"),
+        ) else {
+            break;
+        };
+        let data = after + 10;
+        let Some(rdata) = msg.get(data..data + usize::from(rdlen)) else {
+            break;
+        };
+        match (rtype, rdata.len()) {
+            (1, 4) => out.push(std::net::IpAddr::from(
+                <[u8; 4]>::try_from(rdata).expect("4 octets"),
+            )),
+            (28, 16) => out.push(std::net::IpAddr::from(
+                <[u8; 16]>::try_from(rdata).expect("16 octets"),
+            )),
+            _ => {}
+        }
+        pos = data + usize::from(rdlen);
+    }
+    out
+}
+
+/// Private, shared (CGNAT) or unique-local: where private endpoints and private
+/// clusters live. Everything else is public for `expect_private`.
+pub fn is_private_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private_address(std::net::IpAddr::V4(v4)),
+            None => (v6.segments()[0] & 0xfe00) == 0xfc00,
+        },
+    }
+}
+
 pub fn read_name(msg: &[u8], start: usize, out: Option<&mut Vec<u8>>) -> Result<usize, WireError> {
     read_name_avoiding(msg, start, out, &[])
 }

@@ -58,6 +58,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = { max_entries = 5 }\n", "5:25", "route[0].cache.max_entries", "set max_entries in [cache]"),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = { negative_ttl = \"1s\" }\n", "5:11", "route[0].cache.negative_ttl", "unknown field `negative_ttl`"),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nmax_qps = 0\n", "5:11", "route[0].max_qps", "nonzero"),
+    ("[[route]]\nname = \"a\"\npresets = [\"gcp\"]\nupstreams = [\"192.0.2.1\"]\n", "3:12", "route[0].presets[0]", "no preset \"gcp\"; presets: azure"),
+    ("[[route]]\nname = \"a\"\nupstreams = [\"192.0.2.1\"]\n", "1:1", "route[0].zones", "zones (\".\" for everything) or presets"),
+    ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nexpect_private = \"strict\"\n", "5:18", "route[0].expect_private", "expected \"warn\" or \"enforce\""),
+    ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nnxdomain_fallback = \"public\"\n", "5:21", "route[0].nxdomain_fallback", "no route named \"public\""),
+    ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nnxdomain_fallback = \"a\"\n", "5:21", "route[0].nxdomain_fallback", "cannot fall back to itself"),
+    ("[[route]]\nname = \"a\"\npresets = [\"azure\"]\nupstreams = [\"192.0.2.1\"]\n[[route]]\nname = \"b\"\nzones = [\"blob.core.windows.net\"]\nupstreams = [\"192.0.2.2\"]\n", "7:10", "route[1].zones", "already routed by route \"a\" (line 3)"),
     // Cross-field checks.
     ("", "1:1", "route", "no [[route]] tables"),
     ("[[route]]\nname = \"a\"\nzones = []\nupstreams = [\"192.0.2.1\"]\n", "3:9", "route[0].zones", "empty list"),

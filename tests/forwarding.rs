@@ -1185,3 +1185,28 @@ async fn an_upstream_that_answers_servfail_is_not_marked_down() {
     assert_eq!(asked_b("sf2.example."), 0, "B should be marked down");
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_udp_reply_larger_than_zonefwd_takes_is_fetched_again_over_tcp() {
+    // An upstream that ignores the advertised payload size (1232) and sends ~6 KB
+    // over UDP: more than the 4096-octet receive buffer, so it may have been cut.
+    let up = Fake::answering(|q| {
+        let mut r = reply(q);
+        for i in 0..300u16 {
+            r.answers
+                .push(a_record(&qname_of(q), [10, 0, (i >> 8) as u8, i as u8], 60));
+        }
+        r
+    })
+    .await;
+    let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
+    let r = ask(
+        &tcp_client(z.tcp).await,
+        query("huge.example.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(r.answers.len(), 300, "the whole RRset, fetched over TCP");
+    assert_eq!((up.udp_count(), up.tcp_count()), (1, 1));
+    z.stop().await.unwrap();
+}

@@ -10,7 +10,7 @@ pub mod exchange;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::{Clock, SystemClock};
-use crate::config::{Policy, Route};
+use crate::config::{ExpectPrivate, Policy, Route};
 use crate::throttle::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::wire::{self, rcode, Query};
 pub use exchange::{Answer, TryError};
@@ -202,6 +202,16 @@ pub struct UpstreamSet {
     health_check: Duration,
     budget_warning: Throttle,
     life: Lifecycle,
+    /// `expect_private`: what to do with public addresses in this route's answers.
+    pub expect_private: Option<ExpectPrivate>,
+    guard_warning: Throttle,
+    /// Answers with public A/AAAA records (`expect_private`).
+    pub public_answers: AtomicU64,
+    /// `nxdomain_fallback`: the route NXDOMAIN answers are asked again through, set
+    /// once every route of the configuration exists.
+    pub fallback: OnceLock<Arc<UpstreamSet>>,
+    /// NXDOMAIN answers asked again through the fallback route.
+    pub nxdomain_fallbacks: AtomicU64,
 }
 
 impl UpstreamSet {
@@ -233,6 +243,11 @@ impl UpstreamSet {
             health_check: route.health_check,
             budget_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             life,
+            expect_private: route.expect_private,
+            guard_warning: Throttle::new(LIMIT_WARN_INTERVAL),
+            public_answers: AtomicU64::new(0),
+            fallback: OnceLock::new(),
+            nxdomain_fallbacks: AtomicU64::new(0),
         }
     }
 
@@ -264,6 +279,66 @@ impl UpstreamSet {
             Policy::Random => order.shuffle(&mut rand::rng()),
         }
         order
+    }
+
+    /// What a resolution through this route gives: `forward`, then the route's
+    /// NXDOMAIN fallback and private-answer guard.
+    pub async fn resolve(&self, q: &Query) -> Outcome {
+        let out = self.forward(q).await;
+        let Some(fallback) = self.fallback.get() else {
+            return self.guard(q, out);
+        };
+        match out {
+            Outcome::Reply { answer, upstream } if answer.reply.rcode == rcode::NXDOMAIN => {
+                // A private zone linked to the VNet says NXDOMAIN for names it lacks
+                // (another tenant's storage account): ask where public names resolve,
+                // as Azure's "fallback to internet" link policy does.
+                self.nxdomain_fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(route = %self.route, fallback = %fallback.route, name = %wire::name_to_string(&q.qname), "nxdomain: asking the fallback route");
+                match fallback.forward(q).await {
+                    out @ Outcome::Reply { .. } => fallback.guard(q, out),
+                    // The fallback had nothing: the NXDOMAIN stands.
+                    _ => Outcome::Reply { answer, upstream },
+                }
+            }
+            out => self.guard(q, out),
+        }
+    }
+
+    /// `expect_private`: public A/AAAA records in an answer are counted and logged
+    /// (`warn`), or turn the answer into a failure (`enforce`) so the client gets
+    /// SERVFAIL rather than an address that leaves the private network.
+    fn guard(&self, q: &Query, out: Outcome) -> Outcome {
+        let (Some(mode), Outcome::Reply { answer, upstream }) = (self.expect_private, &out) else {
+            return out;
+        };
+        let public: Vec<std::net::IpAddr> = wire::answer_addresses(
+            &answer.bytes,
+            answer.reply.question_end,
+            answer.reply.answers,
+        )
+        .into_iter()
+        .filter(|ip| !wire::is_private_address(*ip))
+        .collect();
+        if public.is_empty() {
+            return out;
+        }
+        self.public_answers.fetch_add(1, Ordering::Relaxed);
+        if self.guard_warning.ready() {
+            let addrs: Vec<String> = public.iter().map(|a| a.to_string()).collect();
+            tracing::warn!(
+                route = %self.route,
+                upstream = %upstream,
+                name = %wire::name_to_string(&q.qname),
+                addresses = %addrs.join(" "),
+                action = if mode == ExpectPrivate::Enforce { "servfail" } else { "answered" },
+                "expect_private: a public address in an answer from a private route (is the private DNS zone linked to this network? logged at most every 10s)"
+            );
+        }
+        match mode {
+            ExpectPrivate::Warn => out,
+            ExpectPrivate::Enforce => Outcome::Failed,
+        }
     }
 
     /// Forwards `q` within the route's deadline. Tries go to the upstreams in
@@ -448,6 +523,11 @@ async fn one_try(addr: SocketAddr, q: &Query, mismatched: &AtomicU64) -> TryResu
     let mut edns = true;
     let mut answer = match exchange::udp(addr, q, edns, mismatched).await {
         Ok(a) => a,
+        // Bigger than we take over UDP: as if truncated.
+        Err(TryError::Oversize) => match exchange::tcp(addr, q, edns, mismatched).await {
+            Ok(a) => return classify(a),
+            Err(e) => return TryResult::Failed(e),
+        },
         Err(e) => return TryResult::Failed(e),
     };
     if answer.reply.rcode == rcode::FORMERR && answer.reply.opt.is_none() {
@@ -469,6 +549,12 @@ async fn one_try(addr: SocketAddr, q: &Query, mismatched: &AtomicU64) -> TryResu
             }
         }
     }
+    classify(answer)
+}
+
+/// SERVFAIL, REFUSED and a truncated reply ask for the next upstream; anything else
+/// is the answer.
+fn classify(answer: Answer) -> TryResult {
     match answer.reply.rcode {
         rcode::SERVFAIL | rcode::REFUSED => TryResult::Soft(answer),
         _ if answer.reply.truncated => TryResult::Soft(answer),

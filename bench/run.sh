@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# zonefwd against its peers, one after another, with the same upstream, the same
+# routes and the same load. The upstream is NSD with a wildcard zone on loopback; the
+# load is dnsperf. For each workload and server it reports qps, mean and p99 latency,
+# lost queries, CPU seconds of the server process, queries per CPU-second, peak RSS,
+# and zonefwd's ratios against dnsdist and Unbound.
+#
+#   bash bench/run.sh                       # every workload, every server, 10 s each
+#   WORKLOADS="miss hit" SERVERS="zonefwd dnsdist" DURATION=20 bash bench/run.sh
+#   SCALE=1 bash bench/run.sh               # also: cache size and zone count figures
+#
+# Workloads:
+#   miss   unique names (no cache can help): forwarding cost
+#   hit    100 names asked again and again: answering from cache
+#   tcp    the same 100 names over TCP (dnsperf keeps its connections)
+#   mixed  90% a repeated set of 1000 names (A and AAAA), 5% unique names,
+#          5% names that do not exist (NXDOMAIN), shuffled
+# Servers: zonefwd, dnsdist (1.7, no packet cache, as in the issue's table), unbound
+# (forward-zone), dnsmasq. One worker thread each (THREADS=1), since on 2 cores dnsperf
+# and NSD need the rest.
+#
+# Needs (Debian): dnsperf nsd unbound dnsdist dnsmasq-base. Installs them when run as
+# root. Everything listens on 127.0.0.1; nothing leaves the machine. Results go to
+# bench/results/<date>.csv and .md; bench/chart.py draws the SVG. Not part of
+# `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-8}
+OUTSTANDING=${OUTSTANDING:-256}
+THREADS=${THREADS:-1}
+WORKLOADS=${WORKLOADS:-"miss hit tcp mixed"}
+SERVERS=${SERVERS:-"zonefwd dnsdist unbound dnsmasq"}
+SCALE=${SCALE:-0}
+NSD_PORT=5301
+PORT=5310
+OUT=${OUT:-bench/results}
+
+need=()
+for cmd in dnsperf nsd unbound dnsdist dnsmasq; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
+if ((${#need[@]})); then
+  if [[ $(id -u) == 0 ]]; then
+    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base >/dev/null
+  else
+    echo "missing: ${need[*]} (apt-get install dnsperf nsd unbound dnsdist dnsmasq-base)" >&2
+    exit 1
+  fi
+fi
+cargo build --release --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- the authoritative upstream: wildcard zones --------------------------------
+cat >"$work/bench.zone" <<'EOF'
+$ORIGIN bench.test.
+$TTL 3600
+@   IN SOA ns1 hostmaster 1 3600 600 86400 300
+@   IN NS  ns1
+ns1 IN A   127.0.0.1
+*   IN A   192.0.2.1
+*   IN AAAA 2001:db8::1
+EOF
+cat >"$work/empty.zone" <<'EOF'
+$ORIGIN empty.test.
+$TTL 3600
+@   IN SOA ns1 hostmaster 1 3600 600 86400 300
+@   IN NS  ns1
+ns1 IN A   127.0.0.1
+EOF
+cat >"$work/nsd.conf" <<EOF
+server:
+  ip-address: 127.0.0.1@$NSD_PORT
+  server-count: 1
+  zonesdir: "$work"
+  database: ""
+  pidfile: "$work/nsd.pid"
+  xfrdfile: "$work/xfrd.state"
+  zonelistfile: "$work/zone.list"
+  username: ""
+  verbosity: 0
+  # Debian's NSD limits responses to 200/s per client network (RRL): off here.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+zone:
+  name: bench.test
+  zonefile: bench.zone
+zone:
+  name: empty.test
+  zonefile: empty.zone
+EOF
+nsd -d -c "$work/nsd.conf" >"$work/nsd.log" 2>&1 &
+pids+=($!)
+
+# --- query files ---------------------------------------------------------------
+python3 - "$work" <<'EOF'
+import random, sys
+w = sys.argv[1]
+random.seed(7)
+tag = "%08x" % random.getrandbits(32)
+with open(f"{w}/hit.txt", "w") as f:
+    f.writelines(f"host{i}.bench.test A\n" for i in range(100))
+with open(f"{w}/miss.txt", "w") as f:
+    # More than any run sends, so no name repeats within a run.
+    f.writelines(f"u{i}-{tag}.bench.test A\n" for i in range(3_000_000))
+lines = []
+for i in range(450_000):
+    n = random.randrange(1000)
+    lines.append(f"common{n}.bench.test {'A' if random.random() < 0.7 else 'AAAA'}\n")
+for i in range(25_000):
+    lines.append(f"m{i}-{tag}.bench.test A\n")
+    lines.append(f"nx{i}-{tag}.empty.test A\n")
+random.shuffle(lines)
+with open(f"{w}/mixed.txt", "w") as f:
+    f.writelines(lines)
+EOF
+
+# --- the servers, same routes: everything to NSD ---------------------------------
+write_zonefwd_config() { # extra-server-lines extra-routes
+  cat >"$work/zonefwd.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$PORT"]
+udp_threads = $THREADS
+# The per-client limit stays on (its cost is part of the figure), set above the load.
+client_qps = 100000000
+client_max_inflight = 100000
+max_inflight = 100000
+loop_detection = false
+# dnsperf's TCP clients keep 32 queries in flight per connection and lose the unread
+# ones when a server closes at its per-connection limit (1000 by default, RFC 9210):
+# the peers have no such limit, so neither does zonefwd here.
+tcp_max_queries_per_connection = 100000000
+tcp_max_lifetime = "1h"
+tcp_max_pipelined = 256
+$1
+[[route]]
+name = "bench"
+zones = ["."]
+upstreams = ["127.0.0.1:$NSD_PORT"]
+$2
+EOF
+}
+write_zonefwd_config "" ""
+cat >"$work/unbound.conf" <<EOF
+server:
+  interface: 127.0.0.1@$PORT
+  num-threads: $THREADS
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "$work"
+  pidfile: "$work/unbound.pid"
+  use-syslog: no
+  verbosity: 0
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  qname-minimisation: no
+  # test. is special-use (RFC 6761): Unbound answers it NXDOMAIN itself by default.
+  local-zone: "test." nodefault
+  msg-cache-size: 256m
+  rrset-cache-size: 256m
+  num-queries-per-thread: 4096
+  outgoing-range: 8192
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@$NSD_PORT
+EOF
+cat >"$work/dnsdist.conf" <<EOF
+setLocal("127.0.0.1:$PORT")
+setACL({"127.0.0.0/8"})
+setSecurityPollSuffix("")
+newServer({address="127.0.0.1:$NSD_PORT", checkInterval=3600})
+EOF
+
+start_server() { # name -> pid in $spid
+  case $1 in
+    zonefwd) ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" & ;;
+    unbound) unbound -d -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 & ;;
+    dnsdist) dnsdist --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
+    dnsmasq) dnsmasq -k -C /dev/null --port="$PORT" --listen-address=127.0.0.1 --bind-interfaces \
+               --no-resolv --no-hosts --server="127.0.0.1#$NSD_PORT" --cache-size=10000 \
+               --dns-forward-max=10000 --user="$(id -un)" --pid-file="$work/dnsmasq.pid" 2>"$work/dnsmasq.log" & ;;
+  esac
+  spid=$!
+  pids+=("$spid")
+  for _ in $(seq 50); do
+    dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" ns1.bench.test >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "$1 did not start" >&2
+  return 1
+}
+
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# measure workload server pid -> one CSV line
+measure() {
+  local workload=$1 server=$2 pid=$3 file mode=udp
+  case $workload in
+    hit | tcp) file=$work/hit.txt ;;
+    miss) file=$work/miss.txt ;;
+    mixed) file=$work/mixed.txt ;;
+  esac
+  [[ $workload == tcp ]] && mode=tcp
+  if [[ $workload != miss ]]; then
+    # Warm the cache (mixed: the repeated set), as a server in service would be.
+    dnsperf -s 127.0.0.1 -p "$PORT" -d "$file" -n 1 -q 50 -l 5 >/dev/null 2>&1 || true
+  fi
+  local before after
+  before=$(cpu_seconds "$pid")
+  dnsperf -s 127.0.0.1 -p "$PORT" -m "$mode" -d "$file" -c "$CLIENTS" -q "$OUTSTANDING" \
+    -l "$DURATION" -v >"$work/out" 2>&1 || true
+  after=$(cpu_seconds "$pid")
+  local rss p99
+  rss=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+  p99=$(awk '/^> / { print $NF }' "$work/out" | sort -n | awk '{ a[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", a[i] * 1000 }')
+  awk -v w="$workload" -v s="$server" -v b="$before" -v a="$after" -v r="$rss" -v p99="$p99" '
+    /Queries per second/ { q = $4 }
+    /Queries lost/ { lost = $3 }
+    /Queries completed/ { done = $3 }
+    /Average Latency/ { mean = $4 * 1000 }
+    END {
+      cpu = a - b
+      printf "%s,%s,%.0f,%.3f,%s,%s,%.2f,%.0f,%d\n", w, s, q, mean, p99, lost, cpu, (cpu > 0 ? done / cpu : 0), r
+    }' "$work/out"
+}
+
+mkdir -p "$OUT"
+stamp=$(date -u +%Y-%m-%d)
+csv="$OUT/$stamp.csv"
+echo "workload,server,qps,mean_ms,p99_ms,lost,cpu_s,queries_per_cpu_s,peak_rss_kib" >"$csv"
+sleep 0.5
+for workload in $WORKLOADS; do
+  for server in $SERVERS; do
+    start_server "$server"
+    line=$(measure "$workload" "$server" "$spid")
+    echo "$line" | tee -a "$csv"
+    kill "$spid"
+    wait "$spid" 2>/dev/null || true
+    sleep 0.5
+  done
+done
+
+if [[ $SCALE == 1 ]]; then
+  scsv="$OUT/$stamp-scale.csv"
+  echo "dimension,size,queries_per_cpu_s,peak_rss_kib,qps" >"$scsv"
+  # Cache size: fill N entries, then answer a random stream over all of them.
+  for n in 10000 100000 1000000; do
+    write_zonefwd_config "" ""
+    sed -i "s/^\[server\]/[cache]\nmax_entries = $n\n[server]/" "$work/zonefwd.toml"
+    seq 0 $((n - 1)) | awk '{ print "c" $1 ".bench.test A" }' >"$work/fill.txt"
+    shuf "$work/fill.txt" >"$work/scale.txt"
+    start_server zonefwd
+    dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/fill.txt" -n 1 -c "$CLIENTS" -q "$OUTSTANDING" >/dev/null 2>&1 || true
+    before=$(cpu_seconds "$spid")
+    dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/scale.txt" -c "$CLIENTS" -q "$OUTSTANDING" -l "$DURATION" >"$work/out" 2>&1 || true
+    after=$(cpu_seconds "$spid")
+    rss=$(awk '/VmHWM/ { print $2 }' "/proc/$spid/status")
+    awk -v n="$n" -v b="$before" -v a="$after" -v r="$rss" '/Queries completed/ { d = $3 } /Queries per second/ { q = $4 }
+      END { printf "cache_entries,%d,%.0f,%d,%.0f\n", n, d / (a - b), r, q }' "$work/out" | tee -a "$scsv"
+    kill "$spid"; wait "$spid" 2>/dev/null || true
+  done
+  # Zones: N routes' worth of zones (one route, N zones, plus N-1 other routes of one
+  # zone each would change nothing in the lookup), cache-hit workload on the root route.
+  for n in 10 1000 10000; do
+    zones=$(seq 1 "$n" | awk '{ printf "%s\"z%d.corp%d.example\"", (NR > 1 ? ", " : ""), $1, $1 % 97 }')
+    write_zonefwd_config "" "[[route]]
+name = \"many\"
+zones = [$zones]
+upstreams = [\"127.0.0.1:$NSD_PORT\"]"
+    start_server zonefwd
+    line=$(measure hit zonefwd "$spid")
+    echo "$line" | awk -F, -v n="$n" '{ printf "zones,%d,%s,%s,%s\n", n, $8, $9, $3 }' | tee -a "$scsv"
+    kill "$spid"; wait "$spid" 2>/dev/null || true
+  done
+fi
+
+versions="$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); THREADS=$THREADS; dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION; zonefwd $(./target/release/zonefwd --version | cut -d' ' -f2), $(dnsdist --version 2>/dev/null | head -1 | cut -d' ' -f1-2), $(unbound -V | head -1 | tr -d '\n'), $(dnsmasq --version | head -1 | cut -d' ' -f1-3), $(nsd -v 2>&1 | head -1)"
+python3 bench/chart.py "$csv" "$versions"
+echo "$versions"

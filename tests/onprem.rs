@@ -1,0 +1,198 @@
+//! `zonefwd presets` and `zonefwd onprem-forwarders`: the real binary, and what it
+//! prints checked by the parser of each DNS server where Debian has one
+//! (named-checkconf, unbound-checkconf, dnsmasq --test).
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_zonefwd");
+
+fn zonefwd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A checker from a Debian package: CI installs it, so missing there is a failure.
+fn tool(name: &str) -> Option<&'static str> {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = format!("{dir}/{name}");
+        if Path::new(&p).exists() {
+            return Some(Box::leak(p.into_boxed_str()));
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name} is missing; .ci/run installs it"
+    );
+    eprintln!("skipping the {name} check: not installed");
+    None
+}
+
+fn config(dir: &tempfile::TempDir) -> String {
+    let p = dir.path().join("z.toml");
+    std::fs::write(
+        &p,
+        "[[route]]\nname = \"azure\"\npresets = [\"azure\"]\nzones = [\"corp-private.example\"]\nupstreams = [\"168.63.129.16\"]\n\
+         [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"10.1.0.4\"]\n",
+    )
+    .unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn forwarders(cfg: &str, format: &str) -> String {
+    let (code, out, err) = zonefwd(&[
+        "onprem-forwarders",
+        "-c",
+        cfg,
+        "--target",
+        "10.50.0.4,10.50.0.5",
+        "--format",
+        format,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+#[test]
+fn presets_lists_the_catalog_and_prints_one() {
+    let (code, out, _) = zonefwd(&["presets"]);
+    assert_eq!(code, 0);
+    for p in ["azure ", "azure-government", "azure-china", "aws"] {
+        assert!(out.contains(p), "{out}");
+    }
+    let (code, out, _) = zonefwd(&["presets", "azure"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().any(|l| l.starts_with("blob.core.windows.net ")),
+        "{out}"
+    );
+    assert!(out.contains("privatelink.blob.core.windows.net"));
+    let (code, _, err) = zonefwd(&["presets", "gcp"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no preset \"gcp\""), "{err}");
+}
+
+#[test]
+fn every_format_lists_every_cloud_zone_and_not_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let azure_zones = zonefwd::presets::find("azure").unwrap().zones.len();
+    let windows = forwarders(&cfg, "windows");
+    let lines: Vec<&str> = windows
+        .lines()
+        .filter(|l| l.starts_with("Add-DnsServerConditionalForwarderZone"))
+        .collect();
+    assert_eq!(lines.len(), azure_zones + 1);
+    assert!(lines
+        .iter()
+        .all(|l| l.contains("-MasterServers 10.50.0.4,10.50.0.5")));
+    assert!(windows.contains("-Name \"blob.core.windows.net\""));
+    assert!(windows.contains("-Name \"corp-private.example\""));
+    assert!(!windows.contains("-Name \".\"") && !windows.contains("-Name \"\""));
+    let coredns = forwarders(&cfg, "coredns");
+    assert!(coredns.contains("forward . 10.50.0.4 10.50.0.5"));
+    assert!(coredns.contains(" azmk8s.io "));
+}
+
+#[test]
+fn bind_output_passes_named_checkconf() {
+    let Some(check) = tool("named-checkconf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = forwarders(&config(&dir), "bind");
+    let conf = dir.path().join("named.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "options {{ directory \"{}\"; }};\n{out}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let r = Command::new(check).arg(&conf).output().unwrap();
+    assert!(
+        r.status.success(),
+        "{}\n{out}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    assert!(out.contains(
+        "zone \"azmk8s.io\" { type forward; forward only; forwarders { 10.50.0.4; 10.50.0.5; }; };"
+    ));
+}
+
+#[test]
+fn unbound_output_passes_unbound_checkconf() {
+    let Some(check) = tool("unbound-checkconf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = forwarders(&config(&dir), "unbound");
+    let conf = dir.path().join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  chroot: \"\"\n  username: \"\"\n  directory: \"{}\"\n{out}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let r = Command::new(check).arg(&conf).output().unwrap();
+    assert!(
+        r.status.success(),
+        "{}{}\n{out}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        out.matches("forward-zone:").count(),
+        zonefwd::presets::find("azure").unwrap().zones.len() + 1
+    );
+}
+
+#[test]
+fn dnsmasq_output_passes_dnsmasq_test() {
+    let Some(check) = tool("dnsmasq") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = forwarders(&config(&dir), "dnsmasq");
+    let conf = dir.path().join("dnsmasq.conf");
+    std::fs::write(&conf, &out).unwrap();
+    let r = Command::new(check)
+        .arg("--test")
+        .arg("-C")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(out.contains("server=/blob.core.windows.net/10.50.0.5"));
+}
+
+#[test]
+fn a_configuration_with_only_a_catch_all_has_nothing_to_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.toml");
+    std::fs::write(
+        &p,
+        "[[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"10.1.0.4\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = zonefwd(&[
+        "onprem-forwarders",
+        "-c",
+        p.to_str().unwrap(),
+        "--target",
+        "10.50.0.4",
+        "--format",
+        "bind",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nothing to forward"), "{err}");
+}
