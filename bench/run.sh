@@ -181,6 +181,12 @@ newServer({address="127.0.0.1:$NSD_PORT", checkInterval=3600})
 EOF
 
 start_server() { # name -> pid in $spid
+  # The previous server must be gone, or the new one's bind fails and dig would
+  # still get answers from the old one.
+  for _ in $(seq 50); do
+    dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" ns1.bench.test >/dev/null 2>&1 || break
+    sleep 0.1
+  done
   case $1 in
     zonefwd) ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" & ;;
     unbound) unbound -d -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 & ;;
@@ -192,7 +198,11 @@ start_server() { # name -> pid in $spid
   spid=$!
   pids+=("$spid")
   for _ in $(seq 50); do
-    dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" ns1.bench.test >/dev/null 2>&1 && return 0
+    if dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" ns1.bench.test >/dev/null 2>&1; then
+      kill -0 "$spid" 2>/dev/null && return 0
+      echo "$1 exited: $(tail -3 "$work/$1.log" 2>/dev/null)" >&2
+      return 1
+    fi
     sleep 0.1
   done
   echo "$1 did not start" >&2
@@ -283,6 +293,6 @@ upstreams = [\"127.0.0.1:$NSD_PORT\"]"
   done
 fi
 
-versions="$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); THREADS=$THREADS; dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION; zonefwd $(./target/release/zonefwd --version | cut -d' ' -f2), $(dnsdist --version 2>/dev/null | head -1 | cut -d' ' -f1-2), $(unbound -V | head -1 | tr -d '\n'), $(dnsmasq --version | head -1 | cut -d' ' -f1-3), $(nsd -v 2>&1 | head -1)"
+versions="$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); THREADS=$THREADS; dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION; zonefwd $(./target/release/zonefwd --version | cut -d' ' -f2), $(dnsdist --version 2>/dev/null | awk 'NR == 1' | cut -d' ' -f1-2), unbound $(unbound -V | awk 'NR == 1 { print $2 }'), $(dnsmasq --version | awk 'NR == 1' | cut -d' ' -f1-3), $(nsd -v 2>&1 | awk 'NR == 1')"
 python3 bench/chart.py "$csv" "$versions"
 echo "$versions"

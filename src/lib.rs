@@ -10,6 +10,7 @@ pub mod acl;
 pub mod cache;
 pub mod clients;
 pub mod config;
+pub mod diagnose;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handler;

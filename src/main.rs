@@ -50,6 +50,19 @@ enum Command {
         #[arg(name = "TYPE", default_value = "A")]
         qtype: String,
     },
+    /// Resolve NAME now through the route that answers it, and print the route, the
+    /// upstream, the round trip, the rcode, the answer and any guard warning.
+    Query {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+        /// The query type; A when left out.
+        #[arg(name = "TYPE", default_value = "A")]
+        qtype: String,
+    },
+    /// Check every upstream on UDP and TCP, the listen addresses, and the routes'
+    /// settings against the cloud resolvers' behaviour; print each finding with its fix.
+    Doctor(ConfigArg),
     /// List the zone presets, or print the zones of one.
     Presets {
         /// A preset's name (azure, azure-government, azure-china, aws).
@@ -112,6 +125,21 @@ fn main() -> ExitCode {
             print!("{text}");
             Ok(matched)
         }),
+        Command::Query {
+            config,
+            name,
+            qtype,
+        } => report::parse_qtype(&qtype).and_then(|t| {
+            let config = load(&config.config)?;
+            let (text, ok) = runtime()?.block_on(zonefwd::diagnose::query(&config, &name, t))?;
+            print!("{text}");
+            Ok(ok)
+        }),
+        Command::Doctor(c) => load(&c.config).and_then(|config| {
+            let (text, ok) = runtime()?.block_on(zonefwd::diagnose::doctor(&config));
+            print!("{text}");
+            Ok(ok)
+        }),
         Command::Presets { name: None } => {
             print!("{}", zonefwd::presets::list_text());
             Ok(true)
@@ -143,6 +171,14 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A small runtime for the commands that send a few queries.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 fn serve(path: &Path, config: Config) -> Result<bool, String> {

@@ -1,0 +1,195 @@
+//! `zonefwd query` and `zonefwd doctor`, the real binary against fake upstreams on
+//! loopback: a dead upstream, one that refuses TCP, a CNAME into a private zone, a
+//! public answer on a route that expects private ones.
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::*;
+use hickory_proto::op::Message;
+use hickory_proto::rr::rdata::CNAME;
+use hickory_proto::rr::{RData, Record};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zonefwd");
+
+async fn run(args: Vec<String>) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn write(dir: &tempfile::TempDir, text: &str) -> String {
+    let p = dir.path().join("z.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Answers over UDP only: its port has no TCP listener, so TCP is refused.
+async fn udp_only() -> SocketAddr {
+    let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            if let Ok(q) = Message::from_vec(&buf[..n]) {
+                let _ = sock.send_to(&reply(&q).to_vec().unwrap(), from).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_shows_route_upstream_rcode_answer_cname_hops_and_guard_warnings() {
+    let azure = Fake::answering(|q| {
+        let n = qname_of(q);
+        let mut r = reply(q);
+        if n.starts_with("acct.") {
+            let target = "acct.privatelink.blob.core.windows.net.";
+            r.answers.push(Record::from_rdata(
+                name(&n),
+                60,
+                RData::CNAME(CNAME(name(target))),
+            ));
+            r.answers.push(a_record(target, [10, 20, 1, 7], 10));
+        } else {
+            r.answers.push(a_record(&n, [20, 60, 1, 1], 60));
+        }
+        r
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &dir,
+        &format!(
+            "[[route]]\nname = \"azure\"\nzones = [\"blob.core.windows.net\"]\nupstreams = [\"{}\"]\nexpect_private = \"warn\"\n",
+            azure.addr
+        ),
+    );
+    let (code, out) = run(vec![
+        "query".into(),
+        "-c".into(),
+        cfg.clone(),
+        "acct.blob.core.windows.net".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("route:     azure"), "{out}");
+    assert!(out.contains(&format!("upstream:  {}", azure.addr)), "{out}");
+    assert!(
+        out.contains("rcode:     No Error") || out.contains("rcode:     NOERROR"),
+        "{out}"
+    );
+    assert!(out.contains("10.20.1.7"), "{out}");
+    assert!(out.contains("cnames:    1 hop(s)"), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+
+    let (code, out) = run(vec![
+        "query".into(),
+        "-c".into(),
+        cfg.clone(),
+        "leaky.blob.core.windows.net".into(),
+        "A".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "warn answers: {out}");
+    assert!(
+        out.contains("warning:   public address(es) 20.60.1.1"),
+        "{out}"
+    );
+
+    let (code, out) = run(vec![
+        "query".into(),
+        "-c".into(),
+        cfg,
+        "www.example.org".into(),
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no route matches"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_a_dead_and_a_tcp_refusing_upstream_with_fixes() {
+    let good = Fake::answering(reply).await;
+    let dead = Fake::blackhole().await;
+    let no_tcp = udp_only().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &dir,
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n\
+             [[route]]\nname = \"cloud\"\nzones = [\"corp.example\"]\nupstreams = [\"{}\", \"{}\"]\ntry_timeout = \"500ms\"\n\
+             [[route]]\nname = \"rest\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
+            good.addr, dead.addr, no_tcp
+        ),
+    );
+    let (code, out) = run(vec!["doctor".into(), "-c".into(), cfg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ok   listen 127.0.0.1:0"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok   route cloud: upstream {} over udp",
+            good.addr
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "ok   route cloud: upstream {} over tcp",
+            good.addr
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "FAIL route cloud: upstream {} over udp (corp.example. SOA): no answer within 500ms",
+            dead.addr
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("ok   route rest: upstream {no_tcp} over udp")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("FAIL route rest: upstream {no_tcp} over tcp")),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: TCP is needed for truncated replies"),
+        "{out}"
+    );
+    assert!(out.contains("to fix"), "{out}");
+    // The dead upstream got the probes; nothing else was asked.
+    assert!(dead.count() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_a_healthy_configuration() {
+    // The checks of cloud routes (timeout, max_qps) are unit tests in src/diagnose.rs:
+    // here a route to 168.63.129.16 would send probes off the machine.
+    let good = Fake::answering(reply).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &dir,
+        &format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[[route]]\nname = \"rest\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n", good.addr),
+    );
+    let (code, out) = run(vec!["doctor".into(), "-c".into(), cfg]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 to fix"), "{out}");
+}
