@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::acl::Cidr;
+use crate::acl::Acl;
 
 /// What a client over a limit gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +38,8 @@ pub struct ClientLimitConfig {
     pub max_inflight: u32,
     pub action: OverLimit,
     /// Clients no per-client limit applies to (on-prem DNS servers that forward for
-    /// thousands of hosts).
-    pub exempt: Vec<Cidr>,
+    /// thousands of hosts), matched as the ACL is (IPv4-mapped addresses as IPv4).
+    pub exempt: Acl,
 }
 
 /// Why a query was not admitted.
@@ -114,16 +114,8 @@ impl ClientLimits {
         self.config.action
     }
 
-    fn enabled(&self) -> bool {
-        self.config.qps > 0 || self.config.max_inflight > 0
-    }
-
     fn exempt(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        self.config.exempt.iter().any(|c| c.contains(ip))
+        self.config.exempt.allows(ip)
     }
 
     fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -197,7 +189,7 @@ impl ClientLimits {
         ip: IpAddr,
         now: Instant,
     ) -> Result<Option<ClientSlot>, Refusal> {
-        if self.config.max_inflight == 0 || !self.enabled() || self.exempt(ip) {
+        if self.config.max_inflight == 0 || self.exempt(ip) {
             return Ok(None);
         }
         let key = Key::of(ip);
@@ -233,7 +225,7 @@ mod tests {
             burst,
             max_inflight: inflight,
             action: OverLimit::Drop,
-            exempt: exempt.iter().map(|s| s.parse().unwrap()).collect(),
+            exempt: Acl::new(exempt.iter().map(|s| s.parse().unwrap()).collect()),
         }))
     }
 

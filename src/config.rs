@@ -1054,7 +1054,7 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
                 .client_max_inflight
                 .unwrap_or(DEFAULT_CLIENT_MAX_INFLIGHT),
             action: raw.client_limit_action.map_or(OverLimit::Drop, |a| a.0),
-            exempt: match raw.client_limit_exempt {
+            exempt: Acl::new(match raw.client_limit_exempt {
                 None => Vec::new(),
                 Some(l) => parse_list(
                     l.into_inner(),
@@ -1065,7 +1065,7 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
                 .into_iter()
                 .map(|(c, _)| c)
                 .collect(),
-            },
+            }),
         },
     })
 }

@@ -18,26 +18,12 @@ use crate::wire::{self, Query};
 const AZURE_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16));
 const AWS_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 253));
 
-fn query_for(name: &str, qtype: u16) -> Result<Query, String> {
-    let qname = wire::name_from_str(name).map_err(|e| format!("{name:?}: {e}"))?;
-    let mut lower = qname.clone();
-    wire::lowercase(&mut lower);
-    Ok(Query {
-        id: 0,
-        flags: wire::FLAG_RD,
-        qname,
-        qname_lower: lower,
-        qtype,
-        qclass: wire::CLASS_IN,
-        edns: None,
-    })
-}
-
 /// `zonefwd query NAME TYPE`: resolves now through the route `explain` would pick,
 /// with its upstreams, fallback and guard, and prints what came back. Exit status:
 /// true when an answer (any rcode but SERVFAIL) came back.
 pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, bool), String> {
-    let q = query_for(name, qtype)?;
+    let qname = wire::name_from_str(name).map_err(|e| format!("{name:?}: {e}"))?;
+    let q = Query::own(qname, qtype);
     let router = Router::for_config(config);
     let Some(m) = router.route(&q.qname_lower, qtype) else {
         return Ok((
@@ -48,16 +34,7 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
         ));
     };
     let life = Lifecycle::default();
-    let sets: Vec<std::sync::Arc<UpstreamSet>> = config
-        .routes
-        .iter()
-        .map(|r| std::sync::Arc::new(UpstreamSet::new(r, life.clone())))
-        .collect();
-    for (i, r) in config.routes.iter().enumerate() {
-        if let Some(j) = r.nxdomain_fallback {
-            let _ = sets[i].fallback.set(std::sync::Arc::clone(&sets[j]));
-        }
-    }
+    let sets = UpstreamSet::for_config(config, &life);
     let set = &sets[m.route];
     let started = Instant::now();
     let outcome = set.resolve(&q).await;
@@ -152,15 +129,7 @@ fn bad(what: String, fix: impl Into<String>) -> Finding {
 /// zone (what it is for), or of the root for the catch-all.
 fn probe_for(route: &Route) -> Query {
     let zone = route.zones.first().cloned().unwrap_or_else(|| vec![0]);
-    Query {
-        id: 0,
-        flags: wire::FLAG_RD,
-        qname: zone.clone(),
-        qname_lower: zone,
-        qtype: wire::TYPE_SOA,
-        qclass: wire::CLASS_IN,
-        edns: None,
-    }
+    Query::own(zone, wire::TYPE_SOA)
 }
 
 async fn probe_upstream(route: &Route, addr: SocketAddr, per_try: Duration) -> Vec<Finding> {

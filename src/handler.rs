@@ -138,22 +138,11 @@ impl Handler {
         resolver: Arc<Resolver>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let routes: Vec<_> = config
-            .routes
-            .iter()
-            .map(|r| {
-                (
-                    Arc::new(UpstreamSet::new(r, life.clone())),
-                    r.cache,
-                    metrics.route(&r.name),
-                )
-            })
+        let routes: Vec<_> = UpstreamSet::for_config(config, &life)
+            .into_iter()
+            .zip(&config.routes)
+            .map(|(set, r)| (set, r.cache, metrics.route(&r.name)))
             .collect();
-        for (i, r) in config.routes.iter().enumerate() {
-            if let Some(j) = r.nxdomain_fallback {
-                let _ = routes[i].0.fallback.set(Arc::clone(&routes[j].0));
-            }
-        }
         let loops = config.server.loop_detection.then(|| {
             Arc::new(LoopDetector::new(
                 routes

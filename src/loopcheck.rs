@@ -121,15 +121,7 @@ impl LoopDetector {
     async fn round(&self) {
         let probes = self.targets.iter().map(|t| async move {
             t.came_back.store(false, Ordering::Relaxed);
-            let q = Query {
-                id: 0,
-                flags: wire::FLAG_RD,
-                qname: t.qname.clone(),
-                qname_lower: t.qname.clone(),
-                qtype: wire::TYPE_HINFO,
-                qclass: wire::CLASS_IN,
-                edns: None,
-            };
+            let q = Query::own(t.qname.clone(), wire::TYPE_HINFO);
             let ignored = AtomicU64::new(0);
             let answered = tokio::time::timeout(
                 t.timeout,

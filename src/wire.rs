@@ -390,6 +390,24 @@ pub struct Query {
     pub edns: Option<Edns>,
 }
 
+impl Query {
+    /// A query of zonefwd's own (health and loop probes, `query`, `doctor`): `qname`
+    /// in wire form, class IN, RD set, no EDNS.
+    pub fn own(qname: Vec<u8>, qtype: u16) -> Query {
+        let mut qname_lower = qname.clone();
+        lowercase(&mut qname_lower);
+        Query {
+            id: 0,
+            flags: FLAG_RD,
+            qname,
+            qname_lower,
+            qtype,
+            qclass: CLASS_IN,
+            edns: None,
+        }
+    }
+}
+
 /// Why a query is answered without forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -14,16 +14,7 @@ use zonefwd::config::{Config, LoadEnv};
 const BIN: &str = env!("CARGO_BIN_EXE_zonefwd");
 
 fn zonefwd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("ZONEFWD_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    zonefwd_cli(args)
 }
 
 #[test]

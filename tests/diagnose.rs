@@ -11,22 +11,13 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::CNAME;
 use hickory_proto::rr::{RData, Record};
 
-const BIN: &str = env!("CARGO_BIN_EXE_zonefwd");
-
+/// `zonefwd_cli` off the runtime's threads (the fakes answer on them): exit code and
+/// stdout followed by stderr.
 async fn run(args: Vec<String>) -> (i32, String) {
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(BIN)
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = zonefwd_cli(&args);
+        (code, format!("{out}{err}"))
     })
     .await
     .unwrap()

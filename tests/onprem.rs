@@ -1,19 +1,12 @@
 //! `zonefwd presets` and `zonefwd onprem-forwarders`: the real binary, and what it
 //! prints checked by the parser of each DNS server where Debian has one
 //! (named-checkconf, unbound-checkconf, dnsmasq --test).
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zonefwd");
-
-fn zonefwd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::zonefwd_cli as zonefwd;
 
 /// A checker from a Debian package: CI installs it, so missing there is a failure.
 fn tool(name: &str) -> Option<&'static str> {

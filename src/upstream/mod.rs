@@ -215,6 +215,22 @@ pub struct UpstreamSet {
 }
 
 impl UpstreamSet {
+    /// One set per route of `config`, in order, each route's `nxdomain_fallback` wired
+    /// to the set of the route it names.
+    pub fn for_config(config: &crate::config::Config, life: &Lifecycle) -> Vec<Arc<UpstreamSet>> {
+        let sets: Vec<Arc<UpstreamSet>> = config
+            .routes
+            .iter()
+            .map(|r| Arc::new(UpstreamSet::new(r, life.clone())))
+            .collect();
+        for (i, r) in config.routes.iter().enumerate() {
+            if let Some(j) = r.nxdomain_fallback {
+                let _ = sets[i].fallback.set(Arc::clone(&sets[j]));
+            }
+        }
+        sets
+    }
+
     /// The route's deadline for one query.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -505,15 +521,7 @@ impl UpstreamSet {
 }
 
 fn probe_query() -> Query {
-    Query {
-        id: 0,
-        flags: wire::FLAG_RD,
-        qname: vec![0],
-        qname_lower: vec![0],
-        qtype: wire::TYPE_NS,
-        qclass: wire::CLASS_IN,
-        edns: None,
-    }
+    Query::own(vec![0], wire::TYPE_NS)
 }
 
 /// One try against one upstream: UDP with EDNS; once more without EDNS if the server

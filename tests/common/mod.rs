@@ -491,3 +491,18 @@ pub fn one_route(upstreams: &[SocketAddr], extra: &str) -> String {
         list.join(", ")
     )
 }
+
+/// The zonefwd binary run to completion with `args` (and without $ZONEFWD_CONFIG):
+/// exit code, stdout, stderr.
+pub fn zonefwd_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zonefwd"))
+        .args(args)
+        .env_remove("ZONEFWD_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
