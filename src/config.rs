@@ -61,9 +61,31 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Entries in the one response cache all routes share.
     pub cache_max_entries: usize,
-    /// Things that are allowed but probably not meant; logged at startup and printed
-    /// by `check`.
-    pub warnings: Vec<String>,
+    /// Things that are allowed but probably not meant; logged at startup, printed by
+    /// `check`, and findings of `doctor`.
+    pub warnings: Vec<Warning>,
+}
+
+/// A setting that is allowed but probably not meant, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub text: String,
+    pub fix: String,
+}
+
+impl Warning {
+    fn new(text: impl Into<String>, fix: impl Into<String>) -> Self {
+        Warning {
+            text: text.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// How a route uses the response cache: `[cache]`, overlaid by the route's own
@@ -209,6 +231,9 @@ pub struct Route {
     pub nxdomain_fallback: Option<usize>,
     /// A/AAAA answers outside private ranges: logged and counted, or refused.
     pub expect_private: Option<ExpectPrivate>,
+    /// A CNAME in another route's answer whose target falls under this route's zones
+    /// is resolved through this route, and the chain spliced.
+    pub claim_cnames: bool,
 }
 
 /// `expect_private`: what a public address in an answer from this route means.
@@ -400,6 +425,7 @@ struct RawRoute {
     presets: Option<Spanned<Vec<Spanned<String>>>>,
     nxdomain_fallback: Option<Spanned<String>>,
     expect_private: Option<ExpectPrivateValue>,
+    claim_cnames: Option<Spanned<bool>>,
     upstreams: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     policy: Option<PolicyValue>,
@@ -605,9 +631,10 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
                 .map(|(c, _)| c)
                 .collect();
             if allow.iter().any(Cidr::is_everything) {
-                warnings.push(
-                    "acl.allow admits every address: zonefwd answers anyone who can reach a listen address (an open resolver unless a firewall says otherwise)".to_string(),
-                );
+                warnings.push(Warning::new(
+                    "acl.allow admits every address: zonefwd answers anyone who can reach a listen address (an open resolver unless a firewall says otherwise)",
+                    "list the networks of your clients and on-prem DNS servers in acl.allow",
+                ));
             }
             Acl::new(allow)
         }
@@ -760,9 +787,12 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
                         let (found, skipped) = read_resolv_conf(&env.resolv_conf)
                             .map_err(|m| src.error(span.clone(), &key("upstreams"), m))?;
                         for entry in skipped {
-                            warnings.push(format!(
-                                "{}: skipping nameserver {entry}, which zonefwd cannot use",
-                                env.resolv_conf.display()
+                            warnings.push(Warning::new(
+                                format!(
+                                    "{}: skipping nameserver {entry}, which zonefwd cannot use",
+                                    env.resolv_conf.display()
+                                ),
+                                "name the upstreams in the route instead of \"system\"",
                             ));
                         }
                         resolv = Some(found);
@@ -814,6 +844,17 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             }
         }
 
+        let claim_cnames = match r.claim_cnames {
+            Some(c) if *c.get_ref() && zones.iter().any(|z| z == &[0]) => {
+                return Err(src.error(
+                    c.span(),
+                    &key("claim_cnames"),
+                    "this route routes \".\", so it would claim every CNAME target: list the zones to claim on a route of their own",
+                ));
+            }
+            Some(c) => c.into_inner(),
+            None => false,
+        };
         let timeout = positive(r.timeout, src, &key("timeout"))?.unwrap_or(DEFAULT_TIMEOUT);
         let try_span = r.try_timeout.as_ref().map(|t| t.span());
         let try_timeout = positive(r.try_timeout, src, &key("try_timeout"))?
@@ -836,9 +877,12 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             .any(|u| u.addr.ip() == IpAddr::from([168, 63, 129, 16]))
             && timeout <= Duration::from_secs(4)
         {
-            warnings.push(format!(
-                "route {name:?}: timeout {} to 168.63.129.16 is at most 4s; Azure advises more, or private names may resolve to public addresses",
-                humantime::format_duration(timeout)
+            warnings.push(Warning::new(
+                format!(
+                    "route {name:?}: timeout {} to 168.63.129.16 is at most 4s; Azure advises more, or private names may resolve to public addresses",
+                    humantime::format_duration(timeout)
+                ),
+                "timeout = \"5s\" on the route",
             ));
         }
         let cache = match r.cache.map(Spanned::into_inner) {
@@ -872,6 +916,7 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
             presets,
             nxdomain_fallback: None,
             expect_private: r.expect_private.map(|e| e.0),
+            claim_cnames,
         });
         if let Some(f) = r.nxdomain_fallback {
             fallbacks.push((i, f, key("nxdomain_fallback")));
@@ -904,13 +949,19 @@ fn validate(raw: RawFile, src: &SourceText<'_>, env: &LoadEnv) -> Result<Config,
     }
 
     if let Some(m) = server.metrics.filter(|m| !m.ip().is_loopback()) {
-        warnings.push(format!(
-            "server.metrics listens on {m}, beyond this host: the metrics and health endpoints have no authentication; firewall them or use a loopback address"
+        warnings.push(Warning::new(
+            format!(
+                "server.metrics listens on {m}, beyond this host: the metrics and health endpoints have no authentication; firewall them or use a loopback address"
+            ),
+            "server.metrics = \"127.0.0.1:9153\", or a firewall rule that admits only the scraper",
         ));
     }
     for l in &server.listen {
         if !l.ip().is_loopback() && acl.entries().iter().any(Cidr::is_everything) {
-            warnings.push(format!("listening on {l} with an acl that admits everyone"));
+            warnings.push(Warning::new(
+                format!("listening on {l} with an acl that admits everyone"),
+                "restrict acl.allow, or listen on an address only clients reach",
+            ));
         }
     }
 
@@ -1087,7 +1138,7 @@ fn positive(
 /// Would sending to `upstream` reach this listener? The same address, or a wildcard
 /// listener on the same port and a loopback upstream (other than systemd-resolved's
 /// stub addresses, which hold their own more specific sockets).
-fn is_self(listen: SocketAddr, upstream: SocketAddr) -> bool {
+pub(crate) fn is_self(listen: SocketAddr, upstream: SocketAddr) -> bool {
     if listen.port() != upstream.port() {
         return false;
     }

@@ -3,13 +3,15 @@
 
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
 
-use crate::config::{Config, Route};
+use crate::claims::Claims;
+use crate::config::{is_self, read_resolv_conf, Config, Route};
 use crate::router::Router;
 use crate::upstream::{exchange, Lifecycle, Outcome, UpstreamSet};
 use crate::wire::{self, Query};
@@ -38,14 +40,44 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
     let set = &sets[m.route];
     let started = Instant::now();
     let outcome = set.resolve(&q).await;
+    // The same follow-up the server makes: CNAMEs into a claiming route's zones.
+    let outcome = match (outcome, Claims::for_config(config, &sets)) {
+        (Outcome::Reply { answer, upstream }, Some(claims)) => {
+            match wire::normalize(&answer.bytes, &answer.reply) {
+                None => Err("the reply cannot be relayed".to_string()),
+                Some(n) => match claims.chase(&q, set, n).await {
+                    Ok(c) => Ok((c.reply, upstream, c.hops)),
+                    Err(e) => Err(format!("claim_cnames: {e}")),
+                },
+            }
+        }
+        (Outcome::Reply { answer, upstream }, None) => {
+            match wire::normalize(&answer.bytes, &answer.reply) {
+                None => Err("the reply cannot be relayed".to_string()),
+                Some(n) => Ok((n, upstream, vec![])),
+            }
+        }
+        (Outcome::Failed, _) => Err(format!(
+            "no usable answer within {} (SERVFAIL): every upstream timed out, failed, or the guard refused the answer",
+            humantime::format_duration(set.timeout())
+        )),
+        (Outcome::OverBudget, _) => Err("max_qps spent on every upstream".to_string()),
+    };
     let rtt = started.elapsed();
     life.shutdown.cancel();
     let mut out = String::new();
     let _ = writeln!(out, "route:     {}", set.route);
     let ok = match outcome {
-        Outcome::Reply { answer, upstream } => {
+        Ok((answer, upstream, hops)) => {
             let _ = writeln!(out, "upstream:  {upstream}");
             let _ = writeln!(out, "time:      {:.1} ms", rtt.as_secs_f64() * 1000.0);
+            for h in &hops {
+                let _ = writeln!(
+                    out,
+                    "claimed:   {} asked through route {} ({}): claim_cnames",
+                    h.name, h.route, h.upstream
+                );
+            }
             let msg = Message::from_vec(&answer.bytes)
                 .map_err(|e| format!("cannot decode the reply: {e}"))?;
             let _ = writeln!(out, "rcode:     {}", msg.metadata.response_code);
@@ -62,15 +94,12 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
             for r in &msg.authorities {
                 let _ = writeln!(out, "authority: {r}");
             }
-            let public: Vec<String> = wire::answer_addresses(
-                &answer.bytes,
-                answer.reply.question_end,
-                answer.reply.answers,
-            )
-            .into_iter()
-            .filter(|ip| !wire::is_private_address(*ip))
-            .map(|ip| ip.to_string())
-            .collect();
+            let public: Vec<String> =
+                wire::answer_addresses(&answer.bytes, answer.question_end, answer.answers)
+                    .into_iter()
+                    .filter(|ip| !wire::is_private_address(*ip))
+                    .map(|ip| ip.to_string())
+                    .collect();
             if !public.is_empty() {
                 let _ = writeln!(
                     out,
@@ -83,18 +112,10 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
                     }
                 );
             }
-            answer.reply.rcode != wire::rcode::SERVFAIL
+            answer.rcode != wire::rcode::SERVFAIL
         }
-        Outcome::Failed => {
-            let _ = writeln!(
-                out,
-                "result:    no usable answer within {} (SERVFAIL): every upstream timed out, failed, or the guard refused the answer",
-                humantime::format_duration(set.timeout())
-            );
-            false
-        }
-        Outcome::OverBudget => {
-            let _ = writeln!(out, "result:    max_qps spent on every upstream");
+        Err(why) => {
+            let _ = writeln!(out, "result:    {why}");
             false
         }
     };
@@ -195,25 +216,117 @@ fn bind_finding(addr: SocketAddr) -> Finding {
     }
 }
 
-/// The checks that need no network: listen addresses, warnings, and each route's
-/// settings against the cloud resolvers' known behaviour.
-pub fn static_findings(config: &Config) -> Vec<Finding> {
+/// Where `doctor` reads how this host resolves names.
+#[derive(Debug, Clone)]
+pub struct HostFiles {
+    pub resolv_conf: PathBuf,
+    /// systemd-resolved's own upstreams, when resolv.conf points at its stub.
+    pub resolved_upstreams: PathBuf,
+}
+
+impl Default for HostFiles {
+    fn default() -> Self {
+        HostFiles {
+            resolv_conf: PathBuf::from(crate::config::DEFAULT_RESOLV_CONF),
+            resolved_upstreams: PathBuf::from("/run/systemd/resolve/resolv.conf"),
+        }
+    }
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    let v: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    v.join(", ")
+}
+
+/// resolv.conf and loops: what `"system"` means on this host, and whether it leads
+/// back to zonefwd. The loader already refuses `"system"` naming a listen address;
+/// this follows systemd-resolved's stub one step further, where the common bastion
+/// setup (resolved forwarding to zonefwd on 127.0.0.1) closes the loop.
+fn resolv_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
+    let system: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| r.upstreams.iter().any(|u| u.from_system))
+        .map(|r| r.name.as_str())
+        .collect();
+    let path = files.resolv_conf.display();
+    let ns = match read_resolv_conf(&files.resolv_conf) {
+        Ok((ns, _)) => ns,
+        Err(e) if system.is_empty() => {
+            return vec![good(format!("{path}: {e}; no route uses \"system\""))];
+        }
+        Err(e) => {
+            return vec![bad(
+                format!("{path}: {e}"),
+                format!(
+                    "route(s) {} use \"system\": name their upstreams instead",
+                    system.join(", ")
+                ),
+            )]
+        }
+    };
+    let is_zonefwd = |a: &SocketAddr| config.server.listen.iter().any(|l| is_self(*l, *a));
+    let mut out = Vec::new();
+    let own: Vec<SocketAddr> = ns.iter().copied().filter(is_zonefwd).collect();
+    if !own.is_empty() {
+        out.push(good(format!(
+            "{path}: this host resolves through zonefwd ({})",
+            list(&own)
+        )));
+    }
+    let stub = ns.iter().any(|a| {
+        [[127, 0, 0, 53], [127, 0, 0, 54]]
+            .map(IpAddr::from)
+            .contains(&a.ip())
+    });
+    if system.is_empty() {
+        out.push(good(format!(
+            "{path}: nameservers {}; no route uses \"system\"",
+            list(&ns)
+        )));
+        return out;
+    }
+    let routes = system.join(", ");
+    if !stub {
+        out.push(good(format!(
+            "route(s) {routes}: \"system\" = {} from {path}",
+            list(&ns)
+        )));
+        return out;
+    }
+    let resolved = files.resolved_upstreams.display();
+    out.push(match read_resolv_conf(&files.resolved_upstreams) {
+        Ok((up, _)) if up.iter().any(is_zonefwd) => bad(
+            format!("route(s) {routes}: \"system\" is systemd-resolved's stub, which forwards to {} ({resolved}): zonefwd's own listen address, a forwarding loop", list(&up)),
+            "name the real DNS servers as the route's upstreams instead of \"system\" (resolvectl status shows them)",
+        ),
+        Ok((up, _)) => good(format!(
+            "route(s) {routes}: \"system\" is systemd-resolved's stub, which forwards to {} ({resolved})",
+            list(&up)
+        )),
+        Err(e) => good(format!(
+            "route(s) {routes}: \"system\" is systemd-resolved's stub; its upstreams are unknown ({e}); loop detection will catch a loop at run time"
+        )),
+    });
+    out
+}
+
+/// The checks that need no network: listen addresses, warnings, resolv.conf, and
+/// each route's settings against the cloud resolvers' known behaviour.
+pub fn static_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
     let mut findings = Vec::new();
     for addr in &config.server.listen {
         findings.push(bind_finding(*addr));
     }
+    // The configuration's own warnings (the Azure timeout among them) are findings
+    // with their fixes; the checks below are only those the loader does not make.
     for w in &config.warnings {
-        findings.push(bad(format!("check: {w}"), "see the warning"));
+        findings.push(bad(format!("check: {}", w.text), w.fix.clone()));
     }
+    findings.extend(resolv_findings(config, files));
     for route in &config.routes {
         let cloud_azure = route.upstreams.iter().any(|u| u.addr.ip() == AZURE_DNS);
         let cloud_aws = route.upstreams.iter().any(|u| u.addr.ip() == AWS_DNS);
-        if cloud_azure && route.timeout <= Duration::from_secs(4) {
-            findings.push(bad(
-                format!("route {}: timeout {} towards 168.63.129.16", route.name, humantime::format_duration(route.timeout)),
-                "Azure advises more than 4 s, or private names may resolve to public IPs: timeout = \"5s\"",
-            ));
-        }
         let limit = if cloud_azure {
             Some((1000, "Azure DNS drops above 1000 queries/s per VM"))
         } else if cloud_aws {
@@ -241,7 +354,7 @@ pub fn static_findings(config: &Config) -> Vec<Finding> {
 /// `zonefwd doctor`: `static_findings`, then every upstream on UDP and TCP. True when
 /// all is well.
 pub async fn doctor(config: &Config) -> (String, bool) {
-    let mut findings = static_findings(config);
+    let mut findings = static_findings(config, &HostFiles::default());
     for route in &config.routes {
         let per_try = route.try_timeout.min(Duration::from_secs(3));
         for u in &route.upstreams {
@@ -269,10 +382,64 @@ mod tests {
 
     fn findings(text: &str) -> Vec<(bool, String, String)> {
         let c = Config::parse(text, "t.toml", &LoadEnv::default()).unwrap();
-        static_findings(&c)
+        static_findings(&c, &HostFiles::default())
             .into_iter()
             .map(|f| (f.ok, f.what, f.fix.unwrap_or_default()))
             .collect()
+    }
+
+    #[test]
+    fn resolv_conf_through_systemd_resolved_back_to_zonefwd_is_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        let resolved = dir.path().join("resolved.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.53\noptions edns0\n").unwrap();
+        let env = LoadEnv {
+            resolv_conf: resolv.clone(),
+        };
+        let files = HostFiles {
+            resolv_conf: resolv.clone(),
+            resolved_upstreams: resolved.clone(),
+        };
+        let text = "[server]\nlisten = [\"0.0.0.0:53\"]\n[acl]\nallow = [\"10.0.0.0/8\"]\n[[route]]\nname = \"rest\"\nzones = [\".\"]\nupstreams = [\"system\"]\n";
+        let c = Config::parse(text, "t.toml", &env).unwrap();
+        let run = |files: &HostFiles| -> Vec<(bool, String, String)> {
+            resolv_findings(&c, files)
+                .into_iter()
+                .map(|f| (f.ok, f.what, f.fix.unwrap_or_default()))
+                .collect()
+        };
+
+        // resolved forwards to zonefwd (127.0.0.1:53, under 0.0.0.0:53): a loop.
+        std::fs::write(&resolved, "nameserver 127.0.0.1\n").unwrap();
+        let f = run(&files);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(!f[0].0 && f[0].1.contains("forwarding loop"), "{f:?}");
+        assert!(f[0].2.contains("resolvectl status"), "{f:?}");
+
+        // resolved forwards to on-prem DNS: fine, and said.
+        std::fs::write(&resolved, "nameserver 10.0.0.2\nnameserver 10.0.0.3\n").unwrap();
+        let f = run(&files);
+        assert!(
+            f[0].0 && f[0].1.contains("forwards to 10.0.0.2, 10.0.0.3"),
+            "{f:?}"
+        );
+
+        // resolved's file unreadable: not a failure, but said.
+        std::fs::remove_file(&resolved).unwrap();
+        let f = run(&files);
+        assert!(f[0].0 && f[0].1.contains("upstreams are unknown"), "{f:?}");
+
+        // This host resolving through zonefwd, with no route on "system": fine.
+        std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+        let text = text.replace("[\"system\"]", "[\"10.0.0.2\"]");
+        let c = Config::parse(&text, "t.toml", &env).unwrap();
+        let f: Vec<Finding> = resolv_findings(&c, &files);
+        assert!(f.iter().all(|f| f.ok));
+        assert!(f[0]
+            .what
+            .contains("this host resolves through zonefwd (127.0.0.1)"));
+        assert!(f[1].what.contains("no route uses \"system\""));
     }
 
     #[test]
@@ -288,8 +455,14 @@ mod tests {
                 .find(|x| x.1.contains(s))
                 .unwrap_or_else(|| panic!("{s}: {f:?}"))
         };
-        let t = find("route azure: timeout 3s");
-        assert!(!t.0 && t.2.contains("more than 4 s"));
+        let t = find("timeout 3s to 168.63.129.16");
+        assert!(!t.0 && t.2.contains("timeout = \"5s\""));
+        // Said once: the loader's warning is the finding, doctor does not repeat it.
+        assert_eq!(
+            f.iter().filter(|x| x.1.contains("timeout")).count(),
+            1,
+            "{f:?}"
+        );
         let q = find("route azure: no max_qps");
         assert!(!q.0 && q.2.contains("max_qps = 900"));
         let aws = find("route aws: max_qps 5000");

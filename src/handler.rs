@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::acl::Acl;
 use crate::cache::{Cache, Clock, Lookup, Stored, STALE_TTL};
+use crate::claims::Claims;
 use crate::clients::{ClientLimits, ClientSlot, OverLimit};
 use crate::config::Config;
 use crate::config::{AnyQueries, CachePolicy};
@@ -65,6 +66,7 @@ pub struct Job {
     /// An expired answer to fall back on (RFC 8767).
     stale: Option<Arc<Stored>>,
     resolver: Arc<Resolver>,
+    claims: Option<Arc<Claims>>,
     cache: Arc<Cache>,
     client: SocketAddr,
     transport: Transport,
@@ -120,6 +122,7 @@ pub struct Handler {
     acl: Acl,
     router: Router,
     routes: Vec<(Arc<UpstreamSet>, CachePolicy, Arc<RouteMetrics>)>,
+    claims: Option<Arc<Claims>>,
     inflight: Arc<Semaphore>,
     max_inflight: usize,
     metrics: Arc<Metrics>,
@@ -138,7 +141,9 @@ impl Handler {
         resolver: Arc<Resolver>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let routes: Vec<_> = UpstreamSet::for_config(config, &life)
+        let sets = UpstreamSet::for_config(config, &life);
+        let claims = Claims::for_config(config, &sets);
+        let routes: Vec<_> = sets
             .into_iter()
             .zip(&config.routes)
             .map(|(set, r)| (set, r.cache, metrics.route(&r.name)))
@@ -161,6 +166,7 @@ impl Handler {
             acl: config.acl.clone(),
             router: Router::for_config(config),
             routes,
+            claims,
             inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
             max_inflight: config.server.max_inflight,
             metrics,
@@ -197,6 +203,13 @@ impl Handler {
         self.loops
             .as_ref()
             .map_or(0, |d| d.detected.load(Ordering::Relaxed))
+    }
+
+    /// claim_cnames chains that hit a loop, the hop limit or the time limit.
+    pub fn broken_chains(&self) -> u64 {
+        self.claims
+            .as_ref()
+            .map_or(0, |c| c.broken_chains.load(Ordering::Relaxed))
     }
 
     /// Client queries being forwarded now.
@@ -381,7 +394,10 @@ impl Handler {
                 } => {
                     if prefetch {
                         // Refresh in the background; this client is served now.
-                        drop(self.resolver.resolve(&q, route, *policy));
+                        drop(
+                            self.resolver
+                                .resolve(&q, route, *policy, self.claims.as_ref()),
+                        );
                     }
                     let reply = wire::render(&stored.reply, &q, limit, Ttls::Aged(age));
                     return self.answer(client, transport, &q, here, "cache", started, reply);
@@ -446,6 +462,7 @@ impl Handler {
             policy: *policy,
             stale,
             resolver: Arc::clone(&self.resolver),
+            claims: self.claims.clone(),
             cache: Arc::clone(&self.cache),
             query: q,
             client,
@@ -465,7 +482,9 @@ impl Job {
         let started = Instant::now();
         let q = &self.query;
         let limit = self.transport.limit(q);
-        let pending = self.resolver.resolve(q, &self.route, self.policy);
+        let pending = self
+            .resolver
+            .resolve(q, &self.route, self.policy, self.claims.as_ref());
         let res = match &self.stale {
             Some(_) => tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(pending))
                 .await

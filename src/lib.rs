@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod cache;
+pub mod claims;
 pub mod clients;
 pub mod config;
 pub mod diagnose;

@@ -220,7 +220,7 @@ impl Collector for Collect {
             }
         }
         type RouteValue = fn(&crate::upstream::UpstreamSet) -> u64;
-        let per_route: [(&str, &str, RouteValue); 2] = [
+        let per_route: [(&str, &str, RouteValue); 3] = [
             (
                 "zonefwd_nxdomain_fallbacks",
                 "NXDOMAIN answers asked again through the route's nxdomain_fallback",
@@ -230,6 +230,11 @@ impl Collector for Collect {
                 "zonefwd_public_answers",
                 "Answers with public A/AAAA records from a route with expect_private",
                 |s| s.public_answers.load(Ordering::Relaxed),
+            ),
+            (
+                "zonefwd_cname_claims",
+                "CNAME targets from other routes' answers asked through this route (claim_cnames)",
+                |s| s.cname_claims.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in per_route {
@@ -412,6 +417,12 @@ impl Collector for Collect {
             "zonefwd_forwarding_loops",
             "Loop probes that came back to zonefwd through an upstream",
             handler.loops_detected(),
+        )?;
+        counter(
+            &mut enc,
+            "zonefwd_cname_chains_broken",
+            "claim_cnames chains answered SERVFAIL for a loop, the hop limit or the time limit",
+            handler.broken_chains(),
         )?;
         gauge(
             &mut enc,

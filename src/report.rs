@@ -140,7 +140,7 @@ pub fn routing_table(config: &Config) -> String {
         let _ = writeln!(s, "route {}: cache {}{budget}", r.name, cache_summary(r));
     }
     for w in &config.warnings {
-        let _ = writeln!(s, "warning: {w}");
+        let _ = writeln!(s, "warning: {}\n         fix: {}", w.text, w.fix);
     }
     s
 }
@@ -200,6 +200,34 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
         let _ = writeln!(
             s,
             "budget     at most {q} queries/s to each upstream; beyond it, a stale answer or SERVFAIL"
+        );
+    }
+    if let Some(j) = r.nxdomain_fallback {
+        let _ = writeln!(
+            s,
+            "fallback   an NXDOMAIN from this route is asked again through route {}",
+            config.routes[j].name
+        );
+    }
+    match r.expect_private {
+        Some(crate::config::ExpectPrivate::Warn) => {
+            let _ = writeln!(
+                s,
+                "guard      public A/AAAA addresses in answers are logged and counted"
+            );
+        }
+        Some(crate::config::ExpectPrivate::Enforce) => {
+            let _ = writeln!(
+                s,
+                "guard      an answer with a public A/AAAA address becomes SERVFAIL"
+            );
+        }
+        None => {}
+    }
+    if r.claim_cnames {
+        let _ = writeln!(
+            s,
+            "claims     CNAMEs in other routes' answers that point under this route's zones are followed through this route"
         );
     }
     if r.max_fails > 0 {

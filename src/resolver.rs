@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::cache::{Cache, CacheKey};
+use crate::claims::Claims;
 use crate::config::CachePolicy;
 use crate::upstream::{Lifecycle, Outcome, UpstreamSet};
 use crate::wire::{self, rcode, Normalized, Query};
@@ -82,11 +83,14 @@ impl Resolver {
     }
 
     /// Joins the resolution of `q`'s question in flight, or starts one on `route`.
+    /// With `claims`, an answer whose CNAME chain leads into a claiming route's zones
+    /// is followed there and spliced before it is cached and served.
     pub fn resolve(
         self: &Arc<Self>,
         q: &Query,
         route: &Arc<UpstreamSet>,
         policy: CachePolicy,
+        claims: Option<&Arc<Claims>>,
     ) -> Pending {
         let key = CacheKey::of(q);
         let (tx, rx) = {
@@ -103,6 +107,7 @@ impl Resolver {
         let this = Arc::clone(self);
         let own = rx.clone();
         let route = Arc::clone(route);
+        let claims = claims.cloned();
         let q = q.clone();
         self.life.tasks.spawn(async move {
             // However this task ends (even by a panic), the question leaves the
@@ -115,9 +120,21 @@ impl Resolver {
             let res = match route.resolve(&q).await {
                 Outcome::Reply { answer, upstream } => {
                     match wire::normalize(&answer.bytes, &answer.reply) {
-                        Some(n) => Resolution::Answer {
-                            reply: Arc::new(n),
-                            upstream,
+                        Some(n) => match &claims {
+                            None => Resolution::Answer {
+                                reply: Arc::new(n),
+                                upstream,
+                            },
+                            Some(c) => match c.chase(&q, &route, n).await {
+                                Ok(chased) => Resolution::Answer {
+                                    reply: Arc::new(chased.reply),
+                                    upstream,
+                                },
+                                Err(crate::claims::ChaseError::OverBudget { .. }) => {
+                                    Resolution::OverBudget
+                                }
+                                Err(_) => Resolution::Failed,
+                            },
                         },
                         None => Resolution::Failed,
                     }

@@ -24,8 +24,11 @@ pub const MIN_UDP_PAYLOAD: u16 = 512;
 pub const EDNS_PAYLOAD: u16 = 1232;
 pub const MAX_TCP_MESSAGE: usize = 65535;
 
+pub const TYPE_A: u16 = 1;
 pub const TYPE_NS: u16 = 2;
+pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_SOA: u16 = 6;
+pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_OPT: u16 = 41;
 pub const TYPE_DS: u16 = 43;
 pub const TYPE_IXFR: u16 = 251;
@@ -124,39 +127,45 @@ fn count(msg: &[u8], n: usize) -> u16 {
     u16::from_be_bytes([msg[4 + 2 * n], msg[5 + 2 * n]])
 }
 
-/// Reads the (possibly compressed) name at `pos`, appending its uncompressed wire form
-/// to `out` when given. Returns the position just after the name as it is stored.
+/// The (type, RDATA) of each record in the answer section of a reply that
+/// `parse_reply` accepted (`question_end` and `answers` from its `Reply`).
+fn answer_records(
+    msg: &[u8],
+    question_end: usize,
+    answers: u16,
+) -> impl Iterator<Item = (u16, &[u8])> + '_ {
+    let mut pos = question_end;
+    (0..answers).map_while(move |_| {
+        let after = read_name(msg, pos, None).ok()?;
+        let rtype = u16_at(msg, after, "type").ok()?;
+        let rdlen = usize::from(u16_at(msg, after + 8, "rdlength").ok()?);
+        let data = after + 10;
+        let rdata = msg.get(data..data + rdlen)?;
+        pos = data + rdlen;
+        Some((rtype, rdata))
+    })
+}
+
 /// The addresses of the A and AAAA records in the answer section of a reply that
 /// `parse_reply` accepted (`question_end` and `answers` from its `Reply`).
 pub fn answer_addresses(msg: &[u8], question_end: usize, answers: u16) -> Vec<std::net::IpAddr> {
-    let mut out = Vec::new();
-    let mut pos = question_end;
-    for _ in 0..answers {
-        let Ok(after) = read_name(msg, pos, None) else {
-            break;
-        };
-        let (Ok(rtype), Ok(rdlen)) = (
-            u16_at(msg, after, "type"),
-            u16_at(msg, after + 8, "rdlength"),
-        ) else {
-            break;
-        };
-        let data = after + 10;
-        let Some(rdata) = msg.get(data..data + usize::from(rdlen)) else {
-            break;
-        };
-        match (rtype, rdata.len()) {
-            (1, 4) => out.push(std::net::IpAddr::from(
+    answer_records(msg, question_end, answers)
+        .filter_map(|(rtype, rdata)| match (rtype, rdata.len()) {
+            (TYPE_A, 4) => Some(std::net::IpAddr::from(
                 <[u8; 4]>::try_from(rdata).expect("4 octets"),
             )),
-            (28, 16) => out.push(std::net::IpAddr::from(
+            (TYPE_AAAA, 16) => Some(std::net::IpAddr::from(
                 <[u8; 16]>::try_from(rdata).expect("16 octets"),
             )),
-            _ => {}
-        }
-        pos = data + usize::from(rdlen);
-    }
-    out
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the answer section holds a CNAME: the cheap test before `claim_cnames`
+/// decodes a reply.
+pub fn answer_has_cname(msg: &[u8], question_end: usize, answers: u16) -> bool {
+    answer_records(msg, question_end, answers).any(|(rtype, _)| rtype == TYPE_CNAME)
 }
 
 /// Private, shared (CGNAT) or unique-local: where private endpoints and private
@@ -174,6 +183,8 @@ pub fn is_private_address(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// Reads the (possibly compressed) name at `pos`, appending its uncompressed wire form
+/// to `out` when given. Returns the position just after the name as it is stored.
 pub fn read_name(msg: &[u8], start: usize, out: Option<&mut Vec<u8>>) -> Result<usize, WireError> {
     read_name_avoiding(msg, start, out, &[])
 }
@@ -875,6 +886,29 @@ pub fn normalize(msg: &[u8], r: &Reply) -> Option<Normalized> {
         answers: w.answers,
         ttl_offsets: w.ttl_offsets.clone(),
         soa: w.soa,
+    })
+}
+
+/// A message zonefwd built itself (a spliced CNAME chain) made into a `Normalized`
+/// with the full `rcode` given: walked like an upstream's reply, and refused if it
+/// carries an OPT (normalized replies never do).
+pub fn normalized_from(bytes: Vec<u8>, rcode: u16) -> Option<Normalized> {
+    if bytes.len() < HEADER_LEN || count(&bytes, 0) != 1 {
+        return None;
+    }
+    let (_, _, _, question_end) = read_question(&bytes).ok()?;
+    let w = walk(&bytes, question_end).ok()?;
+    if w.opt.is_some() || w.end != bytes.len() {
+        return None;
+    }
+    Some(Normalized {
+        rcode,
+        truncated: w.truncated,
+        question_end,
+        answers: w.answers,
+        ttl_offsets: w.ttl_offsets,
+        soa: w.soa,
+        bytes,
     })
 }
 

@@ -3,7 +3,8 @@
 mod common;
 
 use common::*;
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 
 async fn scrape(z: &Zonefwd) -> String {
     http_get(z.metrics.unwrap(), "/metrics").await.1
@@ -133,5 +134,260 @@ async fn expect_private_warns_or_enforces_on_public_addresses() {
     assert!(scrape(&z)
         .await
         .contains("zonefwd_public_answers_total{route=\"azure\"} 1"));
+    z.stop().await.unwrap();
+}
+
+/// What on-prem DNS says about a name with a private endpoint when it resolves it on
+/// the internet: the public chain through the privatelink name to a public address.
+fn public_chain(q: &Message, head: &[(&str, &str)], ttl: u32) -> Message {
+    let mut r = reply(q);
+    for (owner, target) in head {
+        r.answers.push(cname_record(owner, target, ttl));
+    }
+    let (_, last) = head.last().unwrap();
+    let store = "blob.bl5prdstr11a.store.core.windows.net.";
+    r.answers.push(cname_record(last, store, 40));
+    r.answers.push(a_record(store, [20, 60, 1, 1], 40));
+    r
+}
+
+#[tokio::test]
+async fn a_public_cname_into_a_claimed_zone_is_spliced_with_the_private_answer() {
+    let onprem = Fake::answering(|q| match qname_of(q).as_str() {
+        "files.corp.example." => public_chain(
+            q,
+            &[
+                ("files.corp.example.", "acct.blob.core.windows.net."),
+                (
+                    "acct.blob.core.windows.net.",
+                    "acct.privatelink.blob.core.windows.net.",
+                ),
+            ],
+            100,
+        ),
+        "gone.blob.core.windows.net." | "broken.blob.core.windows.net." => {
+            let n = qname_of(q);
+            let label = n.split('.').next().unwrap().to_string();
+            public_chain(
+                q,
+                &[(
+                    n.as_str(),
+                    &format!("{label}.privatelink.blob.core.windows.net."),
+                )],
+                100,
+            )
+        }
+        n if n.ends_with(".blob.core.windows.net.") => {
+            public_chain(q, &[(n, "acct.privatelink.blob.core.windows.net.")], 100)
+        }
+        _ => reply_a(q, [10, 1, 1, 1], 60),
+    })
+    .await;
+    // Azure DNS, with the private zone linked.
+    let azure = Fake::answering(|q| match qname_of(q).as_str() {
+        "acct.privatelink.blob.core.windows.net." => reply_a(q, [10, 20, 0, 7], 300),
+        "broken.privatelink.blob.core.windows.net." => reply_rcode(q, ResponseCode::ServFail),
+        _ => {
+            let mut r = reply_rcode(q, ResponseCode::NXDomain);
+            r.authorities
+                .push(soa_record("privatelink.blob.core.windows.net.", 300, 30));
+            r
+        }
+    })
+    .await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\n\
+         [[route]]\nname = \"azure\"\nzones = [\"privatelink.blob.core.windows.net\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
+         [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
+        azure.addr, onprem.addr
+    ))
+    .await;
+
+    let r = ask_a(z.udp, "acct.blob.core.windows.net.").await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(!r.metadata.authoritative && !r.metadata.authentic_data);
+    // The public CNAME, then Azure's private answer; the public tail is gone, and every
+    // TTL is the chain's minimum (100 from the CNAME, not 40 from the cut tail).
+    assert_eq!(
+        r.answers,
+        vec![
+            cname_record(
+                "acct.blob.core.windows.net.",
+                "acct.privatelink.blob.core.windows.net.",
+                100
+            ),
+            a_record(
+                "acct.privatelink.blob.core.windows.net.",
+                [10, 20, 0, 7],
+                100
+            ),
+        ]
+    );
+    let asked = azure.seen();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        qname_of(&asked[0].msg),
+        "acct.privatelink.blob.core.windows.net."
+    );
+    assert_eq!(asked[0].msg.queries[0].query_type(), RecordType::A);
+
+    // From the cache: spliced as before, nothing sent anywhere.
+    let again = ask_a(z.udp, "acct.blob.core.windows.net.").await;
+    assert_eq!(again.answers.len(), 2);
+    assert_eq!(
+        again.answers[1].data,
+        a_record("x.", [10, 20, 0, 7], 1).data
+    );
+    assert!(again.answers.iter().all(|r| r.ttl <= 100));
+    assert_eq!((onprem.count(), azure.count()), (1, 1));
+
+    // A custom domain two CNAMEs away from the claimed zone.
+    let r = ask_a(z.udp, "files.corp.example.").await;
+    let owners: Vec<String> = r.answers.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(
+        owners,
+        [
+            "files.corp.example.",
+            "acct.blob.core.windows.net.",
+            "acct.privatelink.blob.core.windows.net."
+        ]
+    );
+    assert_eq!(r.answers[2].data, a_record("x.", [10, 20, 0, 7], 1).data);
+
+    // The claimed name does not exist in the private zone: NXDOMAIN for the last name
+    // of the chain (RFC 6604), with the CNAME that led there and Azure's SOA.
+    let r = ask_a(z.udp, "gone.blob.core.windows.net.").await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(r.authorities.len(), 1);
+    assert!(r.authorities[0].ttl <= 100);
+
+    // Azure fails: SERVFAIL, never the public address the claim exists to avoid.
+    let r = ask_a(z.udp, "broken.blob.core.windows.net.").await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(r.answers.is_empty());
+
+    // Names without CNAMEs are relayed untouched.
+    let r = ask_a(z.udp, "intranet.corp.example.").await;
+    assert_eq!(
+        r.answers,
+        vec![a_record("intranet.corp.example.", [10, 1, 1, 1], 60)]
+    );
+
+    let m = scrape(&z).await;
+    assert!(
+        m.contains("zonefwd_cname_claims_total{route=\"azure\"} 4"),
+        "{m}"
+    );
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn claimed_chains_that_loop_between_routes_end_in_servfail() {
+    // a.one.example (route one) -> b.two.example (route two) -> a.one.example: each
+    // route claims the other's target, so only the loop check stops the bouncing.
+    let onprem = Fake::answering(|q| {
+        let mut r = reply(q);
+        r.answers
+            .push(cname_record(&qname_of(q), "a.one.example.", 300));
+        r
+    })
+    .await;
+    let one = Fake::answering(|q| {
+        let mut r = reply(q);
+        r.answers
+            .push(cname_record(&qname_of(q), "b.two.example.", 300));
+        r
+    })
+    .await;
+    let two = Fake::answering(|q| {
+        let mut r = reply(q);
+        r.answers
+            .push(cname_record(&qname_of(q), "a.one.example.", 300));
+        r
+    })
+    .await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\n\
+         [[route]]\nname = \"one\"\nzones = [\"one.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
+         [[route]]\nname = \"two\"\nzones = [\"two.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
+         [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
+        one.addr, two.addr, onprem.addr
+    ))
+    .await;
+    let (r, took) = timed(ask_a(z.udp, "start.corp.example.")).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    // One lookup per route, then the loop is seen: no bouncing until a deadline.
+    assert_eq!((onprem.count(), one.count(), two.count()), (1, 1, 1));
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    // A client asking a claimed name directly gets that route's answer relayed: the
+    // CNAME into route two is claimed, and two's answer leads back to the question.
+    let r = ask_a(z.udp, "a.one.example.").await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    let m = scrape(&z).await;
+    assert!(m.contains("zonefwd_cname_chains_broken_total 2"), "{m}");
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_claimed_chain_stops_at_the_hop_limit() {
+    // n0.one.example -> n1.two.example -> n2.one.example -> ...: never a loop, never an
+    // end; every link is claimed by the other route.
+    let next = |q: &Message, zone: &str| {
+        let n = qname_of(q);
+        let k: u32 = n[1..n.find('.').unwrap()].parse().unwrap();
+        let mut r = reply(q);
+        r.answers
+            .push(cname_record(&n, &format!("n{}.{zone}.", k + 1), 300));
+        r
+    };
+    let one = Fake::answering(move |q| next(q, "two.example")).await;
+    let two = Fake::answering(move |q| next(q, "one.example")).await;
+    let z = Zonefwd::start(&format!(
+        "[[route]]\nname = \"one\"\nzones = [\"one.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
+         [[route]]\nname = \"two\"\nzones = [\"two.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n",
+        one.addr, two.addr
+    ))
+    .await;
+    let r = ask_a(z.udp, "n0.one.example.").await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    // The client's own lookup, then MAX_HOPS claimed ones.
+    assert_eq!(one.count() + two.count(), 1 + zonefwd::claims::MAX_HOPS);
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn claimed_lookups_share_one_time_limit() {
+    // Each link answers after 600 ms, within its route's 1 s timeout; the claimed
+    // lookups together get the longest route timeout (1 s), so the second one is cut.
+    let slow_next = |zone: &'static str| {
+        move |q: &Message, _tcp: bool| {
+            let n = qname_of(q);
+            let k: u32 = n[1..n.find('.').unwrap()].parse().unwrap();
+            let mut r = reply(q);
+            r.answers
+                .push(cname_record(&n, &format!("n{}.{zone}.", k + 1), 300));
+            vec![
+                Step::Sleep(std::time::Duration::from_millis(600)),
+                Step::Reply(r),
+            ]
+        }
+    };
+    let one = Fake::start(slow_next("two.example")).await;
+    let two = Fake::start(slow_next("one.example")).await;
+    let z = Zonefwd::start(&format!(
+        "[server]\nmetrics = \"127.0.0.1:0\"\n\
+         [[route]]\nname = \"one\"\nzones = [\"one.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\ntimeout = \"1s\"\n\
+         [[route]]\nname = \"two\"\nzones = [\"two.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\ntimeout = \"1s\"\n",
+        one.addr, two.addr
+    ))
+    .await;
+    let (r, took) = timed(ask_a(z.udp, "n0.one.example.")).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    // 0.6 s for the client's own lookup, then 1 s for the claimed ones.
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert!(scrape(&z)
+        .await
+        .contains("zonefwd_cname_chains_broken_total 1"));
     z.stop().await.unwrap();
 }

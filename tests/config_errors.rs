@@ -187,7 +187,8 @@ fn unreadable_file_names_the_path() {
 fn warnings_for_risky_but_valid_settings() {
     let text = format!("[server]\nlisten = [\"0.0.0.0:53\"]\n[acl]\nallow = [\"0.0.0.0/0\"]\n{ROUTE}[[route]]\nname = \"azure\"\nzones = [\"privatelink.blob.core.windows.net\"]\nupstreams = [\"168.63.129.16\"]\ntimeout = \"2s\"\n");
     let c = Config::parse(&text, "w.toml", &LoadEnv::default()).unwrap();
-    let all = c.warnings.join("\n");
+    let all: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    let all = all.join("\n");
     assert!(all.contains("open resolver"), "{all}");
     assert!(all.contains("168.63.129.16 is at most 4s"), "{all}");
 }

@@ -184,3 +184,67 @@ async fn doctor_passes_a_healthy_configuration() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 to fix"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_explain_show_a_claimed_cname() {
+    let onprem = Fake::answering(|q| {
+        let mut r = reply(q);
+        let target = "acct.privatelink.blob.core.windows.net.";
+        r.answers.push(cname_record(&qname_of(q), target, 300));
+        r.answers.push(a_record(target, [20, 60, 1, 1], 300));
+        r
+    })
+    .await;
+    let azure = Fake::answering(|q| reply_a(q, [10, 20, 1, 8], 30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &dir,
+        &format!(
+            "[[route]]\nname = \"azure\"\nzones = [\"privatelink.blob.core.windows.net\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
+             [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\nnxdomain_fallback = \"azure\"\n",
+            azure.addr, onprem.addr
+        ),
+    );
+    let (code, out) = run(vec![
+        "query".into(),
+        "-c".into(),
+        cfg.clone(),
+        "acct.blob.core.windows.net".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("route:     onprem"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "claimed:   acct.privatelink.blob.core.windows.net. asked through route azure ({})",
+            azure.addr
+        )),
+        "{out}"
+    );
+    assert!(out.contains("10.20.1.8"), "{out}");
+    assert!(!out.contains("20.60.1.1"), "the public tail is cut: {out}");
+
+    let (code, out) = run(vec![
+        "explain".into(),
+        "-c".into(),
+        cfg.clone(),
+        "acct.privatelink.blob.core.windows.net".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("claims     CNAMEs in other routes' answers"),
+        "{out}"
+    );
+    let (_, out) = run(vec![
+        "explain".into(),
+        "-c".into(),
+        cfg,
+        "www.example.org".into(),
+    ])
+    .await;
+    assert!(
+        out.contains("fallback   an NXDOMAIN from this route is asked again through route azure"),
+        "{out}"
+    );
+}

@@ -212,6 +212,8 @@ pub struct UpstreamSet {
     pub fallback: OnceLock<Arc<UpstreamSet>>,
     /// NXDOMAIN answers asked again through the fallback route.
     pub nxdomain_fallbacks: AtomicU64,
+    /// CNAME targets from other routes' answers resolved here (`claim_cnames`).
+    pub cname_claims: AtomicU64,
 }
 
 impl UpstreamSet {
@@ -264,6 +266,7 @@ impl UpstreamSet {
             public_answers: AtomicU64::new(0),
             fallback: OnceLock::new(),
             nxdomain_fallbacks: AtomicU64::new(0),
+            cname_claims: AtomicU64::new(0),
         }
     }
 

@@ -342,6 +342,14 @@ pub fn a_record(owner: &str, ip: [u8; 4], ttl: u32) -> Record {
     Record::from_rdata(name(owner), ttl, RData::A(A(Ipv4Addr::from(ip))))
 }
 
+pub fn cname_record(owner: &str, target: &str, ttl: u32) -> Record {
+    Record::from_rdata(
+        name(owner),
+        ttl,
+        RData::CNAME(hickory_proto::rr::rdata::CNAME(name(target))),
+    )
+}
+
 pub fn soa_record(zone: &str, ttl: u32, minimum: u32) -> Record {
     Record::from_rdata(
         name(zone),
