@@ -8,6 +8,7 @@
 #   bash bench/run.sh                       # every workload, every server, 10 s each
 #   WORKLOADS="miss hit" SERVERS="zonefwd dnsdist" DURATION=20 bash bench/run.sh
 #   SCALE=1 bash bench/run.sh               # also: cache size and zone count figures
+#   ZONEFWD_SERVER='upstream_udp_reuse = 100' bash bench/run.sh   # extra [server] keys
 #
 # Workloads:
 #   miss   unique names (no cache can help): forwarding cost
@@ -133,6 +134,7 @@ client_qps = 100000000
 client_max_inflight = 100000
 max_inflight = 100000
 loop_detection = false
+${ZONEFWD_SERVER:-}
 # dnsperf's TCP clients keep 32 queries in flight per connection and lose the unread
 # ones when a server closes at its per-connection limit (1000 by default, RFC 9210):
 # the peers have no such limit, so neither does zonefwd here.

@@ -23,6 +23,9 @@ use crate::wire;
 
 pub const DEFAULT_PATH: &str = "/etc/zonefwd/zonefwd.toml";
 pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Queries per pooled upstream socket; see `server.upstream_udp_reuse`.
+pub const DEFAULT_UPSTREAM_UDP_REUSE: u32 = 10;
+const MAX_UPSTREAM_UDP_REUSE: u32 = 1000;
 const DNS_PORT: u16 = 53;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
@@ -159,6 +162,9 @@ pub struct Server {
     pub client_limits: ClientLimitConfig,
     /// Probe every upstream for forwarding loops (`loopcheck`).
     pub loop_detection: bool,
+    /// Queries one upstream UDP socket (one random port) may carry, one at a time,
+    /// within `exchange::POOL_MAX_AGE`; 1 is a fresh socket per query.
+    pub upstream_udp_reuse: u32,
 }
 
 /// What to do with ANY queries (RFC 8482).
@@ -409,6 +415,7 @@ struct RawServer {
     client_limit_action: Option<OverLimitValue>,
     client_limit_exempt: Option<Spanned<Vec<Spanned<String>>>>,
     loop_detection: Option<bool>,
+    upstream_udp_reuse: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -1087,6 +1094,17 @@ fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, Confi
         },
         ready_requires_upstreams: raw.ready_requires_upstreams.unwrap_or(false),
         loop_detection: raw.loop_detection.unwrap_or(true),
+        upstream_udp_reuse: match raw.upstream_udp_reuse {
+            None => DEFAULT_UPSTREAM_UDP_REUSE,
+            Some(r) if !(1..=MAX_UPSTREAM_UDP_REUSE).contains(r.get_ref()) => {
+                return Err(src.error(
+                    r.span(),
+                    "server.upstream_udp_reuse",
+                    format!("must be 1 (a fresh socket per query) to {MAX_UPSTREAM_UDP_REUSE}"),
+                ));
+            }
+            Some(r) => r.into_inner(),
+        },
         client_limits: ClientLimitConfig {
             qps,
             burst: match raw.client_burst {

@@ -39,6 +39,8 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[server]\nclient_limit_action = \"tarpit\"\n", "2:23", "server.client_limit_action", "expected \"drop\" or \"refuse\""),
     ("[server]\nclient_limit_exempt = [\"10.0.0.1/8\"]\n", "2:24", "server.client_limit_exempt[0]", "host bits are set"),
     ("[server]\nloop_detection = \"on\"\n", "2:18", "server.loop_detection", "expected a boolean"),
+    ("[server]\nupstream_udp_reuse = 0\n", "2:22", "server.upstream_udp_reuse", "must be 1 (a fresh socket per query) to 1000"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nclaim_cnames = 1\n", "5:16", "route[0].claim_cnames", "expected a boolean"),
     ("[acl]\nallow = [\"10.1.2.3/8\"]\n", "2:10", "acl.allow[0]", "host bits are set"),
     ("[acl]\nallow = [\"10.0.0.0/40\"]\n", "2:10", "acl.allow[0]", "prefix length"),
     ("[acl]\nallow = []\n", "2:9", "acl.allow", "would refuse every client"),

@@ -33,14 +33,23 @@ fn ephemeral_range() -> (u16, u16) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_ids_and_ports_are_unpredictable() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+/// The upstream queries zonefwd sends for `QUERIES` client queries, `WINDOW` at a time,
+/// with `server` keys added; and the windows in which a client query had to be sent
+/// again (so not all of that window's queries were in flight together).
+async fn upstream_queries(server: &str, delay: Duration) -> (Vec<Seen>, HashSet<usize>) {
+    let up = Fake::start(move |q, _| {
+        vec![
+            Step::Sleep(delay),
+            Step::Reply(reply_a(q, [192, 0, 2, 1], 60)),
+        ]
+    })
+    .await;
     let z = Zonefwd::start(&format!(
-        "[server]\nclient_qps = 0\n{}",
+        "[server]\nclient_qps = 0\n{server}\n{}",
         one_route(&[up.addr], "cache = false")
     ))
     .await;
+    let mut resent = HashSet::new();
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut buf = vec![0u8; 2048];
     for start in (0..QUERIES).step_by(WINDOW) {
@@ -68,6 +77,7 @@ async fn upstream_ids_and_ports_are_unpredictable() {
             if pending.is_empty() {
                 break;
             }
+            resent.insert(start / WINDOW);
             assert!(
                 round < 9,
                 "{} of the window at {start} never answered",
@@ -75,7 +85,12 @@ async fn upstream_ids_and_ports_are_unpredictable() {
             );
         }
     }
-    let seen = up.seen();
+    z.stop().await.unwrap();
+    (up.seen(), resent)
+}
+
+/// IDs: every bit a fair coin, both bytes uniform, the client's ID not echoed.
+fn check_ids(seen: &[Seen]) -> String {
     // One upstream query per client query, plus one for any query sent again.
     assert!(
         (QUERIES..QUERIES + QUERIES / 5).contains(&seen.len()),
@@ -84,9 +99,6 @@ async fn upstream_ids_and_ports_are_unpredictable() {
     );
 
     let ids: Vec<u16> = seen.iter().map(|s| s.msg.metadata.id).collect();
-    let ports: Vec<u16> = seen.iter().map(|s| s.from.port()).collect();
-
-    // IDs: every bit a fair coin, both bytes uniform, and the client's ID not echoed.
     for bit in 0..16 {
         let ones = ids.iter().filter(|&&id| id >> bit & 1 == 1).count();
         let share = ones as f64 / ids.len() as f64;
@@ -117,8 +129,13 @@ async fn upstream_ids_and_ports_are_unpredictable() {
     let distinct_ids = ids.iter().collect::<HashSet<_>>().len();
     // Uniform over 2^16: 65536 * (1 - e^(-20000/65536)) = 17,266 expected.
     assert!(distinct_ids > 16_500, "{distinct_ids} distinct IDs");
+    format!(
+        "{distinct_ids} distinct IDs (chi2 hi/lo byte {chi_hi:.0}/{chi_lo:.0} on 255 df), client ID echoed {echoed}x"
+    )
+}
 
-    // Ports: spread over the whole ephemeral range.
+/// Ports: `ports` (one per socket) spread uniformly over the whole ephemeral range.
+fn check_ports(ports: &[u16]) -> String {
     let (low, high) = ephemeral_range();
     let span = usize::from(high - low) + 1;
     assert!(
@@ -132,7 +149,7 @@ async fn upstream_ids_and_ports_are_unpredictable() {
         "{distinct_ports} distinct ports, {expected_distinct:.0} expected from a uniform choice"
     );
     let mut buckets = [0u32; 64];
-    for &p in &ports {
+    for &p in ports {
         buckets[usize::from(p - low) * 64 / span] += 1;
     }
     let chi_ports = chi_square(&buckets, ports.len());
@@ -142,10 +159,69 @@ async fn upstream_ids_and_ports_are_unpredictable() {
         "ports over 64 buckets: chi2 {chi_ports:.0}"
     );
     let (pmin, pmax) = (ports.iter().min().unwrap(), ports.iter().max().unwrap());
-    eprintln!(
-        "spread of {QUERIES} upstream queries: {distinct_ids} distinct IDs (chi2 hi/lo byte {chi_hi:.0}/{chi_lo:.0} on 255 df), \
-         client ID echoed {echoed}x; {distinct_ports} distinct ports of {span} in {low}-{high} \
-         (expected {expected_distinct:.0}), seen {pmin}-{pmax}, chi2 {chi_ports:.0} on 63 df"
+    format!(
+        "{distinct_ports} distinct ports of {span} in {low}-{high} (expected {expected_distinct:.0}), \
+         seen {pmin}-{pmax}, chi2 {chi_ports:.0} on 63 df"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_socket_per_query_ids_and_ports_are_unpredictable() {
+    let (seen, _) = upstream_queries("upstream_udp_reuse = 1", Duration::ZERO).await;
+    let ids = check_ids(&seen);
+    let ports: Vec<u16> = seen.iter().map(|s| s.from.port()).collect();
+    let ports = check_ports(&ports);
+    eprintln!("spread of {QUERIES} upstream queries, a socket each: {ids}; {ports}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pooled_sockets_queries_in_flight_never_share_a_port() {
+    // The default: a socket carries up to 10 queries, one at a time. The upstream
+    // holds each answer 50 ms, so a window's 200 queries are all in flight together.
+    let (seen, resent) = upstream_queries("", Duration::from_millis(50)).await;
+    let ids = check_ids(&seen);
+    let window_of = |s: &Seen| {
+        let n = qname_of(&s.msg);
+        n[1..n.find('.').unwrap()].parse::<usize>().unwrap() / WINDOW
+    };
+    let mut checked = 0;
+    for w in (0..QUERIES / WINDOW).filter(|w| !resent.contains(w)) {
+        let ports: Vec<u16> = seen
+            .iter()
+            .filter(|s| window_of(s) == w)
+            .map(|s| s.from.port())
+            .collect();
+        let distinct = ports.iter().collect::<HashSet<_>>().len();
+        assert_eq!(
+            distinct,
+            ports.len(),
+            "window {w}: two queries in flight on one port"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= QUERIES / WINDOW * 9 / 10,
+        "{checked} windows checked"
     );
-    z.stop().await.unwrap();
+    // One port per socket: a port is counted again each time it starts a new run of
+    // 10 queries (a socket's most).
+    let mut uses: std::collections::HashMap<u16, usize> = Default::default();
+    let mut sockets = Vec::new();
+    for s in &seen {
+        let n = uses.entry(s.from.port()).or_default();
+        if *n % 10 == 0 {
+            sockets.push(s.from.port());
+        }
+        *n += 1;
+    }
+    assert!(
+        sockets.len() >= QUERIES / 10,
+        "{} sockets for {QUERIES} queries: more than 10 queries per port",
+        sockets.len()
+    );
+    let ports = check_ports(&sockets);
+    eprintln!(
+        "spread of {QUERIES} upstream queries, pooled sockets: {ids}; {} sockets: {ports}",
+        sockets.len()
+    );
 }

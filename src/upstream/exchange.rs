@@ -1,8 +1,9 @@
 //! One exchange with one upstream server: a query out, the matching reply back.
 //!
-//! Each UDP query gets a socket of its own, bound to a port the kernel picks at
-//! random from the ephemeral range and connected to the upstream, so the kernel only
-//! delivers datagrams from that address and port; the ID comes from a CSPRNG and the
+//! Each UDP query in flight has a socket of its own (fresh, or from the upstream's
+//! `SocketPool`), bound to a port the kernel picks at random from the ephemeral range
+//! and connected to the upstream, so the kernel only delivers datagrams from that
+//! address and port; the ID comes from a CSPRNG and the
 //! reply must also echo the question (RFC 5452 sections 4, 9.1, 9.2). Anything that
 //! does not match is dropped and the wait goes on: a forged reply cannot end a query.
 //! None of these functions time out on their own; the caller holds the deadline.
@@ -10,6 +11,8 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -47,13 +50,75 @@ pub fn random_id() -> u16 {
     rand::random()
 }
 
-/// `mismatched` counts replies dropped for a wrong ID or question.
-pub async fn udp(
-    server: SocketAddr,
-    q: &Query,
-    edns: bool,
-    mismatched: &AtomicU64,
-) -> Result<Answer, TryError> {
+/// A pooled socket is closed after this long, however few queries it carried: it
+/// bounds how long one random port stays open to be found by a side channel such as
+/// SADDNS (CVE-2020-25705), which scans ports at about 1000 a second.
+pub const POOL_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// Idle sockets kept per upstream: more than the queries one upstream has in flight
+/// under any load measured, so the pool itself never caps concurrency.
+const POOL_MAX_IDLE: usize = 1024;
+
+/// Connected UDP sockets to one upstream, each on its own random port, handed to one
+/// query at a time (`server.upstream_udp_reuse`). Opening, registering and closing a
+/// socket per query is a quarter of zonefwd's forwarding CPU; a socket that carried
+/// a reply cleanly goes back for the next query until it has carried `reuse` queries
+/// or lived `POOL_MAX_AGE`. A try that ends any other way (timeout, error, a client
+/// gone) closes its socket, so a late reply never meets the next query.
+#[derive(Debug)]
+pub struct SocketPool {
+    idle: Mutex<Vec<Pooled>>,
+    reuse: u32,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    sock: UdpSocket,
+    uses: u32,
+    born: Instant,
+}
+
+impl SocketPool {
+    /// `reuse`: queries per socket; 0 or 1 is a fresh socket for every query.
+    pub fn new(reuse: u32) -> Self {
+        SocketPool {
+            idle: Mutex::new(Vec::new()),
+            reuse,
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle socket young enough to use, or none.
+    fn take(&self, now: Instant) -> Option<Pooled> {
+        let mut idle = self.idle();
+        while let Some(p) = idle.pop() {
+            if now.duration_since(p.born) < POOL_MAX_AGE {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn give(&self, p: Pooled, now: Instant) {
+        if p.uses >= self.reuse || now.duration_since(p.born) >= POOL_MAX_AGE {
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(p);
+        }
+    }
+
+    /// Idle sockets now (for tests).
+    pub fn idle_len(&self) -> usize {
+        self.idle().len()
+    }
+}
+
+async fn fresh_socket(server: SocketAddr) -> io::Result<UdpSocket> {
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -61,6 +126,59 @@ pub async fn udp(
     };
     let sock = UdpSocket::bind(local).await?;
     sock.connect(server).await?;
+    Ok(sock)
+}
+
+/// One UDP exchange on a socket of its own. `mismatched` counts replies dropped for a
+/// wrong ID or question.
+pub async fn udp(
+    server: SocketAddr,
+    q: &Query,
+    edns: bool,
+    mismatched: &AtomicU64,
+) -> Result<Answer, TryError> {
+    let sock = fresh_socket(server).await?;
+    udp_on(&sock, server, q, edns, mismatched).await
+}
+
+/// `udp` on a socket from `pool`, given back when the exchange ended cleanly.
+pub async fn udp_pooled(
+    pool: &SocketPool,
+    server: SocketAddr,
+    q: &Query,
+    edns: bool,
+    mismatched: &AtomicU64,
+) -> Result<Answer, TryError> {
+    if pool.reuse <= 1 {
+        return udp(server, q, edns, mismatched).await;
+    }
+    let mut p = match pool.take(Instant::now()) {
+        Some(p) => {
+            // Whatever reached the port while it was idle (a duplicate, a forgery
+            // placed ahead of the next query) is discarded unread.
+            let mut scratch = [0u8; 1];
+            while p.sock.try_recv(&mut scratch).is_ok() {}
+            p
+        }
+        None => Pooled {
+            sock: fresh_socket(server).await?,
+            uses: 0,
+            born: Instant::now(),
+        },
+    };
+    p.uses += 1;
+    let answer = udp_on(&p.sock, server, q, edns, mismatched).await?;
+    pool.give(p, Instant::now());
+    Ok(answer)
+}
+
+async fn udp_on(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    q: &Query,
+    edns: bool,
+    mismatched: &AtomicU64,
+) -> Result<Answer, TryError> {
     let id = random_id();
     sock.send(&wire::build_upstream_query(q, id, edns)).await?;
     // Uninitialised capacity: recv_buf_from writes into it without zeroing first.
@@ -122,5 +240,120 @@ pub async fn tcp(
             }
             Err(ReplyError::Malformed(e)) => return Err(TryError::Malformed(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A loopback upstream answering every query with an empty NOERROR reply and,
+    /// when `duplicate`, the same reply once more right after.
+    async fn upstream(duplicate: bool) -> (SocketAddr, Arc<std::sync::Mutex<Vec<SocketAddr>>>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let from = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&from);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
+                seen.lock().unwrap().push(peer);
+                let mut r = buf[..n].to_vec();
+                r[2] |= 0x80; // QR
+                let _ = sock.send_to(&r, peer).await;
+                if duplicate {
+                    let _ = sock.send_to(&r, peer).await;
+                }
+            }
+        });
+        (addr, from)
+    }
+
+    fn q(name: &str) -> Query {
+        Query::own(wire::name_from_str(name).unwrap(), 1)
+    }
+
+    #[tokio::test]
+    async fn a_socket_carries_up_to_reuse_queries_one_at_a_time() {
+        let (addr, from) = upstream(false).await;
+        let pool = SocketPool::new(3);
+        let bad = AtomicU64::new(0);
+        for i in 0..7 {
+            udp_pooled(&pool, addr, &q(&format!("n{i}.example.")), true, &bad)
+                .await
+                .unwrap();
+        }
+        let ports: Vec<u16> = from.lock().unwrap().iter().map(|a| a.port()).collect();
+        // Three queries per socket, then a new one (its port drawn afresh).
+        assert_eq!(ports[0], ports[2]);
+        assert_eq!(ports[3], ports[5]);
+        assert_ne!(ports[2], ports[3]);
+        assert_ne!(ports[5], ports[6]);
+        assert_eq!(pool.idle_len(), 1);
+
+        // Two queries in flight at once get two sockets.
+        let (qa, qb) = (q("a.example."), q("b.example."));
+        let (a, b) = tokio::join!(
+            udp_pooled(&pool, addr, &qa, true, &bad),
+            udp_pooled(&pool, addr, &qb, true, &bad)
+        );
+        a.unwrap();
+        b.unwrap();
+        let ports: Vec<u16> = from.lock().unwrap().iter().map(|a| a.port()).collect();
+        assert_ne!(ports[7], ports[8]);
+    }
+
+    #[tokio::test]
+    async fn a_try_that_does_not_end_cleanly_closes_its_socket() {
+        // Nobody answers: the caller's deadline drops the try, and its socket with it.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let pool = SocketPool::new(10);
+        let bad = AtomicU64::new(0);
+        let t = tokio::time::timeout(
+            Duration::from_millis(100),
+            udp_pooled(
+                &pool,
+                silent.local_addr().unwrap(),
+                &q("x.example."),
+                true,
+                &bad,
+            ),
+        )
+        .await;
+        assert!(t.is_err());
+        assert_eq!(pool.idle_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_reached_an_idle_socket_is_discarded_unread() {
+        let (addr, _) = upstream(true).await;
+        let pool = SocketPool::new(10);
+        let bad = AtomicU64::new(0);
+        udp_pooled(&pool, addr, &q("one.example."), true, &bad)
+            .await
+            .unwrap();
+        // The duplicate is queued on the idle socket by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let a = udp_pooled(&pool, addr, &q("two.example."), true, &bad)
+            .await
+            .unwrap();
+        assert_eq!(wire::name_to_string(&a.bytes[12..26]), "two.example.");
+        // Drained before the query, not read as a mismatched reply during it.
+        assert_eq!(bad.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn sockets_retire_by_age() {
+        let (addr, _) = upstream(false).await;
+        let pool = SocketPool::new(10);
+        let bad = AtomicU64::new(0);
+        udp_pooled(&pool, addr, &q("one.example."), true, &bad)
+            .await
+            .unwrap();
+        assert_eq!(pool.idle_len(), 1);
+        // Not handed out once POOL_MAX_AGE has passed since it was opened.
+        assert!(pool.take(Instant::now() + POOL_MAX_AGE).is_none());
+        assert_eq!(pool.idle_len(), 0);
     }
 }

@@ -110,6 +110,7 @@ pub struct Upstream {
     budget: Option<TokenBucket>,
     /// Tries not sent because the budget was spent.
     pub over_budget: AtomicU64,
+    pub pool: exchange::SocketPool,
 }
 
 impl Upstream {
@@ -117,9 +118,11 @@ impl Upstream {
         addr: SocketAddr,
         max_fails: u32,
         max_qps: Option<u32>,
+        reuse: u32,
         now: std::time::Instant,
     ) -> Self {
         Upstream {
+            pool: exchange::SocketPool::new(reuse),
             addr,
             stats: UpstreamStats::default(),
             max_fails,
@@ -223,7 +226,13 @@ impl UpstreamSet {
         let sets: Vec<Arc<UpstreamSet>> = config
             .routes
             .iter()
-            .map(|r| Arc::new(UpstreamSet::new(r, life.clone())))
+            .map(|r| {
+                Arc::new(UpstreamSet::new(
+                    r,
+                    config.server.upstream_udp_reuse,
+                    life.clone(),
+                ))
+            })
             .collect();
         for (i, r) in config.routes.iter().enumerate() {
             if let Some(j) = r.nxdomain_fallback {
@@ -238,7 +247,8 @@ impl UpstreamSet {
         self.timeout
     }
 
-    pub fn new(route: &Route, life: Lifecycle) -> Self {
+    /// `reuse`: `server.upstream_udp_reuse`.
+    pub fn new(route: &Route, reuse: u32, life: Lifecycle) -> Self {
         UpstreamSet {
             route: route.name.clone(),
             upstreams: route
@@ -249,6 +259,7 @@ impl UpstreamSet {
                         u.addr,
                         route.max_fails,
                         route.max_qps,
+                        reuse,
                         life.clock.now(),
                     ))
                 })
@@ -402,9 +413,7 @@ impl UpstreamSet {
                     .fetch_add(1, Ordering::Relaxed);
                 let u = Arc::clone(&self.upstreams[idx]);
                 let q = q.clone();
-                running.push(Box::pin(async move {
-                    (n, one_try(u.addr, &q, &u.stats.mismatched).await)
-                }));
+                running.push(Box::pin(async move { (n, one_try(&u, &q).await) }));
                 *try_timer = Instant::now() + self.try_timeout;
                 return true;
             }
@@ -530,9 +539,10 @@ fn probe_query() -> Query {
 /// One try against one upstream: UDP with EDNS; once more without EDNS if the server
 /// answers FORMERR without an OPT (RFC 6891 section 7: it predates EDNS); over TCP if
 /// the reply is truncated.
-async fn one_try(addr: SocketAddr, q: &Query, mismatched: &AtomicU64) -> TryResult {
+async fn one_try(u: &Upstream, q: &Query) -> TryResult {
+    let (addr, mismatched) = (u.addr, &u.stats.mismatched);
     let mut edns = true;
-    let mut answer = match exchange::udp(addr, q, edns, mismatched).await {
+    let mut answer = match exchange::udp_pooled(&u.pool, addr, q, edns, mismatched).await {
         Ok(a) => a,
         // Bigger than we take over UDP: as if truncated.
         Err(TryError::Oversize) => match exchange::tcp(addr, q, edns, mismatched).await {
