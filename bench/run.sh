@@ -190,7 +190,8 @@ start_server() { # name -> pid in $spid
     sleep 0.1
   done
   case $1 in
-    zonefwd) ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" & ;;
+    # As the systemd unit and the container image run it.
+    zonefwd) MIMALLOC_ARENA_EAGER_COMMIT=0 ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" & ;;
     unbound) unbound -d -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 & ;;
     dnsdist) dnsdist --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
     dnsmasq) dnsmasq -k -C /dev/null --port="$PORT" --listen-address=127.0.0.1 --bind-interfaces \

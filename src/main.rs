@@ -1,5 +1,10 @@
 #![forbid(unsafe_code)]
 
+/// mimalloc instead of glibc malloc: allocation and free were about 12% of the
+/// cache-miss profile (many small, short-lived allocations per forwarded query).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -52,6 +52,10 @@ impl Resolution {
 
 type Pending = watch::Receiver<Option<Arc<Resolution>>>;
 
+/// foldhash, randomly seeded per process (as the router and the cache use): SipHash was
+/// 0.7% of the cache-miss profile, for a map every forwarded query enters and leaves.
+type Hasher = quick_cache::DefaultHashBuilder;
+
 #[derive(Debug, Default)]
 pub struct ResolverStats {
     /// Resolutions started (each sends at least one upstream query, budget allowing).
@@ -62,7 +66,7 @@ pub struct ResolverStats {
 
 #[derive(Debug)]
 pub struct Resolver {
-    inflight: Mutex<HashMap<CacheKey, Pending>>,
+    inflight: Mutex<HashMap<CacheKey, Pending, Hasher>>,
     cache: Arc<Cache>,
     life: Lifecycle,
     pub stats: ResolverStats,
@@ -71,14 +75,14 @@ pub struct Resolver {
 impl Resolver {
     pub fn new(cache: Arc<Cache>, life: Lifecycle) -> Self {
         Resolver {
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::with_hasher(Hasher::default())),
             cache,
             life,
             stats: ResolverStats::default(),
         }
     }
 
-    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Pending>> {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Pending, Hasher>> {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
