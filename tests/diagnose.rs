@@ -23,6 +23,13 @@ async fn run(args: Vec<String>) -> (i32, String) {
     .unwrap()
 }
 
+/// `zonefwd CMD -c CFG ARGS...`.
+async fn cli(cmd: &str, cfg: &str, args: &[&str]) -> (i32, String) {
+    let mut v = vec![cmd.to_string(), "-c".to_string(), cfg.to_string()];
+    v.extend(args.iter().map(|a| a.to_string()));
+    run(v).await
+}
+
 fn write(dir: &tempfile::TempDir, text: &str) -> String {
     let p = dir.path().join("z.toml");
     std::fs::write(&p, text).unwrap();
@@ -71,13 +78,7 @@ async fn query_shows_route_upstream_rcode_answer_cname_hops_and_guard_warnings()
             azure.addr
         ),
     );
-    let (code, out) = run(vec![
-        "query".into(),
-        "-c".into(),
-        cfg.clone(),
-        "acct.blob.core.windows.net".into(),
-    ])
-    .await;
+    let (code, out) = cli("query", &cfg, &["acct.blob.core.windows.net"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("route:     azure"), "{out}");
     assert!(out.contains(&format!("upstream:  {}", azure.addr)), "{out}");
@@ -89,27 +90,14 @@ async fn query_shows_route_upstream_rcode_answer_cname_hops_and_guard_warnings()
     assert!(out.contains("cnames:    1 hop(s)"), "{out}");
     assert!(!out.contains("warning"), "{out}");
 
-    let (code, out) = run(vec![
-        "query".into(),
-        "-c".into(),
-        cfg.clone(),
-        "leaky.blob.core.windows.net".into(),
-        "A".into(),
-    ])
-    .await;
+    let (code, out) = cli("query", &cfg, &["leaky.blob.core.windows.net", "A"]).await;
     assert_eq!(code, 0, "warn answers: {out}");
     assert!(
         out.contains("warning:   public address(es) 20.60.1.1"),
         "{out}"
     );
 
-    let (code, out) = run(vec![
-        "query".into(),
-        "-c".into(),
-        cfg,
-        "www.example.org".into(),
-    ])
-    .await;
+    let (code, out) = cli("query", &cfg, &["www.example.org"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no route matches"), "{out}");
 }
@@ -205,13 +193,7 @@ async fn query_and_explain_show_a_claimed_cname() {
             azure.addr, onprem.addr
         ),
     );
-    let (code, out) = run(vec![
-        "query".into(),
-        "-c".into(),
-        cfg.clone(),
-        "acct.blob.core.windows.net".into(),
-    ])
-    .await;
+    let (code, out) = cli("query", &cfg, &["acct.blob.core.windows.net"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("route:     onprem"), "{out}");
     assert!(
@@ -224,25 +206,13 @@ async fn query_and_explain_show_a_claimed_cname() {
     assert!(out.contains("10.20.1.8"), "{out}");
     assert!(!out.contains("20.60.1.1"), "the public tail is cut: {out}");
 
-    let (code, out) = run(vec![
-        "explain".into(),
-        "-c".into(),
-        cfg.clone(),
-        "acct.privatelink.blob.core.windows.net".into(),
-    ])
-    .await;
+    let (code, out) = cli("explain", &cfg, &["acct.privatelink.blob.core.windows.net"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("claims     CNAMEs in other routes' answers"),
         "{out}"
     );
-    let (_, out) = run(vec![
-        "explain".into(),
-        "-c".into(),
-        cfg,
-        "www.example.org".into(),
-    ])
-    .await;
+    let (_, out) = cli("explain", &cfg, &["www.example.org"]).await;
     assert!(
         out.contains("fallback   an NXDOMAIN from this route is asked again through route azure"),
         "{out}"
