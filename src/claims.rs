@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::op::{Message, MessageType, Metadata, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
@@ -45,7 +45,7 @@ const MAX_CHAIN: usize = 16;
 /// The routes of one configuration that claim CNAME targets.
 #[derive(Debug)]
 pub struct Claims {
-    router: Router,
+    router: Arc<Router>,
     sets: Vec<Arc<UpstreamSet>>,
     claiming: Vec<bool>,
     /// All claimed lookups of one chain finish within this: the longest route
@@ -88,11 +88,17 @@ pub struct Chased {
 
 impl Claims {
     /// `None` when no route of `config` claims CNAMEs: answers then skip all of this.
-    pub fn for_config(config: &Config, sets: &[Arc<UpstreamSet>]) -> Option<Arc<Claims>> {
+    /// `router` and `sets` are the configuration's own (`Router::for_config`,
+    /// `UpstreamSet::for_config`), shared rather than built again.
+    pub fn for_config(
+        config: &Config,
+        router: &Arc<Router>,
+        sets: &[Arc<UpstreamSet>],
+    ) -> Option<Arc<Claims>> {
         let claiming: Vec<bool> = config.routes.iter().map(|r| r.claim_cnames).collect();
         claiming.contains(&true).then(|| {
             Arc::new(Claims {
-                router: Router::for_config(config),
+                router: Arc::clone(router),
                 sets: sets.to_vec(),
                 claiming,
                 deadline: config
@@ -110,7 +116,7 @@ impl Claims {
     /// The route claiming `target` for a query of `qtype`, unless it is the route
     /// that gave the answer (which already had its chance to follow the CNAME).
     fn claimer(&self, target: &Name, qtype: u16, answered_by: usize) -> Option<usize> {
-        let mut wire_name = target.to_lowercase().to_bytes().ok()?;
+        let mut wire_name = target.to_bytes().ok()?;
         wire::lowercase(&mut wire_name);
         let m = self.router.route(&wire_name, qtype)?;
         (self.claiming[m.route] && m.route != answered_by).then_some(m.route)
@@ -153,17 +159,18 @@ impl Claims {
         };
         // zonefwd walked and accepted these bytes; a decoder that still refuses them
         // leaves the answer as the upstream gave it.
-        let Ok(first) = Message::from_vec(&reply.bytes) else {
+        let Ok(mut current) = Message::from_vec(&reply.bytes) else {
             return untouched(reply);
         };
-        let Some(question) = first.queries.first() else {
+        // What the splice keeps of the first answer: its header and question.
+        let (head, queries) = (current.metadata, current.queries.clone());
+        let Some(question) = queries.first() else {
             return untouched(reply);
         };
         let mut start = question.name().clone();
         let mut seen = vec![start.to_lowercase()];
         let mut prefix: Vec<Record> = Vec::new();
         let mut hops = Vec::new();
-        let mut current = first.clone();
         let mut last_rcode = reply.rcode;
         loop {
             let (owners, cut) = self.walk(&current.answers, &start, q.qtype, answered_by);
@@ -221,11 +228,12 @@ impl Claims {
         if hops.is_empty() {
             return untouched(reply);
         }
-        let spliced =
-            splice(&first, prefix, current, last_rcode).ok_or_else(|| ChaseError::Failed {
+        let spliced = splice(head, queries, prefix, current, last_rcode).ok_or_else(|| {
+            ChaseError::Failed {
                 route: self.sets[answered_by].route.clone(),
                 name: start.to_string(),
-            })?;
+            }
+        })?;
         Ok(Chased {
             reply: spliced,
             hops,
@@ -316,17 +324,19 @@ impl Claims {
 
 /// The first answer's header and question, its chain up to the first cut (`prefix`),
 /// then the last claimed answer's records; every TTL the minimum along the chain.
-fn splice(first: &Message, prefix: Vec<Record>, last: Message, rcode: u16) -> Option<Normalized> {
-    let mut m = Message::new(
-        first.metadata.id,
-        MessageType::Response,
-        first.metadata.op_code,
-    );
-    m.metadata.recursion_desired = first.metadata.recursion_desired;
-    m.metadata.checking_disabled = first.metadata.checking_disabled;
+fn splice(
+    head: Metadata,
+    queries: Vec<hickory_proto::op::Query>,
+    prefix: Vec<Record>,
+    last: Message,
+    rcode: u16,
+) -> Option<Normalized> {
+    let mut m = Message::new(head.id, MessageType::Response, head.op_code);
+    m.metadata.recursion_desired = head.recursion_desired;
+    m.metadata.checking_disabled = head.checking_disabled;
     m.metadata.recursion_available = true;
     m.metadata.response_code = ResponseCode::from_low((rcode & 0x0f) as u8);
-    m.queries = first.queries.clone();
+    m.queries = queries;
     m.answers = prefix;
     m.answers.extend(last.answers);
     m.authorities = last.authorities;
@@ -366,7 +376,8 @@ upstreams = ["127.0.0.1:5303"]
         let config =
             crate::config::Config::parse(CONFIG, "test.toml", &Default::default()).expect("config");
         let sets = UpstreamSet::for_config(&config, &Lifecycle::default());
-        Claims::for_config(&config, &sets).expect("a route claims")
+        let router = Arc::new(Router::for_config(&config));
+        Claims::for_config(&config, &router, &sets).expect("a route claims")
     }
 
     fn name(s: &str) -> Name {

@@ -1163,11 +1163,16 @@ pub(crate) fn is_self(listen: SocketAddr, upstream: SocketAddr) -> bool {
     if listen.ip() == upstream.ip() {
         return true;
     }
-    let stub = [IpAddr::from([127, 0, 0, 53]), IpAddr::from([127, 0, 0, 54])];
     listen.ip().is_unspecified()
         && listen.is_ipv4() == upstream.is_ipv4()
         && upstream.ip().is_loopback()
-        && !stub.contains(&upstream.ip())
+        && !is_resolved_stub(upstream.ip())
+}
+
+/// systemd-resolved's stub listeners: loopback addresses that are not zonefwd even
+/// when it listens on 0.0.0.0.
+pub(crate) fn is_resolved_stub(ip: IpAddr) -> bool {
+    ip == IpAddr::from([127, 0, 0, 53]) || ip == IpAddr::from([127, 0, 0, 54])
 }
 
 /// The nameservers of a resolv.conf, port 53. Link-local IPv6 entries need a numeric

@@ -5,13 +5,14 @@ use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
 
 use crate::claims::Claims;
-use crate::config::{is_self, read_resolv_conf, Config, Route};
+use crate::config::{is_resolved_stub, is_self, read_resolv_conf, Config, Route};
 use crate::router::Router;
 use crate::upstream::{exchange, Lifecycle, Outcome, UpstreamSet};
 use crate::wire::{self, Query};
@@ -26,7 +27,7 @@ const AWS_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 253));
 pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, bool), String> {
     let qname = wire::name_from_str(name).map_err(|e| format!("{name:?}: {e}"))?;
     let q = Query::own(qname, qtype);
-    let router = Router::for_config(config);
+    let router = Arc::new(Router::for_config(config));
     let Some(m) = router.route(&q.qname_lower, qtype) else {
         return Ok((
             format!(
@@ -41,27 +42,25 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
     let started = Instant::now();
     let outcome = set.resolve(&q).await;
     // The same follow-up the server makes: CNAMEs into a claiming route's zones.
-    let outcome = match (outcome, Claims::for_config(config, &sets)) {
-        (Outcome::Reply { answer, upstream }, Some(claims)) => {
-            match wire::normalize(&answer.bytes, &answer.reply) {
-                None => Err("the reply cannot be relayed".to_string()),
-                Some(n) => match claims.chase(&q, set, n).await {
+    let outcome = match outcome {
+        Outcome::Reply { answer, upstream } => {
+            match (
+                wire::normalize(&answer.bytes, &answer.reply),
+                Claims::for_config(config, &router, &sets),
+            ) {
+                (None, _) => Err("the reply cannot be relayed".to_string()),
+                (Some(n), None) => Ok((n, upstream, vec![])),
+                (Some(n), Some(claims)) => match claims.chase(&q, set, n).await {
                     Ok(c) => Ok((c.reply, upstream, c.hops)),
                     Err(e) => Err(format!("claim_cnames: {e}")),
                 },
             }
         }
-        (Outcome::Reply { answer, upstream }, None) => {
-            match wire::normalize(&answer.bytes, &answer.reply) {
-                None => Err("the reply cannot be relayed".to_string()),
-                Some(n) => Ok((n, upstream, vec![])),
-            }
-        }
-        (Outcome::Failed, _) => Err(format!(
+        Outcome::Failed => Err(format!(
             "no usable answer within {} (SERVFAIL): every upstream timed out, failed, or the guard refused the answer",
             humantime::format_duration(set.timeout())
         )),
-        (Outcome::OverBudget, _) => Err("max_qps spent on every upstream".to_string()),
+        Outcome::OverBudget => Err("max_qps spent on every upstream".to_string()),
     };
     let rtt = started.elapsed();
     life.shutdown.cancel();
@@ -95,9 +94,8 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
                 let _ = writeln!(out, "authority: {r}");
             }
             let public: Vec<String> =
-                wire::answer_addresses(&answer.bytes, answer.question_end, answer.answers)
-                    .into_iter()
-                    .filter(|ip| !wire::is_private_address(*ip))
+                wire::public_addresses(&answer.bytes, answer.question_end, answer.answers)
+                    .iter()
                     .map(|ip| ip.to_string())
                     .collect();
             if !public.is_empty() {
@@ -274,11 +272,7 @@ fn resolv_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
             list(&own)
         )));
     }
-    let stub = ns.iter().any(|a| {
-        [[127, 0, 0, 53], [127, 0, 0, 54]]
-            .map(IpAddr::from)
-            .contains(&a.ip())
-    });
+    let stub = ns.iter().any(|a| is_resolved_stub(a.ip()));
     if system.is_empty() {
         out.push(good(format!(
             "{path}: nameservers {}; no route uses \"system\"",

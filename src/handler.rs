@@ -120,7 +120,7 @@ pub struct Handler {
     clients: Arc<ClientLimits>,
     loops: Option<Arc<LoopDetector>>,
     acl: Acl,
-    router: Router,
+    router: Arc<Router>,
     routes: Vec<(Arc<UpstreamSet>, CachePolicy, Arc<RouteMetrics>)>,
     claims: Option<Arc<Claims>>,
     inflight: Arc<Semaphore>,
@@ -142,7 +142,8 @@ impl Handler {
         metrics: Arc<Metrics>,
     ) -> Self {
         let sets = UpstreamSet::for_config(config, &life);
-        let claims = Claims::for_config(config, &sets);
+        let router = Arc::new(Router::for_config(config));
+        let claims = Claims::for_config(config, &router, &sets);
         let routes: Vec<_> = sets
             .into_iter()
             .zip(&config.routes)
@@ -164,7 +165,7 @@ impl Handler {
             limit_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             clients: Arc::new(ClientLimits::new(config.server.client_limits.clone())),
             acl: config.acl.clone(),
-            router: Router::for_config(config),
+            router,
             routes,
             claims,
             inflight: Arc::new(Semaphore::new(config.server.max_inflight)),

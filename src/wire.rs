@@ -162,6 +162,14 @@ pub fn answer_addresses(msg: &[u8], question_end: usize, answers: u16) -> Vec<st
         .collect()
 }
 
+/// The A/AAAA addresses of the answer section outside private ranges
+/// (`is_private_address`): what `expect_private` looks for.
+pub fn public_addresses(msg: &[u8], question_end: usize, answers: u16) -> Vec<std::net::IpAddr> {
+    let mut v = answer_addresses(msg, question_end, answers);
+    v.retain(|ip| !is_private_address(*ip));
+    v
+}
+
 /// Whether the answer section holds a CNAME: the cheap test before `claim_cnames`
 /// decodes a reply.
 pub fn answer_has_cname(msg: &[u8], question_end: usize, answers: u16) -> bool {

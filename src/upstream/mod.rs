@@ -342,14 +342,11 @@ impl UpstreamSet {
         let (Some(mode), Outcome::Reply { answer, upstream }) = (self.expect_private, &out) else {
             return out;
         };
-        let public: Vec<std::net::IpAddr> = wire::answer_addresses(
+        let public = wire::public_addresses(
             &answer.bytes,
             answer.reply.question_end,
             answer.reply.answers,
-        )
-        .into_iter()
-        .filter(|ip| !wire::is_private_address(*ip))
-        .collect();
+        );
         if public.is_empty() {
             return out;
         }
