@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::wire::{self, Query, Reply, ReplyError};
@@ -76,6 +76,10 @@ struct Pooled {
     sock: UdpSocket,
     uses: u32,
     born: Instant,
+    /// The ID of the query this socket carried last: a copy of its reply arriving
+    /// later (the upstream or the network sent it twice) is skipped without counting
+    /// it as a forgery.
+    last_id: Option<u16>,
 }
 
 impl SocketPool {
@@ -138,7 +142,9 @@ pub async fn udp(
     mismatched: &AtomicU64,
 ) -> Result<Answer, TryError> {
     let sock = fresh_socket(server).await?;
-    udp_on(&sock, server, q, edns, mismatched).await
+    udp_on(&sock, server, q, edns, mismatched, None)
+        .await
+        .map(|(answer, _)| answer)
 }
 
 /// `udp` on a socket from `pool`, given back when the exchange ended cleanly.
@@ -154,32 +160,44 @@ pub async fn udp_pooled(
     }
     let mut p = match pool.take(Instant::now()) {
         Some(p) => {
-            // Whatever reached the port while it was idle (a duplicate, a forgery
-            // placed ahead of the next query) is discarded unread.
-            let mut scratch = [0u8; 1];
-            while p.sock.try_recv(&mut scratch).is_ok() {}
+            // Forget that the socket was readable, without a system call: the last
+            // receive left that mark, and reading the (nearly always empty) queue to
+            // clear it cost a recvfrom per query. Whatever did reach the port while it
+            // was idle is read before the reply and must pass the same ID and question
+            // check as anything arriving during the query.
+            let _ = p.sock.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
             p
         }
         None => Pooled {
             sock: fresh_socket(server).await?,
             uses: 0,
             born: Instant::now(),
+            last_id: None,
         },
     };
     p.uses += 1;
-    let answer = udp_on(&p.sock, server, q, edns, mismatched).await?;
+    let (answer, id) = udp_on(&p.sock, server, q, edns, mismatched, p.last_id).await?;
+    p.last_id = Some(id);
     pool.give(p, Instant::now());
     Ok(answer)
 }
 
+/// One exchange on `sock`; returns the answer and the query ID used. Datagrams with
+/// the ID `previous` (replies to the socket's last query) are skipped uncounted.
 async fn udp_on(
     sock: &UdpSocket,
     server: SocketAddr,
     q: &Query,
     edns: bool,
     mismatched: &AtomicU64,
-) -> Result<Answer, TryError> {
-    let id = random_id();
+    previous: Option<u16>,
+) -> Result<(Answer, u16), TryError> {
+    let mut id = random_id();
+    while Some(id) == previous {
+        id = random_id();
+    }
     sock.send(&wire::build_upstream_query(q, id, edns)).await?;
     // Uninitialised capacity: recv_buf_from writes into it without zeroing first.
     let mut buf: Vec<u8> = Vec::with_capacity(UDP_RECV_BUF);
@@ -196,7 +214,10 @@ async fn udp_on(
             continue;
         }
         match wire::parse_reply(&buf[..n], id, q) {
-            Ok(reply) => return Ok(Answer { bytes: buf, reply }),
+            Ok(reply) => return Ok((Answer { bytes: buf, reply }, id)),
+            // A late copy of the reply to the socket's previous query.
+            Err(ReplyError::Mismatch)
+                if previous.is_some_and(|p| buf.get(..2) == Some(&p.to_be_bytes()[..])) => {}
             Err(ReplyError::Mismatch) => {
                 mismatched.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%server, "ignoring a reply that does not match the query (id or question)");
@@ -248,9 +269,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// A loopback upstream answering every query with an empty NOERROR reply and,
-    /// when `duplicate`, the same reply once more right after.
-    async fn upstream(duplicate: bool) -> (SocketAddr, Arc<std::sync::Mutex<Vec<SocketAddr>>>) {
+    /// What the fake upstream sends after each reply.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Then {
+        Nothing,
+        /// The same reply once more.
+        Duplicate,
+        /// The reply with another ID, as a forger who knows the port would.
+        Forged,
+    }
+
+    /// A loopback upstream answering every query with an empty NOERROR reply, then
+    /// sending what `then` says.
+    async fn upstream(then: Then) -> (SocketAddr, Arc<std::sync::Mutex<Vec<SocketAddr>>>) {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
         let from = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -262,8 +293,15 @@ mod tests {
                 let mut r = buf[..n].to_vec();
                 r[2] |= 0x80; // QR
                 let _ = sock.send_to(&r, peer).await;
-                if duplicate {
-                    let _ = sock.send_to(&r, peer).await;
+                match then {
+                    Then::Nothing => {}
+                    Then::Duplicate => {
+                        let _ = sock.send_to(&r, peer).await;
+                    }
+                    Then::Forged => {
+                        r[0] ^= 0x5a;
+                        let _ = sock.send_to(&r, peer).await;
+                    }
                 }
             }
         });
@@ -276,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_carries_up_to_reuse_queries_one_at_a_time() {
-        let (addr, from) = upstream(false).await;
+        let (addr, from) = upstream(Then::Nothing).await;
         let pool = SocketPool::new(3);
         let bad = AtomicU64::new(0);
         for i in 0..7 {
@@ -326,8 +364,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn what_reached_an_idle_socket_is_discarded_unread() {
-        let (addr, _) = upstream(true).await;
+    async fn a_late_copy_of_the_last_reply_is_skipped_uncounted() {
+        let (addr, _) = upstream(Then::Duplicate).await;
         let pool = SocketPool::new(10);
         let bad = AtomicU64::new(0);
         udp_pooled(&pool, addr, &q("one.example."), true, &bad)
@@ -339,13 +377,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(wire::name_to_string(&a.bytes[12..26]), "two.example.");
-        // Drained before the query, not read as a mismatched reply during it.
+        // Read before the reply and recognised by its ID: not counted as forged.
         assert_eq!(bad.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
+    async fn a_forgery_waiting_on_an_idle_socket_is_checked_like_any_other() {
+        let (addr, from) = upstream(Then::Forged).await;
+        let pool = SocketPool::new(10);
+        let bad = AtomicU64::new(0);
+        udp_pooled(&pool, addr, &q("one.example."), true, &bad)
+            .await
+            .unwrap();
+        // The forgery is queued on the idle socket by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let a = udp_pooled(&pool, addr, &q("two.example."), true, &bad)
+            .await
+            .unwrap();
+        // Same socket, and the query still got its own answer.
+        let ports: Vec<u16> = from.lock().unwrap().iter().map(|a| a.port()).collect();
+        assert_eq!(ports[0], ports[1]);
+        assert_eq!(wire::name_to_string(&a.bytes[12..26]), "two.example.");
+        assert_eq!(bad.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
     async fn sockets_retire_by_age() {
-        let (addr, _) = upstream(false).await;
+        let (addr, _) = upstream(Then::Nothing).await;
         let pool = SocketPool::new(10);
         let bad = AtomicU64::new(0);
         udp_pooled(&pool, addr, &q("one.example."), true, &bad)
