@@ -473,6 +473,32 @@ fn spawn_udp_thread(
     Ok(())
 }
 
+/// Replies to forwarded queries, handed from the tasks that resolved them to the
+/// serving loop, which sends them with the next batch (`sendmmsg`) instead of one
+/// `sendto` each. The tasks run on the loop's own thread, so the lock is never
+/// contended; the loop is woken when the box goes from empty to not.
+#[derive(Default)]
+struct Outbox {
+    replies: std::sync::Mutex<Vec<(Vec<u8>, SocketAddr)>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Outbox {
+    fn push(&self, out: Vec<u8>, client: SocketAddr) {
+        let mut r = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        r.push((out, client));
+        if r.len() == 1 {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Moves every reply waiting into `into`.
+    fn take_into(&self, into: &mut Vec<(Vec<u8>, SocketAddr)>) {
+        let mut r = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        into.append(&mut r);
+    }
+}
+
 async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
     let fd = sock.as_raw_fd();
     let beat = life.heartbeats.register();
@@ -481,11 +507,17 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
     let mut batch = Batch::new(UDP_QUERY_BUF);
     let mut received = Vec::with_capacity(udp_batch::BATCH);
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(udp_batch::BATCH);
+    let outbox = Arc::new(Outbox::default());
     loop {
         tokio::select! {
-            _ = life.shutdown.cancelled() => return,
+            _ = life.shutdown.cancelled() => break,
             _ = heartbeat.tick() => {
                 beat.beat();
+                continue;
+            }
+            _ = outbox.ready.notified() => {
+                outbox.take_into(&mut replies);
+                flush(&sock, &mut batch, &mut replies).await;
                 continue;
             }
             r = sock.readable() => if let Err(e) = r {
@@ -509,16 +541,33 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
                 Action::Drop => {}
                 Action::Reply(out) => replies.push((out, client)),
                 Action::Forward(job) => {
-                    let sock = Arc::clone(&sock);
+                    let outbox = Arc::clone(&outbox);
                     life.tasks.spawn(async move {
                         let out = job.run().await;
-                        send_udp(&sock, &out, client).await;
+                        outbox.push(out, client);
                     });
                 }
             }
         }
+        // Forwarded answers that came in meanwhile leave with this batch's.
+        outbox.take_into(&mut replies);
         flush(&sock, &mut batch, &mut replies).await;
     }
+    // Stopping: no new queries, but those in flight still get their answers. The
+    // tracker is closed by now, so `wait` ends when the last task has.
+    let all_done = life.tasks.wait();
+    tokio::pin!(all_done);
+    loop {
+        tokio::select! {
+            _ = &mut all_done => break,
+            _ = outbox.ready.notified() => {
+                outbox.take_into(&mut replies);
+                flush(&sock, &mut batch, &mut replies).await;
+            }
+        }
+    }
+    outbox.take_into(&mut replies);
+    flush(&sock, &mut batch, &mut replies).await;
 }
 
 /// Sends the answers made from one batch, as many per system call as the socket takes;
