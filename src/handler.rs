@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::config::{AnyQueries, CachePolicy};
 use crate::loopcheck::LoopDetector;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::resolver::{self, Resolution, Resolver};
+use crate::resolver::{self, Resolution, Resolver, Start};
 use crate::router::Router;
 use crate::throttle::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::upstream::{Lifecycle, UpstreamSet};
@@ -479,19 +479,31 @@ impl Handler {
 impl Job {
     /// Resolves (joining an identical resolution in flight) and builds the client's
     /// reply, falling back on a stale answer when the upstreams fail or are slow.
+    /// Run it to the end (the listeners spawn it): a resolution it leads may run
+    /// inside it, and other clients may be waiting for that one.
     pub async fn run(self) -> Vec<u8> {
         let started = Instant::now();
         let q = &self.query;
         let limit = self.transport.limit(q);
-        let pending = self
+        let start = self
             .resolver
-            .resolve(q, &self.route, self.policy, self.claims.as_ref());
-        let res = match &self.stale {
-            Some(_) => tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(pending))
-                .await
-                .ok()
-                .flatten(),
-            None => resolver::wait(pending).await,
+            .start(q, &self.route, self.policy, self.claims.as_ref());
+        let res = match (start, &self.stale) {
+            // Nobody gives up on this resolution early: it runs in this task.
+            (Start::Lead(lead), None) => Some(lead.run().await),
+            (Start::Joined(pending), None) => resolver::wait(pending).await,
+            // With a stale answer at hand the client stops waiting after a while,
+            // and the resolution goes on without it (RFC 8767 section 5).
+            (start, Some(_)) => {
+                let pending = match start {
+                    Start::Lead(lead) => lead.spawn(),
+                    Start::Joined(pending) => pending,
+                };
+                tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(pending))
+                    .await
+                    .ok()
+                    .flatten()
+            }
         };
         let failed = res.as_deref().is_none_or(Resolution::is_failure);
         let answer = match res.as_deref() {

@@ -86,9 +86,10 @@ impl Resolver {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the resolution of `q`'s question in flight, or starts one on `route`.
-    /// With `claims`, an answer whose CNAME chain leads into a claiming route's zones
-    /// is followed there and spliced before it is cached and served.
+    /// Joins the resolution of `q`'s question in flight, or starts one on `route` in a
+    /// task of its own. With `claims`, an answer whose CNAME chain leads into a
+    /// claiming route's zones is followed there and spliced before it is cached and
+    /// served.
     pub fn resolve(
         self: &Arc<Self>,
         q: &Query,
@@ -96,90 +97,48 @@ impl Resolver {
         policy: CachePolicy,
         claims: Option<&Arc<Claims>>,
     ) -> Pending {
+        match self.start(q, route, policy, claims) {
+            Start::Joined(rx) => rx,
+            Start::Lead(lead) => lead.spawn(),
+        }
+    }
+
+    /// Joins the resolution of `q`'s question in flight, or registers a new one and
+    /// hands it to the caller to run (`Lead::run`, in a task that is never dropped
+    /// before it ends) or to spawn (`Lead::spawn`). Running it in the client's own
+    /// task saves a task per forwarded query when nobody needs the resolution to
+    /// outlive the client.
+    pub fn start(
+        self: &Arc<Self>,
+        q: &Query,
+        route: &Arc<UpstreamSet>,
+        policy: CachePolicy,
+        claims: Option<&Arc<Claims>>,
+    ) -> Start {
         let key = CacheKey::of(q);
         let (tx, rx) = {
             let mut map = self.inflight();
             if let Some(rx) = map.get(&key) {
                 self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-                return rx.clone();
+                return Start::Joined(rx.clone());
             }
             let (tx, rx) = watch::channel(None);
             map.insert(key.clone(), rx.clone());
             (tx, rx)
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
-        let this = Arc::clone(self);
-        let own = rx.clone();
-        let route = Arc::clone(route);
-        let claims = claims.cloned();
-        let q = q.clone();
-        self.life.tasks.spawn(async move {
-            // However this task ends (even by a panic), the question leaves the
-            // in-flight map; otherwise later queries would join a dead resolution.
-            let unregister = Unregister {
-                resolver: &this,
-                key: &key,
-                rx: &own,
-            };
-            let res = match route.resolve(&q).await {
-                Outcome::Reply { answer, upstream } => {
-                    match wire::normalize(&answer.bytes, &answer.reply) {
-                        Some(n) => match &claims {
-                            None => Resolution::Answer {
-                                reply: Arc::new(n),
-                                upstream,
-                            },
-                            Some(c) => match c.chase(&q, &route, n).await {
-                                Ok(chased) => Resolution::Answer {
-                                    reply: Arc::new(chased.reply),
-                                    upstream,
-                                },
-                                Err(crate::claims::ChaseError::OverBudget { .. }) => {
-                                    Resolution::OverBudget
-                                }
-                                Err(_) => Resolution::Failed,
-                            },
-                        },
-                        None => Resolution::Failed,
-                    }
-                }
-                Outcome::Failed => Resolution::Failed,
-                Outcome::OverBudget => Resolution::OverBudget,
-            };
-            let res = if policy.enabled {
-                let now = this.life.clock.now();
-                match res {
-                    Resolution::Answer { ref reply, .. } if reply.rcode == rcode::SERVFAIL => {
-                        this.cache.store_failure(&q, &policy, now);
-                        res
-                    }
-                    // Waiters get the answer as the cache holds it (TTLs clamped), so
-                    // a miss and the hits after it agree.
-                    Resolution::Answer { reply, upstream } => {
-                        match this.cache.store_answer(&q, &reply, &policy, now) {
-                            Some(stored) => Resolution::Answer {
-                                reply: Arc::clone(&stored.reply),
-                                upstream,
-                            },
-                            None => Resolution::Answer { reply, upstream },
-                        }
-                    }
-                    Resolution::Failed => {
-                        this.cache.store_failure(&q, &policy, now);
-                        res
-                    }
-                    // Our own limit, not the upstream's failure: nothing to remember.
-                    Resolution::OverBudget => res,
-                }
-            } else {
-                res
-            };
-            // Into the cache first, out of the in-flight map second: a query arriving
-            // in between finds one or the other, never neither.
-            drop(unregister);
-            let _ = tx.send(Some(Arc::new(res)));
-        });
-        rx
+        Start::Lead(Lead {
+            registered: Registered {
+                resolver: Arc::clone(self),
+                key,
+                rx,
+            },
+            tx,
+            route: Arc::clone(route),
+            policy,
+            claims: claims.cloned(),
+            q: q.clone(),
+        })
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -187,19 +146,127 @@ impl Resolver {
     }
 }
 
-/// Takes a resolution's question out of the in-flight map when it ends, but only if
-/// the entry is still this resolution's own.
-struct Unregister<'a> {
-    resolver: &'a Resolver,
-    key: &'a CacheKey,
-    rx: &'a Pending,
+/// How `Resolver::start` went.
+// Returned and matched at once, never stored: boxing `Lead` would cost an allocation
+// per forwarded query for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Start {
+    /// The question was in flight already: its result will come on this channel.
+    Joined(Pending),
+    /// A new resolution, registered in the in-flight map, for the caller to run.
+    Lead(Lead),
 }
 
-impl Drop for Unregister<'_> {
+/// A resolution registered in the in-flight map and not yet run. Dropped unrun, it
+/// leaves the map and its waiters get `None`.
+pub struct Lead {
+    registered: Registered,
+    tx: watch::Sender<Option<Arc<Resolution>>>,
+    route: Arc<UpstreamSet>,
+    policy: CachePolicy,
+    claims: Option<Arc<Claims>>,
+    q: Query,
+}
+
+impl Lead {
+    /// Runs the resolution in a task of its own, so it outlives the caller; the
+    /// result comes on the returned channel.
+    pub fn spawn(self) -> Pending {
+        let rx = self.registered.rx.clone();
+        let tasks = self.registered.resolver.life.tasks.clone();
+        tasks.spawn(async move {
+            self.run().await;
+        });
+        rx
+    }
+
+    /// Resolves, caches the result, publishes it to every waiter and returns it.
+    pub async fn run(self) -> Arc<Resolution> {
+        let Lead {
+            registered,
+            tx,
+            route,
+            policy,
+            claims,
+            q,
+        } = self;
+        let this = Arc::clone(&registered.resolver);
+        let res = match route.resolve(&q).await {
+            Outcome::Reply { answer, upstream } => {
+                match wire::normalize(&answer.bytes, &answer.reply) {
+                    Some(n) => match &claims {
+                        None => Resolution::Answer {
+                            reply: Arc::new(n),
+                            upstream,
+                        },
+                        Some(c) => match c.chase(&q, &route, n).await {
+                            Ok(chased) => Resolution::Answer {
+                                reply: Arc::new(chased.reply),
+                                upstream,
+                            },
+                            Err(crate::claims::ChaseError::OverBudget { .. }) => {
+                                Resolution::OverBudget
+                            }
+                            Err(_) => Resolution::Failed,
+                        },
+                    },
+                    None => Resolution::Failed,
+                }
+            }
+            Outcome::Failed => Resolution::Failed,
+            Outcome::OverBudget => Resolution::OverBudget,
+        };
+        let res = if policy.enabled {
+            let now = this.life.clock.now();
+            match res {
+                Resolution::Answer { ref reply, .. } if reply.rcode == rcode::SERVFAIL => {
+                    this.cache.store_failure(&q, &policy, now);
+                    res
+                }
+                // Waiters get the answer as the cache holds it (TTLs clamped), so a
+                // miss and the hits after it agree.
+                Resolution::Answer { reply, upstream } => {
+                    match this.cache.store_answer(&q, &reply, &policy, now) {
+                        Some(stored) => Resolution::Answer {
+                            reply: Arc::clone(&stored.reply),
+                            upstream,
+                        },
+                        None => Resolution::Answer { reply, upstream },
+                    }
+                }
+                Resolution::Failed => {
+                    this.cache.store_failure(&q, &policy, now);
+                    res
+                }
+                // Our own limit, not the upstream's failure: nothing to remember.
+                Resolution::OverBudget => res,
+            }
+        } else {
+            res
+        };
+        // Into the cache first, out of the in-flight map second: a query arriving in
+        // between finds one or the other, never neither.
+        drop(registered);
+        let res = Arc::new(res);
+        let _ = tx.send(Some(Arc::clone(&res)));
+        res
+    }
+}
+
+/// A question's entry in the in-flight map, taken out when this is dropped, however
+/// the resolution ends (even by a panic), but only if the entry is still this
+/// resolution's own; otherwise later queries would join a dead resolution.
+struct Registered {
+    resolver: Arc<Resolver>,
+    key: CacheKey,
+    rx: Pending,
+}
+
+impl Drop for Registered {
     fn drop(&mut self) {
         let mut map = self.resolver.inflight();
-        if map.get(self.key).is_some_and(|r| r.same_channel(self.rx)) {
-            map.remove(self.key);
+        if map.get(&self.key).is_some_and(|r| r.same_channel(&self.rx)) {
+            map.remove(&self.key);
         }
     }
 }
