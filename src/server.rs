@@ -542,10 +542,13 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
                 Action::Reply(out) => replies.push((out, client)),
                 Action::Forward(job) => {
                     let outbox = Arc::clone(&outbox);
-                    life.tasks.spawn(async move {
+                    // Boxed once here: a forwarded query's future is a few KiB, and
+                    // unboxed, spawning and finishing the task copied it whole about
+                    // five times (memcpy was 13% of the cache-miss instructions).
+                    life.tasks.spawn(Box::pin(async move {
                         let out = job.run().await;
                         outbox.push(out, client);
-                    });
+                    }));
                 }
             }
         }
@@ -768,11 +771,12 @@ async fn connection(
                 }
                 Action::Forward(job) => {
                     let tx = tx.clone();
-                    life.tasks.spawn(async move {
+                    // Boxed for the same reason as in `serve_udp`.
+                    life.tasks.spawn(Box::pin(async move {
                         let out = job.run().await;
                         let _ = tx.send(out).await;
                         drop(permit);
-                    });
+                    }));
                 }
             }
             if queries >= opts.max_queries {
