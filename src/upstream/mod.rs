@@ -180,7 +180,54 @@ enum TryResult {
     Failed(TryError),
 }
 
-type TryFuture = Pin<Box<dyn std::future::Future<Output = (usize, TryResult)> + Send>>;
+type TryFuture<'a> = Pin<Box<dyn std::future::Future<Output = (usize, TryResult)> + Send + 'a>>;
+
+/// The tries of one query in flight. Nearly every query needs only its first try, so
+/// that one runs alone; a `FuturesUnordered` (two allocations and a waker of its own)
+/// is set up only when a second try joins it.
+enum Running<'a> {
+    Idle,
+    One(TryFuture<'a>),
+    Many(FuturesUnordered<TryFuture<'a>>),
+}
+
+impl<'a> Running<'a> {
+    fn push(&mut self, f: TryFuture<'a>) {
+        *self = match std::mem::replace(self, Running::Idle) {
+            Running::Idle => Running::One(f),
+            Running::One(first) => {
+                let many = FuturesUnordered::new();
+                many.push(first);
+                many.push(f);
+                Running::Many(many)
+            }
+            Running::Many(many) => {
+                many.push(f);
+                Running::Many(many)
+            }
+        };
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Running::Idle => true,
+            Running::One(_) => false,
+            Running::Many(many) => many.is_empty(),
+        }
+    }
+
+    /// The next try to end; `None` when none is running. Cancel-safe: a try not yet
+    /// ended stays in `self`.
+    async fn next(&mut self) -> Option<(usize, TryResult)> {
+        let out = match self {
+            Running::Idle => return None,
+            Running::One(f) => f.as_mut().await,
+            Running::Many(many) => return many.next().await,
+        };
+        *self = Running::Idle;
+        Some(out)
+    }
+}
 
 /// Where a try stands, so each failure is counted once: when the try fails, when it
 /// outlives `try_timeout`, or when the deadline ends it, whichever comes first; and a
@@ -382,41 +429,40 @@ impl UpstreamSet {
             }
             return Outcome::Failed;
         }
-        let plan: Vec<usize> = order.iter().chain(order.iter()).copied().collect();
+        // Each upstream in order, then each once more.
+        let plan_len = 2 * order.len();
+        let plan = |i: usize| order[i % order.len()];
         let mut next = 0;
-        let mut running: FuturesUnordered<TryFuture> = FuturesUnordered::new();
+        let mut running = Running::Idle;
         // Per try: upstream index and state.
-        let mut tries: Vec<(usize, TryState)> = Vec::with_capacity(plan.len());
+        let mut tries: Vec<(usize, TryState)> = Vec::with_capacity(plan_len);
         let mut fallback: Option<(Answer, SocketAddr)> = None;
         let mut try_timer = Instant::now();
 
-        // Starts the next try whose upstream has budget left; false when none has.
-        let launch = |tries: &mut Vec<(usize, TryState)>,
-                      running: &mut FuturesUnordered<TryFuture>,
-                      next: &mut usize,
-                      try_timer: &mut Instant|
-         -> bool {
-            while *next < plan.len() {
-                let idx = plan[*next];
-                *next += 1;
-                if !self.upstreams[idx].within_budget(self.life.clock.now()) {
-                    continue;
+        // The next try whose upstream has budget left, to be run; none when none has.
+        let launch =
+            |tries: &mut Vec<(usize, TryState)>, next: &mut usize, try_timer: &mut Instant| {
+                while *next < plan_len {
+                    let idx = plan(*next);
+                    *next += 1;
+                    if !self.upstreams[idx].within_budget(self.life.clock.now()) {
+                        continue;
+                    }
+                    let n = tries.len();
+                    tries.push((idx, TryState::Running));
+                    self.upstreams[idx]
+                        .stats
+                        .sent
+                        .fetch_add(1, Ordering::Relaxed);
+                    let u = &self.upstreams[idx];
+                    *try_timer = Instant::now() + self.try_timeout;
+                    return Some(Box::pin(async move { (n, one_try(u, q).await) }) as TryFuture<'_>);
                 }
-                let n = tries.len();
-                tries.push((idx, TryState::Running));
-                self.upstreams[idx]
-                    .stats
-                    .sent
-                    .fetch_add(1, Ordering::Relaxed);
-                let u = Arc::clone(&self.upstreams[idx]);
-                let q = q.clone();
-                running.push(Box::pin(async move { (n, one_try(&u, &q).await) }));
-                *try_timer = Instant::now() + self.try_timeout;
-                return true;
-            }
-            false
-        };
-        if !launch(&mut tries, &mut running, &mut next, &mut try_timer) {
+                None
+            };
+        if let Some(first) = launch(&mut tries, &mut next, &mut try_timer) {
+            running.push(first);
+        } else {
             if self.budget_warning.ready() {
                 tracing::warn!(route = %self.route, "max_qps spent on every upstream: answering from stale cache or SERVFAIL (logged at most every 10s)");
             }
@@ -424,6 +470,17 @@ impl UpstreamSet {
         }
 
         loop {
+            // One timer for whichever comes first: the newest try's timeout or the
+            // deadline (two timers per query were 5% of a forwarded query's
+            // instructions). The try timeout is off once every try is launched and the
+            // newest one counted, so an expired timer cannot spin.
+            let try_timer_on =
+                next < plan_len || tries.last().is_some_and(|t| t.1 == TryState::Running);
+            let wake = if try_timer_on {
+                try_timer.min(deadline)
+            } else {
+                deadline
+            };
             tokio::select! {
                 biased;
                 Some((n, result)) = running.next() => {
@@ -448,13 +505,13 @@ impl UpstreamSet {
                             }
                         }
                     }
-                    if !launch(&mut tries, &mut running, &mut next, &mut try_timer) && running.is_empty() {
-                        break;
+                    match launch(&mut tries, &mut next, &mut try_timer) {
+                        Some(t) => running.push(t),
+                        None if running.is_empty() => break,
+                        None => {}
                     }
                 }
-                // Disabled once every try is launched and the newest one counted, so an
-                // expired timer cannot spin.
-                _ = sleep_until(try_timer), if next < plan.len() || tries.last().is_some_and(|t| t.1 == TryState::Running) => {
+                _ = sleep_until(wake), if wake < deadline => {
                     // The newest try is overdue: count it, start the next if any.
                     if let Some(t) = tries.last_mut() {
                         if t.1 == TryState::Running {
@@ -463,9 +520,11 @@ impl UpstreamSet {
                             self.failure(t.0);
                         }
                     }
-                    launch(&mut tries, &mut running, &mut next, &mut try_timer);
+                    if let Some(t) = launch(&mut tries, &mut next, &mut try_timer) {
+                        running.push(t);
+                    }
                 }
-                _ = sleep_until(deadline) => {
+                _ = sleep_until(deadline), if wake == deadline => {
                     for t in tries.iter().filter(|t| t.1 == TryState::Running) {
                         self.upstreams[t.0].stats.timeouts.fetch_add(1, Ordering::Relaxed);
                         self.failure(t.0);
