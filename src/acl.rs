@@ -14,8 +14,12 @@ pub struct Cidr {
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                same_prefix(u32::from(net).into(), u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                same_prefix(u128::from(net), u128::from(ip), self.prefix, 128)
+            }
             _ => false,
         }
     }
@@ -25,17 +29,11 @@ impl Cidr {
     }
 }
 
-fn mask_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
-    let full = usize::from(prefix / 8);
-    if a[..full] != b[..full] {
-        return false;
-    }
-    let rest = prefix % 8;
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rest);
-    a[full] & mask == b[full] & mask
+/// Whether `width`-bit numbers `a` and `b` agree in their top `prefix` bits (every
+/// query is checked against the ACL, so this is integer arithmetic, not byte slices).
+fn same_prefix(a: u128, b: u128, prefix: u8, width: u32) -> bool {
+    let host_bits = width - u32::from(prefix);
+    (a ^ b).checked_shr(host_bits).unwrap_or(0) == 0
 }
 
 impl fmt::Display for Cidr {
@@ -193,5 +191,46 @@ mod tests {
             .parse::<Cidr>()
             .unwrap()
             .contains("2001:db8:8000::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn contains_agrees_with_masking_at_every_prefix_length() {
+        // A fixed pseudo-random walk of address pairs, some sharing long prefixes.
+        let mut x: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200 {
+            let (a, flip) = (next(), next());
+            let b = a ^ (flip >> (flip % 128)); // differs from `a` below some bit
+            let pairs = [
+                (
+                    IpAddr::V4((a as u32).into()),
+                    IpAddr::V4((b as u32).into()),
+                    32,
+                ),
+                (IpAddr::V6(a.into()), IpAddr::V6(b.into()), 128),
+            ];
+            for (a, b, max) in pairs {
+                for prefix in 0..=max {
+                    let net = Cidr {
+                        addr: mask(a, prefix),
+                        prefix,
+                    };
+                    assert_eq!(
+                        net.contains(b),
+                        mask(a, prefix) == mask(b, prefix),
+                        "{net} {b}"
+                    );
+                    assert!(net.contains(a), "{net} {a}");
+                }
+            }
+        }
+        // Families never match each other.
+        let any4: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(!any4.contains("::1".parse().unwrap()));
     }
 }
