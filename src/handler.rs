@@ -495,11 +495,7 @@ impl Job {
             // With a stale answer at hand the client stops waiting after a while,
             // and the resolution goes on without it (RFC 8767 section 5).
             (start, Some(_)) => {
-                let pending = match start {
-                    Start::Lead(lead) => lead.spawn(),
-                    Start::Joined(pending) => pending,
-                };
-                tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(pending))
+                tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(start.spawned()))
                     .await
                     .ok()
                     .flatten()

@@ -119,10 +119,7 @@ impl Resolver {
         policy: CachePolicy,
         claims: Option<&Arc<Claims>>,
     ) -> Pending {
-        match self.start(q, route, policy, claims) {
-            Start::Joined(rx) => rx,
-            Start::Lead(lead) => lead.spawn(),
-        }
+        self.start(q, route, policy, claims).spawned()
     }
 
     /// Joins the resolution of `q`'s question in flight, or registers a new one and
@@ -176,6 +173,16 @@ pub enum Start {
     Joined(Pending),
     /// A new resolution, registered in the in-flight map, for the caller to run.
     Lead(Lead),
+}
+
+impl Start {
+    /// Where the result will come, a new resolution running in a task of its own.
+    pub fn spawned(self) -> Pending {
+        match self {
+            Start::Joined(rx) => rx,
+            Start::Lead(lead) => lead.spawn(),
+        }
+    }
 }
 
 /// A resolution registered in the in-flight map and not yet run. Dropped unrun, it

@@ -516,8 +516,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
                 continue;
             }
             _ = outbox.ready.notified() => {
-                outbox.take_into(&mut replies);
-                flush(&sock, &mut batch, &mut replies).await;
+                flush(&sock, &mut batch, &mut replies, &outbox).await;
                 continue;
             }
             r = sock.readable() => if let Err(e) = r {
@@ -552,30 +551,31 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
                 }
             }
         }
-        // Forwarded answers that came in meanwhile leave with this batch's.
-        outbox.take_into(&mut replies);
-        flush(&sock, &mut batch, &mut replies).await;
+        flush(&sock, &mut batch, &mut replies, &outbox).await;
     }
-    // Stopping: no new queries, but those in flight still get their answers. The
-    // tracker is closed by now, so `wait` ends when the last task has.
+    // Stopping: no new queries, but those in flight still get their answers. `wait`
+    // ends once the tracker is closed (right after the stop signal) and empty.
     let all_done = life.tasks.wait();
     tokio::pin!(all_done);
     loop {
         tokio::select! {
             _ = &mut all_done => break,
-            _ = outbox.ready.notified() => {
-                outbox.take_into(&mut replies);
-                flush(&sock, &mut batch, &mut replies).await;
-            }
+            _ = outbox.ready.notified() => flush(&sock, &mut batch, &mut replies, &outbox).await,
         }
     }
-    outbox.take_into(&mut replies);
-    flush(&sock, &mut batch, &mut replies).await;
+    flush(&sock, &mut batch, &mut replies, &outbox).await;
 }
 
-/// Sends the answers made from one batch, as many per system call as the socket takes;
-/// whatever it will not take at once goes out one by one, waiting for room.
-async fn flush(sock: &UdpSocket, batch: &mut Batch, replies: &mut Vec<(Vec<u8>, SocketAddr)>) {
+/// Sends the answers made from one batch, with the forwarded answers waiting in
+/// `outbox`, as many per system call as the socket takes; whatever it will not take at
+/// once goes out one by one, waiting for room.
+async fn flush(
+    sock: &UdpSocket,
+    batch: &mut Batch,
+    replies: &mut Vec<(Vec<u8>, SocketAddr)>,
+    outbox: &Outbox,
+) {
+    outbox.take_into(replies);
     let fd = sock.as_raw_fd();
     let mut sent = 0;
     while sent < replies.len() {

@@ -450,11 +450,8 @@ impl UpstreamSet {
                     }
                     let n = tries.len();
                     tries.push((idx, TryState::Running));
-                    self.upstreams[idx]
-                        .stats
-                        .sent
-                        .fetch_add(1, Ordering::Relaxed);
                     let u = &self.upstreams[idx];
+                    u.stats.sent.fetch_add(1, Ordering::Relaxed);
                     *try_timer = Instant::now() + self.try_timeout;
                     return Some(Box::pin(async move { (n, one_try(u, q).await) }) as TryFuture<'_>);
                 }
