@@ -352,7 +352,7 @@ async fn sighup_reloads_a_valid_file_and_keeps_serving_through_an_invalid_one() 
 
 #[tokio::test]
 async fn tells_systemd_ready_reloading_stopping_and_pings_the_watchdog() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let up = Fake::answering_a().await;
     let dir = tempfile::tempdir().unwrap();
     let p = write_config(&dir, "", &one_route(&[up.addr], ""));
     let sock_path = dir.path().join("notify.sock");
@@ -407,7 +407,7 @@ async fn tells_systemd_ready_reloading_stopping_and_pings_the_watchdog() {
 
 #[tokio::test]
 async fn json_logs_and_the_query_log() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let up = Fake::answering_a().await;
     let dir = tempfile::tempdir().unwrap();
     let p = write_config(
         &dir,

@@ -489,11 +489,7 @@ async fn tcp_pipelined_queries_are_answered_out_of_order() {
 #[tokio::test]
 async fn tcp_idle_connections_are_closed() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 1)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\ntcp_idle_timeout = \"300ms\"\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let z = Zonefwd::start_server("tcp_idle_timeout = \"300ms\"", up.addr).await;
     use tokio::io::AsyncReadExt;
     let mut s = tokio::net::TcpStream::connect(z.tcp).await.unwrap();
     let mut buf = [0u8; 1];
@@ -709,11 +705,7 @@ async fn forged_replies_are_ignored_and_the_real_one_wins() {
         ]
     })
     .await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let z = Zonefwd::start_server("metrics = \"127.0.0.1:0\"", up.addr).await;
     let r = ask(
         &udp_client(z.udp),
         query("bank.example.", RecordType::A, None),
@@ -971,11 +963,7 @@ async fn many_concurrent_clients_all_get_answers() {
     })
     .await;
     // More UDP threads than cores: four sockets share the port (SO_REUSEPORT).
-    let z = Zonefwd::start(&format!(
-        "[server]\nudp_threads = 4\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let z = Zonefwd::start_server("udp_threads = 4", up.addr).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let addr = z.udp;
@@ -997,11 +985,7 @@ async fn many_concurrent_clients_all_get_answers() {
 #[tokio::test]
 async fn tcp_connections_beyond_the_limit_are_closed() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 1)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\ntcp_max_connections = 2\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let z = Zonefwd::start_server("tcp_max_connections = 2", up.addr).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let held1 = tcp_client(z.tcp).await;
     let held2 = tcp_client(z.tcp).await;
@@ -1042,11 +1026,7 @@ async fn beyond_max_inflight_new_queries_get_servfail_at_once() {
         ]
     })
     .await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmax_inflight = 1\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let z = Zonefwd::start_server("max_inflight = 1", up.addr).await;
     let addr = z.udp;
     let first = tokio::spawn(async move {
         raw_udp(

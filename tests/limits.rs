@@ -36,12 +36,8 @@ fn framed_query(name: &str, id: u16) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_connection_carries_at_most_tcp_max_queries_per_connection() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\ntcp_max_queries_per_connection = 3\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let up = Fake::answering_a().await;
+    let z = Zonefwd::start_server("tcp_max_queries_per_connection = 3", up.addr).await;
     let mut s = TcpStream::connect(z.tcp).await.unwrap();
     for id in 1..=5u16 {
         s.write_all(&framed_query(&format!("q{id}.example."), id))
@@ -56,11 +52,11 @@ async fn a_connection_carries_at_most_tcp_max_queries_per_connection() {
 
 #[tokio::test]
 async fn a_connection_is_closed_at_tcp_max_lifetime_even_when_busy() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\ntcp_max_lifetime = \"500ms\"\ntcp_idle_timeout = \"30s\"\n{}",
-        one_route(&[up.addr], "")
-    ))
+    let up = Fake::answering_a().await;
+    let z = Zonefwd::start_server(
+        "tcp_max_lifetime = \"500ms\"\ntcp_idle_timeout = \"30s\"",
+        up.addr,
+    )
     .await;
     let mut s = TcpStream::connect(z.tcp).await.unwrap();
     let (answered, took) = timed(async {
@@ -99,12 +95,8 @@ async fn a_connection_is_closed_at_tcp_max_lifetime_even_when_busy() {
 
 #[tokio::test]
 async fn one_client_holds_at_most_tcp_max_connections_per_client() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\ntcp_max_connections_per_client = 2\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let up = Fake::answering_a().await;
+    let z = Zonefwd::start_server("tcp_max_connections_per_client = 2", up.addr).await;
     let mut held = Vec::new();
     for id in 1..=2u16 {
         let mut s = TcpStream::connect(z.tcp).await.unwrap();
@@ -143,7 +135,7 @@ async fn one_client_holds_at_most_tcp_max_connections_per_client() {
 #[tokio::test]
 async fn any_queries_get_the_rfc8482_answer_and_never_reach_an_upstream() {
     use hickory_proto::rr::RData;
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let up = Fake::answering_a().await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     let r = exchange(z.udp, &query("big.example.", RecordType::ANY, Some(1232))).await;
     assert_eq!(r.answers.len(), 1);
@@ -156,11 +148,7 @@ async fn any_queries_get_the_rfc8482_answer_and_never_reach_an_upstream() {
     assert_eq!(up.count(), 0);
     z.stop().await.unwrap();
 
-    let z = Zonefwd::start(&format!(
-        "[server]\nany_queries = \"refuse\"\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let z = Zonefwd::start_server("any_queries = \"refuse\"", up.addr).await;
     let r = exchange(z.udp, &query("big.example.", RecordType::ANY, None)).await;
     assert_eq!(
         r.metadata.response_code,
@@ -168,11 +156,7 @@ async fn any_queries_get_the_rfc8482_answer_and_never_reach_an_upstream() {
     );
     z.stop().await.unwrap();
 
-    let z = Zonefwd::start(&format!(
-        "[server]\nany_queries = \"forward\"\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let z = Zonefwd::start_server("any_queries = \"forward\"", up.addr).await;
     exchange(z.udp, &query("big.example.", RecordType::ANY, None)).await;
     assert_eq!(up.count(), 1, "forwarded when the operator says so");
     z.stop().await.unwrap();
@@ -211,12 +195,8 @@ async fn burst_from(
 #[tokio::test]
 async fn a_client_over_client_qps_is_refused_or_dropped_and_others_are_not() {
     use hickory_proto::op::ResponseCode;
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\nclient_qps = 2\nclient_burst = 10\nclient_limit_action = \"refuse\"\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let up = Fake::answering_a().await;
+    let z = Zonefwd::start_server("metrics = \"127.0.0.1:0\"\nclient_qps = 2\nclient_burst = 10\nclient_limit_action = \"refuse\"", up.addr).await;
     let one: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let (codes, took) = timed(burst_from(one, z.udp, 40, Duration::from_secs(5))).await;
     assert_eq!(codes.len(), 40, "refuse answers every query");
@@ -248,21 +228,17 @@ async fn a_client_over_client_qps_is_refused_or_dropped_and_others_are_not() {
     z.stop().await.unwrap();
 
     // The default action drops: the excess gets no answer at all.
-    let z = Zonefwd::start(&format!(
-        "[server]\nclient_qps = 1\nclient_burst = 5\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let z = Zonefwd::start_server("client_qps = 1\nclient_burst = 5", up.addr).await;
     let codes = burst_from(one, z.udp, 30, Duration::from_millis(1500)).await;
     assert!((5..=8).contains(&codes.len()), "{} answered", codes.len());
     assert!(codes.iter().all(|c| *c == ResponseCode::NoError));
     z.stop().await.unwrap();
 
     // Exempt networks are not limited.
-    let z = Zonefwd::start(&format!(
-        "[server]\nclient_qps = 1\nclient_burst = 1\nclient_limit_exempt = [\"127.0.0.0/8\"]\n{}",
-        one_route(&[up.addr], "")
-    ))
+    let z = Zonefwd::start_server(
+        "client_qps = 1\nclient_burst = 1\nclient_limit_exempt = [\"127.0.0.0/8\"]",
+        up.addr,
+    )
     .await;
     let codes = burst_from(one, z.udp, 30, Duration::from_secs(5)).await;
     assert_eq!(codes, vec![ResponseCode::NoError; 30]);

@@ -17,12 +17,8 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn counters_move_under_queries() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\n{}",
-        one_route(&[up.addr], "")
-    ))
-    .await;
+    let up = Fake::answering_a().await;
+    let z = Zonefwd::start_server("metrics = \"127.0.0.1:0\"", up.addr).await;
     let m = z.metrics.expect("metrics bound");
     let (status, body) = http_get(m, "/metrics").await;
     assert_eq!(status, 200);
@@ -70,11 +66,11 @@ async fn counters_move_under_queries() {
 
 #[tokio::test]
 async fn acl_refusals_and_malformed_queries_are_counted() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\n[acl]\nallow = [\"10.0.0.0/8\"]\n{}",
-        one_route(&[up.addr], "")
-    ))
+    let up = Fake::answering_a().await;
+    let z = Zonefwd::start_server(
+        "metrics = \"127.0.0.1:0\"\n[acl]\nallow = [\"10.0.0.0/8\"]",
+        up.addr,
+    )
     .await;
     ask_a(z.udp, "refused.example.").await;
     let mut two = query("x.example.", RecordType::A, None);

@@ -86,7 +86,7 @@ async fn queries_in_flight_finish_on_the_old_configuration() {
 
 #[tokio::test]
 async fn a_reload_can_tighten_the_acl() {
-    let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await;
+    let up = Fake::answering_a().await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     assert_eq!(
         ask_a(z.udp, "before.example.").await.metadata.response_code,

@@ -63,6 +63,15 @@ impl Zonefwd {
         Zonefwd::start_config(config(toml)).await
     }
 
+    /// `[server]` settings (lines of TOML) and one "." route to `upstream`.
+    pub async fn start_server(server: &str, upstream: SocketAddr) -> Zonefwd {
+        Zonefwd::start(&format!(
+            "[server]\n{server}\n{}",
+            one_route(&[upstream], "")
+        ))
+        .await
+    }
+
     pub async fn start_config(config: Config) -> Zonefwd {
         Zonefwd::start_with_clock(config, Arc::new(zonefwd::cache::SystemClock)).await
     }
@@ -182,6 +191,11 @@ impl Fake {
     /// Answers every query with `f(query)`.
     pub async fn answering(f: impl Fn(&Message) -> Message + Send + Sync + 'static) -> Fake {
         Fake::start(move |q, _| vec![Step::Reply(f(q))]).await
+    }
+
+    /// Answers every query with an A record, 192.0.2.1 for 60 s.
+    pub async fn answering_a() -> Fake {
+        Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await
     }
 
     /// Never answers.
