@@ -9,11 +9,12 @@
 //! None of these functions time out on their own; the caller holds the deadline.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -122,15 +123,20 @@ impl SocketPool {
     }
 }
 
-async fn fresh_socket(server: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(local).await?;
-    sock.connect(server).await?;
-    Ok(sock)
+/// A UDP socket connected to `server`, with `query` already sent. No explicit bind:
+/// connect binds an unbound socket to a port the kernel draws at random from the
+/// ephemeral range, as bind to port 0 would, one system call sooner. The query
+/// leaves before tokio registers the socket: a new registration is not known to be
+/// writable until the event loop's next turn, which would hold the send that long.
+fn fresh_socket(server: SocketAddr, query: &[u8]) -> io::Result<UdpSocket> {
+    let sock = Socket::new(
+        Domain::for_address(server),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )?;
+    sock.connect(&server.into())?;
+    sock.send(query)?;
+    UdpSocket::from_std(sock.into())
 }
 
 /// One UDP exchange on a socket of its own. `mismatched` counts replies dropped for a
@@ -141,10 +147,9 @@ pub async fn udp(
     edns: bool,
     mismatched: &AtomicU64,
 ) -> Result<Answer, TryError> {
-    let sock = fresh_socket(server).await?;
-    udp_on(&sock, server, q, edns, mismatched, None)
-        .await
-        .map(|(answer, _)| answer)
+    let id = random_id();
+    let sock = fresh_socket(server, &wire::build_upstream_query(q, id, edns))?;
+    receive(&sock, server, q, id, None, mismatched).await
 }
 
 /// `udp` on a socket from `pool`, given back when the exchange ended cleanly.
@@ -158,7 +163,7 @@ pub async fn udp_pooled(
     if pool.reuse <= 1 {
         return udp(server, q, edns, mismatched).await;
     }
-    let mut p = match pool.take(Instant::now()) {
+    let (mut p, id) = match pool.take(Instant::now()) {
         Some(p) => {
             // Forget that the socket was readable, without a system call: the last
             // receive left that mark, and reading the (nearly always empty) queue to
@@ -168,37 +173,43 @@ pub async fn udp_pooled(
             let _ = p.sock.try_io(Interest::READABLE, || {
                 Err::<(), _>(io::ErrorKind::WouldBlock.into())
             });
-            p
+            let mut id = random_id();
+            while Some(id) == p.last_id {
+                id = random_id();
+            }
+            p.sock
+                .send(&wire::build_upstream_query(q, id, edns))
+                .await?;
+            (p, id)
         }
-        None => Pooled {
-            sock: fresh_socket(server).await?,
-            uses: 0,
-            born: Instant::now(),
-            last_id: None,
-        },
+        None => {
+            let id = random_id();
+            let p = Pooled {
+                sock: fresh_socket(server, &wire::build_upstream_query(q, id, edns))?,
+                uses: 0,
+                born: Instant::now(),
+                last_id: None,
+            };
+            (p, id)
+        }
     };
     p.uses += 1;
-    let (answer, id) = udp_on(&p.sock, server, q, edns, mismatched, p.last_id).await?;
+    let answer = receive(&p.sock, server, q, id, p.last_id, mismatched).await?;
     p.last_id = Some(id);
     pool.give(p, Instant::now());
     Ok(answer)
 }
 
-/// One exchange on `sock`; returns the answer and the query ID used. Datagrams with
-/// the ID `previous` (replies to the socket's last query) are skipped uncounted.
-async fn udp_on(
+/// The reply to query `id`, sent on `sock`. Datagrams with the ID `previous`
+/// (replies to the socket's last query) are skipped uncounted.
+async fn receive(
     sock: &UdpSocket,
     server: SocketAddr,
     q: &Query,
-    edns: bool,
-    mismatched: &AtomicU64,
+    id: u16,
     previous: Option<u16>,
-) -> Result<(Answer, u16), TryError> {
-    let mut id = random_id();
-    while Some(id) == previous {
-        id = random_id();
-    }
-    sock.send(&wire::build_upstream_query(q, id, edns)).await?;
+    mismatched: &AtomicU64,
+) -> Result<Answer, TryError> {
     loop {
         sock.readable().await?;
         // Read and checked without an await in between, so the thread's buffer is
@@ -217,7 +228,7 @@ async fn udp_on(
             Err(e) => Err(TryError::Network(e)),
         })?;
         if let Some(answer) = step {
-            return answer.map(|a| (a, id));
+            return answer;
         }
     }
 }
