@@ -80,7 +80,7 @@ fn benches(c: &mut Criterion) {
             let raw = reply_to(&qi, 7);
             let p = wire::parse_reply(&raw, 7, &qi).unwrap();
             let n = wire::normalize(&raw, &p).unwrap();
-            cache.store_answer(&qi, &n, &policy, now);
+            cache.store_answer(&qi, n, &policy, now).unwrap();
             last = Some(qi);
         }
         let probe = last.unwrap();

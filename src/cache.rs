@@ -126,8 +126,9 @@ impl CacheKey {
     }
 }
 
-/// A key borrowed from a query, so a lookup allocates nothing.
-struct KeyRef<'a> {
+/// A key borrowed from a query, so a lookup allocates nothing. It hashes as the
+/// `CacheKey` it matches does.
+pub struct KeyRef<'a> {
     name: &'a [u8],
     qtype: u16,
     qclass: u16,
@@ -135,7 +136,7 @@ struct KeyRef<'a> {
 }
 
 impl<'a> KeyRef<'a> {
-    fn of(q: &'a Query) -> Self {
+    pub fn of(q: &'a Query) -> Self {
         KeyRef {
             name: &q.qname_lower,
             qtype: q.qtype,
@@ -321,7 +322,9 @@ impl Cache {
     }
 
     /// Caches an upstream answer if it may be cached, and returns the entry (TTLs as the
-    /// cache will serve them, so the client of a miss sees what later hits see).
+    /// cache will serve them, so the client of a miss sees what later hits see), or
+    /// gives the answer back untouched. It takes the answer by value: the entry is the
+    /// answer itself, its TTLs rewritten in place, not a copy.
     /// Positive answers: every TTL clamped to [min_ttl, max_ttl], fresh for the
     /// smallest. Negative answers (NXDOMAIN, or NOERROR without answers) need an SOA in
     /// the authority section: fresh for min(SOA TTL, SOA MINIMUM) capped by
@@ -330,46 +333,47 @@ impl Cache {
     pub fn store_answer(
         &self,
         q: &Query,
-        reply: &Normalized,
+        mut reply: Normalized,
         policy: &CachePolicy,
         now: Instant,
-    ) -> Option<Arc<Stored>> {
+    ) -> Result<Arc<Stored>, Normalized> {
         if reply.truncated || reply.ttl_offsets.is_empty() {
-            return None;
+            return Err(reply);
         }
         let (min, max) = (secs(policy.min_ttl), secs(policy.max_ttl));
-        let mut n = reply.clone();
-        let lifetime = match reply.rcode {
+        // (floor, cap) for every TTL in the answer, and how long it stays fresh.
+        let (floor, cap, lifetime) = match reply.rcode {
             rcode::NOERROR if reply.answers > 0 => {
-                let mut lifetime = u32::MAX;
-                for &o in &reply.ttl_offsets {
-                    let ttl = n.ttl_at(o).clamp(min, max);
-                    n.set_ttl_at(o, ttl);
-                    lifetime = lifetime.min(ttl);
-                }
-                lifetime
+                let lifetime = reply
+                    .ttl_offsets
+                    .iter()
+                    .map(|&o| reply.ttl_at(o).clamp(min, max))
+                    .min()
+                    .unwrap_or(0);
+                (min, max, lifetime)
             }
             rcode::NOERROR | rcode::NXDOMAIN => {
                 let Some((soa_ttl, minimum)) = reply.soa else {
                     // No SOA: nothing says how long the name is absent (RFC 2308 5).
-                    return None;
+                    return Err(reply);
                 };
                 let negative = soa_ttl
                     .min(minimum)
                     .clamp(min, secs(policy.negative_max_ttl).max(min));
-                for &o in &reply.ttl_offsets {
-                    let ttl = n.ttl_at(o).min(negative);
-                    n.set_ttl_at(o, ttl);
-                }
-                negative
+                (0, negative, negative)
             }
-            _ => return None,
+            _ => return Err(reply),
         };
         if lifetime == 0 {
-            return None;
+            return Err(reply);
+        }
+        for i in 0..reply.ttl_offsets.len() {
+            let o = reply.ttl_offsets[i];
+            let ttl = reply.ttl_at(o).clamp(floor, cap);
+            reply.set_ttl_at(o, ttl);
         }
         let stored = Arc::new(Stored {
-            reply: Arc::new(n),
+            reply: Arc::new(reply),
             at: now,
             lifetime,
             hits: AtomicU32::new(0),
@@ -383,7 +387,7 @@ impl Cache {
             },
         );
         self.stats.inserts.fetch_add(1, Ordering::Relaxed);
-        Some(stored)
+        Ok(stored)
     }
 
     /// Remembers that the question could not be answered (SERVFAIL, or nothing in
@@ -467,8 +471,8 @@ mod tests {
         let t0 = Instant::now();
         let a = q("www.example", 1);
         assert!(c
-            .store_answer(&a, &reply(&a, 0, &[300, 120], None), &policy(), t0)
-            .is_some());
+            .store_answer(&a, reply(&a, 0, &[300, 120], None), &policy(), t0)
+            .is_ok());
         let (age, s, _) = fresh(c.lookup(&a, &policy(), t0 + Duration::from_secs(100)));
         assert_eq!((age, s.lifetime), (100, 120));
         let served = wire::render(&s.reply, &a, 512, wire::Ttls::Aged(age));
@@ -507,7 +511,8 @@ mod tests {
             ..policy()
         };
         let a = q("clamp.example", 1);
-        c.store_answer(&a, &reply(&a, 0, &[5, 86400], None), &p, t0);
+        c.store_answer(&a, reply(&a, 0, &[5, 86400], None), &p, t0)
+            .unwrap();
         let (_, s, _) = fresh(c.lookup(&a, &p, t0));
         assert_eq!(s.lifetime, 60);
         assert_eq!(s.reply.ttl_at(s.reply.ttl_offsets[0]), 60);
@@ -515,8 +520,8 @@ mod tests {
         // TTL 0 without a floor: not cached at all.
         let z = q("zero.example", 1);
         assert!(c
-            .store_answer(&z, &reply(&z, 0, &[0], None), &policy(), t0)
-            .is_none());
+            .store_answer(&z, reply(&z, 0, &[0], None), &policy(), t0)
+            .is_err());
     }
 
     #[test]
@@ -526,7 +531,7 @@ mod tests {
         let nx = q("nx.example", 1);
         // min(SOA TTL 900, MINIMUM 300) = 300.
         let nx_reply = reply(&nx, rcode::NXDOMAIN, &[], Some((900, 300)));
-        assert!(c.store_answer(&nx, &nx_reply, &policy(), t0).is_some());
+        assert!(c.store_answer(&nx, nx_reply, &policy(), t0).is_ok());
         let (_, s, _) = fresh(c.lookup(&nx, &policy(), t0));
         assert_eq!(s.lifetime, 300);
         assert_eq!(
@@ -541,16 +546,16 @@ mod tests {
         };
         let nodata = q("nodata.example", 28);
         let nodata_reply = reply(&nodata, 0, &[], Some((900, 300)));
-        assert!(c.store_answer(&nodata, &nodata_reply, &p, t0).is_some());
+        assert!(c.store_answer(&nodata, nodata_reply, &p, t0).is_ok());
         assert_eq!(fresh(c.lookup(&nodata, &p, t0)).1.lifetime, 10);
         // No SOA: not cached.
         let bare = q("bare.example", 1);
         let no_soa = reply(&bare, rcode::NXDOMAIN, &[], None);
-        assert!(c.store_answer(&bare, &no_soa, &policy(), t0).is_none());
+        assert!(c.store_answer(&bare, no_soa, &policy(), t0).is_err());
         // REFUSED and SERVFAIL are never cached as answers.
         for rc in [rcode::REFUSED, rcode::SERVFAIL] {
             let r = reply(&bare, rc, &[60], None);
-            assert!(c.store_answer(&bare, &r, &policy(), t0).is_none());
+            assert!(c.store_answer(&bare, r, &policy(), t0).is_err());
         }
     }
 
@@ -559,7 +564,8 @@ mod tests {
         let c = Cache::new(100);
         let t0 = Instant::now();
         let a = q("flaky.example", 1);
-        c.store_answer(&a, &reply(&a, 0, &[10], None), &policy(), t0);
+        c.store_answer(&a, reply(&a, 0, &[10], None), &policy(), t0)
+            .unwrap();
         let t1 = t0 + Duration::from_secs(20);
         c.store_failure(&a, &policy(), t1);
         match c.lookup(&a, &policy(), t1 + Duration::from_secs(4)) {
@@ -589,7 +595,8 @@ mod tests {
         let c = Cache::new(100);
         let t0 = Instant::now();
         let a = q("hot.example", 1);
-        c.store_answer(&a, &reply(&a, 0, &[100], None), &policy(), t0);
+        c.store_answer(&a, reply(&a, 0, &[100], None), &policy(), t0)
+            .unwrap();
         assert!(!fresh(c.lookup(&a, &policy(), t0 + Duration::from_secs(50))).2);
         // Second hit, but 50 s remain: not yet.
         assert!(!fresh(c.lookup(&a, &policy(), t0 + Duration::from_secs(50))).2);
@@ -603,7 +610,8 @@ mod tests {
             ..policy()
         };
         let b = q("cold.example", 1);
-        c.store_answer(&b, &reply(&b, 0, &[100], None), &off, t0);
+        c.store_answer(&b, reply(&b, 0, &[100], None), &off, t0)
+            .unwrap();
         c.lookup(&b, &off, t0);
         assert!(!fresh(c.lookup(&b, &off, t0 + Duration::from_secs(95))).2);
     }
@@ -613,7 +621,8 @@ mod tests {
         let c = Cache::new(100);
         let t0 = Instant::now();
         let base = q("Key.Example", 1);
-        c.store_answer(&base, &reply(&base, 0, &[60], None), &policy(), t0);
+        c.store_answer(&base, reply(&base, 0, &[60], None), &policy(), t0)
+            .unwrap();
         assert!(
             matches!(
                 c.lookup(&q("kEY.eXAMPLE", 1), &policy(), t0),
@@ -668,7 +677,8 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..10_000 {
             let a = q(&format!("n{i}.example"), 1);
-            c.store_answer(&a, &reply(&a, 0, &[300], None), &policy(), t0);
+            c.store_answer(&a, reply(&a, 0, &[300], None), &policy(), t0)
+                .unwrap();
             assert!(c.len() <= 1000, "{} entries after {i} inserts", c.len());
         }
         assert!(c.stats.evictions.load(Ordering::Relaxed) >= 9000);
@@ -685,13 +695,15 @@ mod tests {
         let t0 = Instant::now();
         let hot: Vec<Query> = (0..100).map(|i| q(&format!("hot{i}.example"), 1)).collect();
         for h in &hot {
-            c.store_answer(h, &reply(h, 0, &[3600], None), &policy(), t0);
+            c.store_answer(h, reply(h, 0, &[3600], None), &policy(), t0)
+                .unwrap();
             c.lookup(h, &policy(), t0);
             c.lookup(h, &policy(), t0);
         }
         for i in 0..20_000 {
             let a = q(&format!("{i}.random.example"), 1);
-            c.store_answer(&a, &reply(&a, 0, &[3600], None), &policy(), t0);
+            c.store_answer(&a, reply(&a, 0, &[3600], None), &policy(), t0)
+                .unwrap();
         }
         let kept = hot
             .iter()

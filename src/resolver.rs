@@ -7,17 +7,20 @@
 //! against all of them at once (RFC 5452 section 5, dnsmasq's DNSpooq
 //! CVE-2020-25686).
 //!
-//! A resolution runs in a task of its own, so it outlives the client that started it:
-//! the other waiters, the cache and a stale-serving client who stopped waiting all
-//! still get its result.
+//! A resolution outlives any client who stops waiting for it: it runs in the task
+//! of the client that started it, which runs to its end whatever the client does,
+//! or, when that client may give up early (a stale answer at hand), in a task of its
+//! own. The other waiters and the cache always get its result.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hashbrown::hash_table::{Entry, HashTable};
+use quick_cache::Equivalent;
 use tokio::sync::Notify;
 
-use crate::cache::{Cache, CacheKey};
+use crate::cache::{Cache, CacheKey, KeyRef};
 use crate::claims::Claims;
 use crate::config::CachePolicy;
 use crate::upstream::{Lifecycle, Outcome, UpstreamSet};
@@ -78,6 +81,15 @@ type Pending = Arc<Slot>;
 /// 0.7% of the cache-miss profile, for a map every forwarded query enters and leaves.
 type Hasher = quick_cache::DefaultHashBuilder;
 
+/// A question in flight. The map is a `HashTable` so that an entry can be found again
+/// by its hash and its slot: the resolution that leaves the map keeps no copy of the
+/// key (an allocation per forwarded query) and does not hash it a second time.
+#[derive(Debug)]
+struct InFlight {
+    key: CacheKey,
+    slot: Pending,
+}
+
 #[derive(Debug, Default)]
 pub struct ResolverStats {
     /// Resolutions started (each sends at least one upstream query, budget allowing).
@@ -88,7 +100,8 @@ pub struct ResolverStats {
 
 #[derive(Debug)]
 pub struct Resolver {
-    inflight: Mutex<HashMap<CacheKey, Pending, Hasher>>,
+    inflight: Mutex<HashTable<InFlight>>,
+    hasher: Hasher,
     cache: Arc<Cache>,
     life: Lifecycle,
     pub stats: ResolverStats,
@@ -97,14 +110,15 @@ pub struct Resolver {
 impl Resolver {
     pub fn new(cache: Arc<Cache>, life: Lifecycle) -> Self {
         Resolver {
-            inflight: Mutex::new(HashMap::with_hasher(Hasher::default())),
+            inflight: Mutex::new(HashTable::new()),
+            hasher: Hasher::default(),
             cache,
             life,
             stats: ResolverStats::default(),
         }
     }
 
-    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Pending, Hasher>> {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashTable<InFlight>> {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -127,35 +141,48 @@ impl Resolver {
     /// before it ends) or to spawn (`Lead::spawn`). Running it in the client's own
     /// task saves a task per forwarded query when nobody needs the resolution to
     /// outlive the client.
-    pub fn start(
+    pub fn start<'q>(
         self: &Arc<Self>,
-        q: &Query,
+        q: &'q Query,
         route: &Arc<UpstreamSet>,
         policy: CachePolicy,
         claims: Option<&Arc<Claims>>,
-    ) -> Start {
-        let key = CacheKey::of(q);
+    ) -> Start<'q> {
+        let want = KeyRef::of(q);
+        let hash = self.hasher.hash_one(&want);
         let rx = {
             let mut map = self.inflight();
-            if let Some(rx) = map.get(&key) {
-                self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-                return Start::Joined(Arc::clone(rx));
+            let entry = map.entry(
+                hash,
+                |e| want.equivalent(&e.key),
+                |e| self.hasher.hash_one(&e.key),
+            );
+            match entry {
+                Entry::Occupied(e) => {
+                    self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                    return Start::Joined(Arc::clone(&e.get().slot));
+                }
+                Entry::Vacant(e) => {
+                    let rx = Pending::default();
+                    e.insert(InFlight {
+                        key: CacheKey::of(q),
+                        slot: Arc::clone(&rx),
+                    });
+                    rx
+                }
             }
-            let rx = Pending::default();
-            map.insert(key.clone(), Arc::clone(&rx));
-            rx
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         Start::Lead(Lead {
             registered: Registered {
                 resolver: Arc::clone(self),
-                key,
+                hash,
                 rx,
             },
             route: Arc::clone(route),
             policy,
             claims: claims.cloned(),
-            q: q.clone(),
+            q,
         })
     }
 
@@ -168,14 +195,14 @@ impl Resolver {
 // Returned and matched at once, never stored: boxing `Lead` would cost an allocation
 // per forwarded query for nothing.
 #[allow(clippy::large_enum_variant)]
-pub enum Start {
+pub enum Start<'q> {
     /// The question was in flight already: its result will come on this channel.
     Joined(Pending),
     /// A new resolution, registered in the in-flight map, for the caller to run.
-    Lead(Lead),
+    Lead(Lead<'q>),
 }
 
-impl Start {
+impl Start<'_> {
     /// Where the result will come, a new resolution running in a task of its own.
     pub fn spawned(self) -> Pending {
         match self {
@@ -186,24 +213,41 @@ impl Start {
 }
 
 /// A resolution registered in the in-flight map and not yet run. Dropped unrun, it
-/// leaves the map and its waiters get `None`.
-pub struct Lead {
+/// leaves the map and its waiters get `None`. It borrows the client's query: run in
+/// the client's task, it needs no copy of it.
+pub struct Lead<'q> {
     registered: Registered,
     route: Arc<UpstreamSet>,
     policy: CachePolicy,
     claims: Option<Arc<Claims>>,
-    q: Query,
+    q: &'q Query,
 }
 
-impl Lead {
-    /// Runs the resolution in a task of its own, so it outlives the caller; the
-    /// result comes on the returned channel.
+impl Lead<'_> {
+    /// Runs the resolution in a task of its own, with a copy of the query, so it
+    /// outlives the caller; the result comes on the returned channel.
     pub fn spawn(self) -> Pending {
         let rx = Arc::clone(&self.registered.rx);
         let tasks = self.registered.resolver.life.tasks.clone();
+        let Lead {
+            registered,
+            route,
+            policy,
+            claims,
+            q,
+        } = self;
+        let q = q.clone();
         // Boxed for the same reason as the listeners' query tasks.
         tasks.spawn(Box::pin(async move {
-            self.run().await;
+            Lead {
+                registered,
+                route,
+                policy,
+                claims,
+                q: &q,
+            }
+            .run()
+            .await;
         }));
         rx
     }
@@ -218,61 +262,52 @@ impl Lead {
             q,
         } = self;
         let this = Arc::clone(&registered.resolver);
-        let res = match route.resolve(&q).await {
+        let got = match route.resolve(q).await {
             Outcome::Reply { answer, upstream } => {
                 match wire::normalize(&answer.bytes, &answer.reply) {
                     Some(n) => match &claims {
-                        None => Resolution::Answer {
-                            reply: Arc::new(n),
-                            upstream,
-                        },
+                        None => Ok((n, upstream)),
                         // Boxed: the chase's state is two thirds of this future's size,
                         // and every forwarded query's task would otherwise carry and
                         // copy it (measured: memmove was 6% of the cache-miss CPU).
-                        Some(c) => match Box::pin(c.chase(&q, &route, n)).await {
-                            Ok(chased) => Resolution::Answer {
-                                reply: Arc::new(chased.reply),
-                                upstream,
-                            },
+                        Some(c) => match Box::pin(c.chase(q, &route, n)).await {
+                            Ok(chased) => Ok((chased.reply, upstream)),
                             Err(crate::claims::ChaseError::OverBudget { .. }) => {
-                                Resolution::OverBudget
+                                Err(Resolution::OverBudget)
                             }
-                            Err(_) => Resolution::Failed,
+                            Err(_) => Err(Resolution::Failed),
                         },
                     },
-                    None => Resolution::Failed,
+                    None => Err(Resolution::Failed),
                 }
             }
-            Outcome::Failed => Resolution::Failed,
-            Outcome::OverBudget => Resolution::OverBudget,
+            Outcome::Failed => Err(Resolution::Failed),
+            Outcome::OverBudget => Err(Resolution::OverBudget),
         };
-        let res = if policy.enabled {
-            let now = this.life.clock.now();
-            match res {
-                Resolution::Answer { ref reply, .. } if reply.rcode == rcode::SERVFAIL => {
-                    this.cache.store_failure(&q, &policy, now);
-                    res
-                }
-                // Waiters get the answer as the cache holds it (TTLs clamped), so a
-                // miss and the hits after it agree.
-                Resolution::Answer { reply, upstream } => {
-                    match this.cache.store_answer(&q, &reply, &policy, now) {
-                        Some(stored) => Resolution::Answer {
-                            reply: Arc::clone(&stored.reply),
-                            upstream,
-                        },
-                        None => Resolution::Answer { reply, upstream },
+        let now = this.life.clock.now();
+        let res = match got {
+            Ok((reply, upstream)) => {
+                let reply = if !policy.enabled {
+                    Arc::new(reply)
+                } else if reply.rcode == rcode::SERVFAIL {
+                    this.cache.store_failure(q, &policy, now);
+                    Arc::new(reply)
+                } else {
+                    // Waiters get the answer as the cache holds it (TTLs clamped), so
+                    // a miss and the hits after it agree.
+                    match this.cache.store_answer(q, reply, &policy, now) {
+                        Ok(stored) => Arc::clone(&stored.reply),
+                        Err(reply) => Arc::new(reply),
                     }
-                }
-                Resolution::Failed => {
-                    this.cache.store_failure(&q, &policy, now);
-                    res
-                }
-                // Our own limit, not the upstream's failure: nothing to remember.
-                Resolution::OverBudget => res,
+                };
+                Resolution::Answer { reply, upstream }
             }
-        } else {
-            res
+            Err(Resolution::Failed) if policy.enabled => {
+                this.cache.store_failure(q, &policy, now);
+                Resolution::Failed
+            }
+            // Our own limit, not the upstream's failure: nothing to remember.
+            Err(res) => res,
         };
         // Into the cache first, out of the in-flight map second: a query arriving in
         // between finds one or the other, never neither (and a query that joined the
@@ -289,7 +324,8 @@ impl Lead {
 /// resolution's own; otherwise later queries would join a dead resolution.
 struct Registered {
     resolver: Arc<Resolver>,
-    key: CacheKey,
+    /// The key's hash: the entry is the one with this hash and this slot.
+    hash: u64,
     rx: Pending,
 }
 
@@ -297,8 +333,8 @@ impl Drop for Registered {
     fn drop(&mut self) {
         {
             let mut map = self.resolver.inflight();
-            if map.get(&self.key).is_some_and(|r| Arc::ptr_eq(r, &self.rx)) {
-                map.remove(&self.key);
+            if let Ok(e) = map.find_entry(self.hash, |e| Arc::ptr_eq(&e.slot, &self.rx)) {
+                e.remove();
             }
         }
         // Ended without a result (a panic, or never run): the waiters get none.

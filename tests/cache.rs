@@ -112,6 +112,40 @@ async fn five_hundred_identical_queries_make_one_upstream_query() {
 }
 
 #[tokio::test]
+async fn a_finished_resolution_leaves_the_in_flight_map() {
+    // Without the cache, only the in-flight map could answer a repeat: an entry left
+    // behind (answered, or failed) would hand later queries its old result.
+    let silent = Arc::new(AtomicBool::new(true));
+    let s = silent.clone();
+    let up = Fake::start(move |q, _| {
+        if s.load(Ordering::SeqCst) {
+            vec![]
+        } else {
+            vec![Step::Reply(reply_a(q, [192, 0, 2, 8], 60))]
+        }
+    })
+    .await;
+    let (z, _clock) = start(&one_route(
+        &[up.addr],
+        "cache = false\ntimeout = \"300ms\"\ntry_timeout = \"300ms\"",
+    ))
+    .await;
+    let failed = ask_a(z.udp, "again.example.").await;
+    assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
+    silent.store(false, Ordering::SeqCst);
+    for n in 1..=3 {
+        let r = ask_a(z.udp, "again.example.").await;
+        assert_eq!(r.answers.len(), 1, "answer {n}");
+        assert_eq!(
+            asked(&up, "again.example."),
+            1 + n,
+            "each asked upstream anew"
+        );
+    }
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn stale_answers_only_after_upstream_failure_and_within_the_window() {
     let dead = Arc::new(AtomicBool::new(false));
     let d = dead.clone();
