@@ -3,7 +3,9 @@
 //! Zones are stored as lowercase wire names in a hash map; a query name is looked up
 //! suffix by suffix from the whole name down to the root, so a match always ends on a
 //! label boundary (`notcorp.com` never falls under `corp.com`) and a lookup costs one
-//! hash probe per label, whatever the number of zones.
+//! hash probe per label, whatever the number of zones. Suffixes with more labels than
+//! the deepest zone cannot match and are not probed: with only a root route, every
+//! lookup is one probe.
 
 use std::collections::HashMap;
 
@@ -16,6 +18,8 @@ type Hasher = quick_cache::DefaultHashBuilder;
 #[derive(Debug, Clone)]
 pub struct Router {
     zones: HashMap<Box<[u8]>, usize, Hasher>,
+    /// Labels in the deepest zone (0 for the root).
+    max_labels: usize,
 }
 
 /// The route that answers a name, and the zone that matched.
@@ -32,7 +36,15 @@ impl Router {
     pub fn new<'a>(zones: impl IntoIterator<Item = (&'a [u8], usize)>) -> Self {
         let mut map = HashMap::with_hasher(Hasher::default());
         map.extend(zones.into_iter().map(|(z, r)| (Box::from(z), r)));
-        Router { zones: map }
+        let max_labels = map
+            .keys()
+            .map(|z| wire::label_offsets(z).count())
+            .max()
+            .unwrap_or(0);
+        Router {
+            zones: map,
+            max_labels,
+        }
     }
 
     /// The routing table of a configuration: every zone of every route.
@@ -52,7 +64,15 @@ impl Router {
     pub fn route(&self, qname: &[u8], qtype: u16) -> Option<Match<'_>> {
         let skip_self = qtype == wire::TYPE_DS && qname.len() > 1;
         let mut ds_to_parent = false;
-        for at in wire::label_offsets(qname).chain(std::iter::once(qname.len() - 1)) {
+        // Suffixes deeper than any zone are skipped unprobed. A skipped whole name is
+        // no zone, so a DS query for it has no apex to send to the parent either.
+        let deeper = wire::label_offsets(qname)
+            .count()
+            .saturating_sub(self.max_labels);
+        for at in wire::label_offsets(qname)
+            .chain(std::iter::once(qname.len() - 1))
+            .skip(deeper)
+        {
             let suffix = &qname[at..];
             if skip_self && at == 0 {
                 ds_to_parent = self.zones.contains_key(suffix);
@@ -109,6 +129,22 @@ mod tests {
         assert_eq!(r.route(&n("corp.com"), wire::TYPE_DS).unwrap().route, 0);
         // The root has no parent: its DS question stays with the root route.
         assert_eq!(r.route(&[0], wire::TYPE_DS).unwrap().route, 0);
+    }
+
+    #[test]
+    fn names_deeper_than_every_zone_still_match_their_suffix() {
+        let r = router(&[("corp.com", 1), ("com", 2)]);
+        let route = |name: &str, t| r.route(&n(name), t).map(|m| m.route);
+        assert_eq!(route("a.b.c.d.corp.com", 1), Some(1));
+        assert_eq!(route("a.b.c.d.example.com", 1), Some(2));
+        assert_eq!(route("x.corp.com", wire::TYPE_DS), Some(1));
+        let m = r.route(&n("corp.com"), wire::TYPE_DS).unwrap();
+        assert_eq!((m.route, m.ds_to_parent), (2, true));
+        let m = r.route(&n("a.b.corp.com"), wire::TYPE_DS).unwrap();
+        assert_eq!((m.route, m.ds_to_parent), (1, false));
+        let root = router(&[(".", 0)]);
+        assert_eq!(root.route(&n("a.b.c.example"), 1).unwrap().zone, &[0][..]);
+        assert_eq!(root.route(&[0], wire::TYPE_DS).unwrap().route, 0);
     }
 
     #[test]

@@ -333,16 +333,13 @@ impl UpstreamSet {
     ///
     /// An upstream in a forwarding loop is never tried: the query would only come back.
     pub fn order(&self) -> Vec<usize> {
-        let usable: Vec<usize> = (0..self.upstreams.len())
-            .filter(|&i| !self.upstreams[i].looped.load(Ordering::Relaxed))
-            .collect();
-        let mut order: Vec<usize> = usable
-            .iter()
-            .copied()
+        let usable = |i: &usize| !self.upstreams[*i].looped.load(Ordering::Relaxed);
+        let mut order: Vec<usize> = (0..self.upstreams.len())
+            .filter(usable)
             .filter(|&i| !self.upstreams[i].is_marked_down())
             .collect();
         if order.is_empty() {
-            order = usable;
+            order.extend((0..self.upstreams.len()).filter(usable));
         }
         if order.is_empty() {
             return order;
