@@ -70,6 +70,9 @@ pub struct Job {
     cache: Arc<Cache>,
     client: SocketAddr,
     transport: Transport,
+    /// When the query arrived: the latency metric and the query log count from here,
+    /// the time waiting for a task included.
+    started: Instant,
     query_log: bool,
     metrics: Arc<RouteMetrics>,
     _permit: OwnedSemaphorePermit,
@@ -468,6 +471,7 @@ impl Handler {
             query: q,
             client,
             transport,
+            started,
             query_log: self.query_log,
             metrics: Arc::clone(route_metrics),
             _permit: permit,
@@ -482,7 +486,7 @@ impl Job {
     /// Run it to the end (the listeners spawn it): a resolution it leads may run
     /// inside it, and other clients may be waiting for that one.
     pub async fn run(self) -> Vec<u8> {
-        let started = Instant::now();
+        let started = self.started;
         let q = &self.query;
         let limit = self.transport.limit(q);
         let start = self

@@ -163,7 +163,10 @@ pub async fn udp_pooled(
     if pool.reuse <= 1 {
         return udp(server, q, edns, mismatched).await;
     }
-    let (mut p, id) = match pool.take(Instant::now()) {
+    // One clock read serves the whole exchange: a socket given back a little past
+    // POOL_MAX_AGE is still never used again, `take` drops it first.
+    let now = Instant::now();
+    let (mut p, id) = match pool.take(now) {
         Some(p) => {
             // Forget that the socket was readable, without a system call: the last
             // receive left that mark, and reading the (nearly always empty) queue to
@@ -187,7 +190,7 @@ pub async fn udp_pooled(
             let p = Pooled {
                 sock: fresh_socket(server, &wire::build_upstream_query(q, id, edns))?,
                 uses: 0,
-                born: Instant::now(),
+                born: now,
                 last_id: None,
             };
             (p, id)
@@ -196,7 +199,7 @@ pub async fn udp_pooled(
     p.uses += 1;
     let answer = receive(&p.sock, server, q, id, p.last_id, mismatched).await?;
     p.last_id = Some(id);
-    pool.give(p, Instant::now());
+    pool.give(p, now);
     Ok(answer)
 }
 

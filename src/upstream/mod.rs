@@ -134,10 +134,11 @@ impl Upstream {
         }
     }
 
-    fn within_budget(&self, now: std::time::Instant) -> bool {
+    /// The clock is read only when there is a budget to check.
+    fn within_budget(&self, clock: &dyn Clock) -> bool {
         match &self.budget {
             None => true,
-            Some(b) if b.try_take(now) => true,
+            Some(b) if b.try_take(clock.now()) => true,
             Some(_) => {
                 self.over_budget.fetch_add(1, Ordering::Relaxed);
                 false
@@ -418,7 +419,8 @@ impl UpstreamSet {
     /// one at once; a try that is merely slow starts the next one after
     /// `try_timeout` but stays open, so a late answer still wins until the deadline.
     pub async fn forward(&self, q: &Query) -> Outcome {
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         let order = self.order();
         if order.is_empty() {
             if self.budget_warning.ready() {
@@ -434,7 +436,7 @@ impl UpstreamSet {
         // Per try: upstream index and state.
         let mut tries: Vec<(usize, TryState)> = Vec::with_capacity(plan_len);
         let mut fallback: Option<(Answer, SocketAddr)> = None;
-        let mut try_timer = Instant::now();
+        let mut try_timer = started;
 
         // The next try whose upstream has budget left, to be run; none when none has.
         let launch =
@@ -442,7 +444,7 @@ impl UpstreamSet {
                 while *next < plan_len {
                     let idx = plan(*next);
                     *next += 1;
-                    if !self.upstreams[idx].within_budget(self.life.clock.now()) {
+                    if !self.upstreams[idx].within_budget(&*self.life.clock) {
                         continue;
                     }
                     let n = tries.len();
