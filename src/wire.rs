@@ -445,11 +445,18 @@ pub fn is_answerable_query(msg: &[u8]) -> bool {
 }
 
 fn read_question(msg: &[u8]) -> Result<(Vec<u8>, u16, u16, usize), WireError> {
-    let mut qname = Vec::with_capacity(64);
-    let pos = read_name(msg, HEADER_LEN, Some(&mut qname))?;
+    let (qname, qtype, qclass, end) = question(msg)?;
+    Ok((qname.to_vec(), qtype, qclass, end))
+}
+
+/// The question's name (wire form, as spelled), type, class and end, borrowed from
+/// `msg`. The name is the octets from offset 12 to its root label: a compression
+/// pointer there could only point into the header, which `read_name` refuses.
+fn question(msg: &[u8]) -> Result<(&[u8], u16, u16, usize), WireError> {
+    let pos = read_name(msg, HEADER_LEN, None)?;
     let qtype = u16_at(msg, pos, "question")?;
     let qclass = u16_at(msg, pos + 2, "question")?;
-    Ok((qname, qtype, qclass, pos + 4))
+    Ok((&msg[HEADER_LEN..pos], qtype, qclass, pos + 4))
 }
 
 /// Fixed part of a resource record after its owner name.
@@ -769,8 +776,8 @@ pub fn parse_reply(msg: &[u8], sent_id: u16, q: &Query) -> Result<Reply, ReplyEr
     if flags & FLAG_QR == 0 || flags & OPCODE_MASK != 0 || count(msg, 0) != 1 {
         return Err(ReplyError::Mismatch);
     }
-    let (qname, qtype, qclass, question_end) = read_question(msg).map_err(ReplyError::Malformed)?;
-    if qtype != q.qtype || qclass != q.qclass || !names_equal(&qname, &q.qname_lower) {
+    let (qname, qtype, qclass, question_end) = question(msg).map_err(ReplyError::Malformed)?;
+    if qtype != q.qtype || qclass != q.qclass || !names_equal(qname, &q.qname_lower) {
         return Err(ReplyError::Mismatch);
     }
     walk(msg, question_end).map_err(ReplyError::Malformed)
@@ -916,7 +923,7 @@ pub fn normalized_from(bytes: Vec<u8>, rcode: u16) -> Option<Normalized> {
     if bytes.len() < HEADER_LEN || count(&bytes, 0) != 1 {
         return None;
     }
-    let (_, _, _, question_end) = read_question(&bytes).ok()?;
+    let (_, _, _, question_end) = question(&bytes).ok()?;
     let w = walk(&bytes, question_end).ok()?;
     if w.opt.is_some() || w.end != bytes.len() {
         return None;
