@@ -297,7 +297,7 @@ impl Claims {
         };
         match set.resolve(&sub).await {
             Outcome::Reply { answer, upstream } => {
-                let n = wire::normalize_owned(answer.bytes, answer.reply).ok_or_else(failed)?;
+                let n = wire::normalize(&answer.bytes, &answer.reply).ok_or_else(failed)?;
                 // SERVFAIL, REFUSED or TC after the TCP retry: the claimed half of the
                 // chain is unknown, and the public half is what claiming it avoids.
                 if n.truncated || !matches!(n.rcode, rcode::NOERROR | rcode::NXDOMAIN) {

@@ -264,7 +264,7 @@ impl Lead<'_> {
         let this = Arc::clone(&registered.resolver);
         let got = match route.resolve(q).await {
             Outcome::Reply { answer, upstream } => {
-                match wire::normalize_owned(answer.bytes, answer.reply) {
+                match wire::normalize(&answer.bytes, &answer.reply) {
                     Some(n) => match &claims {
                         None => Ok((n, upstream)),
                         // Boxed: the chase's state is two thirds of this future's size,

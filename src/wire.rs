@@ -873,46 +873,34 @@ impl Normalized {
 /// Normalizes a reply `parse_reply` accepted; `None` when an OPT in the middle of the
 /// additional section could not be re-encoded away.
 pub fn normalize(msg: &[u8], r: &Reply) -> Option<Normalized> {
-    normalize_owned(msg[..r.end].to_vec(), r.clone())
-}
-
-/// `normalize` on a reply the caller owns: its buffer and TTL offsets become the
-/// normalized reply's, where `normalize` would copy both (two allocations and a copy
-/// of the message per forwarded query).
-pub fn normalize_owned(mut bytes: Vec<u8>, r: Reply) -> Option<Normalized> {
-    let walked = match &r.opt {
-        None => {
-            bytes.truncate(r.end);
-            None
-        }
+    let (mut bytes, walked) = match &r.opt {
+        None => (msg[..r.end].to_vec(), None),
         Some(opt) if r.opt_is_last => {
-            bytes.truncate(opt.start);
-            let ar = count(&bytes, 3) - 1;
-            set_u16(&mut bytes, 10, ar);
-            None
+            let mut b = msg[..opt.start].to_vec();
+            let ar = count(&b, 3) - 1;
+            set_u16(&mut b, 10, ar);
+            (b, None)
         }
         // Removing an OPT from the middle would shift names that later compression
         // pointers refer to; let a full decoder re-encode this rare shape, then walk
         // the result for its own offsets.
         Some(_) => {
-            bytes = reencode_without_opt(&bytes[..r.end])?;
-            Some(walk(&bytes, r.question_end).ok()?)
+            let b = reencode_without_opt(&msg[..r.end])?;
+            let w = walk(&b, r.question_end).ok()?;
+            (b, Some(w))
         }
     };
     let f = (flags(&bytes) | FLAG_RA) & !FLAG_Z;
     set_u16(&mut bytes, 2, f);
-    let (answers, ttl_offsets, soa) = match walked {
-        Some(w) => (w.answers, w.ttl_offsets, w.soa),
-        None => (r.answers, r.ttl_offsets, r.soa),
-    };
+    let w = walked.as_ref().unwrap_or(r);
     Some(Normalized {
         bytes,
         rcode: r.rcode,
         truncated: r.truncated,
         question_end: r.question_end,
-        answers,
-        ttl_offsets,
-        soa,
+        answers: w.answers,
+        ttl_offsets: w.ttl_offsets.clone(),
+        soa: w.soa,
     })
 }
 
