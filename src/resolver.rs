@@ -174,14 +174,16 @@ impl Resolver {
         };
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         Start::Lead(Lead {
-            registered: Registered {
-                resolver: Arc::clone(self),
-                hash,
-                rx,
+            work: Work {
+                registered: Registered {
+                    resolver: Arc::clone(self),
+                    hash,
+                    rx,
+                },
+                route: Arc::clone(route),
+                policy,
+                claims: claims.cloned(),
             },
-            route: Arc::clone(route),
-            policy,
-            claims: claims.cloned(),
             q,
         })
     }
@@ -192,9 +194,6 @@ impl Resolver {
 }
 
 /// How `Resolver::start` went.
-// Returned and matched at once, never stored: boxing `Lead` would cost an allocation
-// per forwarded query for nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum Start<'q> {
     /// The question was in flight already: its result will come on this channel.
     Joined(Pending),
@@ -216,10 +215,7 @@ impl Start<'_> {
 /// leaves the map and its waiters get `None`. It borrows the client's query: run in
 /// the client's task, it needs no copy of it.
 pub struct Lead<'q> {
-    registered: Registered,
-    route: Arc<UpstreamSet>,
-    policy: CachePolicy,
-    claims: Option<Arc<Claims>>,
+    work: Work,
     q: &'q Query,
 }
 
@@ -227,39 +223,38 @@ impl Lead<'_> {
     /// Runs the resolution in a task of its own, with a copy of the query, so it
     /// outlives the caller; the result comes on the returned channel.
     pub fn spawn(self) -> Pending {
-        let rx = Arc::clone(&self.registered.rx);
-        let tasks = self.registered.resolver.life.tasks.clone();
-        let Lead {
-            registered,
-            route,
-            policy,
-            claims,
-            q,
-        } = self;
-        let q = q.clone();
+        let rx = Arc::clone(&self.work.registered.rx);
+        let tasks = self.work.registered.resolver.life.tasks.clone();
+        let (work, q) = (self.work, self.q.clone());
         // Boxed for the same reason as the listeners' query tasks.
         tasks.spawn(Box::pin(async move {
-            Lead {
-                registered,
-                route,
-                policy,
-                claims,
-                q: &q,
-            }
-            .run()
-            .await;
+            work.run(&q).await;
         }));
         rx
     }
 
     /// Resolves, caches the result, publishes it to every waiter and returns it.
     pub async fn run(self) -> Arc<Resolution> {
-        let Lead {
+        self.work.run(self.q).await
+    }
+}
+
+/// What a resolution needs besides the query.
+struct Work {
+    registered: Registered,
+    route: Arc<UpstreamSet>,
+    policy: CachePolicy,
+    claims: Option<Arc<Claims>>,
+}
+
+impl Work {
+    /// Resolves `q`, caches the result, publishes it to every waiter and returns it.
+    async fn run(self, q: &Query) -> Arc<Resolution> {
+        let Work {
             registered,
             route,
             policy,
             claims,
-            q,
         } = self;
         let this = Arc::clone(&registered.resolver);
         let got = match route.resolve(q).await {
