@@ -115,16 +115,7 @@ async fn five_hundred_identical_queries_make_one_upstream_query() {
 async fn a_finished_resolution_leaves_the_in_flight_map() {
     // Without the cache, only the in-flight map could answer a repeat: an entry left
     // behind (answered, or failed) would hand later queries its old result.
-    let silent = Arc::new(AtomicBool::new(true));
-    let s = silent.clone();
-    let up = Fake::start(move |q, _| {
-        if s.load(Ordering::SeqCst) {
-            vec![]
-        } else {
-            vec![Step::Reply(reply_a(q, [192, 0, 2, 8], 60))]
-        }
-    })
-    .await;
+    let (up, answering) = Fake::answering_while(false, [192, 0, 2, 8], 60).await;
     let (z, _clock) = start(&one_route(
         &[up.addr],
         "cache = false\ntimeout = \"300ms\"\ntry_timeout = \"300ms\"",
@@ -132,7 +123,7 @@ async fn a_finished_resolution_leaves_the_in_flight_map() {
     .await;
     let failed = ask_a(z.udp, "again.example.").await;
     assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
-    silent.store(false, Ordering::SeqCst);
+    answering.store(true, Ordering::SeqCst);
     for n in 1..=3 {
         let r = ask_a(z.udp, "again.example.").await;
         assert_eq!(r.answers.len(), 1, "answer {n}");
@@ -147,16 +138,7 @@ async fn a_finished_resolution_leaves_the_in_flight_map() {
 
 #[tokio::test]
 async fn stale_answers_only_after_upstream_failure_and_within_the_window() {
-    let dead = Arc::new(AtomicBool::new(false));
-    let d = dead.clone();
-    let up = Fake::start(move |q, _| {
-        if d.load(Ordering::SeqCst) {
-            vec![]
-        } else {
-            vec![Step::Reply(reply_a(q, [192, 0, 2, 7], 10))]
-        }
-    })
-    .await;
+    let (up, alive) = Fake::answering_while(true, [192, 0, 2, 7], 10).await;
     let (z, clock) = start(&one_route(
         &[up.addr],
         "timeout = \"1s\"\ntry_timeout = \"500ms\"\nmax_fails = 0\n[cache]\nserve_stale = \"1h\"",
@@ -165,7 +147,7 @@ async fn stale_answers_only_after_upstream_failure_and_within_the_window() {
     exchange(z.udp, &query("kube.example.", RecordType::A, None)).await;
 
     // Expired and the upstream is gone: the stale answer, with TTL 30.
-    dead.store(true, Ordering::SeqCst);
+    alive.store(false, Ordering::SeqCst);
     clock.advance(Duration::from_secs(60));
     let (r, took) = timed(exchange(
         z.udp,

@@ -600,16 +600,7 @@ async fn a_late_answer_from_an_earlier_try_still_wins() {
 
 #[tokio::test]
 async fn a_down_upstream_is_skipped_then_probed_back() {
-    let alive = Arc::new(AtomicBool::new(false));
-    let flag = alive.clone();
-    let flappy = Fake::start(move |q, _| {
-        if flag.load(Ordering::SeqCst) {
-            vec![Step::Reply(reply_a(q, [192, 0, 2, 10], 1))]
-        } else {
-            vec![]
-        }
-    })
-    .await;
+    let (flappy, alive) = Fake::answering_while(false, [192, 0, 2, 10], 1).await;
     let backup = Fake::answering(|q| reply_a(q, [192, 0, 2, 20], 1)).await;
     let z = Zonefwd::start(&one_route(
         &[flappy.addr, backup.addr],

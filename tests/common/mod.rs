@@ -5,6 +5,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -196,6 +197,22 @@ impl Fake {
     /// Answers every query with an A record, 192.0.2.1 for 60 s.
     pub async fn answering_a() -> Fake {
         Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await
+    }
+
+    /// Answers every query with an A record `ip` for `ttl` s while the returned switch
+    /// is on (it starts `on`), and nothing while it is off.
+    pub async fn answering_while(on: bool, ip: [u8; 4], ttl: u32) -> (Fake, Arc<AtomicBool>) {
+        let switch = Arc::new(AtomicBool::new(on));
+        let s = Arc::clone(&switch);
+        let fake = Fake::start(move |q, _| {
+            if s.load(Ordering::SeqCst) {
+                vec![Step::Reply(reply_a(q, ip, ttl))]
+            } else {
+                vec![]
+            }
+        })
+        .await;
+        (fake, switch)
     }
 
     /// Never answers.
