@@ -174,11 +174,12 @@ impl Equivalent<CacheKey> for KeyRef<'_> {
     }
 }
 
-/// A cached answer.
+/// A cached answer. The reply is held inline, not behind an `Arc` of its own: one
+/// allocation less per entry (about 30 MiB at a million entries).
 #[derive(Debug)]
 pub struct Stored {
     /// TTLs already clamped (positive) or capped at the negative TTL (negative).
-    pub reply: Arc<Normalized>,
+    pub reply: Normalized,
     pub at: Instant,
     /// Seconds the entry is fresh: the smallest TTL it holds.
     pub lifetime: u32,
@@ -373,7 +374,7 @@ impl Cache {
             reply.set_ttl_at(o, ttl);
         }
         let stored = Arc::new(Stored {
-            reply: Arc::new(reply),
+            reply,
             at: now,
             lifetime,
             hits: AtomicU32::new(0),

@@ -20,7 +20,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 use quick_cache::Equivalent;
 use tokio::sync::Notify;
 
-use crate::cache::{Cache, CacheKey, KeyRef};
+use crate::cache::{Cache, CacheKey, KeyRef, Stored};
 use crate::claims::Claims;
 use crate::config::CachePolicy;
 use crate::upstream::{Lifecycle, Outcome, UpstreamSet};
@@ -31,13 +31,32 @@ use crate::wire::{self, rcode, Normalized, Query};
 pub enum Resolution {
     /// What an upstream said (possibly the last SERVFAIL/REFUSED when none did better).
     Answer {
-        reply: Arc<Normalized>,
+        reply: Answer,
         upstream: std::net::SocketAddr,
     },
     /// No upstream answered before the route's deadline.
     Failed,
     /// Every upstream's `max_qps` was spent.
     OverBudget,
+}
+
+/// An answer as its waiters share it: the cache entry it became, or the reply alone
+/// when it was not cached.
+#[derive(Debug)]
+pub enum Answer {
+    Cached(Arc<Stored>),
+    Uncached(Normalized),
+}
+
+impl std::ops::Deref for Answer {
+    type Target = Normalized;
+
+    fn deref(&self) -> &Normalized {
+        match self {
+            Answer::Cached(stored) => &stored.reply,
+            Answer::Uncached(reply) => reply,
+        }
+    }
 }
 
 impl Resolution {
@@ -283,16 +302,16 @@ impl Work {
         let res = match got {
             Ok((reply, upstream)) => {
                 let reply = if !policy.enabled {
-                    Arc::new(reply)
+                    Answer::Uncached(reply)
                 } else if reply.rcode == rcode::SERVFAIL {
                     this.cache.store_failure(q, &policy, now);
-                    Arc::new(reply)
+                    Answer::Uncached(reply)
                 } else {
                     // Waiters get the answer as the cache holds it (TTLs clamped), so
                     // a miss and the hits after it agree.
                     match this.cache.store_answer(q, reply, &policy, now) {
-                        Ok(stored) => Arc::clone(&stored.reply),
-                        Err(reply) => Arc::new(reply),
+                        Ok(stored) => Answer::Cached(stored),
+                        Err(reply) => Answer::Uncached(reply),
                     }
                 };
                 Resolution::Answer { reply, upstream }
