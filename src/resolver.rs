@@ -298,18 +298,19 @@ impl Work {
             Outcome::Failed => Err(Resolution::Failed),
             Outcome::OverBudget => Err(Resolution::OverBudget),
         };
-        let now = this.life.clock.now();
+        // Read only on the paths that cache something (not at all with the cache off).
+        let now = || this.life.clock.now();
         let res = match got {
             Ok((reply, upstream)) => {
                 let reply = if !policy.enabled {
                     Answer::Uncached(reply)
                 } else if reply.rcode == rcode::SERVFAIL {
-                    this.cache.store_failure(q, &policy, now);
+                    this.cache.store_failure(q, &policy, now());
                     Answer::Uncached(reply)
                 } else {
                     // Waiters get the answer as the cache holds it (TTLs clamped), so
                     // a miss and the hits after it agree.
-                    match this.cache.store_answer(q, reply, &policy, now) {
+                    match this.cache.store_answer(q, reply, &policy, now()) {
                         Ok(stored) => Answer::Cached(stored),
                         Err(reply) => Answer::Uncached(reply),
                     }
@@ -317,7 +318,7 @@ impl Work {
                 Resolution::Answer { reply, upstream }
             }
             Err(Resolution::Failed) if policy.enabled => {
-                this.cache.store_failure(q, &policy, now);
+                this.cache.store_failure(q, &policy, now());
                 Resolution::Failed
             }
             // Our own limit, not the upstream's failure: nothing to remember.
