@@ -390,7 +390,7 @@ impl Handler {
         let mut stale = None;
         if policy.enabled {
             let limit = transport.limit(&q);
-            match self.cache.lookup(&q, policy, self.clock.now()) {
+            match self.cache.lookup(&q, policy, self.clock.now_given(started)) {
                 Lookup::Fresh {
                     stored,
                     age,
