@@ -202,6 +202,19 @@ impl Handler {
         self.routes.iter().map(|r| &r.0)
     }
 
+    /// Closes every route's idle upstream sockets that are past their age.
+    pub fn sweep_idle_sockets(&self) {
+        let now = Instant::now();
+        let closed: usize = self
+            .upstream_sets()
+            .flat_map(|set| set.upstreams.iter())
+            .map(|u| u.pool.sweep(now))
+            .sum();
+        if closed > 0 {
+            tracing::trace!(closed, "closed idle upstream sockets past their age");
+        }
+    }
+
     /// Loop probes that came back (0 when loop detection is off).
     pub fn loops_detected(&self) -> u64 {
         self.loops

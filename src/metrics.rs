@@ -249,7 +249,7 @@ impl Collector for Collect {
             }
         }
         type UpstreamValue = fn(&crate::upstream::Upstream) -> u64;
-        let per_upstream: [(&str, &str, MetricType, UpstreamValue); 8] = [
+        let per_upstream: [(&str, &str, MetricType, UpstreamValue); 9] = [
             (
                 "zonefwd_upstream_queries",
                 "Tries sent to an upstream",
@@ -297,6 +297,12 @@ impl Collector for Collect {
                 "Failures in a row",
                 MetricType::Gauge,
                 |u| u64::from(u.consecutive_failures()),
+            ),
+            (
+                "zonefwd_upstream_idle_sockets",
+                "Pooled UDP sockets open between queries (upstream_udp_reuse); closed within 3 s of opening",
+                MetricType::Gauge,
+                |u| u.pool.idle_len() as u64,
             ),
         ];
         for (name, help, ty, value) in per_upstream {

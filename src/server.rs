@@ -303,9 +303,12 @@ pub async fn run_with(
 
     tokio::pin!(shutdown);
     let mut running = config;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = sweep.tick() => handler.load().sweep_idle_sockets(),
             Some(new) = next_reload(&mut control.reloads) => {
                 notifier.reloading();
                 running = reload(&handler, running, new, &life, &resolver, &metrics);
@@ -339,6 +342,10 @@ pub async fn run_with(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How often idle upstream sockets past their age are closed: such a socket stays
+/// open at most `POOL_MAX_AGE` plus this.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 fn status(config: &Config) -> String {
     let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();

@@ -134,3 +134,49 @@ async fn readiness_can_require_an_upstream_up() {
     );
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn idle_upstream_sockets_are_counted_and_closed_once_too_old() {
+    // Slow answers, so queries sent together each open a socket of their own.
+    let up = Fake::start(|q, _| {
+        vec![
+            Step::Sleep(Duration::from_millis(100)),
+            Step::Reply(reply_a(q, [192, 0, 2, 1], 60)),
+        ]
+    })
+    .await;
+    let z = Zonefwd::start_server("metrics = \"127.0.0.1:0\"", up.addr).await;
+    let m = z.metrics.unwrap();
+    let burst: Vec<_> = (0..8)
+        .map(|i| {
+            let (udp, name) = (z.udp, format!("burst{i}.example."));
+            tokio::spawn(async move { ask_a(udp, &name).await })
+        })
+        .collect();
+    for q in burst {
+        assert_eq!(q.await.unwrap().answers.len(), 1);
+    }
+    let idle = format!(
+        r#"zonefwd_upstream_idle_sockets{{route="default",upstream="{}"}}"#,
+        up.addr
+    );
+    let idle_now = || async {
+        let (_, body) = http_get(m, "/metrics").await;
+        sample(&body, &idle).unwrap_or_else(|| panic!("no {idle} in\n{body}"))
+    };
+    assert!(
+        idle_now().await >= 2.0,
+        "the burst's sockets wait for reuse"
+    );
+    // Nothing more is asked: the sweep, not a query, closes them (2 s of age, swept
+    // every second; the deadline is generous for a loaded machine).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while idle_now().await > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle sockets still open 20 s after the burst"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    z.stop().await.unwrap();
+}

@@ -117,9 +117,20 @@ impl SocketPool {
         }
     }
 
-    /// Idle sockets now (for tests).
+    /// Idle sockets now.
     pub fn idle_len(&self) -> usize {
         self.idle().len()
+    }
+
+    /// Closes the idle sockets `POOL_MAX_AGE` old, which `take` would only drop when
+    /// it reached them: after a burst, an upstream could otherwise keep up to
+    /// `POOL_MAX_IDLE` descriptors (and their ports) open for as long as no query came.
+    /// Returns how many it closed.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut idle = self.idle();
+        let before = idle.len();
+        idle.retain(|p| now.duration_since(p.born) < POOL_MAX_AGE);
+        before - idle.len()
     }
 }
 
@@ -468,6 +479,26 @@ mod tests {
         assert_eq!(pool.idle_len(), 1);
         // Not handed out once POOL_MAX_AGE has passed since it was opened.
         assert!(pool.take(Instant::now() + POOL_MAX_AGE).is_none());
+        assert_eq!(pool.idle_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_idle_sockets_once_too_old() {
+        let (addr, _) = upstream(Then::Nothing).await;
+        let pool = SocketPool::new(10);
+        let bad = AtomicU64::new(0);
+        // Two queries at once: two sockets, both idle after.
+        let (one, two) = (q("one.example."), q("two.example."));
+        let (a, b) = tokio::join!(
+            udp_pooled(&pool, addr, &one, true, &bad),
+            udp_pooled(&pool, addr, &two, true, &bad),
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(pool.idle_len(), 2);
+        assert_eq!(pool.sweep(Instant::now()), 0, "young sockets stay");
+        assert_eq!(pool.idle_len(), 2);
+        assert_eq!(pool.sweep(Instant::now() + POOL_MAX_AGE), 2);
         assert_eq!(pool.idle_len(), 0);
     }
 }
