@@ -4,10 +4,14 @@
 //! upstream (drops, REFUSED, FORMERR, NOTIMP, BADVERS, overload) is decided there, so
 //! listeners answer it inline. Only queries that must be forwarded become a `Job`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::future::Either;
+use futures_util::FutureExt;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -498,63 +502,73 @@ impl Job {
     /// reply, falling back on a stale answer when the upstreams fail or are slow.
     /// Run it to the end (the listeners spawn it): a resolution it leads may run
     /// inside it, and other clients may be waiting for that one.
-    pub async fn run(self) -> Vec<u8> {
-        let started = self.started;
-        let q = &self.query;
-        let limit = self.transport.limit(q);
-        let start = self
-            .resolver
-            .start(q, &self.route, self.policy, self.claims.as_ref());
-        let res = match (start, &self.stale) {
-            // Nobody gives up on this resolution early: it runs in this task.
-            (Start::Lead(lead), None) => Some(lead.run().await),
-            (Start::Joined(pending), None) => resolver::wait(pending).await,
-            // With a stale answer at hand the client stops waiting after a while,
-            // and the resolution goes on without it (RFC 8767 section 5).
-            (start, Some(_)) => {
-                tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(start.spawned()))
-                    .await
-                    .ok()
-                    .flatten()
+    /// (An async block over `self`, not an async fn: that would hold the job twice.)
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    pub fn run(self) -> impl Future<Output = Vec<u8>> {
+        async move {
+            let q = &self.query;
+            let limit = self.transport.limit(q);
+            let start = self
+                .resolver
+                .start(q, &self.route, self.policy, self.claims.as_ref());
+            // The wait is chosen before it is awaited, so `start` is not held (in the
+            // future's state) through it.
+            let waiting = match (start, &self.stale) {
+                // Nobody gives up on this resolution early: it runs in this task.
+                (Start::Lead(lead), None) => Either::Left(lead.run().map(Some)),
+                (Start::Joined(pending), None) => {
+                    Either::Right(Either::Left(resolver::wait(pending)))
+                }
+                // With a stale answer at hand the client stops waiting after a while,
+                // and the resolution goes on without it (RFC 8767 section 5).
+                (start, Some(_)) => Either::Right(Either::Right(
+                    tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(start.spawned()))
+                        .map(|r| r.ok().flatten()),
+                )),
+            };
+            let res = waiting.await;
+            let failed = res.as_deref().is_none_or(Resolution::is_failure);
+            let answer = match res.as_deref() {
+                Some(Resolution::Answer { reply, upstream }) => Some((reply, *upstream)),
+                _ => None,
+            };
+            let served_stale = failed && self.stale.is_some();
+            let upstream = answer.as_ref().map(|a| a.1);
+            let out = match (answer, &self.stale) {
+                // A failure with a stale answer at hand: the stale answer (RFC 8767).
+                (_, Some(s)) if failed => {
+                    self.cache.note_stale_served();
+                    wire::render(&s.reply, q, limit, Ttls::Fixed(STALE_TTL))
+                }
+                // An answer, or the SERVFAIL/REFUSED/TC an upstream gave when none did better.
+                (Some((reply, _)), _) => wire::render(reply, q, limit, Ttls::AsStored),
+                (None, _) => wire::reply_for(q, rcode::SERVFAIL),
+            };
+            self.metrics
+                .observe(self.transport, &out, self.started.elapsed());
+            if self.query_log {
+                QueryLog {
+                    client: self.client,
+                    transport: self.transport,
+                    query: q,
+                    route: &self.route.route,
+                    upstream,
+                    outcome: if served_stale {
+                        "stale"
+                    } else if upstream.is_some() {
+                        "upstream"
+                    } else {
+                        "servfail"
+                    },
+                    started: self.started,
+                }
+                .emit(&out);
             }
-        };
-        let failed = res.as_deref().is_none_or(Resolution::is_failure);
-        let answer = match res.as_deref() {
-            Some(Resolution::Answer { reply, upstream }) => Some((reply, *upstream)),
-            _ => None,
-        };
-        let served_stale = failed && self.stale.is_some();
-        let upstream = answer.as_ref().map(|a| a.1);
-        let out = match (answer, &self.stale) {
-            // A failure with a stale answer at hand: the stale answer (RFC 8767).
-            (_, Some(s)) if failed => {
-                self.cache.note_stale_served();
-                wire::render(&s.reply, q, limit, Ttls::Fixed(STALE_TTL))
-            }
-            // An answer, or the SERVFAIL/REFUSED/TC an upstream gave when none did better.
-            (Some((reply, _)), _) => wire::render(reply, q, limit, Ttls::AsStored),
-            (None, _) => wire::reply_for(q, rcode::SERVFAIL),
-        };
-        self.metrics
-            .observe(self.transport, &out, started.elapsed());
-        if self.query_log {
-            QueryLog {
-                client: self.client,
-                transport: self.transport,
-                query: q,
-                route: &self.route.route,
-                upstream,
-                outcome: if served_stale {
-                    "stale"
-                } else if upstream.is_some() {
-                    "upstream"
-                } else {
-                    "servfail"
-                },
-                started,
-            }
-            .emit(&out);
+            // The permit and the client's slot are held until the answer is made.
+            // Named here so that the block takes them at all: an async block
+            // captures only the fields it uses, and would drop these at its creation.
+            drop((self._permit, self._slot));
+            out
         }
-        out
     }
 }

@@ -12,6 +12,7 @@
 //! or, when that client may give up early (a stale answer at hand), in a task of its
 //! own. The other waiters and the cache always get its result.
 
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -238,7 +239,7 @@ pub struct Lead<'q> {
     q: &'q Query,
 }
 
-impl Lead<'_> {
+impl<'q> Lead<'q> {
     /// Runs the resolution in a task of its own, with a copy of the query, so it
     /// outlives the caller; the result comes on the returned channel.
     pub fn spawn(self) -> Pending {
@@ -253,8 +254,9 @@ impl Lead<'_> {
     }
 
     /// Resolves, caches the result, publishes it to every waiter and returns it.
-    pub async fn run(self) -> Arc<Resolution> {
-        self.work.run(self.q).await
+    /// (Work::run's future itself: an async wrapper would hold the Lead twice.)
+    pub fn run(self) -> impl Future<Output = Arc<Resolution>> + 'q {
+        self.work.run(self.q)
     }
 }
 
@@ -268,69 +270,68 @@ struct Work {
 
 impl Work {
     /// Resolves `q`, caches the result, publishes it to every waiter and returns it.
-    async fn run(self, q: &Query) -> Arc<Resolution> {
-        let Work {
-            registered,
-            route,
-            policy,
-            claims,
-        } = self;
-        let this = Arc::clone(&registered.resolver);
-        let got = match route.resolve(q).await {
-            Outcome::Reply { answer, upstream } => {
-                match wire::normalize(&answer.bytes, &answer.reply) {
-                    Some(n) => match &claims {
-                        None => Ok((n, upstream)),
-                        // Boxed: the chase's state is two thirds of this future's size,
-                        // and every forwarded query's task would otherwise carry and
-                        // copy it (measured: memmove was 6% of the cache-miss CPU).
-                        Some(c) => match Box::pin(c.chase(q, &route, n)).await {
-                            Ok(chased) => Ok((chased.reply, upstream)),
-                            Err(crate::claims::ChaseError::OverBudget { .. }) => {
-                                Err(Resolution::OverBudget)
-                            }
-                            Err(_) => Err(Resolution::Failed),
+    /// The fields are used in place, not bound to locals: the future would hold the
+    /// Work twice (as captured and as bound).
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    fn run(self, q: &Query) -> impl Future<Output = Arc<Resolution>> + '_ {
+        async move {
+            let this = Arc::clone(&self.registered.resolver);
+            let got = match self.route.resolve(q).await {
+                Outcome::Reply { answer, upstream } => {
+                    match wire::normalize(&answer.bytes, &answer.reply) {
+                        Some(n) => match &self.claims {
+                            None => Ok((n, upstream)),
+                            // Boxed: the chase's state is two thirds of this future's size,
+                            // and every forwarded query's task would otherwise carry and
+                            // copy it (measured: memmove was 6% of the cache-miss CPU).
+                            Some(c) => match Box::pin(c.chase(q, &self.route, n)).await {
+                                Ok(chased) => Ok((chased.reply, upstream)),
+                                Err(crate::claims::ChaseError::OverBudget { .. }) => {
+                                    Err(Resolution::OverBudget)
+                                }
+                                Err(_) => Err(Resolution::Failed),
+                            },
                         },
-                    },
-                    None => Err(Resolution::Failed),
-                }
-            }
-            Outcome::Failed => Err(Resolution::Failed),
-            Outcome::OverBudget => Err(Resolution::OverBudget),
-        };
-        // Read only on the paths that cache something (not at all with the cache off).
-        let now = || this.life.clock.now();
-        let res = match got {
-            Ok((reply, upstream)) => {
-                let reply = if !policy.enabled {
-                    Answer::Uncached(reply)
-                } else if reply.rcode == rcode::SERVFAIL {
-                    this.cache.store_failure(q, &policy, now());
-                    Answer::Uncached(reply)
-                } else {
-                    // Waiters get the answer as the cache holds it (TTLs clamped), so
-                    // a miss and the hits after it agree.
-                    match this.cache.store_answer(q, reply, &policy, now()) {
-                        Ok(stored) => Answer::Cached(stored),
-                        Err(reply) => Answer::Uncached(reply),
+                        None => Err(Resolution::Failed),
                     }
-                };
-                Resolution::Answer { reply, upstream }
-            }
-            Err(Resolution::Failed) if policy.enabled => {
-                this.cache.store_failure(q, &policy, now());
-                Resolution::Failed
-            }
-            // Our own limit, not the upstream's failure: nothing to remember.
-            Err(res) => res,
-        };
-        // Into the cache first, out of the in-flight map second: a query arriving in
-        // between finds one or the other, never neither (and a query that joined the
-        // slot just before it ended finds the result there).
-        let res = Arc::new(res);
-        registered.rx.end(Some(Arc::clone(&res)));
-        drop(registered);
-        res
+                }
+                Outcome::Failed => Err(Resolution::Failed),
+                Outcome::OverBudget => Err(Resolution::OverBudget),
+            };
+            // Read only on the paths that cache something (not at all with the cache off).
+            let now = || this.life.clock.now();
+            let res = match got {
+                Ok((reply, upstream)) => {
+                    let reply = if !self.policy.enabled {
+                        Answer::Uncached(reply)
+                    } else if reply.rcode == rcode::SERVFAIL {
+                        this.cache.store_failure(q, &self.policy, now());
+                        Answer::Uncached(reply)
+                    } else {
+                        // Waiters get the answer as the cache holds it (TTLs clamped), so
+                        // a miss and the hits after it agree.
+                        match this.cache.store_answer(q, reply, &self.policy, now()) {
+                            Ok(stored) => Answer::Cached(stored),
+                            Err(reply) => Answer::Uncached(reply),
+                        }
+                    };
+                    Resolution::Answer { reply, upstream }
+                }
+                Err(Resolution::Failed) if self.policy.enabled => {
+                    this.cache.store_failure(q, &self.policy, now());
+                    Resolution::Failed
+                }
+                // Our own limit, not the upstream's failure: nothing to remember.
+                Err(res) => res,
+            };
+            // Into the cache first, out of the in-flight map second: a query arriving in
+            // between finds one or the other, never neither (and a query that joined the
+            // slot just before it ended finds the result there).
+            let res = Arc::new(res);
+            self.registered.rx.end(Some(Arc::clone(&res)));
+            drop(self.registered);
+            res
+        }
     }
 }
 

@@ -505,11 +505,28 @@ fn answering<F: Future<Output = Vec<u8>>>(
     answer: impl FnOnce() -> F + 'static,
     client: SocketAddr,
 ) -> Answering {
-    Box::pin(
+    Box::pin(small(
         std::panic::AssertUnwindSafe(async move { (answer().await, client) })
             .catch_unwind()
             .map(Result::ok),
-    )
+    ))
+}
+
+/// mimalloc serves blocks up to 1 KiB from per-size free lists; a larger one takes its
+/// generic path, measured at about 400 instructions more per allocation, once per
+/// forwarded query for the answer's state.
+const SMALL_ALLOCATION: usize = 1024;
+
+/// `f`, checked at compile time to fit a small allocation, so a change that grows a
+/// forwarded query's state past it fails the build instead of slowing every miss.
+fn small<F>(f: F) -> F {
+    const {
+        assert!(
+            std::mem::size_of::<F>() <= SMALL_ALLOCATION,
+            "a forwarded query's state outgrew a small allocation: box a part of it"
+        )
+    };
+    f
 }
 
 async fn serve_udp(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {

@@ -359,7 +359,9 @@ impl UpstreamSet {
     /// What a resolution through this route gives: `forward`, then the route's
     /// NXDOMAIN fallback and private-answer guard.
     pub async fn resolve(&self, q: &Query) -> Outcome {
-        let out = self.forward(q).await;
+        // Boxed: it keeps the state of a forwarded query in two allocations under 1 KiB
+        // each, mimalloc's fast path, instead of one over it (`server::small`).
+        let out = Box::pin(self.forward(q)).await;
         let Some(fallback) = self.fallback.get() else {
             return self.guard(q, out);
         };
@@ -370,7 +372,9 @@ impl UpstreamSet {
                 // as Azure's "fallback to internet" link policy does.
                 self.nxdomain_fallbacks.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(route = %self.route, fallback = %fallback.route, name = %wire::name_to_string(&q.qname), "nxdomain: asking the fallback route");
-                match fallback.forward(q).await {
+                // Boxed: a rare path, and unboxed it sized every forwarded query's
+                // future for two forwards at once.
+                match Box::pin(fallback.forward(q)).await {
                     out @ Outcome::Reply { .. } => fallback.guard(q, out),
                     // The fallback had nothing: the NXDOMAIN stands.
                     _ => Outcome::Reply { answer, upstream },
