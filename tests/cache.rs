@@ -73,13 +73,7 @@ async fn hits_are_served_from_cache_with_ttls_counting_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_identical_queries_make_one_upstream_query() {
-    let up = Fake::start(|q, _| {
-        vec![
-            Step::Sleep(Duration::from_millis(500)),
-            Step::Reply(reply_a(q, [192, 0, 2, 5], 60)),
-        ]
-    })
-    .await;
+    let up = Fake::answering_after(Duration::from_millis(500), [192, 0, 2, 5], 60).await;
     // The upstream takes 500 ms: every one of the 500 arrives while the first is in
     // flight, so only coalescing can merge them.
     let (z, _clock) = start(&one_route(&[up.addr], "")).await;

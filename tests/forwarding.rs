@@ -576,13 +576,7 @@ async fn all_upstreams_down_gives_servfail_by_the_deadline() {
 #[tokio::test]
 async fn a_late_answer_from_an_earlier_try_still_wins() {
     // The only upstream answers after 700 ms; tries every 200 ms must not discard it.
-    let slow = Fake::start(|q, _| {
-        vec![
-            Step::Sleep(Duration::from_millis(700)),
-            Step::Reply(reply_a(q, [192, 0, 2, 3], 1)),
-        ]
-    })
-    .await;
+    let slow = Fake::answering_after(Duration::from_millis(700), [192, 0, 2, 3], 1).await;
     let z = Zonefwd::start(&one_route(
         &[slow.addr],
         "timeout = \"3s\"\ntry_timeout = \"200ms\"",
@@ -895,13 +889,7 @@ async fn malformed_and_non_query_messages() {
 
 #[tokio::test]
 async fn shutdown_finishes_queries_in_flight() {
-    let up = Fake::start(|q, _| {
-        vec![
-            Step::Sleep(Duration::from_millis(500)),
-            Step::Reply(reply_a(q, [192, 0, 2, 5], 1)),
-        ]
-    })
-    .await;
+    let up = Fake::answering_after(Duration::from_millis(500), [192, 0, 2, 5], 1).await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     let addr = z.udp;
     let pending = tokio::spawn(async move {
@@ -1010,13 +998,7 @@ async fn tcp_connections_beyond_the_limit_are_closed() {
 
 #[tokio::test]
 async fn beyond_max_inflight_new_queries_get_servfail_at_once() {
-    let up = Fake::start(|q, _| {
-        vec![
-            Step::Sleep(Duration::from_millis(800)),
-            Step::Reply(reply_a(q, [192, 0, 2, 1], 1)),
-        ]
-    })
-    .await;
+    let up = Fake::answering_after(Duration::from_millis(800), [192, 0, 2, 1], 1).await;
     let z = Zonefwd::start_server("max_inflight = 1", up.addr).await;
     let addr = z.udp;
     let first = tokio::spawn(async move {

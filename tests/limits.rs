@@ -249,13 +249,7 @@ async fn a_client_over_client_qps_is_refused_or_dropped_and_others_are_not() {
 async fn a_client_may_have_only_client_max_inflight_queries_waiting_upstream() {
     use hickory_proto::op::ResponseCode;
     // DNSBomb: a slow upstream, and a client sending many distinct names.
-    let up = Fake::start(|q, _| {
-        vec![
-            Step::Sleep(Duration::from_millis(1500)),
-            Step::Reply(reply_a(q, [192, 0, 2, 1], 60)),
-        ]
-    })
-    .await;
+    let up = Fake::answering_after(Duration::from_millis(1500), [192, 0, 2, 1], 60).await;
     let z = Zonefwd::start(&format!(
         "[server]\nmetrics = \"127.0.0.1:0\"\nclient_max_inflight = 3\nclient_limit_action = \"refuse\"\n{}",
         one_route(&[up.addr], "timeout = \"5s\"\ntry_timeout = \"4s\"")

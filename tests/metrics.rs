@@ -138,13 +138,7 @@ async fn readiness_can_require_an_upstream_up() {
 #[tokio::test]
 async fn idle_upstream_sockets_are_counted_and_closed_once_too_old() {
     // Slow answers, so queries sent together each open a socket of their own.
-    let up = Fake::start(|q, _| {
-        vec![
-            Step::Sleep(Duration::from_millis(100)),
-            Step::Reply(reply_a(q, [192, 0, 2, 1], 60)),
-        ]
-    })
-    .await;
+    let up = Fake::answering_after(Duration::from_millis(100), [192, 0, 2, 1], 60).await;
     let z = Zonefwd::start_server("metrics = \"127.0.0.1:0\"", up.addr).await;
     let m = z.metrics.unwrap();
     let burst: Vec<_> = (0..8)

@@ -51,13 +51,7 @@ async fn a_reload_switches_routes_and_keeps_the_cache() {
 
 #[tokio::test]
 async fn queries_in_flight_finish_on_the_old_configuration() {
-    let slow = Fake::start(|q, _| {
-        vec![
-            Step::Sleep(Duration::from_millis(700)),
-            Step::Reply(reply_a(q, [192, 0, 2, 1], 60)),
-        ]
-    })
-    .await;
+    let slow = Fake::answering_after(Duration::from_millis(700), [192, 0, 2, 1], 60).await;
     let other = Fake::answering(|q| reply_a(q, [192, 0, 2, 2], 60)).await;
     let z = Zonefwd::start(&one_route(&[slow.addr], "")).await;
     let addr = z.udp;

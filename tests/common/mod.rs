@@ -199,6 +199,12 @@ impl Fake {
         Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 60)).await
     }
 
+    /// Answers every query with an A record `ip` for `ttl` s, each after `delay`: a slow
+    /// upstream, so queries stay in flight.
+    pub async fn answering_after(delay: Duration, ip: [u8; 4], ttl: u32) -> Fake {
+        Fake::start(move |q, _| vec![Step::Sleep(delay), Step::Reply(reply_a(q, ip, ttl))]).await
+    }
+
     /// Answers every query with an A record `ip` for `ttl` s while the returned switch
     /// is on (it starts `on`), and nothing while it is off.
     pub async fn answering_while(on: bool, ip: [u8; 4], ttl: u32) -> (Fake, Arc<AtomicBool>) {
