@@ -275,7 +275,6 @@ impl Work {
     #[allow(clippy::manual_async_fn)] // on purpose, see above
     fn run(self, q: &Query) -> impl Future<Output = Arc<Resolution>> + '_ {
         async move {
-            let this = Arc::clone(&self.registered.resolver);
             let got = match self.route.resolve(q).await {
                 Outcome::Reply { answer, upstream } => {
                     match wire::normalize(&answer.bytes, &answer.reply) {
@@ -298,6 +297,7 @@ impl Work {
                 Outcome::Failed => Err(Resolution::Failed),
                 Outcome::OverBudget => Err(Resolution::OverBudget),
             };
+            let this = &self.registered.resolver;
             // Read only on the paths that cache something (not at all with the cache off).
             let now = || this.life.clock.now();
             let res = match got {

@@ -497,8 +497,8 @@ type Answering = Pin<Box<dyn Future<Output = Option<(Vec<u8>, SocketAddr)>>>>;
 /// task of its own: a task per query cost the runtime's task list, the tracker, a
 /// task cell and a hand-off of the reply back to the loop (5% of a forwarded query's
 /// instructions in all). A panic ends this query only, as it would end its task
-/// (release builds keep `panic = "unwind"` for this). The answer's state is a few
-/// KiB: it is made inside the box (from `answer`, which only captures the job), since
+/// (release builds keep `panic = "unwind"` for this). The answer's state, about a
+/// KiB, is made inside the box (from `answer`, which only captures the job), since
 /// made outside and moved in, or held unboxed in the loop's set, it was copied whole
 /// on the way (6-8% more instructions per query).
 fn answering<F: Future<Output = Vec<u8>>>(
