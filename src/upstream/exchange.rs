@@ -83,6 +83,13 @@ struct Pooled {
     last_id: Option<u16>,
 }
 
+impl Pooled {
+    /// Not yet `POOL_MAX_AGE` old: the one age rule `take`, `give` and `sweep` apply.
+    fn young(&self, now: Instant) -> bool {
+        now.duration_since(self.born) < POOL_MAX_AGE
+    }
+}
+
 impl SocketPool {
     /// `reuse`: queries per socket; 0 or 1 is a fresh socket for every query.
     pub fn new(reuse: u32) -> Self {
@@ -100,7 +107,7 @@ impl SocketPool {
     fn take(&self, now: Instant) -> Option<Pooled> {
         let mut idle = self.idle();
         while let Some(p) = idle.pop() {
-            if now.duration_since(p.born) < POOL_MAX_AGE {
+            if p.young(now) {
                 return Some(p);
             }
         }
@@ -108,7 +115,7 @@ impl SocketPool {
     }
 
     fn give(&self, p: Pooled, now: Instant) {
-        if p.uses >= self.reuse || now.duration_since(p.born) >= POOL_MAX_AGE {
+        if p.uses >= self.reuse || !p.young(now) {
             return;
         }
         let mut idle = self.idle();
@@ -129,7 +136,7 @@ impl SocketPool {
     pub fn sweep(&self, now: Instant) -> usize {
         let mut idle = self.idle();
         let before = idle.len();
-        idle.retain(|p| now.duration_since(p.born) < POOL_MAX_AGE);
+        idle.retain(|p| p.young(now));
         before - idle.len()
     }
 }
