@@ -11,7 +11,7 @@
 //! random names (a "water torture" attack) passes through the small probation queue
 //! without flushing the popular entries an LRU would lose.
 //!
-//! Time comes from a `Clock` so tests drive TTLs without sleeping.
+//! Time comes from a `Clock` (`life`) so tests drive TTLs without sleeping.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -28,60 +28,6 @@ use crate::wire::{self, rcode, Normalized, Query};
 
 /// TTL of an answer served stale (RFC 8767 section 4).
 pub const STALE_TTL: u32 = 30;
-
-pub trait Clock: Send + Sync + fmt::Debug + 'static {
-    fn now(&self) -> Instant;
-
-    /// The time now, given `read`, an `Instant::now()` taken a moment ago: the system
-    /// clock answers `read` itself, one read fewer per query (a read is about 30 ns
-    /// in a VM); a clock that tests drive ignores it.
-    fn now_given(&self, read: Instant) -> Instant {
-        let _ = read;
-        self.now()
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn now_given(&self, read: Instant) -> Instant {
-        read
-    }
-}
-
-/// A clock that moves only when told to: for tests of TTL logic.
-#[derive(Debug)]
-pub struct ManualClock {
-    base: Instant,
-    offset_ms: AtomicU64,
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        ManualClock {
-            base: Instant::now(),
-            offset_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl ManualClock {
-    pub fn advance(&self, d: Duration) {
-        self.offset_ms
-            .fetch_add(d.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.base + Duration::from_millis(self.offset_ms.load(Ordering::SeqCst))
-    }
-}
 
 const KEY_DO: u8 = 1;
 const KEY_CD: u8 = 2;

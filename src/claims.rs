@@ -30,9 +30,10 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
 use crate::config::Config;
+use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
+use crate::outcome::Outcome;
 use crate::router::Router;
-use crate::throttle::{Throttle, LIMIT_WARN_INTERVAL};
-use crate::upstream::{Outcome, UpstreamSet};
+use crate::upstream::UpstreamSet;
 use crate::wire::{self, rcode, Normalized, Query};
 
 /// Claimed lookups one chain may take (BIND and Unbound stop following a chain after
@@ -296,7 +297,7 @@ impl Claims {
             edns: q.edns,
         };
         match set.resolve(&sub).await {
-            Outcome::Reply { answer, upstream } => {
+            Outcome::Answered { answer, upstream } => {
                 let n = wire::normalize(&answer.bytes, &answer.reply).ok_or_else(failed)?;
                 // SERVFAIL, REFUSED or TC after the TCP retry: the claimed half of the
                 // chain is unknown, and the public half is what claiming it avoids.
@@ -350,7 +351,7 @@ fn splice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Lifecycle;
+    use crate::life::Lifecycle;
 
     const CONFIG: &str = r#"
 [server]
@@ -375,7 +376,7 @@ upstreams = ["127.0.0.1:5303"]
     fn claims() -> Arc<Claims> {
         let config =
             crate::config::Config::parse(CONFIG, "test.toml", &Default::default()).expect("config");
-        let sets = UpstreamSet::for_config(&config, &Lifecycle::default());
+        let sets = UpstreamSet::for_config(&config, &Lifecycle::default(), &mut Default::default());
         let router = Arc::new(Router::for_config(&config));
         Claims::for_config(&config, &router, &sets).expect("a route claims")
     }

@@ -19,6 +19,7 @@ use std::time::Instant;
 type Hasher = quick_cache::DefaultHashBuilder;
 
 use crate::acl::Acl;
+use crate::limit::{Rate, TokenBucket};
 
 /// What a client over a limit gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,30 +76,69 @@ impl Key {
 
 #[derive(Debug)]
 struct Entry {
-    tokens: f64,
-    last: Instant,
+    bucket: TokenBucket,
     inflight: u32,
 }
 
+/// The clients being tracked: shared by every configuration a reload brings, so a
+/// client's in-flight count and rate stay one across the overlap.
+#[derive(Debug)]
+pub struct ClientTable {
+    hasher: Hasher,
+    /// foldhash like the shard choice; seeded per process, so sources cannot aim at
+    /// one bucket.
+    shards: Box<[Mutex<HashMap<Key, Entry, Hasher>>]>,
+    /// Where the buckets' times count from.
+    epoch: Instant,
+}
+
+impl Default for ClientTable {
+    fn default() -> Self {
+        ClientTable {
+            hasher: Hasher::default(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(Default::default())))
+                .collect(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl ClientTable {
+    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, HashMap<Key, Entry, Hasher>> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Clients tracked now.
+    #[cfg(test)]
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+}
+
+/// The limits of one configuration over the shared table.
 #[derive(Debug)]
 pub struct ClientLimits {
     config: ClientLimitConfig,
-    hasher: Hasher,
-    /// foldhash like the shard choice (SipHash here was 2% of a forwarded query's
-    /// instructions); seeded per process, so sources cannot aim at one bucket.
-    shards: Box<[Mutex<HashMap<Key, Entry, Hasher>>]>,
+    /// `client_qps` and `client_burst`; `None` when the rate limit is off.
+    rate: Option<Rate>,
+    table: Arc<ClientTable>,
 }
 
 /// Held by a query being forwarded; gives its in-flight slot back when dropped.
 #[derive(Debug)]
 pub struct ClientSlot {
-    limits: Arc<ClientLimits>,
+    table: Arc<ClientTable>,
     key: Key,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut shard = self.limits.shard(self.key);
+        let mut shard = self.table.shard(self.key);
         if let Some(e) = shard.get_mut(&self.key) {
             e.inflight = e.inflight.saturating_sub(1);
         }
@@ -106,13 +146,12 @@ impl Drop for ClientSlot {
 }
 
 impl ClientLimits {
-    pub fn new(config: ClientLimitConfig) -> Self {
+    pub fn new(config: ClientLimitConfig, table: Arc<ClientTable>) -> Self {
+        let rate = (config.qps > 0).then(|| Rate::new(config.qps, config.burst, table.epoch));
         ClientLimits {
             config,
-            hasher: Hasher::default(),
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_hasher(Default::default())))
-                .collect(),
+            rate,
+            table,
         }
     }
 
@@ -124,11 +163,6 @@ impl ClientLimits {
         self.config.exempt.allows(ip)
     }
 
-    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, HashMap<Key, Entry, Hasher>> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The entry for `key`, made room for if the shard is full.
     fn entry<'a>(
         &self,
@@ -137,13 +171,9 @@ impl ClientLimits {
         now: Instant,
     ) -> &'a mut Entry {
         if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&key) {
-            let (qps, burst) = (f64::from(self.config.qps), f64::from(self.config.burst));
             // Idle entries are the same as no entry: a full bucket, nothing in flight.
             shard.retain(|_, e| {
-                e.inflight > 0
-                    || (qps > 0.0
-                        && e.tokens + now.saturating_duration_since(e.last).as_secs_f64() * qps
-                            < burst)
+                e.inflight > 0 || self.rate.is_some_and(|r| !e.bucket.is_full(&r, now))
             });
             if shard.len() > SHARD_CAPACITY * 3 / 4 {
                 // Still mostly busy (a flood of sources): forget entries with nothing in
@@ -162,26 +192,20 @@ impl ClientLimits {
             }
         }
         shard.entry(key).or_insert(Entry {
-            tokens: f64::from(self.config.burst),
-            last: now,
+            bucket: TokenBucket::new(),
             inflight: 0,
         })
     }
 
     /// Takes one token from the client's bucket.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
-        if self.config.qps == 0 || self.exempt(ip) {
+        let Some(rate) = self.rate.filter(|_| !self.exempt(ip)) else {
             return Ok(());
-        }
+        };
         let key = Key::of(ip);
-        let mut shard = self.shard(key);
+        let mut shard = self.table.shard(key);
         let e = self.entry(&mut shard, key, now);
-        let refill =
-            now.saturating_duration_since(e.last).as_secs_f64() * f64::from(self.config.qps);
-        e.tokens = (e.tokens + refill).min(f64::from(self.config.burst));
-        e.last = now;
-        if e.tokens >= 1.0 {
-            e.tokens -= 1.0;
+        if e.bucket.try_take(&rate, now) {
             Ok(())
         } else {
             Err(Refusal::Rate)
@@ -190,33 +214,27 @@ impl ClientLimits {
 
     /// A slot for one query about to wait on an upstream; `None` for an exempt client
     /// or when the cap is off.
-    pub fn start(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        now: Instant,
-    ) -> Result<Option<ClientSlot>, Refusal> {
+    pub fn start(&self, ip: IpAddr, now: Instant) -> Result<Option<ClientSlot>, Refusal> {
         if self.config.max_inflight == 0 || self.exempt(ip) {
             return Ok(None);
         }
         let key = Key::of(ip);
-        let mut shard = self.shard(key);
+        let mut shard = self.table.shard(key);
         let e = self.entry(&mut shard, key, now);
         if e.inflight >= self.config.max_inflight {
             return Err(Refusal::Inflight);
         }
         e.inflight += 1;
         Ok(Some(ClientSlot {
-            limits: Arc::clone(self),
+            table: Arc::clone(&self.table),
             key,
         }))
     }
 
-    /// Clients tracked now (for tests and metrics).
+    /// Clients tracked now.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.table.tracked()
     }
 }
 
@@ -225,14 +243,33 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn limits(qps: u32, burst: u32, inflight: u32, exempt: &[&str]) -> Arc<ClientLimits> {
-        Arc::new(ClientLimits::new(ClientLimitConfig {
+    fn config(qps: u32, burst: u32, inflight: u32, exempt: &[&str]) -> ClientLimitConfig {
+        ClientLimitConfig {
             qps,
             burst,
             max_inflight: inflight,
             action: OverLimit::Drop,
             exempt: Acl::new(exempt.iter().map(|s| s.parse().unwrap()).collect()),
-        }))
+        }
+    }
+
+    fn limits(qps: u32, burst: u32, inflight: u32, exempt: &[&str]) -> ClientLimits {
+        ClientLimits::new(config(qps, burst, inflight, exempt), Arc::default())
+    }
+
+    #[test]
+    fn a_new_configuration_shares_the_table() {
+        let table = Arc::new(ClientTable::default());
+        let old = ClientLimits::new(config(0, 0, 1, &[]), Arc::clone(&table));
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let held = old.start(ip, t0).unwrap();
+        assert!(held.is_some());
+        // The reloaded configuration sees the query still in flight under the old one.
+        let new = ClientLimits::new(config(0, 0, 1, &[]), table);
+        assert_eq!(new.start(ip, t0).unwrap_err(), Refusal::Inflight);
+        drop(held);
+        assert!(new.start(ip, t0).unwrap().is_some());
     }
 
     #[test]

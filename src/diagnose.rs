@@ -13,8 +13,10 @@ use hickory_proto::rr::RData;
 
 use crate::claims::Claims;
 use crate::config::{is_resolved_stub, is_self, read_resolv_conf, Config, Route};
+use crate::life::Lifecycle;
+use crate::outcome::Outcome;
 use crate::router::Router;
-use crate::upstream::{exchange, Lifecycle, Outcome, UpstreamSet};
+use crate::upstream::{exchange, Previous, UpstreamSet};
 use crate::wire::{self, Query};
 
 /// Azure's platform resolver (168.63.129.16) and AWS's link-local VPC resolver.
@@ -37,13 +39,13 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
         ));
     };
     let life = Lifecycle::default();
-    let sets = UpstreamSet::for_config(config, &life);
+    let sets = UpstreamSet::for_config(config, &life, &mut Previous::default());
     let set = &sets[m.route];
     let started = Instant::now();
     let outcome = set.resolve(&q).await;
     // The same follow-up the server makes: CNAMEs into a claiming route's zones.
     let outcome = match outcome {
-        Outcome::Reply { answer, upstream } => {
+        Outcome::Answered { answer, upstream } => {
             match (
                 wire::normalize(&answer.bytes, &answer.reply),
                 Claims::for_config(config, &router, &sets),

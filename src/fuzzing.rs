@@ -1,15 +1,16 @@
 //! The invariants the property tests (tests/wire_props.rs) and the cargo-fuzz targets
 //! (fuzz/) check, in one place so both hunt for the same bugs: whatever the bytes, no
-//! panic, bounded work, and only well-formed DNS leaves zonefwd.
+//! panic, bounded work, and only well-formed DNS leaves zonefwd. Built only with the
+//! `fuzzing` feature (the fuzz crate and the tests enable it), never into a release.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use crate::cache::Cache;
+use crate::admit::Action;
 use crate::config::{Config, LoadEnv};
-use crate::handler::{Action, Handler, Transport};
-use crate::resolver::Resolver;
-use crate::upstream::Lifecycle;
+use crate::handler::{Handler, ServerState};
+use crate::life::Lifecycle;
+use crate::transport::Transport;
 use crate::wire::{self, Query, Ttls};
 
 /// Everything a client query goes through, for any bytes.
@@ -28,17 +29,7 @@ pub fn exercise_query(bytes: &[u8]) {
             assert!(err.len() >= wire::HEADER_LEN);
         }
         Err(rej) => {
-            let question = rej
-                .question
-                .as_ref()
-                .map(|(n, t, c)| (n.as_slice(), *t, *c));
-            let out = wire::error_reply(
-                wire::id(bytes),
-                wire::flags(bytes),
-                question,
-                rej.edns.as_ref(),
-                rej.rcode,
-            );
+            let out = rej.reply(bytes);
             assert!(out.len() >= wire::HEADER_LEN);
         }
     }
@@ -81,9 +72,8 @@ pub fn exercise_handler(bytes: &[u8]) {
             &LoadEnv::default(),
         )
         .expect("the fuzz config parses");
-        let life = Lifecycle::default();
-        let resolver = Arc::new(Resolver::new(Arc::new(Cache::new(1000)), life.clone()));
-        Handler::new(&config, life, resolver, Arc::default())
+        let state = ServerState::new(&config, Lifecycle::default());
+        Handler::new(&config, &state, None)
     });
     let client: SocketAddr = "127.0.0.1:5300".parse().expect("an address");
     for transport in [Transport::Udp, Transport::Tcp] {

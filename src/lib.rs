@@ -4,30 +4,65 @@
 //!
 //! `run` takes a validated `Config`, already-bound `Listeners` and a shutdown future,
 //! so tests start the whole server in-process on port 0.
+//!
+//! # Layout
+//!
+//! A UDP query, top to bottom:
+//!
+//! ```text
+//! listen/udp     the socket's loop: a batch of datagrams in, answers out
+//! admit          Handler::prepare: the stages before anything goes upstream
+//!                (first look, client rate, ACL, checks, answered here, route, cache,
+//!                client and server in-flight caps); a miss becomes a Job
+//! job            Job::run: resolve, answer (stale when the upstreams fail), count, log
+//! resolver       coalescing: one resolution per question in flight, into the cache
+//! upstream/set   UpstreamSet::resolve: forward, NXDOMAIN fallback, private guard
+//! upstream/forward  the try loop within the route's deadline
+//! upstream/exchange one query to one upstream and its matching reply (pool: sockets)
+//! wire           the bytes: query checks, reply walk, relay render
+//! ```
+//!
+//! Around it: `server` (run, reload, watchdog), `listen` (bind, udp, tcp),
+//! `handler` (what one configuration is made of, and what outlives it), `config`
+//! (file to `Config`), `cache`, `router`, `claims` (CNAME splicing), `loopcheck`,
+//! `clients` (per-client limits), `limit` (token bucket, in-flight count, throttled
+//! warnings), `life` (shutdown, tasks, clock), `metrics`, `notify` (systemd),
+//! `diagnose` and `report` (the `doctor`, `query`, `check` and `explain` commands),
+//! `onprem`, `presets`. The modules are crate-private; what `main.rs`, the tests and
+//! the benchmarks use is re-exported or public below.
 #![forbid(unsafe_code)]
 
-pub mod acl;
+mod acl;
+mod admit;
 pub mod cache;
-pub mod claims;
-pub mod clients;
+mod claims;
+mod clients;
 pub mod config;
 pub mod diagnose;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod handler;
-pub mod loopcheck;
-pub mod metrics;
+mod handler;
+mod job;
+mod life;
+mod limit;
+mod listen;
+mod loopcheck;
+mod metrics;
 pub mod notify;
 pub mod onprem;
+mod outcome;
 pub mod presets;
+mod query_log;
 pub mod report;
-pub mod resolver;
+mod resolver;
 pub mod router;
-pub mod server;
-pub mod throttle;
-pub mod udp_batch;
-pub mod upstream;
+mod server;
+mod transport;
+mod upstream;
 pub mod wire;
 
+pub use claims::MAX_HOPS;
 pub use config::{Config, LoadEnv};
-pub use server::{run, run_with, Control, Listeners};
+pub use life::{Clock, ManualClock, SystemClock};
+pub use listen::{BindError, Listeners};
+pub use server::{run, run_with, Control};

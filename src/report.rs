@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use hickory_proto::rr::RecordType;
 
-use crate::config::{Config, Policy, Route};
+use crate::config::{Config, Route, UpstreamOrder};
 use crate::router::Router;
 use crate::wire;
 
@@ -91,7 +91,7 @@ pub fn routing_table(config: &Config) -> String {
                 [
                     wire::name_to_string(z),
                     r.name.clone(),
-                    r.policy.as_str().to_string(),
+                    r.order.as_str().to_string(),
                     humantime::format_duration(r.timeout).to_string(),
                     upstream_list(r),
                 ]
@@ -170,18 +170,20 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
         );
     }
     let addrs = upstream_list(r);
-    let order = match r.policy {
-        Policy::Sequential => r
+    let order = match r.order {
+        UpstreamOrder::Sequential => r
             .upstreams
             .iter()
             .enumerate()
             .map(|(i, u)| format!("{}. {}", i + 1, u.addr))
             .collect::<Vec<_>>()
             .join("  "),
-        Policy::RoundRobin => format!("starts one further along the list on each query: {addrs}"),
-        Policy::Random => format!("shuffled on each query: {addrs}"),
+        UpstreamOrder::RoundRobin => {
+            format!("starts one further along the list on each query: {addrs}")
+        }
+        UpstreamOrder::Random => format!("shuffled on each query: {addrs}"),
     };
-    let _ = writeln!(s, "policy     {}", r.policy.as_str());
+    let _ = writeln!(s, "policy     {}", r.order.as_str());
     let _ = writeln!(s, "try order  {order}");
     if r.upstreams.iter().any(|u| u.from_system) {
         let _ = writeln!(

@@ -24,67 +24,58 @@ use tokio::sync::Notify;
 use crate::cache::{Cache, CacheKey, KeyRef, Stored};
 use crate::claims::Claims;
 use crate::config::CachePolicy;
-use crate::upstream::{Lifecycle, Outcome, UpstreamSet};
+use crate::life::Lifecycle;
+use crate::outcome::Outcome;
+use crate::upstream::UpstreamSet;
 use crate::wire::{self, rcode, Normalized, Query};
-
-/// How a resolution ended.
-#[derive(Debug)]
-pub enum Resolution {
-    /// What an upstream said (possibly the last SERVFAIL/REFUSED when none did better).
-    Answer {
-        reply: Answer,
-        upstream: std::net::SocketAddr,
-    },
-    /// No upstream answered before the route's deadline.
-    Failed,
-    /// Every upstream's `max_qps` was spent.
-    OverBudget,
-}
 
 /// An answer as its waiters share it: the cache entry it became, or the reply alone
 /// when it was not cached.
 #[derive(Debug)]
-pub enum Answer {
+pub enum SharedAnswer {
     Cached(Arc<Stored>),
     Uncached(Normalized),
 }
 
-impl std::ops::Deref for Answer {
+impl std::ops::Deref for SharedAnswer {
     type Target = Normalized;
 
     fn deref(&self) -> &Normalized {
         match self {
-            Answer::Cached(stored) => &stored.reply,
-            Answer::Uncached(reply) => reply,
+            SharedAnswer::Cached(stored) => &stored.reply,
+            SharedAnswer::Uncached(reply) => reply,
         }
     }
 }
+
+/// How a resolution ended, as every waiter sees it.
+pub type Resolution = Outcome<SharedAnswer>;
 
 impl Resolution {
     /// Not an answer a client should rely on when a stale one is at hand (RFC 8767
     /// section 5: timeouts, SERVFAIL and REFUSED count as failures).
     pub fn is_failure(&self) -> bool {
         match self {
-            Resolution::Answer { reply, .. } => {
-                matches!(reply.rcode, rcode::SERVFAIL | rcode::REFUSED) || reply.truncated
+            Outcome::Answered { answer, .. } => {
+                matches!(answer.rcode, rcode::SERVFAIL | rcode::REFUSED) || answer.truncated
             }
-            Resolution::Failed | Resolution::OverBudget => true,
+            Outcome::Failed | Outcome::OverBudget => true,
         }
     }
 }
 
 /// Where a resolution's result appears for everyone waiting on it. Lighter than a
-/// `watch` channel (which wakes through eight `Notify`s and showed at 3% of a
-/// forwarded query's instructions), and almost always nobody but its leader waits.
+/// `watch` channel, which wakes through eight `Notify`s, and almost always nobody but
+/// its leader waits.
 #[derive(Debug, Default)]
-pub struct Slot {
+pub struct ResultSlot {
     result: std::sync::OnceLock<Arc<Resolution>>,
     /// Set once the result is in, or once the resolution ended without one.
     ended: std::sync::atomic::AtomicBool,
     ready: Notify,
 }
 
-impl Slot {
+impl ResultSlot {
     /// Ends the resolution: `result` for everyone waiting, or `None` if it died.
     fn end(&self, result: Option<Arc<Resolution>>) {
         if let Some(r) = result {
@@ -95,10 +86,8 @@ impl Slot {
     }
 }
 
-type Pending = Arc<Slot>;
-
-/// foldhash, randomly seeded per process (as the router and the cache use): SipHash was
-/// 0.7% of the cache-miss profile, for a map every forwarded query enters and leaves.
+/// foldhash, randomly seeded per process (as the router and the cache use): cheaper
+/// than SipHash for a map every forwarded query enters and leaves.
 type Hasher = quick_cache::DefaultHashBuilder;
 
 /// A question in flight. The map is a `HashTable` so that an entry can be found again
@@ -107,7 +96,7 @@ type Hasher = quick_cache::DefaultHashBuilder;
 #[derive(Debug)]
 struct InFlight {
     key: CacheKey,
-    slot: Pending,
+    slot: Arc<ResultSlot>,
 }
 
 #[derive(Debug, Default)]
@@ -124,7 +113,7 @@ pub struct Resolver {
     hasher: Hasher,
     cache: Arc<Cache>,
     life: Lifecycle,
-    pub stats: ResolverStats,
+    pub stats: Arc<ResolverStats>,
 }
 
 impl Resolver {
@@ -134,7 +123,7 @@ impl Resolver {
             hasher: Hasher::default(),
             cache,
             life,
-            stats: ResolverStats::default(),
+            stats: Arc::default(),
         }
     }
 
@@ -150,10 +139,10 @@ impl Resolver {
         self: &Arc<Self>,
         q: &Query,
         route: &Arc<UpstreamSet>,
-        policy: CachePolicy,
+        cache_policy: CachePolicy,
         claims: Option<&Arc<Claims>>,
-    ) -> Pending {
-        self.start(q, route, policy, claims).spawned()
+    ) -> Arc<ResultSlot> {
+        self.start(q, route, cache_policy, claims).spawned()
     }
 
     /// Joins the resolution of `q`'s question in flight, or registers a new one and
@@ -165,12 +154,12 @@ impl Resolver {
         self: &Arc<Self>,
         q: &'q Query,
         route: &Arc<UpstreamSet>,
-        policy: CachePolicy,
+        cache_policy: CachePolicy,
         claims: Option<&Arc<Claims>>,
     ) -> Start<'q> {
         let want = KeyRef::of(q);
         let hash = self.hasher.hash_one(&want);
-        let rx = {
+        let slot = {
             let mut map = self.inflight();
             let entry = map.entry(
                 hash,
@@ -183,12 +172,12 @@ impl Resolver {
                     return Start::Joined(Arc::clone(&e.get().slot));
                 }
                 Entry::Vacant(e) => {
-                    let rx = Pending::default();
+                    let slot = Arc::<ResultSlot>::default();
                     e.insert(InFlight {
                         key: CacheKey::of(q),
-                        slot: Arc::clone(&rx),
+                        slot: Arc::clone(&slot),
                     });
-                    rx
+                    slot
                 }
             }
         };
@@ -198,10 +187,10 @@ impl Resolver {
                 registered: Registered {
                     resolver: Arc::clone(self),
                     hash,
-                    rx,
+                    slot,
                 },
                 route: Arc::clone(route),
-                policy,
+                cache_policy,
                 claims: claims.cloned(),
             },
             q,
@@ -215,17 +204,17 @@ impl Resolver {
 
 /// How `Resolver::start` went.
 pub enum Start<'q> {
-    /// The question was in flight already: its result will come on this channel.
-    Joined(Pending),
+    /// The question was in flight already: its result will appear in this slot.
+    Joined(Arc<ResultSlot>),
     /// A new resolution, registered in the in-flight map, for the caller to run.
     Lead(Lead<'q>),
 }
 
 impl Start<'_> {
     /// Where the result will come, a new resolution running in a task of its own.
-    pub fn spawned(self) -> Pending {
+    pub fn spawned(self) -> Arc<ResultSlot> {
         match self {
-            Start::Joined(rx) => rx,
+            Start::Joined(slot) => slot,
             Start::Lead(lead) => lead.spawn(),
         }
     }
@@ -241,16 +230,16 @@ pub struct Lead<'q> {
 
 impl<'q> Lead<'q> {
     /// Runs the resolution in a task of its own, with a copy of the query, so it
-    /// outlives the caller; the result comes on the returned channel.
-    pub fn spawn(self) -> Pending {
-        let rx = Arc::clone(&self.work.registered.rx);
+    /// outlives the caller; the result appears in the returned slot.
+    pub fn spawn(self) -> Arc<ResultSlot> {
+        let slot = Arc::clone(&self.work.registered.slot);
         let tasks = self.work.registered.resolver.life.tasks.clone();
         let (work, q) = (self.work, self.q.clone());
         // Boxed for the same reason as the listeners' query tasks.
         tasks.spawn(Box::pin(async move {
             work.run(&q).await;
         }));
-        rx
+        slot
     }
 
     /// Resolves, caches the result, publishes it to every waiter and returns it.
@@ -264,7 +253,7 @@ impl<'q> Lead<'q> {
 struct Work {
     registered: Registered,
     route: Arc<UpstreamSet>,
-    policy: CachePolicy,
+    cache_policy: CachePolicy,
     claims: Option<Arc<Claims>>,
 }
 
@@ -276,50 +265,50 @@ impl Work {
     fn run(self, q: &Query) -> impl Future<Output = Arc<Resolution>> + '_ {
         async move {
             let got = match self.route.resolve(q).await {
-                Outcome::Reply { answer, upstream } => {
+                Outcome::Answered { answer, upstream } => {
                     match wire::normalize(&answer.bytes, &answer.reply) {
                         Some(n) => match &self.claims {
                             None => Ok((n, upstream)),
                             // Boxed: the chase's state is two thirds of this future's size,
                             // and every forwarded query's task would otherwise carry and
-                            // copy it (measured: memmove was 6% of the cache-miss CPU).
+                            // copy it.
                             Some(c) => match Box::pin(c.chase(q, &self.route, n)).await {
                                 Ok(chased) => Ok((chased.reply, upstream)),
                                 Err(crate::claims::ChaseError::OverBudget { .. }) => {
-                                    Err(Resolution::OverBudget)
+                                    Err(Outcome::OverBudget)
                                 }
-                                Err(_) => Err(Resolution::Failed),
+                                Err(_) => Err(Outcome::Failed),
                             },
                         },
-                        None => Err(Resolution::Failed),
+                        None => Err(Outcome::Failed),
                     }
                 }
-                Outcome::Failed => Err(Resolution::Failed),
-                Outcome::OverBudget => Err(Resolution::OverBudget),
+                Outcome::Failed => Err(Outcome::Failed),
+                Outcome::OverBudget => Err(Outcome::OverBudget),
             };
             let this = &self.registered.resolver;
             // Read only on the paths that cache something (not at all with the cache off).
             let now = || this.life.clock.now();
             let res = match got {
                 Ok((reply, upstream)) => {
-                    let reply = if !self.policy.enabled {
-                        Answer::Uncached(reply)
+                    let answer = if !self.cache_policy.enabled {
+                        SharedAnswer::Uncached(reply)
                     } else if reply.rcode == rcode::SERVFAIL {
-                        this.cache.store_failure(q, &self.policy, now());
-                        Answer::Uncached(reply)
+                        this.cache.store_failure(q, &self.cache_policy, now());
+                        SharedAnswer::Uncached(reply)
                     } else {
                         // Waiters get the answer as the cache holds it (TTLs clamped), so
                         // a miss and the hits after it agree.
-                        match this.cache.store_answer(q, reply, &self.policy, now()) {
-                            Ok(stored) => Answer::Cached(stored),
-                            Err(reply) => Answer::Uncached(reply),
+                        match this.cache.store_answer(q, reply, &self.cache_policy, now()) {
+                            Ok(stored) => SharedAnswer::Cached(stored),
+                            Err(reply) => SharedAnswer::Uncached(reply),
                         }
                     };
-                    Resolution::Answer { reply, upstream }
+                    Outcome::Answered { answer, upstream }
                 }
-                Err(Resolution::Failed) if self.policy.enabled => {
-                    this.cache.store_failure(q, &self.policy, now());
-                    Resolution::Failed
+                Err(Outcome::Failed) if self.cache_policy.enabled => {
+                    this.cache.store_failure(q, &self.cache_policy, now());
+                    Outcome::Failed
                 }
                 // Our own limit, not the upstream's failure: nothing to remember.
                 Err(res) => res,
@@ -328,7 +317,7 @@ impl Work {
             // between finds one or the other, never neither (and a query that joined the
             // slot just before it ended finds the result there).
             let res = Arc::new(res);
-            self.registered.rx.end(Some(Arc::clone(&res)));
+            self.registered.slot.end(Some(Arc::clone(&res)));
             drop(self.registered);
             res
         }
@@ -342,31 +331,31 @@ struct Registered {
     resolver: Arc<Resolver>,
     /// The key's hash: the entry is the one with this hash and this slot.
     hash: u64,
-    rx: Pending,
+    slot: Arc<ResultSlot>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         {
             let mut map = self.resolver.inflight();
-            if let Ok(e) = map.find_entry(self.hash, |e| Arc::ptr_eq(&e.slot, &self.rx)) {
+            if let Ok(e) = map.find_entry(self.hash, |e| Arc::ptr_eq(&e.slot, &self.slot)) {
                 e.remove();
             }
         }
         // Ended without a result (a panic, or never run): the waiters get none.
-        if !self.rx.ended.load(Ordering::Acquire) {
-            self.rx.end(None);
+        if !self.slot.ended.load(Ordering::Acquire) {
+            self.slot.end(None);
         }
     }
 }
 
 /// Waits for a resolution's result; `None` if it ended without one.
-pub async fn wait(rx: Pending) -> Option<Arc<Resolution>> {
+pub async fn wait(slot: Arc<ResultSlot>) -> Option<Arc<Resolution>> {
     loop {
         // Registered before the check, so an end between the two still wakes us.
-        let notified = rx.ready.notified();
-        if rx.ended.load(Ordering::Acquire) {
-            return rx.result.get().cloned();
+        let notified = slot.ready.notified();
+        if slot.ended.load(Ordering::Acquire) {
+            return slot.result.get().cloned();
         }
         notified.await;
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use hickory_proto::op::{Edns, Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use zonefwd::cache::ManualClock;
+use zonefwd::ManualClock;
 
 async fn start(toml: &str) -> (Zonefwd, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());

@@ -352,7 +352,7 @@ async fn a_claimed_chain_stops_at_the_hop_limit() {
     let r = ask_a(z.udp, "n0.one.example.").await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     // The client's own lookup, then MAX_HOPS claimed ones.
-    assert_eq!(one.count() + two.count(), 1 + zonefwd::claims::MAX_HOPS);
+    assert_eq!(one.count() + two.count(), 1 + zonefwd::MAX_HOPS);
     z.stop().await.unwrap();
 }
 

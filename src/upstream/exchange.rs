@@ -11,13 +11,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::upstream::pool::{Pooled, SocketPool};
 use crate::wire::{self, Query, Reply, ReplyError};
 
 /// Why a try produced no reply.
@@ -36,7 +36,7 @@ pub enum TryError {
 
 /// A reply that matched the query and walked clean.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub struct Exchanged {
     pub bytes: Vec<u8>,
     pub reply: Reply,
 }
@@ -49,96 +49,6 @@ const UDP_RECV_BUF: usize = 4096;
 
 pub fn random_id() -> u16 {
     rand::random()
-}
-
-/// A pooled socket is closed after this long, however few queries it carried: it
-/// bounds how long one random port stays open to be found by a side channel such as
-/// SADDNS (CVE-2020-25705), which scans ports at about 1000 a second.
-pub const POOL_MAX_AGE: Duration = Duration::from_secs(2);
-
-/// Idle sockets kept per upstream: more than the queries one upstream has in flight
-/// under any load measured, so the pool itself never caps concurrency.
-const POOL_MAX_IDLE: usize = 1024;
-
-/// Connected UDP sockets to one upstream, each on its own random port, handed to one
-/// query at a time (`server.upstream_udp_reuse`). Opening, registering and closing a
-/// socket per query is a quarter of zonefwd's forwarding CPU; a socket that carried
-/// a reply cleanly goes back for the next query until it has carried `reuse` queries
-/// or lived `POOL_MAX_AGE`. A try that ends any other way (timeout, error, a client
-/// gone) closes its socket, so a late reply never meets the next query.
-#[derive(Debug)]
-pub struct SocketPool {
-    idle: Mutex<Vec<Pooled>>,
-    reuse: u32,
-}
-
-#[derive(Debug)]
-struct Pooled {
-    sock: UdpSocket,
-    uses: u32,
-    born: Instant,
-    /// The ID of the query this socket carried last: a copy of its reply arriving
-    /// later (the upstream or the network sent it twice) is skipped without counting
-    /// it as a forgery.
-    last_id: Option<u16>,
-}
-
-impl Pooled {
-    /// Not yet `POOL_MAX_AGE` old: the one age rule `take`, `give` and `sweep` apply.
-    fn young(&self, now: Instant) -> bool {
-        now.duration_since(self.born) < POOL_MAX_AGE
-    }
-}
-
-impl SocketPool {
-    /// `reuse`: queries per socket; 0 or 1 is a fresh socket for every query.
-    pub fn new(reuse: u32) -> Self {
-        SocketPool {
-            idle: Mutex::new(Vec::new()),
-            reuse,
-        }
-    }
-
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// An idle socket young enough to use, or none.
-    fn take(&self, now: Instant) -> Option<Pooled> {
-        let mut idle = self.idle();
-        while let Some(p) = idle.pop() {
-            if p.young(now) {
-                return Some(p);
-            }
-        }
-        None
-    }
-
-    fn give(&self, p: Pooled, now: Instant) {
-        if p.uses >= self.reuse || !p.young(now) {
-            return;
-        }
-        let mut idle = self.idle();
-        if idle.len() < POOL_MAX_IDLE {
-            idle.push(p);
-        }
-    }
-
-    /// Idle sockets now.
-    pub fn idle_len(&self) -> usize {
-        self.idle().len()
-    }
-
-    /// Closes the idle sockets `POOL_MAX_AGE` old, which `take` would only drop when
-    /// it reached them: after a burst, an upstream could otherwise keep up to
-    /// `POOL_MAX_IDLE` descriptors (and their ports) open for as long as no query came.
-    /// Returns how many it closed.
-    pub fn sweep(&self, now: Instant) -> usize {
-        let mut idle = self.idle();
-        let before = idle.len();
-        idle.retain(|p| p.young(now));
-        before - idle.len()
-    }
 }
 
 /// A UDP socket connected to `server`, with `query` already sent. No explicit bind:
@@ -164,7 +74,7 @@ pub async fn udp(
     q: &Query,
     edns: bool,
     mismatched: &AtomicU64,
-) -> Result<Answer, TryError> {
+) -> Result<Exchanged, TryError> {
     let id = random_id();
     let sock = fresh_socket(server, &wire::build_upstream_query(q, id, edns))?;
     receive(&sock, server, q, id, None, mismatched).await
@@ -177,7 +87,7 @@ pub async fn udp_pooled(
     q: &Query,
     edns: bool,
     mismatched: &AtomicU64,
-) -> Result<Answer, TryError> {
+) -> Result<Exchanged, TryError> {
     if pool.reuse <= 1 {
         return udp(server, q, edns, mismatched).await;
     }
@@ -230,7 +140,7 @@ async fn receive(
     id: u16,
     previous: Option<u16>,
     mismatched: &AtomicU64,
-) -> Result<Answer, TryError> {
+) -> Result<Exchanged, TryError> {
     loop {
         sock.readable().await?;
         // Read and checked without an await in between, so the thread's buffer is
@@ -272,7 +182,7 @@ fn check_reply(
     id: u16,
     previous: Option<u16>,
     mismatched: &AtomicU64,
-) -> Option<Result<Answer, TryError>> {
+) -> Option<Result<Exchanged, TryError>> {
     if datagram.len() >= UDP_RECV_BUF {
         return Some(Err(TryError::Oversize));
     }
@@ -283,7 +193,7 @@ fn check_reply(
         return None;
     }
     match wire::parse_reply(datagram, id, q) {
-        Ok(reply) => Some(Ok(Answer {
+        Ok(reply) => Some(Ok(Exchanged {
             bytes: datagram.to_vec(),
             reply,
         })),
@@ -307,7 +217,7 @@ pub async fn tcp(
     q: &Query,
     edns: bool,
     mismatched: &AtomicU64,
-) -> Result<Answer, TryError> {
+) -> Result<Exchanged, TryError> {
     let mut stream = TcpStream::connect(server).await?;
     stream.set_nodelay(true)?;
     let id = random_id();
@@ -329,7 +239,7 @@ pub async fn tcp(
             Err(e) => return Err(e.into()),
         }
         match wire::parse_reply(&buf, id, q) {
-            Ok(reply) => return Ok(Answer { bytes: buf, reply }),
+            Ok(reply) => return Ok(Exchanged { bytes: buf, reply }),
             Err(ReplyError::Mismatch) => {
                 mismatched.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%server, "ignoring a tcp message that does not match the query");
@@ -342,7 +252,9 @@ pub async fn tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::pool::POOL_MAX_AGE;
     use std::sync::Arc;
+    use std::time::Duration;
 
     /// What the fake upstream sends after each reply.
     #[derive(Clone, Copy, PartialEq)]
@@ -442,7 +354,7 @@ mod tests {
     /// whatever the upstream sends after its first reply to queue on the idle socket.
     /// Returns the second answer, the source ports the upstream saw and the count of
     /// mismatched datagrams.
-    async fn two_queries_with_a_pause(then: Then) -> (Answer, Vec<u16>, u64) {
+    async fn two_queries_with_a_pause(then: Then) -> (Exchanged, Vec<u16>, u64) {
         let (addr, from) = upstream(then).await;
         let pool = SocketPool::new(10);
         let bad = AtomicU64::new(0);

@@ -74,14 +74,11 @@ impl Zonefwd {
     }
 
     pub async fn start_config(config: Config) -> Zonefwd {
-        Zonefwd::start_with_clock(config, Arc::new(zonefwd::cache::SystemClock)).await
+        Zonefwd::start_with_clock(config, Arc::new(zonefwd::SystemClock)).await
     }
 
     /// With a clock the test moves: TTLs, serve-stale windows and budgets follow it.
-    pub async fn start_with_clock(
-        config: Config,
-        clock: Arc<dyn zonefwd::cache::Clock>,
-    ) -> Zonefwd {
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn zonefwd::Clock>) -> Zonefwd {
         let listeners = Listeners::for_server(&config.server).expect("bind");
         let (udp, tcp) = listeners.local_addrs()[0];
         let metrics = listeners.metrics_addr();

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# User-space instructions per forwarded query and per cache hit, counted by callgrind
+# (repeatable where seconds are not). zonefwd runs under callgrind with one UDP thread
+# against NSD on loopback; dnsperf sends N unique names (each a cache miss, so each is
+# forwarded) and then the same N names again (each a cache hit). The counters are
+# zeroed before the first phase and dumped after each (callgrind_control), so startup
+# and teardown are not counted; the figure is every thread's instructions in a phase
+# divided by the queries answered in it.
+#
+#   bash bench/callgrind.sh                 # the build in target/release
+#   BIN=/tmp/zonefwd-before bash bench/callgrind.sh   # another build, same harness
+#   N=20000 RUNS=3 bash bench/callgrind.sh  # queries per phase, runs (median reported)
+#
+# Needs (Debian): valgrind dnsperf nsd. Everything listens on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-20000}
+RUNS=${RUNS:-3}
+BIN=${BIN:-target/release/zonefwd}
+NSD_PORT=5321
+PORT=5320
+
+for cmd in valgrind callgrind_control dnsperf nsd; do
+  command -v "$cmd" >/dev/null || { echo "missing $cmd (apt-get install valgrind dnsperf nsd)" >&2; exit 1; }
+done
+[[ $BIN != target/release/zonefwd ]] || cargo build --release --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/bench.zone" <<'EOF'
+$ORIGIN bench.test.
+$TTL 3600
+@   IN SOA ns1 hostmaster 1 3600 600 86400 300
+@   IN NS  ns1
+ns1 IN A   127.0.0.1
+*   IN A   192.0.2.1
+EOF
+cat >"$work/nsd.conf" <<EOF
+server:
+  ip-address: 127.0.0.1@$NSD_PORT
+  server-count: 1
+  zonesdir: "$work"
+  database: ""
+  pidfile: "$work/nsd.pid"
+  xfrdfile: "$work/xfrd.state"
+  zonelistfile: "$work/zone.list"
+  username: ""
+  verbosity: 0
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+zone:
+  name: bench.test
+  zonefile: bench.zone
+EOF
+nsd -d -c "$work/nsd.conf" >"$work/nsd.log" 2>&1 &
+pids+=($!)
+
+cat >"$work/zonefwd.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$PORT"]
+udp_threads = 1
+client_qps = 100000000
+client_max_inflight = 100000
+max_inflight = 100000
+loop_detection = false
+[[route]]
+name = "bench"
+zones = ["."]
+upstreams = ["127.0.0.1:$NSD_PORT"]
+EOF
+
+# count phase -> the instructions in the dump that phase triggered (every thread)
+count() {
+  grep -l "^desc: Trigger: dump $1\$" "$work"/callgrind.out.* | xargs awk '/^summary:/ { s += $2 } END { print s }'
+}
+
+one_run() {
+  local run=$1 tag
+  tag=$(printf 'r%s%05d' "$run" $RANDOM)
+  seq 0 $((N - 1)) | awk -v t="$tag" '{ print t "-" $1 ".bench.test A" }' >"$work/names.txt"
+  rm -f "$work"/callgrind.out.*
+  MIMALLOC_ARENA_EAGER_COMMIT=0 valgrind --tool=callgrind --separate-threads=no \
+    --callgrind-out-file="$work/callgrind.out.%p" "$BIN" run -c "$work/zonefwd.toml" \
+    2>"$work/zonefwd.log" &
+  local vpid=$!
+  pids+=("$vpid")
+  for _ in $(seq 300); do
+    dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" ns1.bench.test >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  callgrind_control -z "$vpid" >/dev/null
+  # At a rate valgrind keeps up with, so nothing is lost or retried.
+  dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/names.txt" -n 1 -q 20 -Q 2000 -t 10 >"$work/miss.out" 2>&1
+  callgrind_control -d miss "$vpid" >/dev/null
+  dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/names.txt" -n 1 -q 20 -Q 2000 -t 10 >"$work/hit.out" 2>&1
+  callgrind_control -d hit "$vpid" >/dev/null
+  kill "$vpid"
+  wait "$vpid" 2>/dev/null || true
+  local miss_done hit_done
+  miss_done=$(awk '/Queries completed/ { print $3 }' "$work/miss.out")
+  hit_done=$(awk '/Queries completed/ { print $3 }' "$work/hit.out")
+  echo "$(($(count miss) / miss_done)) $(($(count hit) / hit_done)) $miss_done $hit_done"
+}
+
+results=()
+for run in $(seq "$RUNS"); do
+  line=$(one_run "$run")
+  echo "run $run: instructions per forwarded query, per cache hit, queries answered: $line" >&2
+  results+=("$line")
+done
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+miss=$(printf '%s\n' "${results[@]}" | awk '{ print $1 }' | median)
+hit=$(printf '%s\n' "${results[@]}" | awk '{ print $2 }' | median)
+echo "instructions per forwarded query: $miss; per cache hit: $hit (median of $RUNS, N=$N, $BIN)"

@@ -1,0 +1,164 @@
+//! The configuration file: typed TOML, defaults, and validation whose every error names
+//! the file, line, column and key.
+//!
+//! Two layers: `raw` mirrors the file (unknown keys are errors, values keep their
+//! spans), then `validate` turns it into the runtime `Config` (`types`) and performs
+//! the cross-field checks, still able to point at the offending text (`error`).
+//! `resolv` reads resolv.conf for `"system"` upstreams.
+
+mod error;
+mod raw;
+mod resolv;
+mod server;
+mod types;
+mod validate;
+
+use std::path::Path;
+
+pub use error::{ConfigError, Located};
+pub use resolv::read_resolv_conf;
+pub(crate) use resolv::{is_resolved_stub, is_self};
+pub use types::*;
+
+use error::SourceText;
+use raw::RawFile;
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        Config::parse(&text, &display, env)
+    }
+
+    /// Validates `text`; `file` is only used in messages.
+    pub fn parse(text: &str, file: &str, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let src = SourceText { file, text };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| src.error(e.span().unwrap_or(0..0), "", e.message().to_string()))?;
+        let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_path(e.path());
+            let inner = e.into_inner();
+            src.error(
+                inner.span().unwrap_or(0..0),
+                &key,
+                inner.message().to_string(),
+            )
+        })?;
+        validate::validate(raw, &src, env)
+    }
+}
+
+/// `route[1].timeout`, without the markers `Spanned` adds to the path.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::Acl;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn env() -> LoadEnv {
+        LoadEnv {
+            resolv_conf: PathBuf::from("/nonexistent/resolv.conf"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(
+            "[[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n",
+            "t.toml",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:53".parse().unwrap()]);
+        assert_eq!(c.acl, Acl::default_private());
+        let r = &c.routes[0];
+        assert_eq!(r.upstreams[0].addr, "192.0.2.1:53".parse().unwrap());
+        assert_eq!(
+            (r.timeout, r.try_timeout),
+            (DEFAULT_TIMEOUT, DEFAULT_TRY_TIMEOUT)
+        );
+        assert_eq!(r.zones, vec![vec![0]]);
+        assert_eq!(r.order, UpstreamOrder::Sequential);
+    }
+
+    #[test]
+    fn short_timeout_caps_the_default_try_timeout() {
+        let c = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"[2001:db8::1]:5300\"]\ntimeout = \"500ms\"\n", "t.toml", &env()).unwrap();
+        assert_eq!(c.routes[0].try_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.routes[0].upstreams[0].addr,
+            "[2001:db8::1]:5300".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn error_display_points_at_the_text() {
+        let e = Config::parse("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = \"5 parsecs\"\n", "z.toml", &env()).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with("z.toml:5:11: route[0].timeout: expected a duration"),
+            "{s}"
+        );
+        assert!(
+            s.contains("5 | timeout = \"5 parsecs\"\n  |           ^^^^^^^^^^^"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn resolv_conf_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resolv.conf");
+        std::fs::write(&p, "# c\nsearch x\nnameserver 192.0.2.53\nnameserver fe80::1%2\nnameserver fe80::1%eth0\nnameserver 192.0.2.53\nnameserver ::1\n").unwrap();
+        let (got, skipped) = read_resolv_conf(&p).unwrap();
+        assert_eq!(skipped, vec!["fe80::1%eth0".to_string()]);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], "192.0.2.53:53".parse().unwrap());
+        assert!(matches!(got[1], SocketAddr::V6(a) if a.scope_id() == 2));
+        std::fs::write(&p, "search x\n").unwrap();
+        assert!(read_resolv_conf(&p)
+            .unwrap_err()
+            .contains("no usable nameserver"));
+    }
+
+    #[test]
+    fn self_detection() {
+        let l: SocketAddr = "0.0.0.0:53".parse().unwrap();
+        assert!(is_self(l, "127.0.0.1:53".parse().unwrap()));
+        assert!(!is_self(l, "127.0.0.53:53".parse().unwrap()));
+        assert!(!is_self(l, "127.0.0.1:5353".parse().unwrap()));
+        assert!(is_self(
+            "10.0.0.4:53".parse().unwrap(),
+            "10.0.0.4:53".parse().unwrap()
+        ));
+        assert!(!is_self(
+            "[::]:53".parse().unwrap(),
+            "127.0.0.1:53".parse().unwrap()
+        ));
+    }
+}

@@ -1,0 +1,247 @@
+//! The file as written: serde structs that mirror it (unknown keys are errors, values
+//! keep their spans) and the parsers for the strings in it.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::error::{ConfigError, SourceText};
+use super::types::*;
+use crate::acl::Cidr;
+use crate::clients::OverLimit;
+use crate::wire;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    #[serde(default)]
+    pub(super) server: RawServer,
+    pub(super) acl: Option<RawAcl>,
+    pub(super) cache: Option<Spanned<RawCache>>,
+    #[serde(default)]
+    pub(super) route: Vec<Spanned<RawRoute>>,
+}
+
+/// `[cache]`, and the same keys (but `max_entries`) in a route's `cache = { ... }`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) max_entries: Option<Spanned<NonZeroUsize>>,
+    pub(super) min_ttl: Option<Spanned<Humane>>,
+    pub(super) max_ttl: Option<Spanned<Humane>>,
+    pub(super) negative_max_ttl: Option<Spanned<Humane>>,
+    pub(super) servfail_ttl: Option<Spanned<Humane>>,
+    pub(super) serve_stale: Option<Spanned<Humane>>,
+    pub(super) prefetch: Option<bool>,
+}
+
+/// A route's `cache`: `false`/`true`, or a table overriding `[cache]`.
+pub(super) enum RawRouteCache {
+    Switch(bool),
+    Overrides(RawCache),
+}
+
+impl<'de> Deserialize<'de> for RawRouteCache {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawRouteCache;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a table of cache settings such as { negative_max_ttl = \"10s\" }")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<RawRouteCache, E> {
+                Ok(RawRouteCache::Switch(b))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawRouteCache, A::Error> {
+                RawCache::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawRouteCache::Overrides)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) tcp_idle_timeout: Option<Spanned<Humane>>,
+    pub(super) tcp_max_connections: Option<NonZeroUsize>,
+    pub(super) tcp_max_pipelined: Option<NonZeroUsize>,
+    pub(super) tcp_max_queries_per_connection: Option<NonZeroUsize>,
+    pub(super) tcp_max_lifetime: Option<Spanned<Humane>>,
+    pub(super) tcp_max_connections_per_client: Option<NonZeroUsize>,
+    pub(super) max_inflight: Option<NonZeroUsize>,
+    pub(super) udp_threads: Option<Spanned<NonZeroUsize>>,
+    pub(super) log_format: Option<LogFormatValue>,
+    pub(super) any_queries: Option<AnyQueriesValue>,
+    pub(super) query_log: Option<bool>,
+    pub(super) metrics: Option<Spanned<String>>,
+    pub(super) ready_requires_upstreams: Option<bool>,
+    pub(super) client_qps: Option<u32>,
+    pub(super) client_burst: Option<Spanned<u32>>,
+    pub(super) client_max_inflight: Option<u32>,
+    pub(super) client_limit_action: Option<OverLimitValue>,
+    pub(super) client_limit_exempt: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) loop_detection: Option<bool>,
+    pub(super) upstream_udp_reuse: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcl {
+    pub(super) allow: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: Spanned<String>,
+    pub(super) zones: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) presets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) nxdomain_fallback: Option<Spanned<String>>,
+    pub(super) expect_private: Option<ExpectPrivateValue>,
+    pub(super) claim_cnames: Option<Spanned<bool>>,
+    pub(super) upstreams: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) policy: Option<UpstreamOrderValue>,
+    pub(super) timeout: Option<Spanned<Humane>>,
+    pub(super) try_timeout: Option<Spanned<Humane>>,
+    pub(super) max_fails: Option<u32>,
+    pub(super) health_check: Option<Spanned<Humane>>,
+    pub(super) cache: Option<Spanned<RawRouteCache>>,
+    pub(super) max_qps: Option<std::num::NonZeroU32>,
+}
+
+/// Scalar values that parse from a string with a message saying what was expected;
+/// toml puts the value's span on the error. (Inside arrays toml would point at the
+/// array instead, so list elements stay `Spanned<String>` and are parsed in `validate`
+/// with `parse_list`.)
+macro_rules! string_value {
+    ($name:ident, $inner:ty, $parse:expr) => {
+        pub(super) struct $name(pub(super) $inner);
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                let parse: fn(&str) -> Result<$inner, String> = $parse;
+                parse(&s).map($name).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+string_value!(Humane, Duration, |s| {
+    humantime::parse_duration(s).map_err(|e| {
+        format!("expected a duration like \"250ms\", \"5s\" or \"1h\", got {s:?} ({e})")
+    })
+});
+string_value!(LogFormatValue, LogFormat, |s| match s {
+    "human" => Ok(LogFormat::Human),
+    "json" => Ok(LogFormat::Json),
+    _ => Err(format!("expected \"human\" or \"json\", got {s:?}")),
+});
+string_value!(AnyQueriesValue, AnyQueries, |s| match s {
+    "hinfo" => Ok(AnyQueries::Hinfo),
+    "refuse" => Ok(AnyQueries::Refuse),
+    "forward" => Ok(AnyQueries::Forward),
+    _ => Err(format!(
+        "expected \"hinfo\", \"refuse\" or \"forward\", got {s:?}"
+    )),
+});
+string_value!(OverLimitValue, OverLimit, |s| match s {
+    "drop" => Ok(OverLimit::Drop),
+    "refuse" => Ok(OverLimit::Refuse),
+    _ => Err(format!("expected \"drop\" or \"refuse\", got {s:?}")),
+});
+string_value!(ExpectPrivateValue, ExpectPrivate, |s| match s {
+    "warn" => Ok(ExpectPrivate::Warn),
+    "enforce" => Ok(ExpectPrivate::Enforce),
+    _ => Err(format!("expected \"warn\" or \"enforce\", got {s:?}")),
+});
+string_value!(UpstreamOrderValue, UpstreamOrder, |s| match s {
+    "sequential" => Ok(UpstreamOrder::Sequential),
+    "round_robin" => Ok(UpstreamOrder::RoundRobin),
+    "random" => Ok(UpstreamOrder::Random),
+    _ => Err(format!(
+        "expected \"sequential\", \"round_robin\" or \"random\", got {s:?}"
+    )),
+});
+
+pub(super) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    parse_addr(s).ok_or_else(|| {
+        format!("expected an address like \"0.0.0.0:53\", \"127.0.0.1\" or \"[::]:53\", got {s:?}")
+    })
+}
+
+pub(super) fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::from_str(s).map_err(|e| format!("expected a network like \"10.0.0.0/8\": {e}"))
+}
+
+pub(super) fn parse_zone(s: &str) -> Result<Vec<u8>, String> {
+    if s.split('.').any(|l| l == "*") {
+        return Err(format!(
+            "{s:?}: no wildcards; a zone already covers every name below it"
+        ));
+    }
+    let mut w = wire::name_from_str(s).map_err(|e| format!("{s:?} is not a zone name: {e}"))?;
+    wire::lowercase(&mut w);
+    Ok(w)
+}
+
+/// An upstream address, or `None` for "system".
+pub(super) fn parse_upstream(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "system" {
+        return Ok(None);
+    }
+    match parse_addr(s) {
+        Some(a) if a.port() == 0 => Err(format!("{s:?}: port 0 is not a port to send to")),
+        Some(a) if a.ip().is_unspecified() => {
+            Err(format!("{s:?}: cannot send to an unspecified address"))
+        }
+        Some(a) => Ok(Some(a)),
+        None => Err(format!(
+            "expected \"IP\", \"IP:PORT\", \"[IPv6]:PORT\" or \"system\", got {s:?}"
+        )),
+    }
+}
+
+/// Parses each element of a list, locating an error at the element itself.
+pub(super) fn parse_list<T>(
+    list: Vec<Spanned<String>>,
+    src: &SourceText<'_>,
+    key: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<(T, Range<usize>)>, ConfigError> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let span = s.span();
+            parse(s.get_ref())
+                .map(|v| (v, span.clone()))
+                .map_err(|m| src.error(span, &format!("{key}[{i}]"), m))
+        })
+        .collect()
+}
+
+/// "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT"; the port defaults to 53.
+pub(super) fn parse_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    bare.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, DNS_PORT))
+}

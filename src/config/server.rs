@@ -1,0 +1,164 @@
+//! Validation of `[server]`: listeners, TCP bounds, limits and switches.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{ConfigError, SourceText};
+use super::raw::*;
+use super::types::*;
+use crate::acl::Acl;
+use crate::clients::{ClientLimitConfig, OverLimit};
+
+pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, ConfigError> {
+    let qps = raw.client_qps.unwrap_or(DEFAULT_CLIENT_QPS);
+    let client_limits = validate_client_limits(&raw, qps, src)?;
+    let listen = validate_listen(raw.listen, src)?;
+    Ok(Server {
+        listen,
+        tcp_idle_timeout: positive(raw.tcp_idle_timeout, src, "server.tcp_idle_timeout")?
+            .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
+        tcp_max_connections: raw
+            .tcp_max_connections
+            .map_or(DEFAULT_TCP_MAX_CONNECTIONS, NonZeroUsize::get),
+        tcp_max_pipelined: raw
+            .tcp_max_pipelined
+            .map_or(DEFAULT_TCP_MAX_PIPELINED, NonZeroUsize::get),
+        max_inflight: raw
+            .max_inflight
+            .map_or(DEFAULT_MAX_INFLIGHT, NonZeroUsize::get),
+        tcp_max_queries_per_connection: raw
+            .tcp_max_queries_per_connection
+            .map_or(DEFAULT_TCP_MAX_QUERIES_PER_CONNECTION, NonZeroUsize::get),
+        tcp_max_lifetime: positive(raw.tcp_max_lifetime, src, "server.tcp_max_lifetime")?
+            .unwrap_or(DEFAULT_TCP_MAX_LIFETIME),
+        tcp_max_connections_per_client: raw
+            .tcp_max_connections_per_client
+            .map_or(DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT, NonZeroUsize::get),
+        udp_threads: match raw.udp_threads {
+            None => default_udp_threads(),
+            Some(t) if t.get_ref().get() > MAX_UDP_THREADS => {
+                return Err(src.error(
+                    t.span(),
+                    "server.udp_threads",
+                    format!("at most {MAX_UDP_THREADS}"),
+                ));
+            }
+            Some(t) => t.into_inner().get(),
+        },
+        log_format: raw.log_format.map_or(LogFormat::Human, |f| f.0),
+        any_queries: raw.any_queries.map_or(AnyQueries::Hinfo, |a| a.0),
+        query_log: raw.query_log.unwrap_or(false),
+        metrics: match raw.metrics {
+            None => None,
+            Some(m) => Some(
+                parse_listen(m.get_ref()).map_err(|e| src.error(m.span(), "server.metrics", e))?,
+            ),
+        },
+        ready_requires_upstreams: raw.ready_requires_upstreams.unwrap_or(false),
+        loop_detection: raw.loop_detection.unwrap_or(true),
+        upstream_udp_reuse: match raw.upstream_udp_reuse {
+            None => DEFAULT_UPSTREAM_UDP_REUSE,
+            Some(r) if !(1..=MAX_UPSTREAM_UDP_REUSE).contains(r.get_ref()) => {
+                return Err(src.error(
+                    r.span(),
+                    "server.upstream_udp_reuse",
+                    format!("must be 1 (a fresh socket per query) to {MAX_UPSTREAM_UDP_REUSE}"),
+                ));
+            }
+            Some(r) => r.into_inner(),
+        },
+        client_limits,
+    })
+}
+
+pub(super) fn positive(
+    v: Option<Spanned<Humane>>,
+    src: &SourceText<'_>,
+    key: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.get_ref().0.is_zero() => {
+            Err(src.error(s.span(), key, "must be longer than zero"))
+        }
+        Some(s) => Ok(Some(s.into_inner().0)),
+    }
+}
+
+/// `listen`: addresses to serve, each once.
+fn validate_listen(
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    src: &SourceText<'_>,
+) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+    match listen {
+        None => Ok(vec![DEFAULT_LISTEN.parse().expect("valid default")]),
+        Some(l) => {
+            if l.get_ref().is_empty() {
+                return Err(src.error(
+                    l.span(),
+                    "server.listen",
+                    "empty list: zonefwd needs an address to listen on",
+                ));
+            }
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for (addr, span) in parse_list(l.into_inner(), src, "server.listen", parse_listen)? {
+                if !seen.insert(addr) {
+                    return Err(src.error(
+                        span,
+                        "server.listen",
+                        format!("{addr} is listed twice"),
+                    ));
+                }
+                out.push(addr);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `client_qps`, `client_burst`, `client_max_inflight`, `client_limit_action` and
+/// `client_limit_exempt`.
+fn validate_client_limits(
+    raw: &RawServer,
+    qps: u32,
+    src: &SourceText<'_>,
+) -> Result<ClientLimitConfig, ConfigError> {
+    Ok(ClientLimitConfig {
+        qps,
+        burst: match &raw.client_burst {
+            // One second's worth, but at least one query.
+            None => qps.max(1),
+            Some(b) if *b.get_ref() == 0 => {
+                return Err(src.error(
+                    b.span(),
+                    "server.client_burst",
+                    "must be at least 1 (set client_qps = 0 to turn the rate limit off)",
+                ));
+            }
+            Some(b) => *b.get_ref(),
+        },
+        max_inflight: raw
+            .client_max_inflight
+            .unwrap_or(DEFAULT_CLIENT_MAX_INFLIGHT),
+        action: raw
+            .client_limit_action
+            .as_ref()
+            .map_or(OverLimit::Drop, |a| a.0),
+        exempt: Acl::new(match &raw.client_limit_exempt {
+            None => Vec::new(),
+            Some(l) => parse_list(
+                l.get_ref().clone(),
+                src,
+                "server.client_limit_exempt",
+                parse_cidr,
+            )?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect(),
+        }),
+    })
+}

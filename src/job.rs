@@ -1,0 +1,123 @@
+//! A forwarded query: resolved (joining an identical resolution in flight), answered
+//! from what the upstream said, or from a stale answer when the upstreams fail or are
+//! slow (RFC 8767), then counted and logged.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::Either;
+use futures_util::FutureExt;
+
+use crate::cache::{Cache, Stored, STALE_TTL};
+use crate::claims::Claims;
+use crate::clients::ClientSlot;
+use crate::config::CachePolicy;
+use crate::limit::InflightPermit;
+use crate::metrics::RouteMetrics;
+use crate::outcome::Outcome;
+use crate::query_log::QueryLog;
+use crate::resolver::{self, Resolver, Start};
+use crate::transport::Transport;
+use crate::upstream::UpstreamSet;
+use crate::wire::{self, rcode, Query, Ttls};
+
+/// RFC 8767 section 5's client response timer: with a stale answer at hand, a client
+/// waits at most this long for a fresh one (the resolution goes on and refreshes the
+/// cache).
+pub const STALE_ANSWER_AFTER: Duration = Duration::from_millis(1800);
+
+/// A query on its way upstream; holds its in-flight places until it is answered.
+pub struct Job {
+    pub(crate) query: Query,
+    pub(crate) route: Arc<UpstreamSet>,
+    pub(crate) cache_policy: CachePolicy,
+    /// An expired answer to fall back on (RFC 8767).
+    pub(crate) stale: Option<Arc<Stored>>,
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) claims: Option<Arc<Claims>>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) client: SocketAddr,
+    pub(crate) transport: Transport,
+    /// When the query arrived: the latency metric and the query log count from here,
+    /// the time waiting for a task included.
+    pub(crate) started: Instant,
+    pub(crate) query_log: bool,
+    pub(crate) metrics: Arc<RouteMetrics>,
+    pub(crate) permit: InflightPermit,
+    pub(crate) slot: Option<ClientSlot>,
+}
+
+impl Job {
+    /// Resolves and builds the client's reply. Run it to the end (the listeners do):
+    /// a resolution it leads may run inside it, and other clients may be waiting for
+    /// that one. (An async block over `self`, not an async fn: that would hold the job
+    /// twice.)
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    pub fn run(self) -> impl Future<Output = Vec<u8>> {
+        async move {
+            let q = &self.query;
+            let limit = self.transport.limit(q);
+            let start =
+                self.resolver
+                    .start(q, &self.route, self.cache_policy, self.claims.as_ref());
+            // The wait is chosen before it is awaited, so `start` is not held (in the
+            // future's state) through it.
+            let waiting = match (start, &self.stale) {
+                // Nobody gives up on this resolution early: it runs in this task.
+                (Start::Lead(lead), None) => Either::Left(lead.run().map(Some)),
+                (Start::Joined(slot), None) => Either::Right(Either::Left(resolver::wait(slot))),
+                // With a stale answer at hand the client stops waiting after a while,
+                // and the resolution goes on without it (RFC 8767 section 5).
+                (start, Some(_)) => Either::Right(Either::Right(
+                    tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(start.spawned()))
+                        .map(|r| r.ok().flatten()),
+                )),
+            };
+            let res = waiting.await;
+            let failed = res.as_deref().is_none_or(Outcome::is_failure);
+            let answer = match res.as_deref() {
+                Some(Outcome::Answered { answer, upstream }) => Some((answer, *upstream)),
+                _ => None,
+            };
+            let served_stale = failed && self.stale.is_some();
+            let upstream = answer.as_ref().map(|a| a.1);
+            let out = match (answer, &self.stale) {
+                // A failure with a stale answer at hand: the stale answer (RFC 8767).
+                (_, Some(s)) if failed => {
+                    self.cache.note_stale_served();
+                    wire::render(&s.reply, q, limit, Ttls::Fixed(STALE_TTL))
+                }
+                // An answer, or the SERVFAIL/REFUSED/TC an upstream gave when none did better.
+                (Some((reply, _)), _) => wire::render(reply, q, limit, Ttls::AsStored),
+                (None, _) => wire::reply_for(q, rcode::SERVFAIL),
+            };
+            self.metrics
+                .observe(self.transport, &out, self.started.elapsed());
+            if self.query_log {
+                QueryLog {
+                    client: self.client,
+                    transport: self.transport,
+                    query: q,
+                    route: &self.route.route,
+                    upstream,
+                    outcome: if served_stale {
+                        "stale"
+                    } else if upstream.is_some() {
+                        "upstream"
+                    } else {
+                        "servfail"
+                    },
+                    started: self.started,
+                }
+                .emit(&out);
+            }
+            // The in-flight places are held until the answer is made. Named here so
+            // that the block takes them at all: an async block captures only the
+            // fields it uses, and would drop these at its creation.
+            drop((self.permit, self.slot));
+            out
+        }
+    }
+}

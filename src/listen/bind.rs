@@ -1,0 +1,157 @@
+//! Binding the listen addresses: UDP and TCP on the same port, one UDP socket per UDP
+//! thread (SO_REUSEPORT), and the metrics endpoint, before serving starts, so a
+//! caller (main, or a test binding port 0) knows the real addresses and can fail early.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Sockets bound before serving starts, so a caller (main, or a test binding port 0)
+/// knows the real addresses and can fail early.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Per listen address, one UDP socket per UDP thread (SO_REUSEPORT when several).
+    pub udp: Vec<Vec<std::net::UdpSocket>>,
+    pub tcp: Vec<std::net::TcpListener>,
+    /// `[server] metrics`, when set.
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({proto}): {source}{hint}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub proto: &'static str,
+    pub source: io::Error,
+    hint: &'static str,
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on each address, on the same port (for port 0, the port the
+    /// kernel picked for UDP), with `udp_sockets` UDP sockets per address sharing the
+    /// port through SO_REUSEPORT, one for each UDP thread.
+    pub fn bind(addrs: &[SocketAddr], udp_sockets: usize) -> Result<Listeners, BindError> {
+        let mut l = Listeners {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            metrics: None,
+        };
+        let reuse_port = udp_sockets > 1;
+        for &addr in addrs {
+            let (udp, tcp) = bind_pair(addr, reuse_port)?;
+            let bound = udp.local_addr().map_err(|e| bind_error(addr, "udp", e))?;
+            let mut group = vec![udp];
+            for _ in 1..udp_sockets {
+                let more =
+                    new_socket(bound, Type::DGRAM, true).map_err(|e| bind_error(addr, "udp", e))?;
+                group.push(more.into());
+            }
+            l.udp.push(group);
+            l.tcp.push(tcp);
+        }
+        Ok(l)
+    }
+
+    /// Everything `[server]` asks for: the DNS listeners and the metrics endpoint.
+    pub fn for_server(server: &crate::config::Server) -> Result<Listeners, BindError> {
+        let mut l = Listeners::bind(&server.listen, server.udp_threads)?;
+        if let Some(addr) = server.metrics {
+            let s = new_socket(addr, Type::STREAM, false)
+                .map_err(|e| bind_error(addr, "metrics", e))?;
+            l.metrics = Some(s.into());
+        }
+        Ok(l)
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
+    }
+
+    /// (udp, tcp) local addresses, in configuration order.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.udp
+            .iter()
+            .zip(&self.tcp)
+            .filter_map(|(u, t)| Some((u.first()?.local_addr().ok()?, t.local_addr().ok()?)))
+            .collect()
+    }
+}
+
+fn bind_error(addr: SocketAddr, proto: &'static str, source: io::Error) -> BindError {
+    let hint = match source.kind() {
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "; ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it)"
+        }
+        io::ErrorKind::AddrInUse => "; another DNS server (systemd-resolved, dnsmasq) may hold it",
+        io::ErrorKind::AddrNotAvailable => "; the address is not on this host",
+        _ => "",
+    };
+    BindError {
+        addr,
+        proto,
+        source,
+        hint,
+    }
+}
+
+fn bind_pair(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), BindError> {
+    // With port 0 the TCP port may be taken by someone else; pick again a few times.
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp =
+            new_socket(addr, Type::DGRAM, reuse_port).map_err(|e| bind_error(addr, "udp", e))?;
+        let port = udp
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map_or(addr.port(), |a| a.port());
+        match new_socket(SocketAddr::new(addr.ip(), port), Type::STREAM, false) {
+            Ok(tcp) => return Ok((udp.into(), tcp.into())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind_error(addr, "tcp", last.expect("at least one attempt")))
+}
+
+fn new_socket(addr: SocketAddr, ty: Type, reuse_port: bool) -> io::Result<Socket> {
+    let proto = if ty == Type::DGRAM {
+        Protocol::UDP
+    } else {
+        Protocol::TCP
+    };
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        // So "0.0.0.0:53" and "[::]:53" can both be listed.
+        s.set_only_v6(true)?;
+    }
+    if ty == Type::STREAM {
+        // A restart must not wait for old connections in TIME_WAIT.
+        s.set_reuse_address(true)?;
+    } else {
+        // A burst of queries must queue rather than drop while the receive loop is
+        // busy: the default (about 200 KiB, some 250 small datagrams) overflows at a
+        // few hundred simultaneous clients. The kernel caps this at net.core.rmem_max;
+        // best effort, like Unbound's so-rcvbuf.
+        if let Err(e) = s.set_recv_buffer_size(UDP_LISTEN_RCVBUF) {
+            tracing::debug!(error = %e, "could not enlarge the udp receive buffer");
+        }
+    }
+    if reuse_port {
+        // Several sockets on one port, one per UDP thread; the kernel spreads clients
+        // over them by address hash (and only lets the same user join the group).
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    if ty == Type::STREAM {
+        s.listen(1024)?;
+    }
+    Ok(s)
+}
+
+const UDP_LISTEN_RCVBUF: usize = 4 << 20;

@@ -1,0 +1,317 @@
+//! The scrape: every counter read and encoded through prometheus-client.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::{RouteMetrics, Sources};
+use crate::upstream::{Upstream, UpstreamSet};
+use crate::wire::rcode;
+
+type Encoded = Result<(), std::fmt::Error>;
+
+/// Reads every counter at scrape time.
+struct Collect(Sources);
+
+impl std::fmt::Debug for Collect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Collect")
+    }
+}
+
+/// The registry `/metrics` encodes.
+pub fn registry(sources: Sources) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Collect(sources)));
+    registry
+}
+
+impl Collector for Collect {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Encoded {
+        let s = &self.0;
+        let routes = s.metrics.routes_with_unrouted();
+        let sets = s.configured.upstream_sets();
+        queries(&mut enc, &routes)?;
+        latency(&mut enc, &routes)?;
+        per_route(&mut enc, &sets)?;
+        per_upstream(&mut enc, &sets)?;
+        cache(&mut enc, s)?;
+        server(&mut enc, s)
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Encoded {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    m.encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Encoded {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    m.encode_gauge(&v)
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// `zonefwd_queries`, by route, transport and rcode (counts of zero left out).
+fn queries(enc: &mut DescriptorEncoder, routes: &[(String, Arc<RouteMetrics>)]) -> Encoded {
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_queries",
+        "Client queries answered, by route (- before one was chosen), transport and rcode",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, m) in routes {
+        for (t, transport) in ["udp", "tcp"].iter().enumerate() {
+            for (rc, n) in m.queries[t].iter().enumerate() {
+                let n = load(n);
+                if n == 0 {
+                    continue;
+                }
+                let name = rcode::name(rc as u16);
+                let labels = [
+                    ("route", route.as_str()),
+                    ("transport", transport),
+                    ("rcode", name.as_str()),
+                ];
+                fam.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn latency(enc: &mut DescriptorEncoder, routes: &[(String, Arc<RouteMetrics>)]) -> Encoded {
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_query_duration_seconds",
+        "Time from receiving a query to having its answer, by route",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (route, m) in routes {
+        let (sum, count, buckets) = m.latency.snapshot();
+        let labels = [("route", route.as_str())];
+        fam.encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+type RouteValue = fn(&UpstreamSet) -> u64;
+
+const PER_ROUTE: [(&str, &str, RouteValue); 3] = [
+    (
+        "zonefwd_nxdomain_fallbacks",
+        "NXDOMAIN answers asked again through the route's nxdomain_fallback",
+        |s| load(&s.nxdomain_fallbacks),
+    ),
+    (
+        "zonefwd_public_answers",
+        "Answers with public A/AAAA records from a route with expect_private",
+        |s| load(&s.public_answers),
+    ),
+    (
+        "zonefwd_cname_claims",
+        "CNAME targets from other routes' answers asked through this route (claim_cnames)",
+        |s| load(&s.cname_claims),
+    ),
+];
+
+fn per_route(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded {
+    for (name, help, value) in PER_ROUTE {
+        let mut fam = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for set in sets {
+            let labels = [("route", set.route.as_str())];
+            fam.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&value(set), None)?;
+        }
+    }
+    Ok(())
+}
+
+type UpstreamValue = fn(&Upstream) -> u64;
+
+const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 9] = [
+    (
+        "zonefwd_upstream_queries",
+        "Tries sent to an upstream",
+        MetricType::Counter,
+        |u| load(&u.stats.sent),
+    ),
+    (
+        "zonefwd_upstream_timeouts",
+        "Tries that outlived try_timeout or the deadline",
+        MetricType::Counter,
+        |u| load(&u.stats.timeouts),
+    ),
+    (
+        "zonefwd_upstream_errors",
+        "Tries that ended in a network error or a malformed reply",
+        MetricType::Counter,
+        |u| load(&u.stats.errors),
+    ),
+    (
+        "zonefwd_upstream_mismatched_replies",
+        "Replies dropped for a wrong ID or question (forgeries or late answers, RFC 5452)",
+        MetricType::Counter,
+        |u| load(&u.stats.mismatched),
+    ),
+    (
+        "zonefwd_upstream_over_budget",
+        "Tries not sent because max_qps was spent",
+        MetricType::Counter,
+        |u| load(&u.stats.over_budget),
+    ),
+    (
+        "zonefwd_upstream_up",
+        "1 while the upstream is in rotation, 0 while marked down",
+        MetricType::Gauge,
+        |u| u64::from(!u.is_marked_down()),
+    ),
+    (
+        "zonefwd_upstream_in_loop",
+        "1 while a loop probe sent to the upstream came back to zonefwd (out of rotation)",
+        MetricType::Gauge,
+        |u| u64::from(u.looped.load(Ordering::Relaxed)),
+    ),
+    (
+        "zonefwd_upstream_consecutive_failures",
+        "Failures in a row",
+        MetricType::Gauge,
+        |u| u64::from(u.consecutive_failures()),
+    ),
+    (
+        "zonefwd_upstream_idle_sockets",
+        "Pooled UDP sockets open between queries (upstream_udp_reuse); closed within 3 s of opening",
+        MetricType::Gauge,
+        |u| u.pool.idle_len() as u64,
+    ),
+];
+
+fn per_upstream(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded {
+    for (name, help, ty, value) in PER_UPSTREAM {
+        let mut fam = enc.encode_descriptor(name, help, None, ty)?;
+        for set in sets {
+            for u in &set.upstreams {
+                let addr = u.addr.to_string();
+                let labels = [("route", set.route.as_str()), ("upstream", addr.as_str())];
+                let mut m = fam.encode_family(&labels)?;
+                match ty {
+                    MetricType::Counter => {
+                        m.encode_counter::<NoLabelSet, _, u64>(&value(u), None)?
+                    }
+                    _ => m.encode_gauge(&(value(u) as i64))?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cache(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
+    let c = &s.cache.stats;
+    let counters = [
+        (
+            "zonefwd_cache_hits",
+            "Queries answered from fresh cache entries",
+            &c.hits,
+        ),
+        (
+            "zonefwd_cache_misses",
+            "Cache lookups that found nothing usable",
+            &c.misses,
+        ),
+        ("zonefwd_cache_inserts", "Answers stored", &c.inserts),
+        (
+            "zonefwd_cache_evictions",
+            "Entries evicted to stay within max_entries",
+            &c.evictions,
+        ),
+        (
+            "zonefwd_cache_stale_answers",
+            "Expired answers served because upstreams failed or were slow (RFC 8767)",
+            &c.stale_served,
+        ),
+        (
+            "zonefwd_cache_failures",
+            "Failures remembered for servfail_ttl",
+            &c.failures,
+        ),
+        (
+            "zonefwd_cache_prefetches",
+            "Entries refreshed before they expired",
+            &c.prefetches,
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(enc, name, help, load(value))?;
+    }
+    gauge(
+        enc,
+        "zonefwd_cache_entries",
+        "Entries in the cache",
+        s.cache.len() as i64,
+    )
+}
+
+fn server(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
+    let (r, m) = (&s.resolutions, &s.metrics);
+    let counters = [
+        ("zonefwd_resolutions", "Upstream resolutions started", load(&r.started)),
+        (
+            "zonefwd_coalesced",
+            "Queries that joined an identical one in flight",
+            load(&r.coalesced),
+        ),
+        (
+            "zonefwd_acl_refused",
+            "Queries refused because the client is outside acl.allow",
+            load(&m.acl_refused),
+        ),
+        (
+            "zonefwd_dropped",
+            "Messages dropped unanswered: responses (QR=1) and runts",
+            load(&m.dropped),
+        ),
+        (
+            "zonefwd_malformed",
+            "Queries answered FORMERR, NOTIMP or BADVERS",
+            load(&m.malformed),
+        ),
+        (
+            "zonefwd_client_rate_limited",
+            "Queries dropped or refused because their client was over server.client_qps",
+            load(&m.client_rate_limited),
+        ),
+        (
+            "zonefwd_client_inflight_limited",
+            "Queries dropped or refused because their client had server.client_max_inflight waiting",
+            load(&m.client_inflight_limited),
+        ),
+        (
+            "zonefwd_forwarding_loops",
+            "Loop probes that came back to zonefwd through an upstream",
+            s.configured.loops_detected(),
+        ),
+        (
+            "zonefwd_cname_chains_broken",
+            "claim_cnames chains answered SERVFAIL for a loop, the hop limit or the time limit",
+            s.configured.broken_chains(),
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(enc, name, help, value)?;
+    }
+    gauge(
+        enc,
+        "zonefwd_inflight",
+        "Client queries being forwarded now",
+        s.inflight.current() as i64,
+    )
+}

@@ -1,0 +1,38 @@
+//! The query log (`server.query_log`): one line per answered query, at info level on
+//! the target `zonefwd::query`.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::transport::Transport;
+use crate::wire::{self, rcode, Query};
+
+pub struct QueryLog<'a> {
+    pub client: SocketAddr,
+    pub transport: Transport,
+    pub query: &'a Query,
+    pub route: &'a str,
+    pub upstream: Option<SocketAddr>,
+    /// How it was answered: upstream, cache, stale, failure-cached, overload, servfail,
+    /// refused-acl, no-route, refused-xfr, any-rfc8482, loop-probe, client-limit.
+    pub outcome: &'static str,
+    pub started: Instant,
+}
+
+impl QueryLog<'_> {
+    pub fn emit(&self, reply: &[u8]) {
+        tracing::info!(
+            target: "zonefwd::query",
+            client = %self.client,
+            transport = self.transport.as_str(),
+            name = %wire::name_to_string(&self.query.qname),
+            qtype = %crate::report::qtype_name(self.query.qtype),
+            route = self.route,
+            upstream = %self.upstream.map_or_else(|| "-".to_string(), |u| u.to_string()),
+            rcode = %rcode::name(u16::from(reply[3] & 0x0f)),
+            ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            outcome = self.outcome,
+            "query"
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! The try loop: one query forwarded within its route's deadline. Tries go to the
+//! upstreams in `order()`, each upstream at most twice (so a lone upstream gets one
+//! retransmission). A try that fails, or answers SERVFAIL/REFUSED, starts the next one
+//! at once; a try that is merely slow starts the next one after `try_timeout` but
+//! stays open, so a late answer still wins until the deadline.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::{sleep_until, Instant};
+
+use crate::outcome::Outcome;
+use crate::upstream::exchange::{self, Exchanged, TryError};
+use crate::upstream::{Upstream, UpstreamSet};
+use crate::wire::{rcode, Query};
+
+/// What one try's reply means for the query.
+enum Verdict {
+    /// Relay it and stop.
+    Final(Exchanged),
+    /// A reply, but one that asks for the next upstream (SERVFAIL, REFUSED, or TC
+    /// with TCP unavailable): kept in case nothing better comes.
+    Soft(Exchanged),
+    Failed(TryError),
+}
+
+type TryFuture<'a> = Pin<Box<dyn std::future::Future<Output = (usize, Verdict)> + Send + 'a>>;
+
+/// The tries of one query in flight. Nearly every query needs only its first try, so
+/// that one runs alone; a `FuturesUnordered` (two allocations and a waker of its own)
+/// is set up only when a second try joins it.
+enum Running<'a> {
+    Idle,
+    One(TryFuture<'a>),
+    Many(FuturesUnordered<TryFuture<'a>>),
+}
+
+impl<'a> Running<'a> {
+    fn push(&mut self, f: TryFuture<'a>) {
+        *self = match std::mem::replace(self, Running::Idle) {
+            Running::Idle => Running::One(f),
+            Running::One(first) => {
+                let many = FuturesUnordered::new();
+                many.push(first);
+                many.push(f);
+                Running::Many(many)
+            }
+            Running::Many(many) => {
+                many.push(f);
+                Running::Many(many)
+            }
+        };
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Running::Idle => true,
+            Running::One(_) => false,
+            Running::Many(many) => many.is_empty(),
+        }
+    }
+
+    /// The next try to end; `None` when none is running. Cancel-safe: a try not yet
+    /// ended stays in `self`.
+    async fn next(&mut self) -> Option<(usize, Verdict)> {
+        let out = match self {
+            Running::Idle => return None,
+            Running::One(f) => f.as_mut().await,
+            Running::Many(many) => return many.next().await,
+        };
+        *self = Running::Idle;
+        Some(out)
+    }
+}
+
+/// Where a try stands, so each failure is counted once: when the try fails, when it
+/// outlives `try_timeout`, or when the deadline ends it, whichever comes first; and a
+/// try that answered is never counted as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TryState {
+    Running,
+    /// Past `try_timeout`, failure already counted, still allowed to answer.
+    Overdue,
+    Done,
+}
+
+/// One query's tries: the plan (each upstream in order, then each once more), the
+/// tries launched so far, and the best soft reply yet.
+struct Tries<'a> {
+    set: &'a UpstreamSet,
+    q: &'a Query,
+    order: Vec<usize>,
+    next: usize,
+    /// Per try launched: upstream index and state.
+    launched: Vec<(usize, TryState)>,
+    fallback: Option<(Exchanged, SocketAddr)>,
+    /// When the newest try becomes overdue.
+    try_timer: Instant,
+}
+
+impl<'a> Tries<'a> {
+    fn plan_len(&self) -> usize {
+        2 * self.order.len()
+    }
+
+    /// The next try whose upstream has budget left, to be run; none when none has.
+    fn launch(&mut self) -> Option<TryFuture<'a>> {
+        let set = self.set;
+        while self.next < self.plan_len() {
+            let idx = self.order[self.next % self.order.len()];
+            self.next += 1;
+            if !set.upstreams[idx].within_budget(&*set.life.clock) {
+                continue;
+            }
+            let n = self.launched.len();
+            self.launched.push((idx, TryState::Running));
+            let u = &set.upstreams[idx];
+            u.stats.sent.fetch_add(1, Ordering::Relaxed);
+            self.try_timer = Instant::now() + set.try_timeout;
+            let q = self.q;
+            return Some(Box::pin(async move { (n, one_try(u, q).await) }));
+        }
+        None
+    }
+
+    /// What to wait for besides the tries: the newest try's timeout, or the deadline.
+    /// The try timeout is off once every try is launched and the newest one counted,
+    /// so an expired timer cannot spin.
+    fn wake(&self, deadline: Instant) -> Instant {
+        let timer_on = self.next < self.plan_len()
+            || self
+                .launched
+                .last()
+                .is_some_and(|t| t.1 == TryState::Running);
+        if timer_on {
+            self.try_timer.min(deadline)
+        } else {
+            deadline
+        }
+    }
+
+    /// Try `n` ended: the answer to relay, or `None` to go on.
+    fn ended(&mut self, n: usize, verdict: Verdict) -> Option<Outcome<Exchanged>> {
+        let set = self.set;
+        let (idx, state) = self.launched[n];
+        self.launched[n].1 = TryState::Done;
+        let addr = set.upstreams[idx].addr;
+        match verdict {
+            Verdict::Final(answer) => {
+                set.success(idx);
+                return Some(Outcome::Answered {
+                    answer,
+                    upstream: addr,
+                });
+            }
+            Verdict::Soft(answer) => {
+                set.success(idx);
+                tracing::debug!(route = %set.route, upstream = %addr, rcode = %rcode::name(answer.reply.rcode), truncated = answer.reply.truncated, "trying the next upstream");
+                self.fallback = Some((answer, addr));
+            }
+            Verdict::Failed(e) => {
+                tracing::debug!(route = %set.route, upstream = %addr, error = %e, "upstream try failed");
+                set.upstreams[idx]
+                    .stats
+                    .errors
+                    .fetch_add(1, Ordering::Relaxed);
+                if state == TryState::Running {
+                    set.failure(idx);
+                }
+            }
+        }
+        None
+    }
+
+    /// The newest try is overdue: its failure is counted now.
+    fn overdue(&mut self) {
+        if let Some(t) = self.launched.last_mut() {
+            if t.1 == TryState::Running {
+                t.1 = TryState::Overdue;
+                self.set.upstreams[t.0]
+                    .stats
+                    .timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                self.set.failure(t.0);
+            }
+        }
+    }
+
+    /// The deadline ended every try still running: each counts as a timeout.
+    fn expired(&self) {
+        for t in self.launched.iter().filter(|t| t.1 == TryState::Running) {
+            self.set.upstreams[t.0]
+                .stats
+                .timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            self.set.failure(t.0);
+        }
+    }
+
+    /// Nothing better came: the last soft reply, if any.
+    fn give_up(self) -> Outcome<Exchanged> {
+        match self.fallback {
+            Some((answer, upstream)) => Outcome::Answered { answer, upstream },
+            None => Outcome::Failed,
+        }
+    }
+}
+
+impl UpstreamSet {
+    /// Forwards `q` within the route's deadline (see the module doc for the plan).
+    pub async fn forward(&self, q: &Query) -> Outcome<Exchanged> {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let order = self.order();
+        if order.is_empty() {
+            if self.budget_warning.ready() {
+                tracing::warn!(route = %self.route, "every upstream of this route is in a forwarding loop: answering SERVFAIL (logged at most every 10s)");
+            }
+            return Outcome::Failed;
+        }
+        let mut tries = Tries {
+            set: self,
+            q,
+            launched: Vec::with_capacity(2 * order.len()),
+            order,
+            next: 0,
+            fallback: None,
+            try_timer: started,
+        };
+        let mut running = Running::Idle;
+        let Some(first) = tries.launch() else {
+            if self.budget_warning.ready() {
+                tracing::warn!(route = %self.route, "max_qps spent on every upstream: answering from stale cache or SERVFAIL (logged at most every 10s)");
+            }
+            return Outcome::OverBudget;
+        };
+        running.push(first);
+        loop {
+            // One timer for whichever comes first, not one per kind of wait.
+            let wake = tries.wake(deadline);
+            tokio::select! {
+                biased;
+                Some((n, verdict)) = running.next() => {
+                    if let Some(out) = tries.ended(n, verdict) {
+                        return out;
+                    }
+                    match tries.launch() {
+                        Some(t) => running.push(t),
+                        None if running.is_empty() => break,
+                        None => {}
+                    }
+                }
+                _ = sleep_until(wake), if wake < deadline => {
+                    tries.overdue();
+                    if let Some(t) = tries.launch() {
+                        running.push(t);
+                    }
+                }
+                _ = sleep_until(deadline), if wake == deadline => {
+                    tries.expired();
+                    break;
+                }
+            }
+        }
+        tries.give_up()
+    }
+}
+
+/// One try against one upstream: UDP with EDNS; once more without EDNS if the server
+/// answers FORMERR without an OPT (RFC 6891 section 7: it predates EDNS); over TCP if
+/// the reply is truncated.
+async fn one_try(u: &Upstream, q: &Query) -> Verdict {
+    let (addr, mismatched) = (u.addr, &u.stats.mismatched);
+    let mut edns = true;
+    let mut answer = match exchange::udp_pooled(&u.pool, addr, q, edns, mismatched).await {
+        Ok(a) => a,
+        // Bigger than we take over UDP: as if truncated.
+        Err(TryError::Oversize) => match exchange::tcp(addr, q, edns, mismatched).await {
+            Ok(a) => return classify(a),
+            Err(e) => return Verdict::Failed(e),
+        },
+        Err(e) => return Verdict::Failed(e),
+    };
+    if answer.reply.rcode == rcode::FORMERR && answer.reply.opt.is_none() {
+        edns = false;
+        answer = match exchange::udp(addr, q, edns, mismatched).await {
+            Ok(a) => a,
+            Err(e) => return Verdict::Failed(e),
+        };
+    }
+    if answer.reply.truncated {
+        match exchange::tcp(addr, q, edns, mismatched).await {
+            Ok(a) => answer = a,
+            Err(e) => {
+                // Some hosts block TCP to the cloud resolver (Azure's guest agent
+                // firewall for non-root processes): keep the truncated reply so the
+                // client at least learns it was truncated, and try elsewhere.
+                tracing::debug!(upstream = %addr, error = %e, "tcp retry after a truncated reply failed");
+                return Verdict::Soft(answer);
+            }
+        }
+    }
+    classify(answer)
+}
+
+/// SERVFAIL, REFUSED and a truncated reply ask for the next upstream; anything else
+/// is the answer.
+fn classify(answer: Exchanged) -> Verdict {
+    match answer.reply.rcode {
+        rcode::SERVFAIL | rcode::REFUSED => Verdict::Soft(answer),
+        _ if answer.reply.truncated => Verdict::Soft(answer),
+        _ => Verdict::Final(answer),
+    }
+}

@@ -1,0 +1,80 @@
+//! Upstream health: consecutive failures, the mark that takes an upstream out of
+//! rotation at `max_fails`, and the probe that brings it back.
+//!
+//! The probe holds its upstream by a `Weak`: when a reload drops the upstream from the
+//! configuration, the probe ends at its next round instead of probing (and keeping the
+//! upstream's socket pool open) until the server stops.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use crate::upstream::{exchange, Upstream, UpstreamSet};
+use crate::wire::{self, Query};
+
+impl UpstreamSet {
+    pub(crate) fn success(&self, idx: usize) {
+        let u = &self.upstreams[idx];
+        let before = u.fails.swap(0, Ordering::Relaxed);
+        if self.max_fails > 0 && before >= self.max_fails {
+            tracing::info!(route = %self.route, upstream = %u.addr, "upstream answers again; back in rotation");
+        }
+    }
+
+    pub(crate) fn failure(&self, idx: usize) {
+        let u = &self.upstreams[idx];
+        let now = u.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_fails > 0 && now == self.max_fails {
+            tracing::warn!(route = %self.route, upstream = %u.addr, failures = now, "upstream marked down; probing it every {}", humantime::format_duration(self.health_check));
+            self.spawn_probe(idx);
+        }
+    }
+
+    /// Probes a down upstream with `. NS` until it answers (any reply counts: the
+    /// server is there), the server stops, or the upstream leaves the configuration.
+    fn spawn_probe(&self, idx: usize) {
+        let u = &self.upstreams[idx];
+        if self.life.shutdown.is_cancelled() || u.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let upstream = Arc::downgrade(u);
+        let (interval, per_probe, max_fails) =
+            (self.health_check, self.try_timeout, self.max_fails);
+        let shutdown = self.life.shutdown.clone();
+        let route = self.route.clone();
+        self.life.tasks.spawn(async move {
+            let probe = probe_query();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let Some(u) = still_down(&upstream, max_fails) else {
+                    break;
+                };
+                let answered = tokio::time::timeout(
+                    per_probe,
+                    exchange::udp(u.addr, &probe, true, &u.stats.mismatched),
+                )
+                .await;
+                if matches!(answered, Ok(Ok(_))) {
+                    u.fails.store(0, Ordering::Relaxed);
+                    tracing::info!(route = %route, upstream = %u.addr, "health probe answered; upstream back in rotation");
+                }
+            }
+            if let Some(u) = upstream.upgrade() {
+                u.probing.store(false, Ordering::Release);
+            }
+        });
+    }
+}
+
+/// The upstream, while it is still configured and still down.
+fn still_down(upstream: &Weak<Upstream>, max_fails: u32) -> Option<Arc<Upstream>> {
+    upstream
+        .upgrade()
+        .filter(|u| u.consecutive_failures() >= max_fails)
+}
+
+fn probe_query() -> Query {
+    Query::own(vec![0], wire::TYPE_NS)
+}

@@ -1,0 +1,106 @@
+//! One upstream server: its address, what its tries came to, its `max_qps` budget, its
+//! health marks and its pool of UDP sockets. An `Upstream` outlives a reload while its
+//! route, address and settings stay the same (`UpstreamSet::new`), so its health, loop
+//! mark and counters do too.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use crate::config::Route;
+use crate::life::Clock;
+use crate::limit::{Rate, TokenBucket};
+use crate::upstream::pool::SocketPool;
+
+/// What happened to the tries sent to one upstream, for the metrics.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    pub sent: AtomicU64,
+    /// Tries that outlived `try_timeout`, or were still unanswered at the deadline.
+    pub timeouts: AtomicU64,
+    /// Network errors and malformed replies.
+    pub errors: AtomicU64,
+    /// Replies from the upstream's address and port that matched no query (wrong ID
+    /// or question): forgeries, or very late answers. Dropped; the wait goes on.
+    pub mismatched: AtomicU64,
+    /// Tries not sent because the budget was spent.
+    pub over_budget: AtomicU64,
+}
+
+/// The settings an upstream is built with; one that differs after a reload makes it
+/// a new upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UpstreamSettings {
+    pub addr: SocketAddr,
+    pub max_fails: u32,
+    pub max_qps: Option<u32>,
+    /// `server.upstream_udp_reuse`.
+    pub reuse: u32,
+}
+
+impl UpstreamSettings {
+    pub fn of(route: &Route, addr: SocketAddr, reuse: u32) -> Self {
+        UpstreamSettings {
+            addr,
+            max_fails: route.max_fails,
+            max_qps: route.max_qps,
+            reuse,
+        }
+    }
+}
+
+/// One upstream server, its health and its budget.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub settings: UpstreamSettings,
+    pub stats: UpstreamStats,
+    pub(crate) fails: AtomicU32,
+    pub(crate) probing: AtomicBool,
+    /// A loop probe sent here came back to zonefwd (`loopcheck`): out of rotation.
+    pub looped: AtomicBool,
+    /// A query budget: `max_qps` per second, bursts of up to one second's worth. The
+    /// cloud resolvers drop what exceeds their limits (Azure: 1000 qps per VM to
+    /// 168.63.129.16; AWS: 1024 packets/s per interface), so zonefwd keeps under them
+    /// itself and says so.
+    budget: Option<(Rate, TokenBucket)>,
+    pub pool: SocketPool,
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings, now: std::time::Instant) -> Self {
+        Upstream {
+            pool: SocketPool::new(settings.reuse),
+            addr: settings.addr,
+            settings,
+            stats: UpstreamStats::default(),
+            fails: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
+            looped: AtomicBool::new(false),
+            budget: settings
+                .max_qps
+                .map(|q| (Rate::new(q, q, now), TokenBucket::new())),
+        }
+    }
+
+    /// The clock is read only when there is a budget to check.
+    pub(crate) fn within_budget(&self, clock: &dyn Clock) -> bool {
+        match &self.budget {
+            None => true,
+            Some((rate, bucket)) if bucket.try_take(rate, clock.now()) => true,
+            Some(_) => {
+                self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.fails.load(Ordering::Relaxed)
+    }
+
+    /// Past `max_fails` failures in a row: skipped while any other is up, and probed.
+    pub fn is_marked_down(&self) -> bool {
+        let max_fails = self.settings.max_fails;
+        max_fails > 0 && self.consecutive_failures() >= max_fails
+    }
+}

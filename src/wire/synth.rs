@@ -1,0 +1,117 @@
+//! Replies zonefwd makes itself: errors that echo what could be read of the query,
+//! and RFC 8482's HINFO answer to ANY.
+
+use super::*;
+
+pub(super) fn push_opt(out: &mut Vec<u8>, payload: u16, ext_rcode: u8, dnssec_ok: bool) {
+    let ttl = (u32::from(ext_rcode) << 24) | if dnssec_ok { EDNS_DO } else { 0 };
+    out.push(0); // root owner
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+}
+
+pub(super) fn push_question(out: &mut Vec<u8>, qname: &[u8], qtype: u16, qclass: u16) {
+    out.extend_from_slice(qname);
+    out.extend_from_slice(&qtype.to_be_bytes());
+    out.extend_from_slice(&qclass.to_be_bytes());
+}
+
+/// A locally made reply (REFUSED, SERVFAIL, FORMERR, NOTIMP, BADVERS): the client's ID,
+/// opcode and RD/CD bits, the question when it could be read, and an OPT when the
+/// client sent a usable one (always for BADVERS, RFC 6891 6.1.3).
+pub fn error_reply(
+    id: u16,
+    query_flags: u16,
+    question: Option<(&[u8], u16, u16)>,
+    edns: Option<&Edns>,
+    rcode: u16,
+) -> Vec<u8> {
+    let flags = FLAG_QR
+        | FLAG_RA
+        | (query_flags & (OPCODE_MASK | FLAG_RD | FLAG_CD))
+        | (rcode & RCODE_MASK);
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&[
+        0,
+        u8::from(question.is_some()),
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(edns.is_some()),
+    ]);
+    if let Some((qname, qtype, qclass)) = question {
+        push_question(&mut out, qname, qtype, qclass);
+    }
+    if let Some(e) = edns {
+        push_opt(&mut out, EDNS_PAYLOAD, (rcode >> 4) as u8, e.dnssec_ok);
+    }
+    out
+}
+
+/// RFC 8482 section 4.2: the minimal answer to ANY, one synthesised HINFO record
+/// ("RFC8482", "") for the question name, so ANY cannot be used for amplification.
+pub fn any_hinfo_reply(q: &Query) -> Vec<u8> {
+    let mut out = error_reply(
+        q.id,
+        q.flags,
+        Some((&q.qname, q.qtype, q.qclass)),
+        None,
+        rcode::NOERROR,
+    );
+    set_u16(&mut out, 6, 1);
+    out.extend_from_slice(&[0xc0, 12]); // owner: the question name
+    out.extend_from_slice(&TYPE_HINFO.to_be_bytes());
+    out.extend_from_slice(&q.qclass.to_be_bytes());
+    out.extend_from_slice(&3789u32.to_be_bytes()); // the TTL RFC 8482 suggests
+    out.extend_from_slice(&9u16.to_be_bytes());
+    out.extend_from_slice(&[7, b'R', b'F', b'C', b'8', b'4', b'8', b'2', 0]);
+    if let Some(e) = &q.edns {
+        set_u16(&mut out, 10, 1);
+        push_opt(&mut out, EDNS_PAYLOAD, 0, e.dnssec_ok);
+    }
+    out
+}
+
+/// The reply to a query that reached the forwarding stage but got no usable upstream
+/// answer.
+pub fn reply_for(q: &Query, rcode: u16) -> Vec<u8> {
+    error_reply(
+        q.id,
+        q.flags,
+        Some((&q.qname, q.qtype, q.qclass)),
+        q.edns.as_ref(),
+        rcode,
+    )
+}
+
+impl Rejection {
+    /// The reply to the rejected query `msg`: this rejection's rcode, echoing the
+    /// question and EDNS when they could be read.
+    pub fn reply(&self, msg: &[u8]) -> Vec<u8> {
+        refusal_reply(msg, self.question(), self.edns.as_ref(), self.rcode)
+    }
+
+    /// The question as it could be read, borrowed.
+    pub fn question(&self) -> Option<(&[u8], u16, u16)> {
+        self.question
+            .as_ref()
+            .map(|(n, t, c)| (n.as_slice(), *t, *c))
+    }
+}
+
+/// A locally made reply to the raw message `msg` (its ID and flags), for a query that
+/// did not parse or is refused before it did.
+pub fn refusal_reply(
+    msg: &[u8],
+    question: Option<(&[u8], u16, u16)>,
+    edns: Option<&Edns>,
+    rcode: u16,
+) -> Vec<u8> {
+    error_reply(id(msg), flags(msg), question, edns, rcode)
+}
