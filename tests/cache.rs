@@ -17,21 +17,6 @@ async fn start(toml: &str) -> (Zonefwd, Arc<ManualClock>) {
     (z, clock)
 }
 
-fn asked(f: &Fake, name: &str) -> usize {
-    f.seen().iter().filter(|s| qname_of(&s.msg) == name).count()
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn hits_are_served_from_cache_with_ttls_counting_down() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 300)).await;

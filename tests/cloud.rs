@@ -6,10 +6,6 @@ use common::*;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
-async fn scrape(z: &Zonefwd) -> String {
-    http_get(z.metrics.unwrap(), "/metrics").await.1
-}
-
 #[tokio::test]
 async fn a_preset_routes_every_private_link_zone_to_the_cloud_route() {
     let azure = Fake::answering(|q| reply_a(q, [10, 20, 0, 4], 60)).await;

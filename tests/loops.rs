@@ -12,18 +12,6 @@ use common::*;
 use hickory_proto::op::ResponseCode;
 use tokio::net::UdpSocket;
 
-/// Sum of the samples of a metric whose line starts with `prefix`.
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
-async fn scrape(z: &Zonefwd) -> String {
-    http_get(z.metrics.unwrap(), "/metrics").await.1
-}
-
 /// An "on-prem DNS server" that forwards every UDP query to `to` and relays the
 /// answer: what a conditional forwarder pointing at zonefwd does. Counts queries.
 async fn relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {

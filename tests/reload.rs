@@ -106,3 +106,149 @@ async fn a_reload_can_tighten_the_acl() {
     assert!(refused, "127.0.0.1 is outside the new acl");
     z.stop().await.unwrap();
 }
+
+/// A config with a metrics endpoint and one "." route to `upstreams`.
+fn observed(upstreams: &[std::net::SocketAddr], route_keys: &str) -> Conf {
+    Conf::new()
+        .server("metrics = \"127.0.0.1:0\"")
+        .route("default", &["."], upstreams, route_keys)
+}
+
+#[tokio::test]
+async fn a_health_probe_ends_when_its_upstream_leaves_the_configuration() {
+    let dead = Fake::blackhole().await;
+    let good = Fake::answering_a().await;
+    // One timeout marks `dead` down; its probe then asks every 50 ms.
+    let keys =
+        "max_fails = 1\nhealth_check = \"50ms\"\ntimeout = \"400ms\"\ntry_timeout = \"100ms\"";
+    let z = Zonefwd::start(&observed(&[dead.addr], keys).toml()).await;
+    let _ = ask_a(z.udp, "first.example.").await;
+    let after_query = dead.count();
+    eventually("the probe to ask", || dead.count() > after_query + 1).await;
+
+    z.reload(&observed(&[good.addr], "").toml());
+    until_answered_by(&z, 1).await;
+    // The probe's next round finds its upstream gone and ends.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = dead.count();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(dead.count(), settled, "probes after the upstream left");
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unchanged_upstream_keeps_its_health_and_counters_across_a_reload() {
+    let dead = Fake::blackhole().await;
+    let good = Fake::answering_a().await;
+    // Sequential: `dead` first; one timeout marks it down, `good` answers.
+    let keys = "max_fails = 1\nhealth_check = \"1h\"\ntry_timeout = \"100ms\"";
+    let conf = observed(&[dead.addr, good.addr], keys);
+    let z = Zonefwd::start(&conf.toml()).await;
+    let up = |u: &Fake| {
+        format!(
+            "zonefwd_upstream_up{{route=\"default\",upstream=\"{}\"}}",
+            u.addr
+        )
+    };
+    let sent = |u: &Fake| {
+        format!(
+            "zonefwd_upstream_queries_total{{route=\"default\",upstream=\"{}\"}}",
+            u.addr
+        )
+    };
+    assert_eq!(
+        ask_a(z.udp, "first.example.").await.metadata.response_code,
+        ResponseCode::NoError
+    );
+    let before = scrape(&z).await;
+    assert_eq!(metric(&before, &up(&dead)), 0, "{before}");
+    assert_eq!(metric(&before, &sent(&good)), 1, "{before}");
+
+    // Something else changes: the ACL. The route and its upstreams stay as they were.
+    z.reload(
+        &conf
+            .clone()
+            .table("[acl]\nallow = [\"127.0.0.0/8\"]")
+            .toml(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dead_asked = dead.count();
+    assert_eq!(
+        ask_a(z.udp, "second.example.").await.metadata.response_code,
+        ResponseCode::NoError
+    );
+    assert_eq!(dead.count(), dead_asked, "still marked down: not tried");
+    let after = scrape(&z).await;
+    assert_eq!(metric(&after, &up(&dead)), 0, "health kept: {after}");
+    assert_eq!(metric(&after, &sent(&good)), 2, "counters kept: {after}");
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_flight_limits_are_one_across_a_reload() {
+    let slow = Fake::answering_after(Duration::from_millis(1500), [192, 0, 2, 1], 60).await;
+    let other = Fake::answering(|q| reply_a(q, [192, 0, 2, 2], 60)).await;
+    let conf = Conf::new()
+        .server("metrics = \"127.0.0.1:0\"")
+        .server("client_max_inflight = 1")
+        .server("client_limit_action = \"refuse\"")
+        .route("default", &["."], &[slow.addr], "");
+    let z = Zonefwd::start(&conf.toml()).await;
+    let addr = z.udp;
+    let held = tokio::spawn(async move {
+        raw_udp(
+            addr,
+            &query("held.example.", RecordType::A, None)
+                .to_vec()
+                .unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    eventually("the held query to reach its upstream", || slow.count() == 1).await;
+
+    // The new configuration routes other.test. elsewhere; another client (127.0.0.2,
+    // with its own limit) tells when it is in force.
+    z.reload(
+        &conf
+            .clone()
+            .route("other", &["other.test."], &[other.addr], "")
+            .toml(),
+    );
+    let probe = query("x.other.test.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let other_client = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    for _ in 0..500 {
+        let got = raw_udp_from(other_client, z.udp, &probe, Duration::from_secs(2)).await;
+        if got.is_some_and(|b| {
+            Message::from_vec(&b).unwrap().metadata.response_code == ResponseCode::NoError
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(other.count(), 1, "the new configuration is in force");
+
+    // The first client's query from before the reload still counts against its cap.
+    let second = raw_udp(
+        z.udp,
+        &query("second.example.", RecordType::A, None)
+            .to_vec()
+            .unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(
+        Message::from_vec(&second).unwrap().metadata.response_code,
+        ResponseCode::Refused
+    );
+    assert_eq!(
+        metric(&scrape(&z).await, "zonefwd_inflight "),
+        1,
+        "counted once, whatever configuration holds it"
+    );
+    assert!(held.await.unwrap().is_some(), "the held query is answered");
+    z.stop().await.unwrap();
+}

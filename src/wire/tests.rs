@@ -1,4 +1,3 @@
-
 use super::*;
 
 /// The path a forwarded reply takes: normalize, then render with TTLs as stored.

@@ -40,23 +40,85 @@ pub struct Zonefwd {
     task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Parses `toml` as a config, with two defaults of its own: `[server] listen` on
-/// 127.0.0.1:0, and `loop_detection = false` unless the test sets it, so the fake
-/// upstreams see only the queries the test makes (tests/loops.rs turns it on).
+/// Parses `toml` as a config, with two defaults of its own in `[server]`, each taken
+/// only when the test does not set that key: `listen` on 127.0.0.1:0, and
+/// `loop_detection = false`, so the fake upstreams see only the queries the test makes
+/// (tests/loops.rs turns it on).
 pub fn config(toml: &str) -> Config {
-    let mut server = String::from("[server]");
-    if !toml.contains("listen") {
-        server.push_str("\nlisten = [\"127.0.0.1:0\"]");
-    }
-    if !toml.contains("loop_detection") {
-        server.push_str("\nloop_detection = false");
-    }
-    let text = if toml.contains("[server]") {
-        toml.replacen("[server]", &server, 1)
-    } else {
-        format!("{server}\n{toml}")
-    };
+    let mut doc: toml::Table = toml.parse().unwrap_or_else(|e| panic!("test toml: {e}"));
+    let server = doc
+        .entry("server")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("[server] is a table");
+    server
+        .entry("listen")
+        .or_insert_with(|| toml::Value::Array(vec!["127.0.0.1:0".into()]));
+    server
+        .entry("loop_detection")
+        .or_insert(toml::Value::Boolean(false));
+    let text = toml::to_string(&doc).expect("a table serializes");
     Config::parse(&text, "test.toml", &LoadEnv::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A test configuration, built from its parts: `[server]` keys, routes and other
+/// tables, in TOML. `config` adds the listen and loop-detection defaults.
+#[derive(Default, Clone)]
+pub struct Conf {
+    server: Vec<String>,
+    tables: Vec<String>,
+}
+
+impl Conf {
+    pub fn new() -> Conf {
+        Conf::default()
+    }
+
+    /// One `[server]` line, `key = value`.
+    pub fn server(mut self, line: &str) -> Conf {
+        self.server.push(line.to_string());
+        self
+    }
+
+    /// A route named `name` for `zones` to `upstreams`, with `extra` route keys.
+    pub fn route(
+        mut self,
+        name: &str,
+        zones: &[&str],
+        upstreams: &[SocketAddr],
+        extra: &str,
+    ) -> Conf {
+        let zones: Vec<String> = zones.iter().map(|z| format!("\"{z}\"")).collect();
+        let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+        self.tables.push(format!(
+            "[[route]]\nname = \"{name}\"\nzones = [{}]\nupstreams = [{}]\n{extra}\n",
+            zones.join(", "),
+            ups.join(", ")
+        ));
+        self
+    }
+
+    /// Any other table (`[acl]`, `[cache]`), as TOML.
+    pub fn table(mut self, toml: &str) -> Conf {
+        self.tables.push(format!("{toml}\n"));
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut out = String::from("[server]\n");
+        for line in &self.server {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for t in &self.tables {
+            out.push_str(t);
+        }
+        out
+    }
+
+    pub fn build(&self) -> Config {
+        config(&self.toml())
+    }
 }
 
 impl Zonefwd {
@@ -509,7 +571,18 @@ pub async fn ask_a(server: SocketAddr, name: &str) -> Message {
 
 /// A bare UDP exchange: sends bytes, returns the first datagram back within `wait`.
 pub async fn raw_udp(server: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    raw_udp_from(LOCALHOST, server, bytes, wait).await
+}
+
+/// `raw_udp` from another loopback address: another client, as far as per-client
+/// limits go.
+pub async fn raw_udp_from(
+    source: Ipv4Addr,
+    server: SocketAddr,
+    bytes: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind((source, 0)).await.unwrap();
     sock.send_to(bytes, server).await.unwrap();
     let mut buf = vec![0u8; 65535];
     match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
@@ -547,4 +620,38 @@ pub fn zonefwd_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+// ---- observing ----------------------------------------------------------------
+
+/// The metrics endpoint's exposition text.
+pub async fn scrape(z: &Zonefwd) -> String {
+    http_get(z.metrics.expect("[server] metrics is set"), "/metrics")
+        .await
+        .1
+}
+
+/// Sum of the samples of a metric whose line starts with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Queries for `name` a fake upstream received.
+pub fn asked(f: &Fake, name: &str) -> usize {
+    f.seen().iter().filter(|s| qname_of(&s.msg) == name).count()
+}
+
+/// Waits (up to a generous 10 s) until `cond` holds.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
