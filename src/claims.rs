@@ -149,18 +149,7 @@ impl Claims {
                 hops: vec![],
             })
         };
-        if !matches!(reply.rcode, rcode::NOERROR | rcode::NXDOMAIN)
-            || reply.truncated
-            || !wire::answer_has_cname(&reply.bytes, reply.question_end, reply.answers)
-        {
-            return untouched(reply);
-        }
-        let Some(mut answered_by) = self.sets.iter().position(|s| Arc::ptr_eq(s, route)) else {
-            return untouched(reply);
-        };
-        // zonefwd walked and accepted these bytes; a decoder that still refuses them
-        // leaves the answer as the upstream gave it.
-        let Ok(mut current) = Message::from_vec(&reply.bytes) else {
+        let Some((mut answered_by, mut current)) = self.chaseable(&reply, route) else {
             return untouched(reply);
         };
         // What the splice keeps of the first answer: its header and question.
@@ -178,29 +167,8 @@ impl Claims {
             let Some((target, claimer)) = cut else {
                 break;
             };
-            if hops.len() == MAX_HOPS {
-                return Err(self.broken(ChaseError::TooManyHops, q));
-            }
-            let lower = target.to_lowercase();
-            if seen.contains(&lower) {
-                let err = ChaseError::Loop {
-                    name: target.to_string(),
-                };
-                return Err(self.broken(err, q));
-            }
-            seen.push(lower);
-            // The links of the chain up to the cut, with their signatures: a CNAME
-            // owner holds nothing else (RFC 2181 section 10.1) except DNSSEC records.
-            prefix.extend(
-                current
-                    .answers
-                    .iter()
-                    .filter(|r| {
-                        matches!(r.record_type(), RecordType::CNAME | RecordType::RRSIG)
-                            && owners.contains(&r.name)
-                    })
-                    .cloned(),
-            );
+            self.next_hop_allowed(hops.len(), &mut seen, &target, q)?;
+            prefix.extend(chain_links(&current.answers, &owners));
             let set = &self.sets[claimer];
             set.cname_claims.fetch_add(1, Ordering::Relaxed);
             let (sub, upstream) = self.lookup(q, set, &target).await?;
@@ -239,6 +207,46 @@ impl Claims {
             reply: spliced,
             hops,
         })
+    }
+
+    /// Where a chase starts: the index of the route that answered and the answer
+    /// decoded, when the answer is one to chase (NOERROR or NXDOMAIN, whole, with a
+    /// CNAME).
+    fn chaseable(&self, reply: &Normalized, route: &Arc<UpstreamSet>) -> Option<(usize, Message)> {
+        if !matches!(reply.rcode, rcode::NOERROR | rcode::NXDOMAIN)
+            || reply.truncated
+            || !wire::answer_has_cname(&reply.bytes, reply.question_end, reply.answers)
+        {
+            return None;
+        }
+        let answered_by = self.sets.iter().position(|s| Arc::ptr_eq(s, route))?;
+        // zonefwd walked and accepted these bytes; a decoder that still refuses them
+        // leaves the answer as the upstream gave it.
+        let current = Message::from_vec(&reply.bytes).ok()?;
+        Some((answered_by, current))
+    }
+
+    /// A chain may take another hop: fewer than `MAX_HOPS` so far, and not to a name
+    /// it has been to (which is remembered).
+    fn next_hop_allowed(
+        &self,
+        hops: usize,
+        seen: &mut Vec<Name>,
+        target: &Name,
+        q: &Query,
+    ) -> Result<(), ChaseError> {
+        if hops == MAX_HOPS {
+            return Err(self.broken(ChaseError::TooManyHops, q));
+        }
+        let lower = target.to_lowercase();
+        if seen.contains(&lower) {
+            let err = ChaseError::Loop {
+                name: target.to_string(),
+            };
+            return Err(self.broken(err, q));
+        }
+        seen.push(lower);
+        Ok(())
     }
 
     /// The chain of CNAMEs from `start` in `answers`: their owners, and the first
@@ -346,6 +354,19 @@ fn splice(
         r.ttl = r.ttl.min(min);
     }
     wire::normalized_from(m.to_vec().ok()?, rcode)
+}
+
+/// The links of the chain up to a cut, with their signatures: a CNAME owner holds
+/// nothing else (RFC 2181 section 10.1) except DNSSEC records.
+fn chain_links(answers: &[Record], owners: &[Name]) -> Vec<Record> {
+    answers
+        .iter()
+        .filter(|r| {
+            matches!(r.record_type(), RecordType::CNAME | RecordType::RRSIG)
+                && owners.contains(&r.name)
+        })
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 #![forbid(unsafe_code)]
 
-/// mimalloc instead of glibc malloc: allocation and free were about 12% of the
-/// cache-miss profile (many small, short-lived allocations per forwarded query).
+/// mimalloc instead of glibc malloc: a forwarded query makes many small, short-lived
+/// allocations, which mimalloc's per-size free lists serve cheaply, and it keeps less
+/// memory than glibc's arenas for the same cache.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::admit::Action;
 use crate::config::Server;
@@ -139,87 +140,127 @@ async fn connection(
     opts: TcpOptions,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let (answered, mut answers) = mpsc::channel::<Vec<u8>>(opts.pipelined);
-    let pipeline = Arc::new(Semaphore::new(opts.pipelined));
+    let (rd, wr) = stream.into_split();
+    let (answered, answers) = mpsc::channel::<Vec<u8>>(opts.pipelined);
+    let reader = Reader {
+        rd,
+        client,
+        handler,
+        life,
+        opts,
+        pipeline: Arc::new(Semaphore::new(opts.pipelined)),
+        answered,
+    };
+    // The reader's end drops its sender; the writer ends once the jobs still running
+    // have answered and dropped theirs.
+    tokio::join!(reader.run(), write_answers(wr, answers, opts.idle));
+}
 
-    let writer = async move {
-        while let Some(msg) = answers.recv().await {
-            let frame = wire::framed(&msg);
-            // A client that stops reading must not hold the task forever.
-            match tokio::time::timeout(opts.idle, wr.write_all(&frame)).await {
-                Ok(Ok(())) => {}
-                _ => return,
+/// Writes each answer as it comes, framed; gives up on a client that stops reading.
+async fn write_answers(
+    mut wr: OwnedWriteHalf,
+    mut answers: mpsc::Receiver<Vec<u8>>,
+    idle: Duration,
+) {
+    while let Some(msg) = answers.recv().await {
+        let frame = wire::framed(&msg);
+        // A client that stops reading must not hold the task forever.
+        match tokio::time::timeout(idle, wr.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// The reading side of a connection, and what it hands each query to.
+struct Reader {
+    rd: OwnedReadHalf,
+    client: SocketAddr,
+    handler: Current,
+    life: Lifecycle,
+    opts: TcpOptions,
+    /// Queries of this connection in flight, at most `tcp_max_pipelined`.
+    pipeline: Arc<Semaphore>,
+    answered: mpsc::Sender<Vec<u8>>,
+}
+
+impl Reader {
+    /// Reads and dispatches queries until the client stops, the connection has lived
+    /// or served its share (RFC 9210 section 4: past either, zonefwd stops reading,
+    /// answers what it has, and closes), or the server stops.
+    async fn run(mut self) {
+        let end_of_life = tokio::time::Instant::now() + self.opts.lifetime;
+        for _ in 0..self.opts.max_queries {
+            let Some(msg) = self.next_message(end_of_life).await else {
+                return;
+            };
+            let Ok(permit) = Arc::clone(&self.pipeline).acquire_owned().await else {
+                return;
+            };
+            if !self.dispatch(&msg, permit).await {
+                return;
             }
         }
-        let _ = wr.shutdown().await;
-    };
+        tracing::debug!(client = %self.client, "closing a tcp connection at server.tcp_max_queries_per_connection");
+    }
 
-    let reader = async move {
-        // RFC 9210 section 4: a connection's life and its number of queries are
-        // bounded; past either, zonefwd stops reading, answers what it has, and closes.
-        let end_of_life = tokio::time::Instant::now() + opts.lifetime;
-        let mut queries = 0usize;
-        loop {
+    /// The next query, or `None` when the connection should close.
+    async fn next_message(&mut self, end_of_life: tokio::time::Instant) -> Option<Vec<u8>> {
+        let (client, idle) = (self.client, self.opts.idle);
+        let first = loop {
             // Waiting for the first byte of the next message is where a connection is
             // idle; `read` is cancel-safe, so the timeout loses nothing.
             let mut first = [0u8; 1];
             let got = tokio::select! {
-                _ = life.shutdown.cancelled() => break,
+                _ = self.life.shutdown.cancelled() => return None,
                 _ = tokio::time::sleep_until(end_of_life) => {
                     tracing::debug!(%client, "closing a tcp connection at server.tcp_max_lifetime");
-                    break;
+                    return None;
                 }
-                r = tokio::time::timeout(opts.idle, rd.read(&mut first)) => r,
+                r = tokio::time::timeout(idle, self.rd.read(&mut first)) => r,
             };
             match got {
-                Ok(Ok(1)) => {}
-                Ok(_) => break, // EOF or error
+                Ok(Ok(1)) => break first[0],
+                Ok(_) => return None, // EOF or error
+                // Answers still pending: not idle.
+                Err(_) if self.pipeline.available_permits() < self.opts.pipelined => {}
                 Err(_) => {
-                    if pipeline.available_permits() < opts.pipelined {
-                        continue; // answers still pending: not idle
-                    }
                     tracing::debug!(%client, "closing an idle tcp connection");
-                    break;
+                    return None;
                 }
             }
-            // The rest of the message must follow promptly (slow-read clients).
-            let msg =
-                tokio::time::timeout(opts.idle, wire::read_framed_after(&mut rd, first[0])).await;
-            let Ok(Ok(msg)) = msg else { break };
-            if msg.len() < wire::HEADER_LEN {
-                tracing::debug!(%client, "closing a tcp connection that sent a runt message");
-                break;
-            }
-            let Ok(permit) = Arc::clone(&pipeline).acquire_owned().await else {
-                break;
-            };
-            queries += 1;
-            match handler.load().prepare(&msg, client, Transport::Tcp) {
-                Action::Drop => {}
-                Action::Reply(out) => {
-                    if answered.send(out).await.is_err() {
-                        break;
-                    }
-                }
-                Action::Forward(job) => {
-                    let answered = answered.clone();
-                    // Boxed once here: unboxed, spawning and finishing the task would
-                    // copy a forwarded query's whole state several times.
-                    life.tasks.spawn(Box::pin(async move {
-                        let out = job.run().await;
-                        let _ = answered.send(out).await;
-                        drop(permit);
-                    }));
-                }
-            }
-            if queries >= opts.max_queries {
-                tracing::debug!(%client, "closing a tcp connection at server.tcp_max_queries_per_connection");
-                break;
+        };
+        // The rest of the message must follow promptly (slow-read clients).
+        let msg = tokio::time::timeout(idle, wire::read_framed_after(&mut self.rd, first)).await;
+        let Ok(Ok(msg)) = msg else { return None };
+        if msg.len() < wire::HEADER_LEN {
+            tracing::debug!(%client, "closing a tcp connection that sent a runt message");
+            return None;
+        }
+        Some(msg)
+    }
+
+    /// Answers `msg` inline or starts its job; `false` when the writer is gone.
+    async fn dispatch(&self, msg: &[u8], permit: OwnedSemaphorePermit) -> bool {
+        match self
+            .handler
+            .load()
+            .prepare(msg, self.client, Transport::Tcp)
+        {
+            Action::Drop => true,
+            Action::Reply(out) => self.answered.send(out).await.is_ok(),
+            Action::Forward(job) => {
+                let answered = self.answered.clone();
+                // Boxed once here: unboxed, spawning and finishing the task would
+                // copy a forwarded query's whole state several times.
+                self.life.tasks.spawn(Box::pin(async move {
+                    let out = job.run().await;
+                    let _ = answered.send(out).await;
+                    drop(permit);
+                }));
+                true
             }
         }
-        // Dropping our sender lets the writer end once the spawned jobs have answered.
-    };
-
-    tokio::join!(reader, writer);
+    }
 }

@@ -166,8 +166,8 @@ async fn receive(
 
 thread_local! {
     /// Where a thread's upstream replies land before the one that matches is copied
-    /// out at its own size: a buffer per query was a 4 KiB allocation each, which
-    /// mimalloc serves on its slow path (5% of the cache-miss instructions).
+    /// out at its own size: a buffer per query would be a 4 KiB allocation each, which
+    /// mimalloc serves on its slow path.
     static RECV_BUF: std::cell::RefCell<Box<[u8]>> =
         std::cell::RefCell::new(vec![0u8; UDP_RECV_BUF].into_boxed_slice());
 }

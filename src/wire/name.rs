@@ -89,7 +89,7 @@ pub(super) fn read_name_avoiding(
 
 /// ASCII-lowercases a wire-format name in place (RFC 4343: only A-Z fold). The
 /// length octets are below 64, outside A-Z, so folding the whole name leaves them as
-/// they are and needs no walk of the labels (the walk was 2% of a forwarded query).
+/// they are and needs no walk of the labels.
 pub fn lowercase(name: &mut [u8]) {
     name.make_ascii_lowercase();
 }
