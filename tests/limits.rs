@@ -15,15 +15,13 @@ use tokio::net::TcpStream;
 async fn answers_until_close(s: &mut TcpStream) -> Vec<u16> {
     let mut ids = Vec::new();
     loop {
-        let len = match tokio::time::timeout(Duration::from_secs(10), s.read_u16())
+        let buf = match tokio::time::timeout(Duration::from_secs(10), read_framed(s))
             .await
             .expect("closed or answered in time")
         {
-            Ok(l) => l,
+            Ok(b) => b,
             Err(_) => return ids, // EOF
         };
-        let mut buf = vec![0; usize::from(len)];
-        s.read_exact(&mut buf).await.unwrap();
         ids.push(Message::from_vec(&buf).unwrap().metadata.id);
     }
 }
@@ -69,15 +67,11 @@ async fn a_connection_is_closed_at_tcp_max_lifetime_even_when_busy() {
             {
                 break;
             }
-            match tokio::time::timeout(Duration::from_secs(10), s.read_u16())
+            match tokio::time::timeout(Duration::from_secs(10), read_framed(&mut s))
                 .await
                 .unwrap()
             {
-                Ok(len) => {
-                    let mut buf = vec![0; usize::from(len)];
-                    s.read_exact(&mut buf).await.unwrap();
-                    n += 1;
-                }
+                Ok(_) => n += 1,
                 Err(_) => break,
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -103,9 +97,7 @@ async fn one_client_holds_at_most_tcp_max_connections_per_client() {
         s.write_all(&framed_query("held.example.", id))
             .await
             .unwrap();
-        let len = s.read_u16().await.unwrap();
-        let mut buf = vec![0; usize::from(len)];
-        s.read_exact(&mut buf).await.unwrap();
+        read_framed(&mut s).await.unwrap();
         held.push(s);
     }
     let mut third = TcpStream::connect(z.tcp).await.unwrap();

@@ -20,7 +20,7 @@ use hickory_proto::op::{
 };
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -364,11 +364,9 @@ async fn fake_tcp(listener: TcpListener, responder: Responder, seen: Arc<Mutex<V
             let (mut rd, wr) = stream.into_split();
             let wr = Arc::new(tokio::sync::Mutex::new(wr));
             loop {
-                let Ok(len) = rd.read_u16().await else { return };
-                let mut raw = vec![0u8; usize::from(len)];
-                if rd.read_exact(&mut raw).await.is_err() {
+                let Ok(raw) = read_framed(&mut rd).await else {
                     return;
-                }
+                };
                 let Some(steps) = record_and_respond(&seen, &responder, raw, from, true) else {
                     continue;
                 };
@@ -398,11 +396,8 @@ async fn fake_tcp(listener: TcpListener, responder: Responder, seen: Arc<Mutex<V
     }
 }
 
-pub fn framed(b: &[u8]) -> Vec<u8> {
-    let mut out = (b.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(b);
-    out
-}
+/// TCP framing (RFC 1035 4.2.2), the one the server and its upstream exchange use.
+pub use zonefwd::wire::{framed, read_framed};
 
 // ---- messages -------------------------------------------------------------------
 
@@ -596,6 +591,20 @@ pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) 
     let t = Instant::now();
     let v = f.await;
     (v, t.elapsed())
+}
+
+/// 40 A records (over 512 octets), or 10 for names starting with "few." (under 512).
+pub fn big_reply(q: &Message) -> Message {
+    let mut r = reply(q);
+    let n = if qname_of(q).starts_with("few.") {
+        10
+    } else {
+        40
+    };
+    for i in 0..n {
+        r.answers.push(a_record(&qname_of(q), [192, 0, 2, i], 60));
+    }
+    r
 }
 
 /// A config route table with one "." route to `upstreams`.
