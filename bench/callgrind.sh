@@ -35,33 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat >"$work/bench.zone" <<'EOF'
-$ORIGIN bench.test.
-$TTL 3600
-@   IN SOA ns1 hostmaster 1 3600 600 86400 300
-@   IN NS  ns1
-ns1 IN A   127.0.0.1
-*   IN A   192.0.2.1
-EOF
-cat >"$work/nsd.conf" <<EOF
-server:
-  ip-address: 127.0.0.1@$NSD_PORT
-  server-count: 1
-  zonesdir: "$work"
-  database: ""
-  pidfile: "$work/nsd.pid"
-  xfrdfile: "$work/xfrd.state"
-  zonelistfile: "$work/zone.list"
-  username: ""
-  verbosity: 0
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-zone:
-  name: bench.test
-  zonefile: bench.zone
-EOF
-nsd -d -c "$work/nsd.conf" >"$work/nsd.log" 2>&1 &
-pids+=($!)
+source bench/nsd.sh
+start_nsd "$work" "$NSD_PORT"
 
 cat >"$work/zonefwd.toml" <<EOF
 [server]

@@ -409,16 +409,7 @@ async fn when_overloaded_a_stale_answer_beats_servfail() {
     exchange(z.udp, &query("known.example.", RecordType::A, None)).await;
     clock.advance(Duration::from_secs(10)); // known.example. has expired
     let addr = z.udp;
-    let busy = tokio::spawn(async move {
-        raw_udp(
-            addr,
-            &query("busy.example.", RecordType::A, None)
-                .to_vec()
-                .unwrap(),
-            Duration::from_secs(10),
-        )
-        .await
-    });
+    let busy = asking_a(addr, "busy.example.");
     eventually("the slow query to hold the only slot", || {
         asked(&up, "busy.example.") == 1
     })

@@ -206,16 +206,7 @@ async fn beyond_max_inflight_new_queries_get_servfail_at_once() {
     let up = Fake::answering_after(Duration::from_millis(800), [192, 0, 2, 1], 1).await;
     let z = Zonefwd::start_server("max_inflight = 1", up.addr).await;
     let addr = z.udp;
-    let first = tokio::spawn(async move {
-        raw_udp(
-            addr,
-            &query("first.example.", RecordType::A, None)
-                .to_vec()
-                .unwrap(),
-            Duration::from_secs(10),
-        )
-        .await
-    });
+    let first = asking_a(addr, "first.example.");
     while up.count() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

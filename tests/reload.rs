@@ -55,16 +55,7 @@ async fn queries_in_flight_finish_on_the_old_configuration() {
     let other = Fake::answering(|q| reply_a(q, [192, 0, 2, 2], 60)).await;
     let z = Zonefwd::start(&one_route(&[slow.addr], "")).await;
     let addr = z.udp;
-    let pending = tokio::spawn(async move {
-        raw_udp(
-            addr,
-            &query("inflight.example.", RecordType::A, None)
-                .to_vec()
-                .unwrap(),
-            Duration::from_secs(10),
-        )
-        .await
-    });
+    let pending = asking_a(addr, "inflight.example.");
     while slow.count() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -195,16 +186,7 @@ async fn in_flight_limits_are_one_across_a_reload() {
         .route("default", &["."], &[slow.addr], "");
     let z = Zonefwd::start(&conf.toml()).await;
     let addr = z.udp;
-    let held = tokio::spawn(async move {
-        raw_udp(
-            addr,
-            &query("held.example.", RecordType::A, None)
-                .to_vec()
-                .unwrap(),
-            Duration::from_secs(10),
-        )
-        .await
-    });
+    let held = asking_a(addr, "held.example.");
     eventually("the held query to reach its upstream", || slow.count() == 1).await;
 
     // The new configuration routes other.test. elsewhere; another client (127.0.0.2,

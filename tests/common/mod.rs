@@ -559,6 +559,12 @@ pub async fn exchange(server: SocketAddr, m: &Message) -> Message {
     Message::from_vec(&out).unwrap()
 }
 
+/// An A query for `name` sent in the background: its answer when it comes, within 10 s.
+pub fn asking_a(server: SocketAddr, name: &str) -> JoinHandle<Option<Vec<u8>>> {
+    let bytes = query(name, RecordType::A, None).to_vec().unwrap();
+    tokio::spawn(async move { raw_udp(server, &bytes, Duration::from_secs(10)).await })
+}
+
 /// `exchange` of an A query for `name`.
 pub async fn ask_a(server: SocketAddr, name: &str) -> Message {
     exchange(server, &query(name, RecordType::A, None)).await

@@ -1,0 +1,46 @@
+# The upstream both bench scripts measure against: NSD on loopback with a wildcard
+# zone (bench.test: every name has an A and an AAAA record) and an empty one
+# (empty.test: every name is NXDOMAIN). Sourced, not run:
+#   source bench/nsd.sh; start_nsd "$work" "$NSD_PORT"   # appends NSD's pid to pids
+start_nsd() { # work-dir port
+  local work=$1 NSD_PORT=$2
+  cat >"$work/bench.zone" <<'EOF'
+$ORIGIN bench.test.
+$TTL 3600
+@   IN SOA ns1 hostmaster 1 3600 600 86400 300
+@   IN NS  ns1
+ns1 IN A   127.0.0.1
+*   IN A   192.0.2.1
+*   IN AAAA 2001:db8::1
+EOF
+  cat >"$work/empty.zone" <<'EOF'
+$ORIGIN empty.test.
+$TTL 3600
+@   IN SOA ns1 hostmaster 1 3600 600 86400 300
+@   IN NS  ns1
+ns1 IN A   127.0.0.1
+EOF
+  cat >"$work/nsd.conf" <<EOF
+server:
+  ip-address: 127.0.0.1@$NSD_PORT
+  server-count: 1
+  zonesdir: "$work"
+  database: ""
+  pidfile: "$work/nsd.pid"
+  xfrdfile: "$work/xfrd.state"
+  zonelistfile: "$work/zone.list"
+  username: ""
+  verbosity: 0
+  # Debian's NSD limits responses to 200/s per client network (RRL): off here.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+zone:
+  name: bench.test
+  zonefile: bench.zone
+zone:
+  name: empty.test
+  zonefile: empty.zone
+EOF
+  nsd -d -c "$work/nsd.conf" >"$work/nsd.log" 2>&1 &
+  pids+=($!)
+}
