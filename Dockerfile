@@ -8,8 +8,13 @@
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
+# Everything the manifest names: the library and binary, the bench target it declares,
+# and the preset catalogue src/presets.rs embeds. .ci/image-build-check.sh builds
+# from exactly these lines.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
+COPY presets ./presets
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim

@@ -18,7 +18,7 @@ runtime=$(awk '/^FROM /{stage++} stage==2' "$df")
 user=$(awk '/^USER /{print $2}' <<<"$runtime" | tail -1)
 [[ "$user" =~ ^[1-9][0-9]*(:[0-9]+)?$ ]] || fail "runtime USER must be a numeric non-root uid, got '${user:-none}'"
 grep -q '^COPY config/container.toml /etc/zonefwd/zonefwd.toml$' <<<"$runtime" || fail "the config must be copied to /etc/zonefwd/zonefwd.toml"
-grep -q 'pub const DEFAULT_PATH: &str = "/etc/zonefwd/zonefwd.toml";' src/config.rs || fail "the binary's default config path moved"
+grep -q 'pub const DEFAULT_PATH: &str = "/etc/zonefwd/zonefwd.toml";' src/config/types.rs || fail "the binary's default config path moved"
 grep -q '^ENV ZONEFWD_CONFIG=/etc/zonefwd/zonefwd.toml$' <<<"$runtime" || fail "ZONEFWD_CONFIG must name the copied config"
 port=$(grep -oE 'listen = \["[0-9.]+:([0-9]+)"\]' config/container.toml | grep -oE ':[0-9]+"' | tr -d ':"')
 for proto in udp tcp; do
