@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The Debian package as a VM's administrator meets it: built with cargo-deb, installed
+# with dpkg -i on this machine, every file where the unit and the README say, the unit
+# enabled and verified, the installed configuration passing `zonefwd check`, lintian
+# clean but for the overrides the package ships (each with its reason), and after
+# `dpkg --purge` nothing left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fail() { echo "deb-check: $*" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || { echo "deb-check: needs root (dpkg -i); skipped"; exit 0; }
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
+command -v lintian >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null
+}
+dpkg -s zonefwd >/dev/null 2>&1 && fail "a zonefwd package is installed already; this check installs and purges its own"
+
+deb=$(cargo deb --locked --quiet 2>&1 | tail -1)
+[[ -f $deb ]] || deb=$(ls -t target/debian/zonefwd_*.deb | head -1)
+echo "deb-check: built $deb"
+
+# lintian: errors and warnings fail; the package's own overrides say why each is there.
+lintian --fail-on error,warning --info "$deb" || fail "lintian"
+
+dpkg -i "$deb" >/dev/null
+trap 'dpkg --purge zonefwd >/dev/null 2>&1 || true' EXIT
+unit=$(dpkg -L zonefwd | grep -E '/systemd/system/zonefwd\.service$' || true)
+[[ -n $unit ]] || fail "no zonefwd.service installed"
+for f in /usr/bin/zonefwd /etc/zonefwd/zonefwd.toml /usr/share/doc/zonefwd/README.md \
+  /usr/share/doc/zonefwd/examples/reference.toml "$unit"; do
+  [[ -e $f ]] || fail "$f is not installed"
+done
+# The unit runs the binary where the package put it.
+grep -q '^ExecStart=/usr/bin/zonefwd run --config /etc/zonefwd/zonefwd.toml$' "$unit" \
+  || fail "$unit does not run /usr/bin/zonefwd with /etc/zonefwd/zonefwd.toml"
+dpkg-query -W -f='${Conffiles}\n' zonefwd | grep -q '^ /etc/zonefwd/zonefwd.toml ' \
+  || fail "/etc/zonefwd/zonefwd.toml is not a conffile"
+[[ -L /etc/systemd/system/multi-user.target.wants/zonefwd.service ]] \
+  || fail "the unit is not enabled (no multi-user.target.wants link)"
+systemd-analyze verify "$unit" || fail "systemd-analyze verify $unit"
+/usr/bin/zonefwd check --config /etc/zonefwd/zonefwd.toml | head -1
+
+dpkg --purge zonefwd >/dev/null
+trap - EXIT
+left=()
+for f in /usr/bin/zonefwd /etc/zonefwd "$unit" /usr/share/doc/zonefwd \
+  /etc/systemd/system/multi-user.target.wants/zonefwd.service /var/lib/systemd/deb-systemd-helper-enabled/zonefwd.service; do
+  [[ -e $f || -L $f ]] && left+=("$f")
+done
+((${#left[@]} == 0)) || fail "left behind after purge: ${left[*]}"
+dpkg -s zonefwd >/dev/null 2>&1 && fail "dpkg still knows the package after purge"
+echo "deb-check: installs where the unit and README say, enabled, verified, checked; purged clean"
