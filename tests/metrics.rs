@@ -174,3 +174,24 @@ async fn idle_upstream_sockets_are_counted_and_closed_once_too_old() {
     }
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_route_with_max_qps_exports_it_per_upstream() {
+    let up = Fake::answering_a().await;
+    let other = Fake::answering_a().await;
+    let conf = Conf::new()
+        .server("metrics = \"127.0.0.1:0\"")
+        .route("cloud", &["cloud.test."], &[up.addr], "max_qps = 900")
+        .route("default", &["."], &[other.addr], "");
+    let z = Zonefwd::start(&conf.toml()).await;
+    let body = scrape(&z).await;
+    let budget = |route: &str, addr| {
+        sample(
+            &body,
+            &format!(r#"zonefwd_upstream_max_qps{{route="{route}",upstream="{addr}"}}"#),
+        )
+    };
+    assert_eq!(budget("cloud", up.addr), Some(900.0), "{body}");
+    assert_eq!(budget("default", other.addr), None, "no max_qps, no series");
+    z.stop().await.unwrap();
+}

@@ -39,6 +39,7 @@ impl Collector for Collect {
         latency(&mut enc, &routes)?;
         per_route(&mut enc, &sets)?;
         per_upstream(&mut enc, &sets)?;
+        budgets(&mut enc, &sets)?;
         cache(&mut enc, s)?;
         server(&mut enc, s)
     }
@@ -209,6 +210,28 @@ fn per_upstream(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encod
                     _ => m.encode_gauge(&(value(u) as i64))?,
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `zonefwd_upstream_max_qps`, for the upstreams of routes with `max_qps`: what the
+/// alert on nearing the cloud resolver's limit compares the query rate with.
+fn budgets(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded {
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_upstream_max_qps",
+        "The route's max_qps: queries per second this upstream may be sent (only for routes that set it)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for set in sets {
+        for u in &set.upstreams {
+            let Some(max) = u.settings.max_qps else {
+                continue;
+            };
+            let addr = u.addr.to_string();
+            let labels = [("route", set.route.as_str()), ("upstream", addr.as_str())];
+            fam.encode_family(&labels)?.encode_gauge(&i64::from(max))?;
         }
     }
     Ok(())
