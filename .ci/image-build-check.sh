@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 fail() { echo "image-build-check: $*" >&2; exit 1; }
 
 df=${DOCKERFILE:-Dockerfile}
-# Its own target directory: the checkout's builds and this one do not overwrite each
-# other's outputs (the crate's path differs, so cargo would rebuild it every time).
-built=${IMAGE_TARGET_DIR:-$PWD/target/image-check}
+# The checkout's target directory, so the dependencies are compiled once in CI; the
+# crate itself is built again (its path differs), from the same sources.
+built=${IMAGE_TARGET_DIR:-$PWD/target}
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 

@@ -3,21 +3,6 @@
 
 use super::*;
 
-pub(super) fn push_opt(out: &mut Vec<u8>, payload: u16, ext_rcode: u8, dnssec_ok: bool) {
-    let ttl = (u32::from(ext_rcode) << 24) | if dnssec_ok { EDNS_DO } else { 0 };
-    out.push(0); // root owner
-    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-    out.extend_from_slice(&payload.to_be_bytes());
-    out.extend_from_slice(&ttl.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-}
-
-pub(super) fn push_question(out: &mut Vec<u8>, qname: &[u8], qtype: u16, qclass: u16) {
-    out.extend_from_slice(qname);
-    out.extend_from_slice(&qtype.to_be_bytes());
-    out.extend_from_slice(&qclass.to_be_bytes());
-}
-
 /// A locally made reply (REFUSED, SERVFAIL, FORMERR, NOTIMP, BADVERS): the client's ID,
 /// opcode and RD/CD bits, the question when it could be read, and an OPT when the
 /// client sent a usable one (always for BADVERS, RFC 6891 6.1.3).
