@@ -10,8 +10,7 @@
 #   bash bench/callgrind.sh                 # the build in target/release
 #   BIN=/tmp/zonefwd-before bash bench/callgrind.sh   # another build, same harness
 #   N=20000 RUNS=3 bash bench/callgrind.sh  # queries per phase, runs (median reported)
-#   OUTSTANDING=1 bash bench/callgrind.sh   # one query at a time: no batching, so the
-#                                           # count repeats to within a few instructions
+#   OUTSTANDING=1 bash bench/callgrind.sh   # one query at a time (default 20 in flight)
 #
 # Needs (Debian): valgrind dnsperf nsd. Everything listens on 127.0.0.1.
 set -euo pipefail
