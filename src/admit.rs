@@ -17,7 +17,7 @@ use crate::cache::{Lookup, Stored, STALE_TTL};
 use crate::clients::{ClientSlot, OverLimit};
 use crate::config::AnyQueries;
 use crate::handler::{Handler, RouteState};
-use crate::job::Job;
+use crate::job::{add_identity, Job};
 use crate::limit::InflightPermit;
 use crate::metrics::RouteMetrics;
 use crate::query_log::QueryLog;
@@ -93,7 +93,7 @@ impl Handler {
             stale,
             resolver: Arc::clone(&self.resolver),
             claims: self.claims.clone(),
-            cache: Arc::clone(&self.cache),
+            identity: self.identity.clone(),
             query: q,
             client: m.client,
             transport: m.transport,
@@ -155,10 +155,14 @@ impl Handler {
         })
     }
 
-    /// Queries zonefwd answers itself whatever the route: zone transfers, ANY (RFC
-    /// 8482) and its own loop probes coming round.
+    /// Queries zonefwd answers itself whatever the route: CHAOS-class questions about
+    /// the server (RFC 4892; never forwarded, or the client would learn another
+    /// server's identity), zone transfers, ANY (RFC 8482) and its own loop probes
+    /// coming round.
     fn answered_here(&self, m: &Incoming<'_>, q: &Query) -> Stage<()> {
-        let (outcome, reply) = if q.qtype == wire::TYPE_AXFR || q.qtype == wire::TYPE_IXFR {
+        let (outcome, reply) = if q.qclass == wire::CLASS_CH {
+            ("chaos", wire::chaos_reply(q, self.identity.as_deref()))
+        } else if q.qtype == wire::TYPE_AXFR || q.qtype == wire::TYPE_IXFR {
             // Zone transfers are a conversation with the primary, not something to
             // relay one message at a time.
             ("refused-xfr", wire::reply_for(q, rcode::REFUSED))
@@ -312,8 +316,9 @@ impl Handler {
         q: &Query,
         at: CountedAt<'_>,
         outcome: &'static str,
-        reply: Vec<u8>,
+        mut reply: Vec<u8>,
     ) -> Action {
+        add_identity(&mut reply, q, self.identity.as_deref(), m.transport);
         at.metrics.observe(m.transport, &reply, m.started.elapsed());
         if self.query_log {
             QueryLog {

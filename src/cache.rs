@@ -607,6 +607,7 @@ mod tests {
             payload: 1232,
             version: 0,
             dnssec_ok: true,
+            nsid: false,
         });
         assert!(
             matches!(c.lookup(&dnssec, &policy(), t0), Lookup::Miss),
@@ -617,6 +618,7 @@ mod tests {
             payload: 4096,
             version: 0,
             dnssec_ok: false,
+            nsid: false,
         });
         assert!(
             matches!(c.lookup(&plain_edns, &policy(), t0), Lookup::Fresh { .. }),

@@ -77,6 +77,8 @@ pub struct Handler {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) life: Lifecycle,
+    /// `identity`: answered as NSID and to CHAOS `id.server.` (RFC 5001, RFC 4892).
+    pub(crate) identity: Option<Arc<[u8]>>,
 }
 
 impl Handler {
@@ -128,6 +130,11 @@ impl Handler {
             resolver,
             clock: life.clock.clone(),
             life,
+            identity: config
+                .server
+                .identity
+                .as_deref()
+                .map(|i| Arc::from(i.as_bytes())),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::Either;
 use futures_util::FutureExt;
 
-use crate::cache::{Cache, Stored, STALE_TTL};
+use crate::cache::{Stored, STALE_TTL};
 use crate::claims::Claims;
 use crate::clients::ClientSlot;
 use crate::config::CachePolicy;
@@ -37,7 +37,8 @@ pub struct Job {
     pub(crate) stale: Option<Arc<Stored>>,
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) claims: Option<Arc<Claims>>,
-    pub(crate) cache: Arc<Cache>,
+    /// `identity`, for the NSID of the reply.
+    pub(crate) identity: Option<Arc<[u8]>>,
     pub(crate) client: SocketAddr,
     pub(crate) transport: Transport,
     /// When the query arrived: the latency metric and the query log count from here,
@@ -83,16 +84,17 @@ impl Job {
             };
             let served_stale = failed && self.stale.is_some();
             let upstream = answer.as_ref().map(|a| a.1);
-            let out = match (answer, &self.stale) {
+            let mut out = match (answer, &self.stale) {
                 // A failure with a stale answer at hand: the stale answer (RFC 8767).
                 (_, Some(s)) if failed => {
-                    self.cache.note_stale_served();
+                    self.resolver.cache().note_stale_served();
                     wire::render(&s.reply, q, limit, Ttls::Fixed(STALE_TTL))
                 }
                 // An answer, or the SERVFAIL/REFUSED/TC an upstream gave when none did better.
                 (Some((reply, _)), _) => wire::render(reply, q, limit, Ttls::AsStored),
                 (None, _) => wire::reply_for(q, rcode::SERVFAIL),
             };
+            add_identity(&mut out, q, self.identity.as_deref(), self.transport);
             self.metrics
                 .observe(self.transport, &out, self.started.elapsed());
             if self.query_log {
@@ -119,5 +121,17 @@ impl Job {
             drop((self.permit, self.slot));
             out
         }
+    }
+}
+
+/// The server's identity as NSID in `reply`, when the query asked for it (RFC 5001).
+pub(crate) fn add_identity(
+    reply: &mut Vec<u8>,
+    q: &Query,
+    identity: Option<&[u8]>,
+    transport: Transport,
+) {
+    if let (Some(id), true) = (identity, q.edns.is_some_and(|e| e.nsid)) {
+        wire::add_nsid(reply, id, transport.limit(q));
     }
 }

@@ -14,7 +14,7 @@ pub struct QueryLog<'a> {
     pub route: &'a str,
     pub upstream: Option<SocketAddr>,
     /// How it was answered: upstream, cache, stale, failure-cached, overload, servfail,
-    /// refused-acl, no-route, refused-xfr, any-rfc8482, loop-probe, client-limit.
+    /// refused-acl, no-route, refused-xfr, any-rfc8482, loop-probe, client-limit, chaos.
     pub outcome: &'static str,
     pub started: Instant,
 }

@@ -471,3 +471,24 @@ async fn healthcheck_answers_0_while_serving_and_fails_when_not() {
     assert_eq!(code, 2);
     assert!(err.contains("healthcheck: no answer from"), "{err}");
 }
+
+#[tokio::test]
+async fn the_binary_answers_id_server_with_the_host_name() {
+    let up = Fake::answering_a().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        &dir,
+        "identity = \"@hostname\"\nloop_detection = false\n",
+        &one_route(&[up.addr], ""),
+    );
+    let z = Running::start(&p);
+    let mut q = query("id.server.", hickory_proto::rr::RecordType::TXT, None);
+    q.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    let r = exchange(z.udp, &q).await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    match &r.answers.first().expect("an answer").data {
+        hickory_proto::rr::RData::TXT(t) => assert_eq!(&*t.txt_data[0], host.trim().as_bytes()),
+        other => panic!("not TXT: {other:?}"),
+    }
+    assert_eq!(up.count(), 0, "answered by zonefwd itself");
+}

@@ -94,6 +94,7 @@ pub(super) struct RawServer {
     pub(super) client_limit_exempt: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) loop_detection: Option<bool>,
     pub(super) upstream_udp_reuse: Option<Spanned<u32>>,
+    pub(super) identity: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@ use crate::clients::{ClientLimitConfig, OverLimit};
 pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, ConfigError> {
     let qps = raw.client_qps.unwrap_or(DEFAULT_CLIENT_QPS);
     let client_limits = validate_client_limits(&raw, qps, src)?;
+    let identity = validate_identity(raw.identity, src)?;
     let listen = validate_listen(raw.listen, src)?;
     Ok(Server {
         listen,
@@ -71,6 +72,7 @@ pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Se
             Some(r) => r.into_inner(),
         },
         client_limits,
+        identity,
     })
 }
 
@@ -161,4 +163,41 @@ fn validate_client_limits(
             .collect(),
         }),
     })
+}
+
+/// The value `identity = "@hostname"` stands for: the host's name (a pod's name on
+/// Kubernetes).
+const HOSTNAME: &str = "@hostname";
+
+/// `identity`: a name of at most 255 octets (one TXT string), or the host's name.
+fn validate_identity(
+    raw: Option<Spanned<String>>,
+    src: &SourceText<'_>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let span = raw.span();
+    let key = "server.identity";
+    let name = match raw.into_inner() {
+        h if h == HOSTNAME => nix::unistd::gethostname()
+            .map_err(|e| src.error(span.clone(), key, format!("cannot read the host name: {e}")))?
+            .into_string()
+            .map_err(|_| src.error(span.clone(), key, "the host name is not UTF-8"))?,
+        name => name,
+    };
+    if name.is_empty() {
+        return Err(src.error(span, key, "empty: omit identity to send none"));
+    }
+    if name.len() > 255 {
+        return Err(src.error(
+            span,
+            key,
+            format!(
+                "{} octets: at most 255 (it is answered as one TXT string)",
+                name.len()
+            ),
+        ));
+    }
+    Ok(Some(name))
 }

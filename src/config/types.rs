@@ -148,6 +148,10 @@ pub struct Server {
     pub client_limits: ClientLimitConfig,
     /// Probe every upstream for forwarding loops (`loopcheck`).
     pub loop_detection: bool,
+    /// The replica's name (`identity`): sent as NSID (RFC 5001) to queries that ask
+    /// for it and as the TXT answer to CHAOS `id.server.` and `hostname.bind.` (RFC
+    /// 4892); `None`: neither.
+    pub identity: Option<String>,
     /// Queries one upstream UDP socket (one random port) may carry, one at a time,
     /// within `exchange::POOL_MAX_AGE`; 1 is a fresh socket per query.
     pub upstream_udp_reuse: u32,

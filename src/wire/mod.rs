@@ -55,7 +55,12 @@ pub const TYPE_IXFR: u16 = 251;
 pub const TYPE_AXFR: u16 = 252;
 pub const TYPE_HINFO: u16 = 13;
 pub const TYPE_ANY: u16 = 255;
+pub const TYPE_TXT: u16 = 16;
 pub const CLASS_IN: u16 = 1;
+/// CHAOS: the class of a server's questions about itself (RFC 4892).
+pub const CLASS_CH: u16 = 3;
+/// The EDNS option of a server's identity (RFC 5001).
+pub const OPTION_NSID: u16 = 3;
 
 pub const FLAG_QR: u16 = 0x8000;
 pub const OPCODE_MASK: u16 = 0x7800;

@@ -11,6 +11,9 @@ pub struct Edns {
     pub payload: u16,
     pub version: u8,
     pub dnssec_ok: bool,
+    /// The client asked for the server's identity: an NSID option with no data (RFC
+    /// 5001 section 2.1).
+    pub nsid: bool,
 }
 
 impl Edns {
@@ -123,16 +126,22 @@ pub(super) fn read_record(
     ))
 }
 
-pub(super) fn check_options(rdata: &[u8]) -> Result<(), WireError> {
+/// Walks a query's EDNS options: every length within the record; whether one of them
+/// is an empty NSID option (RFC 5001 2.1). The others are hop-by-hop and ignored (RFC
+/// 6891 6.1.2).
+pub(super) fn check_options(rdata: &[u8]) -> Result<bool, WireError> {
     let mut i = 0;
+    let mut nsid = false;
     while i < rdata.len() {
+        let code = u16_at(rdata, i, "option").map_err(|_| WireError::BadOption)?;
         let len = usize::from(u16_at(rdata, i + 2, "option").map_err(|_| WireError::BadOption)?);
+        nsid |= code == OPTION_NSID && len == 0;
         i += 4 + len;
         if i > rdata.len() {
             return Err(WireError::BadOption);
         }
     }
-    Ok(())
+    Ok(nsid)
 }
 
 /// Parses a client query that `is_answerable_query` let through (RFC 1035 4.1,
@@ -232,13 +241,14 @@ fn opt_record(
     if !root_owner {
         return Err((rcode::FORMERR, "opt owner is not the root", None));
     }
-    if check_options(&msg[rec.rdata.clone()]).is_err() {
+    let Ok(nsid) = check_options(&msg[rec.rdata.clone()]) else {
         return Err((rcode::FORMERR, "malformed edns options", None));
-    }
+    };
     Ok(Edns {
         payload: rec.class,
         version: (rec.ttl >> 16) as u8,
         dnssec_ok: rec.ttl & EDNS_DO != 0,
+        nsid,
     })
 }
 

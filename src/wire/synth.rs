@@ -100,3 +100,55 @@ pub fn refusal_reply(
 ) -> Vec<u8> {
     error_reply(id(msg), flags(msg), question, edns, rcode)
 }
+
+/// `id.server.` and `hostname.bind.`: CHAOS TXT names that ask which server answered
+/// (RFC 4892 section 2). Lowercased wire form, as `Query::qname_lower` holds them.
+const IDENTITY_NAMES: [&[u8]; 2] = [b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00"];
+
+/// The answer to a CHAOS-class query, which zonefwd never forwards: its `identity` as
+/// one TXT string for `id.server.` and `hostname.bind.` (RFC 4892), when one is set;
+/// REFUSED for everything else, `version.bind.` and `version.server.` included.
+pub fn chaos_reply(q: &Query, identity: Option<&[u8]>) -> Vec<u8> {
+    let asks_identity = q.qtype == TYPE_TXT && IDENTITY_NAMES.contains(&q.qname_lower.as_slice());
+    let Some(id) = identity.filter(|id| asks_identity && id.len() <= 255) else {
+        return reply_for(q, rcode::REFUSED);
+    };
+    let mut out = error_reply(
+        q.id,
+        q.flags,
+        Some((&q.qname, q.qtype, q.qclass)),
+        None,
+        rcode::NOERROR,
+    );
+    let with_aa = flags(&out) | FLAG_AA;
+    set_u16(&mut out, 2, with_aa);
+    set_u16(&mut out, 6, 1);
+    out.extend_from_slice(&[0xc0, 12]); // owner: the question name
+    out.extend_from_slice(&TYPE_TXT.to_be_bytes());
+    out.extend_from_slice(&CLASS_CH.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&(id.len() as u16 + 1).to_be_bytes());
+    out.push(id.len() as u8);
+    out.extend_from_slice(id);
+    if let Some(e) = &q.edns {
+        set_u16(&mut out, 10, 1);
+        push_opt(&mut out, EDNS_PAYLOAD, 0, e.dnssec_ok);
+    }
+    out
+}
+
+/// Adds zonefwd's `identity` as an NSID option (RFC 5001 section 2.2) to `reply`,
+/// whose last record is the option-less OPT zonefwd writes, when the reply stays
+/// within `limit`. NSID is best effort: a reply it would not fit goes without it.
+pub fn add_nsid(reply: &mut Vec<u8>, identity: &[u8], limit: usize) {
+    let n = reply.len();
+    let ours =
+        n >= HEADER_LEN + 11 && reply[n - 11..n - 8] == [0, 0, 41] && reply[n - 2..] == [0, 0];
+    if !ours || n + 4 + identity.len() > limit || identity.len() > usize::from(u16::MAX) - 4 {
+        return;
+    }
+    set_u16(reply, n - 2, identity.len() as u16 + 4);
+    reply.extend_from_slice(&OPTION_NSID.to_be_bytes());
+    reply.extend_from_slice(&(identity.len() as u16).to_be_bytes());
+    reply.extend_from_slice(identity);
+}

@@ -226,7 +226,8 @@ fn upstream_query_carries_question_bits_and_own_opt() {
         Some(Edns {
             payload: 1232,
             version: 0,
-            dnssec_ok: true
+            dnssec_ok: true,
+            nsid: false
         })
     );
     let plain = build_upstream_query(&q, 1, false);
