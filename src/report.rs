@@ -137,7 +137,17 @@ pub fn routing_table(config: &Config) -> String {
         let budget = r.max_qps.map_or(String::new(), |q| {
             format!("; at most {q} queries/s to each upstream")
         });
-        let _ = writeln!(s, "route {}: cache {}{budget}", r.name, cache_summary(r));
+        let from = if r.source == config.source {
+            String::new()
+        } else {
+            format!("; from {}", r.source)
+        };
+        let _ = writeln!(
+            s,
+            "route {}: cache {}{budget}{from}",
+            r.name,
+            cache_summary(r)
+        );
     }
     for w in &config.warnings {
         let _ = writeln!(s, "warning: {}\n         fix: {}", w.text, w.fix);

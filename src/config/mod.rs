@@ -7,6 +7,7 @@
 //! `resolv` reads resolv.conf for `"system"` upstreams.
 
 mod error;
+mod include;
 mod raw;
 mod resolv;
 mod server;
@@ -21,7 +22,7 @@ pub(crate) use resolv::{is_resolved_stub, is_self};
 pub use types::*;
 
 use error::SourceText;
-use raw::RawFile;
+use raw::{RawFile, RawFragment};
 
 impl Config {
     /// Reads and validates the file at `path`.
@@ -34,22 +35,42 @@ impl Config {
         Config::parse(&text, &display, env)
     }
 
-    /// Validates `text`; `file` is only used in messages.
+    /// Validates `text`; `file` names it in messages, and `include` patterns are
+    /// relative to its directory.
     pub fn parse(text: &str, file: &str, env: &LoadEnv) -> Result<Config, ConfigError> {
         let src = SourceText { file, text };
-        let de = toml::de::Deserializer::parse(text)
-            .map_err(|e| src.error(e.span().unwrap_or(0..0), "", e.message().to_string()))?;
-        let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = key_path(e.path());
-            let inner = e.into_inner();
-            src.error(
-                inner.span().unwrap_or(0..0),
-                &key,
-                inner.message().to_string(),
-            )
-        })?;
-        validate::validate(raw, &src, env)
+        let mut raw: RawFile = deserialize(&src)?;
+        let fragments = include::read_fragments(raw.include.take(), &src)?;
+        let sources: Vec<SourceText<'_>> = fragments
+            .iter()
+            .map(|f| SourceText {
+                file: &f.file,
+                text: &f.text,
+            })
+            .collect();
+        let mut parsed = Vec::with_capacity(sources.len());
+        for fragment in &sources {
+            let raw: RawFragment = deserialize(fragment)?;
+            include::check_fragment(&raw, fragment)?;
+            parsed.push((fragment, raw.route));
+        }
+        validate::validate(raw, &src, parsed, env)
     }
+}
+
+/// `src` as `T`, every error located in it.
+fn deserialize<T: serde::de::DeserializeOwned>(src: &SourceText<'_>) -> Result<T, ConfigError> {
+    let de = toml::de::Deserializer::parse(src.text)
+        .map_err(|e| src.error(e.span().unwrap_or(0..0), "", e.message().to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = key_path(e.path());
+        let inner = e.into_inner();
+        src.error(
+            inner.span().unwrap_or(0..0),
+            &key,
+            inner.message().to_string(),
+        )
+    })
 }
 
 /// `route[1].timeout`, without the markers `Spanned` adds to the path.

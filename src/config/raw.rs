@@ -26,6 +26,21 @@ pub(super) struct RawFile {
     pub(super) cache: Option<Spanned<RawCache>>,
     #[serde(default)]
     pub(super) route: Vec<Spanned<RawRoute>>,
+    /// Fragments: paths or glob patterns, relative to this file.
+    pub(super) include: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// A fragment (`include`): `[[route]]` tables. The other top-level tables are read
+/// only to say where they are, since a fragment may not hold them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFragment {
+    #[serde(default)]
+    pub(super) route: Vec<Spanned<RawRoute>>,
+    pub(super) server: Option<Spanned<toml::Value>>,
+    pub(super) acl: Option<Spanned<toml::Value>>,
+    pub(super) cache: Option<Spanned<toml::Value>>,
+    pub(super) include: Option<Spanned<toml::Value>>,
 }
 
 /// `[cache]`, and the same keys (but `max_entries`) in a route's `cache = { ... }`.

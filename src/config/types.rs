@@ -203,6 +203,8 @@ pub struct UpstreamAddr {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub name: String,
+    /// The file the route is in: the main one, or a fragment (`include`).
+    pub source: String,
     /// Lowercase uncompressed wire names.
     pub zones: Vec<Vec<u8>>,
     pub upstreams: Vec<UpstreamAddr>,

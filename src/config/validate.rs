@@ -18,57 +18,69 @@ use super::types::*;
 use crate::acl::{Acl, Cidr};
 use crate::wire;
 
-/// What the steps share while a file is validated.
+/// What the steps share while a file and its fragments are validated.
 struct Validation<'a> {
+    /// The file whose routes are being validated now.
     src: &'a SourceText<'a>,
     env: &'a LoadEnv,
     warnings: Vec<Warning>,
-    /// Route names seen so far.
-    names: HashSet<String>,
-    /// zone -> (route name, line), for the duplicate message.
-    zone_owner: HashMap<Vec<u8>, (String, usize)>,
+    /// Route names seen so far, and the file of each.
+    names: HashMap<String, String>,
+    /// zone -> (route name, file, line), for the duplicate message.
+    zone_owner: HashMap<Vec<u8>, (String, String, usize)>,
     /// resolv.conf's nameservers, read once, when a route first asks for "system".
     resolv: Option<Vec<SocketAddr>>,
 }
 
 /// A route's `nxdomain_fallback`, resolved once every route is known.
-struct FallbackLink {
+struct FallbackLink<'a> {
     from: usize,
     target: Spanned<String>,
     key: String,
+    /// The file the route is in.
+    src: &'a SourceText<'a>,
 }
 
-pub(super) fn validate(
+/// The routes of one file: the main one first, then each fragment in order.
+type FileRoutes<'a> = (&'a SourceText<'a>, Vec<Spanned<RawRoute>>);
+
+pub(super) fn validate<'a>(
     raw: RawFile,
-    src: &SourceText<'_>,
-    env: &LoadEnv,
+    src: &'a SourceText<'a>,
+    fragments: Vec<FileRoutes<'a>>,
+    env: &'a LoadEnv,
 ) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server, src)?;
     let mut v = Validation {
         src,
         env,
         warnings: Vec::new(),
-        names: HashSet::new(),
+        names: HashMap::new(),
         zone_owner: HashMap::new(),
         resolv: None,
     };
     let acl = v.acl(raw.acl)?;
     let (cache_max_entries, global_cache) = v.cache(raw.cache)?;
-    if raw.route.is_empty() {
+    let files: Vec<FileRoutes<'a>> = std::iter::once((src, raw.route)).chain(fragments).collect();
+    if files.iter().all(|(_, routes)| routes.is_empty()) {
         return Err(src.error(
             0..0,
             "route",
             "no [[route]] tables: add at least one, e.g. zones = [\".\"] with your DNS servers",
         ));
     }
-    let mut routes = Vec::with_capacity(raw.route.len());
+    let mut routes = Vec::new();
     let mut links = Vec::new();
-    for (i, spanned) in raw.route.into_iter().enumerate() {
-        let (route, link) = v.route(i, spanned, &server, global_cache)?;
-        routes.push(route);
-        links.extend(link);
+    for (file, file_routes) in files {
+        v.src = file;
+        // Keys count within each file (route[0] is a fragment's first route).
+        for (i, spanned) in file_routes.into_iter().enumerate() {
+            let (route, link) = v.route(i, routes.len(), spanned, &server, global_cache)?;
+            routes.push(route);
+            links.extend(link);
+        }
     }
-    link_fallbacks(&mut routes, links, src)?;
+    link_fallbacks(&mut routes, links)?;
     v.exposure_warnings(&server, &acl);
     Ok(Config {
         source: src.file.to_string(),
@@ -80,7 +92,7 @@ pub(super) fn validate(
     })
 }
 
-impl Validation<'_> {
+impl<'a> Validation<'a> {
     /// `[acl]`, or the private ranges when it is absent.
     fn acl(&mut self, raw: Option<RawAcl>) -> Result<Acl, ConfigError> {
         let Some(a) = raw else {
@@ -125,14 +137,16 @@ impl Validation<'_> {
         ))
     }
 
-    /// One `[[route]]`, and its fallback link for later.
+    /// One `[[route]]` (`route[i]` of its file, the configuration's route `index`),
+    /// and its fallback link for later.
     fn route(
         &mut self,
         i: usize,
+        index: usize,
         spanned: Spanned<RawRoute>,
         server: &Server,
         global_cache: CachePolicy,
-    ) -> Result<(Route, Option<FallbackLink>), ConfigError> {
+    ) -> Result<(Route, Option<FallbackLink<'a>>), ConfigError> {
         let route_span = spanned.span();
         let r = spanned.into_inner();
         let key = |k: &str| format!("route[{i}].{k}");
@@ -156,12 +170,14 @@ impl Validation<'_> {
         self.azure_timeout_warning(&name, &upstreams, timeout);
         let cache = route_cache(r.cache, global_cache, self.src, &key)?;
         let link = r.nxdomain_fallback.map(|target| FallbackLink {
-            from: i,
+            from: index,
             target,
             key: key("nxdomain_fallback"),
+            src: self.src,
         });
         let route = Route {
             name,
+            source: self.src.file.to_string(),
             zones,
             upstreams,
             order: r.policy.map_or(UpstreamOrder::Sequential, |p| p.0),
@@ -194,11 +210,19 @@ impl Validation<'_> {
                 format!("{name:?}: use letters, digits, '-', '_' and '.' (it appears in logs and metrics)"),
             ));
         }
-        if !self.names.insert(name.clone()) {
-            return Err(self
-                .src
-                .error(span, key, format!("route name {name:?} is used twice")));
+        if let Some(first) = self.names.get(&name) {
+            let place = if first == self.src.file {
+                String::new()
+            } else {
+                format!(" (first in {first})")
+            };
+            return Err(self.src.error(
+                span,
+                key,
+                format!("route name {name:?} is used twice{place}"),
+            ));
         }
+        self.names.insert(name.clone(), self.src.file.to_string());
         Ok(name)
     }
 
@@ -248,18 +272,23 @@ impl Validation<'_> {
                 continue;
             }
             let line = src.text[..span.start].matches('\n').count() + 1;
-            if let Some((other, other_line)) = self.zone_owner.get(&zone) {
+            if let Some((other, file, other_line)) = self.zone_owner.get(&zone) {
+                let place = if file == src.file {
+                    format!("line {other_line}")
+                } else {
+                    format!("{file}:{other_line}")
+                };
                 return Err(src.error(
                     span,
                     &k,
                     format!(
-                        "zone {} is already routed by route {other:?} (line {other_line}); a zone belongs to one route",
+                        "zone {} is already routed by route {other:?} ({place}); a zone belongs to one route",
                         wire::name_to_string(&zone)
                     ),
                 ));
             }
             self.zone_owner
-                .insert(zone.clone(), (name.to_string(), line));
+                .insert(zone.clone(), (name.to_string(), src.file.to_string(), line));
             out.push(zone);
         }
         Ok((out, preset_names))
@@ -484,14 +513,17 @@ fn route_cache(
     }
 }
 
-/// Each `nxdomain_fallback` names another route, one that has no fallback of its own.
-fn link_fallbacks(
-    routes: &mut [Route],
-    links: Vec<FallbackLink>,
-    src: &SourceText<'_>,
-) -> Result<(), ConfigError> {
+/// Each `nxdomain_fallback` names another route (in any file), one that has no
+/// fallback of its own.
+fn link_fallbacks(routes: &mut [Route], links: Vec<FallbackLink<'_>>) -> Result<(), ConfigError> {
     let sources: HashSet<usize> = links.iter().map(|l| l.from).collect();
-    for FallbackLink { from, target, key } in links {
+    for FallbackLink {
+        from,
+        target,
+        key,
+        src,
+    } in links
+    {
         let Some(j) = routes.iter().position(|r| &r.name == target.get_ref()) else {
             return Err(src.error(
                 target.span(),

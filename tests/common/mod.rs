@@ -170,7 +170,12 @@ impl Zonefwd {
 
     /// Hands the server a new configuration, as SIGHUP does after validating the file.
     pub fn reload(&self, toml: &str) {
-        self.reloads.send(config(toml)).expect("server running");
+        self.reload_config(config(toml));
+    }
+
+    /// `reload` of a configuration loaded some other way (from files).
+    pub fn reload_config(&self, config: Config) {
+        self.reloads.send(config).expect("server running");
     }
 
     /// Signals shutdown and waits for `run` to return.
