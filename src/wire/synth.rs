@@ -42,6 +42,14 @@ pub fn error_reply(
 /// RFC 8482 section 4.2: the minimal answer to ANY, one synthesised HINFO record
 /// ("RFC8482", "") for the question name, so ANY cannot be used for amplification.
 pub fn any_hinfo_reply(q: &Query) -> Vec<u8> {
+    // 3789: the TTL RFC 8482 suggests.
+    let rdata = [7, b'R', b'F', b'C', b'8', b'4', b'8', b'2', 0];
+    one_record_reply(q, TYPE_HINFO, q.qclass, 3789, &rdata)
+}
+
+/// A NOERROR reply to `q` holding one record for the question name, and an OPT when
+/// the client sent one.
+fn one_record_reply(q: &Query, rtype: u16, class: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
     let mut out = error_reply(
         q.id,
         q.flags,
@@ -51,11 +59,11 @@ pub fn any_hinfo_reply(q: &Query) -> Vec<u8> {
     );
     set_u16(&mut out, 6, 1);
     out.extend_from_slice(&[0xc0, 12]); // owner: the question name
-    out.extend_from_slice(&TYPE_HINFO.to_be_bytes());
-    out.extend_from_slice(&q.qclass.to_be_bytes());
-    out.extend_from_slice(&3789u32.to_be_bytes()); // the TTL RFC 8482 suggests
-    out.extend_from_slice(&9u16.to_be_bytes());
-    out.extend_from_slice(&[7, b'R', b'F', b'C', b'8', b'4', b'8', b'2', 0]);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&class.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(rdata);
     if let Some(e) = &q.edns {
         set_u16(&mut out, 10, 1);
         push_opt(&mut out, EDNS_PAYLOAD, 0, e.dnssec_ok);
@@ -113,27 +121,11 @@ pub fn chaos_reply(q: &Query, identity: Option<&[u8]>) -> Vec<u8> {
     let Some(id) = identity.filter(|id| asks_identity && id.len() <= 255) else {
         return reply_for(q, rcode::REFUSED);
     };
-    let mut out = error_reply(
-        q.id,
-        q.flags,
-        Some((&q.qname, q.qtype, q.qclass)),
-        None,
-        rcode::NOERROR,
-    );
+    let rdata = [&[id.len() as u8][..], id].concat();
+    let mut out = one_record_reply(q, TYPE_TXT, CLASS_CH, 0, &rdata);
+    // Authoritative: zonefwd speaks for itself here.
     let with_aa = flags(&out) | FLAG_AA;
     set_u16(&mut out, 2, with_aa);
-    set_u16(&mut out, 6, 1);
-    out.extend_from_slice(&[0xc0, 12]); // owner: the question name
-    out.extend_from_slice(&TYPE_TXT.to_be_bytes());
-    out.extend_from_slice(&CLASS_CH.to_be_bytes());
-    out.extend_from_slice(&0u32.to_be_bytes());
-    out.extend_from_slice(&(id.len() as u16 + 1).to_be_bytes());
-    out.push(id.len() as u8);
-    out.extend_from_slice(id);
-    if let Some(e) = &q.edns {
-        set_u16(&mut out, 10, 1);
-        push_opt(&mut out, EDNS_PAYLOAD, 0, e.dnssec_ok);
-    }
     out
 }
 
