@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -368,6 +368,107 @@ impl Cache {
 
     pub fn note_stale_served(&self) {
         self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Which entries `Cache::flush` removes (`zonefwd ctl flush`).
+#[derive(Debug, Clone, Copy)]
+pub enum Flush<'a> {
+    /// One name (lowercase wire form), every type or one.
+    Name {
+        name: &'a [u8],
+        qtype: Option<u16>,
+    },
+    /// Every entry at or below a zone.
+    Zone(&'a [u8]),
+    /// NXDOMAIN, NODATA and remembered failures, everywhere or at or below a zone.
+    Negative {
+        zone: Option<&'a [u8]>,
+    },
+    All,
+}
+
+/// What the cache holds for one question, for `zonefwd ctl cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedView {
+    pub qtype: u16,
+    /// `None`: only a remembered failure.
+    pub rcode: Option<u16>,
+    pub answers: u16,
+    /// Seconds of freshness left; 0 once stale.
+    pub ttl_left: u64,
+    pub stale: bool,
+    /// A failure is being remembered (answered SERVFAIL or stale until it passes).
+    pub failing: bool,
+}
+
+/// `name` is `zone` or below it, on label boundaries (both lowercase wire form).
+fn at_or_below(name: &[u8], zone: &[u8]) -> bool {
+    zone == [0] || name == zone || wire::label_offsets(name).any(|o| &name[o..] == zone)
+}
+
+impl Entry {
+    /// NXDOMAIN, NODATA (NOERROR without answers), or a remembered failure.
+    fn is_negative(&self) -> bool {
+        self.failed_until.is_some()
+            || self.data.as_ref().is_some_and(|d| {
+                d.reply.rcode == rcode::NXDOMAIN
+                    || (d.reply.rcode == rcode::NOERROR && d.reply.answers == 0)
+            })
+    }
+}
+
+impl Flush<'_> {
+    fn matches(&self, key: &CacheKey, entry: &Entry) -> bool {
+        match *self {
+            Flush::Name { name, qtype } => {
+                &*key.name == name && qtype.is_none_or(|t| t == key.qtype)
+            }
+            Flush::Zone(zone) => at_or_below(&key.name, zone),
+            Flush::Negative { zone } => {
+                entry.is_negative() && zone.is_none_or(|z| at_or_below(&key.name, z))
+            }
+            Flush::All => true,
+        }
+    }
+}
+
+impl Cache {
+    /// Removes the entries `which` names and says how many. Resolutions in flight
+    /// are not disturbed: they store their answer when it comes, and the next query
+    /// for a flushed name goes upstream.
+    pub fn flush(&self, which: Flush<'_>) -> usize {
+        let removed = AtomicUsize::new(0);
+        self.inner.retain(|key, entry| {
+            let hit = which.matches(key, entry);
+            if hit {
+                removed.fetch_add(1, Ordering::Relaxed);
+            }
+            !hit
+        });
+        removed.into_inner()
+    }
+
+    /// What is cached for `name` (lowercase wire form), of one type or every type.
+    pub fn inspect(&self, name: &[u8], qtype: Option<u16>, now: Instant) -> Vec<CachedView> {
+        let mut out: Vec<CachedView> = self
+            .inner
+            .iter()
+            .filter(|(k, _)| &*k.name == name && qtype.is_none_or(|t| t == k.qtype))
+            .map(|(k, e)| {
+                let fresh_until = e.data.as_ref().map(|d| d.expires());
+                CachedView {
+                    qtype: k.qtype,
+                    rcode: e.data.as_ref().map(|d| d.reply.rcode),
+                    answers: e.data.as_ref().map_or(0, |d| d.reply.answers),
+                    ttl_left: fresh_until.map_or(0, |t| t.saturating_duration_since(now).as_secs()),
+                    stale: fresh_until.is_some_and(|t| now >= t),
+                    failing: e.failed_until.is_some_and(|t| now < t),
+                }
+            })
+            .collect();
+        out.sort_by_key(|v| v.qtype);
+        out
     }
 }
 

@@ -38,6 +38,8 @@ pub mod cache;
 mod claims;
 mod clients;
 pub mod config;
+mod control;
+pub mod ctl;
 pub mod diagnose;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -34,7 +34,14 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Command {
     /// Serve DNS until SIGTERM or SIGINT.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The control socket, over [server] control (the systemd unit sets
+        /// /run/zonefwd/control.sock this way).
+        #[arg(long, env = "ZONEFWD_CONTROL")]
+        control: Option<PathBuf>,
+    },
     /// Validate the configuration and print the routing table.
     Check(ConfigArg),
     /// Exit 0 if the zonefwd serving this configuration answers on its first listen
@@ -69,6 +76,22 @@ enum Command {
     /// Check every upstream on UDP and TCP, the listen addresses, and the routes'
     /// settings against the cloud resolvers' behaviour; print each finding with its fix.
     Doctor(ConfigArg),
+    /// Talk to a running zonefwd over its control socket ([server] control): status,
+    /// flush NAME [TYPE] | --zone ZONE | --negative [--zone ZONE] | --all,
+    /// cache NAME [TYPE], reload, upstream ROUTE ADDR down|up.
+    Ctl {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The control socket; otherwise $ZONEFWD_CONTROL, the configuration's
+        /// [server] control, or the systemd unit's /run/zonefwd/control.sock.
+        #[arg(long, env = "ZONEFWD_CONTROL")]
+        socket: Option<PathBuf>,
+        /// Print the server's answer as it came: one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// List the zone presets, or print the zones of one.
     Presets {
         /// A preset's name (azure, azure-government, azure-china, aws).
@@ -91,6 +114,18 @@ fn load(path: &Path) -> Result<Config, String> {
     Config::load(path, &LoadEnv::default()).map_err(|e| e.to_string())
 }
 
+/// The configuration `run` serves: the file, with `--control` over its socket.
+fn load_for_run(path: &Path, control: &Option<PathBuf>) -> Result<Config, String> {
+    let mut config = load(path)?;
+    if control.is_some() {
+        config.server.control.clone_from(control);
+    }
+    Ok(config)
+}
+
+/// Where the systemd unit puts the control socket (RuntimeDirectory=zonefwd).
+const UNIT_CONTROL_SOCKET: &str = "/run/zonefwd/control.sock";
+
 /// Logs go to stderr, filtered by `RUST_LOG` (default info), as text or JSON lines.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -110,9 +145,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         // The configuration is read first: it says how to log.
-        Command::Run(c) => load(&c.config).and_then(|config| {
-            init_logging(config.server.log_format);
-            serve(&c.config, config)
+        Command::Run { config, control } => load_for_run(&config.config, &control).and_then(|c| {
+            init_logging(c.server.log_format);
+            serve(&config.config, c, control)
         }),
         Command::Check(c) => load(&c.config).map(|config| {
             print!("{}", report::routing_table(&config));
@@ -146,6 +181,12 @@ fn main() -> ExitCode {
             print!("{text}");
             Ok(ok)
         }),
+        Command::Ctl {
+            config,
+            socket,
+            json,
+            command,
+        } => ctl(&config.config, socket, json, &command),
         Command::Presets { name: None } => {
             print!("{}", zonefwd::presets::list_text());
             Ok(true)
@@ -179,6 +220,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// `zonefwd ctl`: Ok(true) on success, Ok(false) when the server said no (exit 1),
+/// Err for a bad command line or no connection (exit 2).
+fn ctl(
+    config: &Path,
+    socket: Option<PathBuf>,
+    json: bool,
+    args: &[String],
+) -> Result<bool, String> {
+    use zonefwd::ctl::{self, CtlError};
+    let request = ctl::request_for(args).map_err(|e| match e {
+        CtlError::Usage(m) | CtlError::Server(m) => m,
+    })?;
+    let unit_socket = Path::new(UNIT_CONTROL_SOCKET);
+    let socket = match socket {
+        Some(s) => s,
+        None => match load(config)?.server.control {
+            Some(s) => s,
+            None if unit_socket.exists() => unit_socket.to_path_buf(),
+            None => {
+                return Err(format!(
+                    "{} sets no [server] control socket, and {UNIT_CONTROL_SOCKET} does not exist (give --socket PATH)",
+                    config.display()
+                ))
+            }
+        },
+    };
+    let answer = ctl::exchange(&socket, &request).map_err(|e| match e {
+        CtlError::Usage(m) | CtlError::Server(m) => m,
+    })?;
+    if json {
+        println!("{answer}");
+        return Ok(answer["ok"] == serde_json::json!(true));
+    }
+    match ctl::render(&request, &answer) {
+        Ok(text) => {
+            print!("{text}");
+            Ok(true)
+        }
+        Err(CtlError::Server(m)) => {
+            eprintln!("zonefwd: {m}");
+            Ok(false)
+        }
+        Err(CtlError::Usage(m)) => Err(m),
+    }
+}
+
 /// A small runtime for the commands that send a few queries.
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
@@ -187,7 +274,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-fn serve(path: &Path, config: Config) -> Result<bool, String> {
+fn serve(path: &Path, config: Config, control_socket: Option<PathBuf>) -> Result<bool, String> {
     let listeners = Listeners::for_server(&config.server).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -195,7 +282,7 @@ fn serve(path: &Path, config: Config) -> Result<bool, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async {
         let stop = stop_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        let reloads = reload_on_sighup(path.to_path_buf())
+        let reloads = reload_on_sighup(path.to_path_buf(), control_socket)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "zonefwd starting");
         let control = Control {
@@ -255,6 +342,7 @@ fn healthcheck(config: &Config, timeout: std::time::Duration) -> Result<bool, St
 /// an invalid file is logged with its location and the running configuration stays.
 fn reload_on_sighup(
     path: PathBuf,
+    control: Option<PathBuf>,
 ) -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<Config>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
@@ -262,7 +350,7 @@ fn reload_on_sighup(
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
-            match Config::load(&path, &LoadEnv::default()) {
+            match load_for_run(&path, &control) {
                 Ok(config) => {
                     if tx.send(config).is_err() {
                         return;

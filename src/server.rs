@@ -5,13 +5,14 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
+use crate::control::{self, ControlContext, Loaded};
 use crate::handler::{Handler, ServerState};
 use crate::life::{Clock, Lifecycle, SystemClock};
 use crate::listen::tcp::{self, TcpOptions};
@@ -64,7 +65,19 @@ pub async fn run_with(
     health
         .requires_upstreams
         .store(config.server.ready_requires_upstreams, Ordering::Relaxed);
-    start_listeners(listeners, &config, &handler, &state, &health)?;
+    // `zonefwd ctl reload` validates the file itself and hands the result here.
+    let (ctl_reload, mut ctl_reloads) = mpsc::unbounded_channel();
+    let loaded = Arc::new(std::sync::Mutex::new(Loaded {
+        file: config.source.clone(),
+        at: SystemTime::now(),
+    }));
+    let cx = ControlContext {
+        current: Arc::clone(&handler),
+        state: state.clone(),
+        reload: ctl_reload,
+        loaded: Arc::clone(&loaded),
+    };
+    start_listeners(listeners, &config, cx, &health)?;
     log_config(&config);
     health.serving.store(true, Ordering::Relaxed);
     handler.load().start_background();
@@ -84,9 +97,13 @@ pub async fn run_with(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = sweep.tick() => handler.load().sweep_idle_sockets(),
-            Some(new) = next_reload(&mut control.reloads) => {
+            Some(new) = next_reload(&mut control.reloads, &mut ctl_reloads) => {
                 notifier.reloading();
                 running = reload(&handler, &state, running, new);
+                *loaded.lock().unwrap_or_else(|e| e.into_inner()) = Loaded {
+                    file: running.source.clone(),
+                    at: SystemTime::now(),
+                };
                 health
                     .requires_upstreams
                     .store(running.server.ready_requires_upstreams, Ordering::Relaxed);
@@ -105,10 +122,10 @@ pub async fn run_with(
 fn start_listeners(
     listeners: Listeners,
     config: &Config,
-    handler: &Current,
-    state: &ServerState,
+    cx: ControlContext,
     health: &Arc<Health>,
 ) -> io::Result<()> {
+    let (handler, state) = (&cx.current, &cx.state);
     let life = &state.life;
     for group in listeners.udp {
         if let Some(first) = group.first() {
@@ -149,6 +166,11 @@ fn start_listeners(
             configured,
             life.clone(),
         ));
+    }
+    if let (Some(listener), Some(path)) = (listeners.control, config.server.control.clone()) {
+        tracing::info!(path = %path.display(), "serving the control socket");
+        let life = life.clone();
+        life.tasks.spawn(control::serve(listener, path, cx));
     }
     Ok(())
 }
@@ -224,10 +246,19 @@ async fn watchdog(interval: Duration, notifier: Arc<Notifier>, life: Lifecycle) 
     }
 }
 
-async fn next_reload(reloads: &mut Option<mpsc::UnboundedReceiver<Config>>) -> Option<Config> {
+/// The next configuration to switch to: from the caller (SIGHUP in main) or from the
+/// control socket's `reload`.
+async fn next_reload(
+    reloads: &mut Option<mpsc::UnboundedReceiver<Config>>,
+    ctl_reloads: &mut mpsc::UnboundedReceiver<Config>,
+) -> Option<Config> {
     match reloads {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+        Some(signalled) => tokio::select! {
+            Some(c) = signalled.recv() => Some(c),
+            Some(c) = ctl_reloads.recv() => Some(c),
+            else => None,
+        },
+        None => ctl_reloads.recv().await,
     }
 }
 
@@ -281,6 +312,12 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("server.log_format", o.log_format != n.log_format),
         ("server.metrics", o.metrics != n.metrics),
+        // The socket stays where it was bound; a file without the key (or
+        // `zonefwd ctl reload`, which reads the file alone) keeps it.
+        (
+            "server.control",
+            n.control.is_some() && o.control != n.control,
+        ),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

@@ -492,3 +492,53 @@ async fn the_binary_answers_id_server_with_the_host_name() {
     }
     assert_eq!(up.count(), 0, "answered by zonefwd itself");
 }
+
+#[tokio::test]
+async fn ctl_talks_to_the_running_binary_and_exits_0_1_or_2() {
+    let up = Fake::answering_a().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let p = write_config(
+        &dir,
+        &format!(
+            "control = \"{}\"\nloop_detection = false\n",
+            socket.display()
+        ),
+        &one_route(&[up.addr], ""),
+    );
+    let z = Running::start(&p);
+    z.ask("cached.example.").await;
+    let config = p.to_str().unwrap();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "-c", config];
+        all.extend_from_slice(args);
+        zonefwd(&all)
+    };
+    let (code, out, err) = ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("  {}  up  failures 0  queries 1", up.addr)),
+        "{out}"
+    );
+    assert_eq!(
+        ctl(&["flush", "cached.example.", "A"]),
+        (0, "flushed 1 entries\n".into(), String::new())
+    );
+    let (code, out, _) = ctl(&["--json", "cache", "cached.example."]);
+    assert_eq!(code, 0);
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["entries"], serde_json::json!([]), "flushed");
+    let (code, _, err) = ctl(&["upstream", "default", "192.0.2.99", "down"]);
+    assert_eq!(code, 1, "the server said no: {err}");
+    let (code, _, err) = ctl(&["flush"]);
+    assert_eq!(code, 2, "a bad command line: {err}");
+    assert!(err.contains("usage: zonefwd ctl"), "{err}");
+    let (code, _, err) = zonefwd(&[
+        "ctl",
+        "--socket",
+        dir.path().join("none").to_str().unwrap(),
+        "status",
+    ]);
+    assert_eq!(code, 2, "no connection: {err}");
+    drop(z);
+}

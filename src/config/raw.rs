@@ -110,6 +110,7 @@ pub(super) struct RawServer {
     pub(super) loop_detection: Option<bool>,
     pub(super) upstream_udp_reuse: Option<Spanned<u32>>,
     pub(super) identity: Option<Spanned<String>>,
+    pub(super) control: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,16 @@ pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Se
     let qps = raw.client_qps.unwrap_or(DEFAULT_CLIENT_QPS);
     let client_limits = validate_client_limits(&raw, qps, src)?;
     let identity = validate_identity(raw.identity, src)?;
+    let control = match raw.control {
+        Some(c) if c.get_ref().is_empty() => {
+            return Err(src.error(
+                c.span(),
+                "server.control",
+                "empty: omit control for no control socket",
+            ));
+        }
+        c => c.map(|c| std::path::PathBuf::from(c.into_inner())),
+    };
     let listen = validate_listen(raw.listen, src)?;
     Ok(Server {
         listen,
@@ -73,6 +83,7 @@ pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Se
         },
         client_limits,
         identity,
+        control,
     })
 }
 

@@ -152,6 +152,9 @@ pub struct Server {
     /// for it and as the TXT answer to CHAOS `id.server.` and `hostname.bind.` (RFC
     /// 4892); `None`: neither.
     pub identity: Option<String>,
+    /// The control socket (`control`): a Unix stream socket for `zonefwd ctl`; `None`:
+    /// none.
+    pub control: Option<PathBuf>,
     /// Queries one upstream UDP socket (one random port) may carry, one at a time,
     /// within `exchange::POOL_MAX_AGE`; 1 is a fresh socket per query.
     pub upstream_udp_reuse: u32,

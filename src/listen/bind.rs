@@ -16,12 +16,15 @@ pub struct Listeners {
     pub tcp: Vec<std::net::TcpListener>,
     /// `[server] metrics`, when set.
     pub metrics: Option<std::net::TcpListener>,
+    /// `[server] control`, when set.
+    pub control: Option<std::os::unix::net::UnixListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({proto}): {source}{hint}")]
+#[error("cannot listen on {place} ({proto}): {source}{hint}")]
 pub struct BindError {
-    pub addr: SocketAddr,
+    /// The address, or the control socket's path.
+    pub place: String,
     pub proto: &'static str,
     pub source: io::Error,
     hint: &'static str,
@@ -36,6 +39,7 @@ impl Listeners {
             udp: Vec::new(),
             tcp: Vec::new(),
             metrics: None,
+            control: None,
         };
         let reuse_port = udp_sockets > 1;
         for &addr in addrs {
@@ -60,6 +64,14 @@ impl Listeners {
             let s = new_socket(addr, Type::STREAM, false)
                 .map_err(|e| bind_error(addr, "metrics", e))?;
             l.metrics = Some(s.into());
+        }
+        if let Some(path) = &server.control {
+            l.control = Some(crate::control::bind(path).map_err(|e| BindError {
+                place: path.display().to_string(),
+                proto: "control socket",
+                source: e,
+                hint: "",
+            })?);
         }
         Ok(l)
     }
@@ -88,7 +100,7 @@ fn bind_error(addr: SocketAddr, proto: &'static str, source: io::Error) -> BindE
         _ => "",
     };
     BindError {
-        addr,
+        place: addr.to_string(),
         proto,
         source,
         hint,

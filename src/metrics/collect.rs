@@ -171,9 +171,9 @@ const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 9] = [
     ),
     (
         "zonefwd_upstream_up",
-        "1 while the upstream is in rotation, 0 while marked down",
+        "1 while the upstream is in rotation, 0 while marked down or taken out by hand",
         MetricType::Gauge,
-        |u| u64::from(!u.is_marked_down()),
+        |u| u64::from(u.is_up()),
     ),
     (
         "zonefwd_upstream_in_loop",
@@ -316,6 +316,11 @@ fn server(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
             "zonefwd_client_inflight_limited",
             "Queries dropped or refused because their client had server.client_max_inflight waiting",
             load(&m.client_inflight_limited),
+        ),
+        (
+            "zonefwd_control_refused",
+            "Control-socket connections refused: not root, the socket's owner or its group",
+            load(&m.control_refused),
         ),
         (
             "zonefwd_forwarding_loops",

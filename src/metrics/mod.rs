@@ -126,6 +126,8 @@ pub struct Metrics {
     pub client_rate_limited: AtomicU64,
     /// Queries over `server.client_max_inflight`.
     pub client_inflight_limited: AtomicU64,
+    /// Control-socket clients refused for their credentials.
+    pub control_refused: AtomicU64,
 }
 
 impl Metrics {

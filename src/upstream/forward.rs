@@ -93,8 +93,8 @@ struct Tries<'a> {
     q: &'a Query,
     order: Vec<usize>,
     next: usize,
-    /// Per try launched: upstream index and state.
-    launched: Vec<(usize, TryState)>,
+    /// Per try launched: upstream index, state, and when it was sent.
+    launched: Vec<(usize, TryState, Instant)>,
     fallback: Option<(Exchanged, SocketAddr)>,
     /// When the newest try becomes overdue.
     try_timer: Instant,
@@ -115,10 +115,11 @@ impl<'a> Tries<'a> {
                 continue;
             }
             let n = self.launched.len();
-            self.launched.push((idx, TryState::Running));
+            let now = Instant::now();
+            self.launched.push((idx, TryState::Running, now));
             let u = &set.upstreams[idx];
             u.stats.sent.fetch_add(1, Ordering::Relaxed);
-            self.try_timer = Instant::now() + set.try_timeout;
+            self.try_timer = now + set.try_timeout;
             let q = self.q;
             return Some(Box::pin(async move { (n, one_try(u, q).await) }));
         }
@@ -144,9 +145,12 @@ impl<'a> Tries<'a> {
     /// Try `n` ended: the answer to relay, or `None` to go on.
     fn ended(&mut self, n: usize, verdict: Verdict) -> Option<Outcome<Exchanged>> {
         let set = self.set;
-        let (idx, state) = self.launched[n];
+        let (idx, state, sent) = self.launched[n];
         self.launched[n].1 = TryState::Done;
         let addr = set.upstreams[idx].addr;
+        if !matches!(verdict, Verdict::Failed(_)) {
+            set.upstreams[idx].stats.record_rtt(sent.elapsed());
+        }
         match verdict {
             Verdict::Final(answer) => {
                 set.success(idx);

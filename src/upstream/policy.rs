@@ -12,9 +12,13 @@ impl UpstreamSet {
     /// Upstream indexes in the order this query will try them: the healthy ones in
     /// policy order, or all of them when none is healthy (a guess beats a SERVFAIL).
     ///
-    /// An upstream in a forwarding loop is never tried: the query would only come back.
+    /// An upstream in a forwarding loop is never tried: the query would only come back;
+    /// nor is one taken out by hand.
     pub fn order(&self) -> Vec<usize> {
-        let usable = |i: &usize| !self.upstreams[*i].looped.load(Ordering::Relaxed);
+        let usable = |i: &usize| {
+            let u = &self.upstreams[*i];
+            !u.looped.load(Ordering::Relaxed) && !u.manual_down.load(Ordering::Relaxed)
+        };
         let mut order: Vec<usize> = (0..self.upstreams.len())
             .filter(usable)
             .filter(|&i| !self.upstreams[i].is_marked_down())

@@ -24,6 +24,25 @@ pub struct UpstreamStats {
     pub mismatched: AtomicU64,
     /// Tries not sent because the budget was spent.
     pub over_budget: AtomicU64,
+    /// Smoothed round-trip time of answered tries, in microseconds (0: none yet):
+    /// the estimator of RFC 6298 section 2, gain 1/8.
+    pub srtt_us: AtomicU64,
+}
+
+impl UpstreamStats {
+    /// Folds one answered try's round trip into the smoothed figure.
+    pub fn record_rtt(&self, rtt: std::time::Duration) {
+        let sample = (rtt.as_micros() as u64).max(1);
+        let _ = self
+            .srtt_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |srtt| {
+                Some(if srtt == 0 {
+                    sample
+                } else {
+                    srtt - srtt / 8 + sample / 8
+                })
+            });
+    }
 }
 
 /// The settings an upstream is built with; one that differs after a reload makes it
@@ -58,6 +77,9 @@ pub struct Upstream {
     pub(crate) probing: AtomicBool,
     /// A loop probe sent here came back to zonefwd (`loopcheck`): out of rotation.
     pub looped: AtomicBool,
+    /// Taken out of rotation by hand (`zonefwd ctl upstream ROUTE ADDR down`); kept
+    /// across reloads with the upstream.
+    pub manual_down: AtomicBool,
     /// A query budget: `max_qps` per second, bursts of up to one second's worth. The
     /// cloud resolvers drop what exceeds their limits (Azure: 1000 qps per VM to
     /// 168.63.129.16; AWS: 1024 packets/s per interface), so zonefwd keeps under them
@@ -76,6 +98,7 @@ impl Upstream {
             fails: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             looped: AtomicBool::new(false),
+            manual_down: AtomicBool::new(false),
             budget: settings
                 .max_qps
                 .map(|q| (Rate::new(q, q, now), TokenBucket::new())),
@@ -96,6 +119,12 @@ impl Upstream {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.fails.load(Ordering::Relaxed)
+    }
+
+    /// Up: neither marked down by failures nor taken out by hand (a loop is shown
+    /// on its own, `looped`).
+    pub fn is_up(&self) -> bool {
+        !self.is_marked_down() && !self.manual_down.load(Ordering::Relaxed)
     }
 
     /// Past `max_fails` failures in a row: skipped while any other is up, and probed.

@@ -1,0 +1,242 @@
+//! The control commands, one JSON object per line each way. A request names its
+//! `command`; every answer has `ok`, and `error` when it is false.
+//!
+//! ```text
+//! {"command":"status"}
+//! {"command":"flush","name":"x.example.","type":"A"}     name, optionally one type
+//! {"command":"flush","zone":"blob.core.windows.net."}    every entry at or below
+//! {"command":"flush","negative":true[,"zone":"..."]}     NXDOMAIN, NODATA, failures
+//! {"command":"flush","all":true}
+//! {"command":"cache","name":"x.example."[,"type":"A"]}
+//! {"command":"reload"}
+//! {"command":"upstream","route":"azure","upstream":"168.63.129.16:53","state":"down"}
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ControlContext;
+use crate::cache::Flush;
+use crate::config::{Config, LoadEnv};
+use crate::upstream::Upstream;
+use crate::wire;
+
+#[derive(Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    Status,
+    Flush {
+        name: Option<String>,
+        #[serde(rename = "type")]
+        qtype: Option<String>,
+        zone: Option<String>,
+        #[serde(default)]
+        negative: bool,
+        #[serde(default)]
+        all: bool,
+    },
+    Cache {
+        name: String,
+        #[serde(rename = "type")]
+        qtype: Option<String>,
+    },
+    Reload,
+    Upstream {
+        route: String,
+        upstream: String,
+        state: UpDown,
+    },
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum UpDown {
+    Up,
+    Down,
+}
+
+pub fn error(message: &str) -> Value {
+    json!({ "ok": false, "error": message })
+}
+
+/// The answer to one request line.
+pub async fn respond(line: &[u8], cx: &ControlContext) -> Value {
+    let request: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => return error(&format!("bad request: {e}")),
+    };
+    let answer = match request {
+        Request::Status => Ok(status(cx)),
+        Request::Flush {
+            name,
+            qtype,
+            zone,
+            negative,
+            all,
+        } => flush(cx, name, qtype, zone, negative, all),
+        Request::Cache { name, qtype } => cache(cx, &name, qtype),
+        Request::Reload => reload(cx),
+        Request::Upstream {
+            route,
+            upstream,
+            state,
+        } => set_upstream(cx, &route, &upstream, state),
+    };
+    answer.unwrap_or_else(|e| error(&e))
+}
+
+fn status(cx: &ControlContext) -> Value {
+    let handler = cx.current.load();
+    let loaded = cx.loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let routes: Vec<Value> = handler
+        .upstream_sets()
+        .map(|set| {
+            let upstreams: Vec<Value> = set.upstreams.iter().map(|u| upstream_status(u)).collect();
+            json!({ "name": set.route, "upstreams": upstreams })
+        })
+        .collect();
+    let cache = cx.state.resolver.cache();
+    let (hits, misses) = (
+        cache.stats.hits.load(Ordering::Relaxed),
+        cache.stats.misses.load(Ordering::Relaxed),
+    );
+    let hit_ratio = if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    };
+    json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": loaded.file,
+        "loaded_at": humantime::format_rfc3339_seconds(loaded.at).to_string(),
+        "routes": routes,
+        "cache": { "entries": cache.len(), "hits": hits, "misses": misses, "hit_ratio": hit_ratio },
+        "inflight": cx.state.inflight.current(),
+    })
+}
+
+fn upstream_status(u: &Upstream) -> Value {
+    let srtt = u.stats.srtt_us.load(Ordering::Relaxed);
+    json!({
+        "address": u.addr.to_string(),
+        "up": u.is_up(),
+        "consecutive_failures": u.consecutive_failures(),
+        "in_loop": u.looped.load(Ordering::Relaxed),
+        "down_by_hand": u.manual_down.load(Ordering::Relaxed),
+        "queries": u.stats.sent.load(Ordering::Relaxed),
+        "timeouts": u.stats.timeouts.load(Ordering::Relaxed),
+        "srtt_ms": if srtt == 0 { Value::Null } else { json!(srtt as f64 / 1000.0) },
+    })
+}
+
+/// A name as the cache keys it: lowercase wire form.
+fn wire_name(name: &str) -> Result<Vec<u8>, String> {
+    let mut w = wire::name_from_str(name).map_err(|e| format!("{name:?}: {e}"))?;
+    wire::lowercase(&mut w);
+    Ok(w)
+}
+
+fn flush(
+    cx: &ControlContext,
+    name: Option<String>,
+    qtype: Option<String>,
+    zone: Option<String>,
+    negative: bool,
+    all: bool,
+) -> Result<Value, String> {
+    let qtype = qtype
+        .as_deref()
+        .map(crate::report::parse_qtype)
+        .transpose()?;
+    let zone = zone.as_deref().map(wire_name).transpose()?;
+    let name = name.as_deref().map(wire_name).transpose()?;
+    let which = match (name.as_deref(), zone.as_deref(), negative, all) {
+        (Some(name), None, false, false) => Flush::Name { name, qtype },
+        (None, Some(zone), false, false) if qtype.is_none() => Flush::Zone(zone),
+        (None, zone, true, false) if qtype.is_none() => Flush::Negative { zone },
+        (None, None, false, true) if qtype.is_none() => Flush::All,
+        _ => return Err("flush takes one of: name [type], zone, negative [zone], all".into()),
+    };
+    let flushed = cx.state.resolver.cache().flush(which);
+    tracing::info!(flushed, "cache flushed through the control socket");
+    Ok(json!({ "ok": true, "flushed": flushed }))
+}
+
+fn cache(cx: &ControlContext, name: &str, qtype: Option<String>) -> Result<Value, String> {
+    let qtype = qtype
+        .as_deref()
+        .map(crate::report::parse_qtype)
+        .transpose()?;
+    let now = cx.state.life.clock.now();
+    let entries: Vec<Value> = cx
+        .state
+        .resolver
+        .cache()
+        .inspect(&wire_name(name)?, qtype, now)
+        .into_iter()
+        .map(|v| {
+            json!({
+                "type": crate::report::qtype_name(v.qtype),
+                "rcode": v.rcode.map(wire::rcode::name),
+                "answers": v.answers,
+                "ttl_left": v.ttl_left,
+                "stale": v.stale,
+                "failing": v.failing,
+            })
+        })
+        .collect();
+    Ok(json!({ "ok": true, "name": name, "entries": entries }))
+}
+
+/// Validates the file in force as SIGHUP does and hands it to the run loop; an
+/// invalid file is the caller's error and the running configuration stays.
+fn reload(cx: &ControlContext) -> Result<Value, String> {
+    let file = cx
+        .loaded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .file
+        .clone();
+    let config = Config::load(Path::new(&file), &LoadEnv::default()).map_err(|e| e.to_string())?;
+    let routes = config.routes.len();
+    cx.reload
+        .send(config)
+        .map_err(|_| "the server is stopping".to_string())?;
+    Ok(json!({ "ok": true, "config": file, "routes": routes }))
+}
+
+/// Takes one upstream out of rotation by hand, or puts it back. The mark lives on the
+/// upstream, so it survives a reload that keeps the upstream.
+fn set_upstream(
+    cx: &ControlContext,
+    route: &str,
+    addr: &str,
+    state: UpDown,
+) -> Result<Value, String> {
+    let want: SocketAddr = addr
+        .parse()
+        .or_else(|_| {
+            addr.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{addr:?} is not an address (IP or IP:PORT)"))?;
+    let handler = cx.current.load();
+    let set = handler
+        .upstream_sets()
+        .find(|s| s.route == route)
+        .ok_or_else(|| format!("no route named {route:?}"))?;
+    let u = set
+        .upstreams
+        .iter()
+        .find(|u| u.addr == want)
+        .ok_or_else(|| format!("route {route:?} has no upstream {want}"))?;
+    u.manual_down
+        .store(state == UpDown::Down, Ordering::Relaxed);
+    tracing::warn!(route, upstream = %want, down = state == UpDown::Down, "upstream taken out of or put back into rotation by hand");
+    Ok(json!({ "ok": true, "route": route, "upstream": want.to_string(), "up": u.is_up() }))
+}

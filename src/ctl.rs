@@ -1,0 +1,185 @@
+//! `zonefwd ctl`: the control socket's client. It turns the command line into one
+//! request line, sends it, and prints the answer for a person (or as it came, with
+//! `--json`). Exit codes: 0 success, 1 the server answered with an error, 2 no
+//! connection or a bad command line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// How a `ctl` command ended.
+pub enum CtlError {
+    /// The command line or the connection: exit 2.
+    Usage(String),
+    /// The server's answer was an error: exit 1.
+    Server(String),
+}
+
+const USAGE: &str = "usage: zonefwd ctl status | flush NAME [TYPE] | flush --zone ZONE | \
+flush --negative [--zone ZONE] | flush --all | cache NAME [TYPE] | reload | \
+upstream ROUTE ADDR down|up";
+
+/// The request `args` stand for.
+pub fn request_for(args: &[String]) -> Result<Value, CtlError> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let usage = || CtlError::Usage(USAGE.to_string());
+    Ok(match words.as_slice() {
+        ["status"] => json!({ "command": "status" }),
+        ["reload"] => json!({ "command": "reload" }),
+        ["flush", "--all"] => json!({ "command": "flush", "all": true }),
+        ["flush", "--zone", zone] => json!({ "command": "flush", "zone": zone }),
+        ["flush", "--negative"] => json!({ "command": "flush", "negative": true }),
+        ["flush", "--negative", "--zone", zone] | ["flush", "--zone", zone, "--negative"] => {
+            json!({ "command": "flush", "negative": true, "zone": zone })
+        }
+        ["flush", name] if !name.starts_with("--") => json!({ "command": "flush", "name": name }),
+        ["flush", name, qtype] if !name.starts_with("--") => {
+            json!({ "command": "flush", "name": name, "type": qtype })
+        }
+        ["cache", name] => json!({ "command": "cache", "name": name }),
+        ["cache", name, qtype] => json!({ "command": "cache", "name": name, "type": qtype }),
+        ["upstream", route, addr, state @ ("down" | "up")] => {
+            json!({ "command": "upstream", "route": route, "upstream": addr, "state": state })
+        }
+        _ => return Err(usage()),
+    })
+}
+
+/// Sends `request` on the socket at `path` and reads the answer line.
+pub fn exchange(path: &Path, request: &Value) -> Result<Value, CtlError> {
+    let fail = |what: &str, e: std::io::Error| {
+        CtlError::Usage(format!("{what} the control socket {}: {e}", path.display()))
+    };
+    let mut stream = UnixStream::connect(path).map_err(|e| fail("cannot connect to", e))?;
+    let timeout = Some(Duration::from_secs(30));
+    stream
+        .set_read_timeout(timeout)
+        .and_then(|()| stream.set_write_timeout(timeout))
+        .map_err(|e| fail("cannot use", e))?;
+    let mut line = request.to_string();
+    line.push('\n');
+    // A server that refuses the connection answers before reading the request, and
+    // may have closed by the time it is written: its answer is still to be read.
+    let written = stream.write_all(line.as_bytes());
+    let mut answer = String::new();
+    let read = BufReader::new(stream).read_line(&mut answer);
+    match (written, read) {
+        (_, Ok(n)) if n > 0 => {}
+        (Err(e), _) => return Err(fail("cannot write to", e)),
+        (Ok(()), Err(e)) => return Err(fail("no answer from", e)),
+        (Ok(()), Ok(_)) => {
+            return Err(CtlError::Usage(format!(
+                "the control socket {} closed without an answer",
+                path.display()
+            )))
+        }
+    }
+    serde_json::from_str(&answer)
+        .map_err(|e| CtlError::Usage(format!("the server's answer is not JSON ({e}): {answer}")))
+}
+
+/// The answer for a person; an error answer is `CtlError::Server`.
+pub fn render(request: &Value, answer: &Value) -> Result<String, CtlError> {
+    if answer["ok"] != json!(true) {
+        let e = answer["error"]
+            .as_str()
+            .unwrap_or("the server answered with an error");
+        return Err(CtlError::Server(e.to_string()));
+    }
+    Ok(match request["command"].as_str() {
+        Some("status") => status_text(answer),
+        Some("flush") => format!("flushed {} entries\n", answer["flushed"]),
+        Some("cache") => cache_text(answer),
+        Some("reload") => format!(
+            "reloaded {}: {} routes\n",
+            answer["config"].as_str().unwrap_or("?"),
+            answer["routes"]
+        ),
+        Some("upstream") => format!(
+            "route {} upstream {}: {}\n",
+            answer["route"].as_str().unwrap_or("?"),
+            answer["upstream"].as_str().unwrap_or("?"),
+            if answer["up"] == json!(true) {
+                "up"
+            } else {
+                "down"
+            }
+        ),
+        _ => format!("{answer}\n"),
+    })
+}
+
+fn status_text(a: &Value) -> String {
+    let mut s = format!(
+        "zonefwd {}, {} loaded {}\n",
+        a["version"].as_str().unwrap_or("?"),
+        a["config"].as_str().unwrap_or("?"),
+        a["loaded_at"].as_str().unwrap_or("?")
+    );
+    for route in a["routes"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "route {}\n",
+            route["name"].as_str().unwrap_or("?")
+        ));
+        for u in route["upstreams"].as_array().into_iter().flatten() {
+            let state = match (u["up"] == json!(true), u["down_by_hand"] == json!(true)) {
+                (true, _) => "up",
+                (false, true) => "down (by hand)",
+                (false, false) => "down",
+            };
+            let looped = if u["in_loop"] == json!(true) {
+                "  IN A LOOP"
+            } else {
+                ""
+            };
+            let srtt = u["srtt_ms"]
+                .as_f64()
+                .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+            s.push_str(&format!(
+                "  {}  {state}  failures {}  queries {}  timeouts {}  srtt {srtt}{looped}\n",
+                u["address"].as_str().unwrap_or("?"),
+                u["consecutive_failures"],
+                u["queries"],
+                u["timeouts"],
+            ));
+        }
+    }
+    s.push_str(&format!(
+        "cache {} entries, hit ratio {:.2}; {} queries in flight\n",
+        a["cache"]["entries"],
+        a["cache"]["hit_ratio"].as_f64().unwrap_or(0.0),
+        a["inflight"]
+    ));
+    s
+}
+
+fn cache_text(a: &Value) -> String {
+    let name = a["name"].as_str().unwrap_or("?");
+    let entries = a["entries"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        return format!("nothing cached for {name}\n");
+    }
+    entries
+        .iter()
+        .map(|e| {
+            let mut line = format!(
+                "{name} {} {} {} answers, ttl left {}s",
+                e["type"].as_str().unwrap_or("?"),
+                e["rcode"].as_str().unwrap_or("(no answer)"),
+                e["answers"],
+                e["ttl_left"]
+            );
+            if e["stale"] == json!(true) {
+                line.push_str(", stale");
+            }
+            if e["failing"] == json!(true) {
+                line.push_str(", failure remembered");
+            }
+            line.push('\n');
+            line
+        })
+        .collect()
+}
