@@ -10,12 +10,13 @@ use hickory_proto::rr::RecordType;
 async fn a_preset_routes_every_private_link_zone_to_the_cloud_route() {
     let azure = Fake::answering(|q| reply_a(q, [10, 20, 0, 4], 60)).await;
     let onprem = Fake::answering(|q| reply_a(q, [10, 1, 1, 1], 60)).await;
-    let z = Zonefwd::start(&format!(
-        "[[route]]\nname = \"azure\"\npresets = [\"azure\"]\nupstreams = [\"{}\"]\n\
-         [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
-        azure.addr, onprem.addr
-    ))
-    .await;
+    let conf = Conf::new()
+        .table(&format!(
+            "[[route]]\nname = \"azure\"\npresets = [\"azure\"]\nupstreams = [\"{}\"]",
+            azure.addr
+        ))
+        .route("onprem", &["."], &[onprem.addr], "");
+    let z = Zonefwd::start(&conf.toml()).await;
     for name in [
         "acct.blob.core.windows.net.",
         "acct.privatelink.blob.core.windows.net.",
@@ -52,13 +53,16 @@ async fn nxdomain_from_a_private_route_falls_back_to_the_named_route() {
     })
     .await;
     let public = Fake::answering(|q| reply_a(q, [52, 239, 1, 2], 60)).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\n\
-         [[route]]\nname = \"azure\"\nzones = [\"blob.core.windows.net\"]\nupstreams = [\"{}\"]\nnxdomain_fallback = \"public\"\n\
-         [[route]]\nname = \"public\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
-        azure.addr, public.addr
-    ))
-    .await;
+    let conf = Conf::new()
+        .server("metrics = \"127.0.0.1:0\"")
+        .route(
+            "azure",
+            &["blob.core.windows.net"],
+            &[azure.addr],
+            "nxdomain_fallback = \"public\"",
+        )
+        .route("public", &["."], &[public.addr], "");
+    let z = Zonefwd::start(&conf.toml()).await;
     let r = ask_a(z.udp, "mine.blob.core.windows.net.").await;
     assert_eq!(r.answers[0].data, a_record("x.", [10, 20, 0, 5], 60).data);
     assert_eq!(public.count(), 0, "an answer is not retried");
@@ -97,10 +101,15 @@ async fn expect_private_warns_or_enforces_on_public_addresses() {
     })
     .await;
     let route = |mode: &str| {
-        format!(
-            "[server]\nmetrics = \"127.0.0.1:0\"\n[[route]]\nname = \"azure\"\nzones = [\"blob.core.windows.net\"]\nupstreams = [\"{}\"]\nexpect_private = \"{mode}\"\ncache = false\n",
-            azure.addr
-        )
+        Conf::new()
+            .server("metrics = \"127.0.0.1:0\"")
+            .route(
+                "azure",
+                &["blob.core.windows.net"],
+                &[azure.addr],
+                &format!("expect_private = \"{mode}\"\ncache = false"),
+            )
+            .toml()
     };
     let z = Zonefwd::start(&route("warn")).await;
     let r = ask_a(z.udp, "private.blob.core.windows.net.").await;
@@ -191,13 +200,16 @@ async fn a_public_cname_into_a_claimed_zone_is_spliced_with_the_private_answer()
         }
     })
     .await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\n\
-         [[route]]\nname = \"azure\"\nzones = [\"privatelink.blob.core.windows.net\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
-         [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
-        azure.addr, onprem.addr
-    ))
-    .await;
+    let conf = Conf::new()
+        .server("metrics = \"127.0.0.1:0\"")
+        .route(
+            "azure",
+            &["privatelink.blob.core.windows.net"],
+            &[azure.addr],
+            "claim_cnames = true",
+        )
+        .route("onprem", &["."], &[onprem.addr], "");
+    let z = Zonefwd::start(&conf.toml()).await;
 
     let r = ask_a(z.udp, "acct.blob.core.windows.net.").await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
@@ -303,13 +315,14 @@ async fn claimed_chains_that_loop_between_routes_end_in_servfail() {
         r
     })
     .await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\n\
-         [[route]]\nname = \"one\"\nzones = [\"one.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
-         [[route]]\nname = \"two\"\nzones = [\"two.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
-         [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
-        one.addr, two.addr, onprem.addr
-    ))
+    let z = Zonefwd::start(
+        &Conf::new()
+            .server("metrics = \"127.0.0.1:0\"")
+            .route("one", &["one.example"], &[one.addr], "claim_cnames = true")
+            .route("two", &["two.example"], &[two.addr], "claim_cnames = true")
+            .route("onprem", &["."], &[onprem.addr], "")
+            .toml(),
+    )
     .await;
     let (r, took) = timed(ask_a(z.udp, "start.corp.example.")).await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
@@ -339,12 +352,10 @@ async fn a_claimed_chain_stops_at_the_hop_limit() {
     };
     let one = Fake::answering(move |q| next(q, "two.example")).await;
     let two = Fake::answering(move |q| next(q, "one.example")).await;
-    let z = Zonefwd::start(&format!(
-        "[[route]]\nname = \"one\"\nzones = [\"one.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n\
-         [[route]]\nname = \"two\"\nzones = [\"two.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\n",
-        one.addr, two.addr
-    ))
-    .await;
+    let conf = Conf::new()
+        .route("one", &["one.example"], &[one.addr], "claim_cnames = true")
+        .route("two", &["two.example"], &[two.addr], "claim_cnames = true");
+    let z = Zonefwd::start(&conf.toml()).await;
     let r = ask_a(z.udp, "n0.one.example.").await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     // The client's own lookup, then MAX_HOPS claimed ones.
@@ -371,13 +382,12 @@ async fn claimed_lookups_share_one_time_limit() {
     };
     let one = Fake::start(slow_next("two.example")).await;
     let two = Fake::start(slow_next("one.example")).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\n\
-         [[route]]\nname = \"one\"\nzones = [\"one.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\ntimeout = \"1s\"\n\
-         [[route]]\nname = \"two\"\nzones = [\"two.example\"]\nupstreams = [\"{}\"]\nclaim_cnames = true\ntimeout = \"1s\"\n",
-        one.addr, two.addr
-    ))
-    .await;
+    let keys = "claim_cnames = true\ntimeout = \"1s\"";
+    let conf = Conf::new()
+        .server("metrics = \"127.0.0.1:0\"")
+        .route("one", &["one.example"], &[one.addr], keys)
+        .route("two", &["two.example"], &[two.addr], keys);
+    let z = Zonefwd::start(&conf.toml()).await;
     let (r, took) = timed(ask_a(z.udp, "n0.one.example.")).await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     // 0.6 s for the client's own lookup, then 1 s for the claimed ones.

@@ -242,11 +242,17 @@ async fn a_client_may_have_only_client_max_inflight_queries_waiting_upstream() {
     use hickory_proto::op::ResponseCode;
     // DNSBomb: a slow upstream, and a client sending many distinct names.
     let up = Fake::answering_after(Duration::from_millis(1500), [192, 0, 2, 1], 60).await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\nclient_max_inflight = 3\nclient_limit_action = \"refuse\"\n{}",
-        one_route(&[up.addr], "timeout = \"5s\"\ntry_timeout = \"4s\"")
-    ))
-    .await;
+    let conf = Conf::new()
+        .server("metrics = \"127.0.0.1:0\"")
+        .server("client_max_inflight = 3")
+        .server("client_limit_action = \"refuse\"")
+        .route(
+            "default",
+            &["."],
+            &[up.addr],
+            "timeout = \"5s\"\ntry_timeout = \"4s\"",
+        );
+    let z = Zonefwd::start(&conf.toml()).await;
     let one: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let codes = burst_from(one, z.udp, 10, Duration::from_secs(5)).await;
     let ok = codes

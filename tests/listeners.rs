@@ -250,7 +250,10 @@ async fn ipv6_listener_and_upstream() {
                 .await;
         }
     });
-    let z = Zonefwd::start(&format!("[server]\nlisten = [\"[::1]:0\"]\n[[route]]\nname = \"v6\"\nzones = [\".\"]\nupstreams = [\"{up}\"]\n")).await;
+    let conf = Conf::new()
+        .server("listen = [\"[::1]:0\"]")
+        .route("v6", &["."], &[up], "");
+    let z = Zonefwd::start(&conf.toml()).await;
     assert!(z.udp.is_ipv6());
     let r = ask(
         &udp_client(z.udp),

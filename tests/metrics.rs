@@ -96,14 +96,16 @@ async fn acl_refusals_and_malformed_queries_are_counted() {
 #[tokio::test]
 async fn readiness_can_require_an_upstream_up() {
     let dead = Fake::blackhole().await;
-    let z = Zonefwd::start(&format!(
-        "[server]\nmetrics = \"127.0.0.1:0\"\nready_requires_upstreams = true\n{}",
-        one_route(
+    let conf = Conf::new()
+        .server("metrics = \"127.0.0.1:0\"")
+        .server("ready_requires_upstreams = true")
+        .route(
+            "default",
+            &["."],
             &[dead.addr],
-            "timeout = \"300ms\"\ntry_timeout = \"100ms\"\nmax_fails = 1\nhealth_check = \"1h\""
-        )
-    ))
-    .await;
+            "timeout = \"300ms\"\ntry_timeout = \"100ms\"\nmax_fails = 1\nhealth_check = \"1h\"",
+        );
+    let z = Zonefwd::start(&conf.toml()).await;
     let m = z.metrics.unwrap();
     assert_eq!(
         http_get(m, "/readyz").await.0,
