@@ -19,6 +19,7 @@ use crate::config::AnyQueries;
 use crate::handler::{Handler, RouteState};
 use crate::job::{add_identity, Job};
 use crate::limit::InflightPermit;
+use crate::local::{LocalAnswer, LocalSplice};
 use crate::metrics::RouteMetrics;
 use crate::query_log::QueryLog;
 use crate::transport::Transport;
@@ -79,6 +80,31 @@ impl Handler {
         self.acl(m, &parsed)?;
         let q = self.checked(m, parsed)?;
         self.answered_here(m, &q)?;
+        let (q, splice) = self.local(m, q)?;
+        let Some(splice) = splice else {
+            return self.upstream_stages(m, q, None);
+        };
+        // A local CNAME's target: what the later stages answer inline (from the cache,
+        // or a refusal) is for the target's question, and becomes the client's.
+        let (client, limit) = (splice.client.clone(), m.transport.limit(&splice.client));
+        let cname = splice.cname.clone();
+        self.upstream_stages(m, q, Some(splice))
+            .map_err(|action| match action {
+                Action::Reply(reply) => {
+                    let view = LocalSplice { client, cname };
+                    Action::Reply(view.finish_inline(&reply, limit))
+                }
+                other => other,
+            })
+    }
+
+    /// The stages from the route on, for a query that may go upstream.
+    fn upstream_stages(
+        &self,
+        m: &Incoming<'_>,
+        q: Query,
+        splice: Option<Box<LocalSplice>>,
+    ) -> Stage<Box<Job>> {
         let route = self.route(m, &q)?;
         let at = CountedAt {
             route: &route.set.route,
@@ -102,7 +128,38 @@ impl Handler {
             metrics: Arc::clone(&route.metrics),
             permit,
             slot,
+            splice,
         }))
+    }
+
+    /// `[local]` records: answered here with AA, or, for a local CNAME, the query goes
+    /// on as the CNAME's target (resolved through the route that owns it), with what
+    /// the answer is spliced after.
+    fn local(&self, m: &Incoming<'_>, q: Query) -> Stage<(Query, Option<Box<LocalSplice>>)> {
+        if self.local.is_empty() {
+            return Ok((q, None));
+        }
+        let cname = match self.local.answer(&q) {
+            LocalAnswer::Elsewhere => return Ok((q, None)),
+            LocalAnswer::Reply(reply) => {
+                let reply = if reply.len() > m.transport.limit(&q) {
+                    wire::truncated_reply(&q)
+                } else {
+                    reply
+                };
+                return Err(self.answer(m, &q, self.unrouted(), "local", reply));
+            }
+            LocalAnswer::Cname(cname) => cname,
+        };
+        let Some(target) = LocalSplice::target_query(&q, cname) else {
+            let reply = wire::reply_for(&q, rcode::SERVFAIL);
+            return Err(self.answer(m, &q, self.unrouted(), "local", reply));
+        };
+        let splice = LocalSplice {
+            client: q,
+            cname: cname.record.clone(),
+        };
+        Ok((target, Some(Box::new(splice))))
     }
 
     /// Not a query at all (a runt, or a response): dropped without a word.

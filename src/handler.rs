@@ -19,6 +19,7 @@ use crate::clients::{ClientLimits, ClientTable};
 use crate::config::{AnyQueries, CachePolicy, Config};
 use crate::life::{Clock, Lifecycle};
 use crate::limit::{InflightCount, Throttle, LIMIT_WARN_INTERVAL};
+use crate::local::LocalZone;
 use crate::loopcheck::LoopDetector;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::resolver::Resolver;
@@ -79,6 +80,8 @@ pub struct Handler {
     pub(crate) life: Lifecycle,
     /// `identity`: answered as NSID and to CHAOS `id.server.` (RFC 5001, RFC 4892).
     pub(crate) identity: Option<Arc<[u8]>>,
+    /// `[local]` records.
+    pub(crate) local: LocalZone,
 }
 
 impl Handler {
@@ -135,6 +138,7 @@ impl Handler {
                 .identity
                 .as_deref()
                 .map(|i| Arc::from(i.as_bytes())),
+            local: LocalZone::new(&config.local),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::claims::Claims;
 use crate::clients::ClientSlot;
 use crate::config::CachePolicy;
 use crate::limit::InflightPermit;
+use crate::local::LocalSplice;
 use crate::metrics::RouteMetrics;
 use crate::outcome::Outcome;
 use crate::query_log::QueryLog;
@@ -48,6 +49,9 @@ pub struct Job {
     pub(crate) metrics: Arc<RouteMetrics>,
     pub(crate) permit: InflightPermit,
     pub(crate) slot: Option<ClientSlot>,
+    /// A local CNAME whose target this query is: the client's answer is the CNAME
+    /// and this one's, spliced.
+    pub(crate) splice: Option<Box<LocalSplice>>,
 }
 
 impl Job {
@@ -94,17 +98,24 @@ impl Job {
                 (Some((reply, _)), _) => wire::render(reply, q, limit, Ttls::AsStored),
                 (None, _) => wire::reply_for(q, rcode::SERVFAIL),
             };
-            add_identity(&mut out, q, self.identity.as_deref(), self.transport);
+            // The client's query: its own, or the one a local CNAME stood for.
+            let client = self.splice.as_ref().map_or(q, |s| &s.client);
+            if let Some(s) = &self.splice {
+                out = s.finish_inline(&out, self.transport.limit(client));
+            }
+            add_identity(&mut out, client, self.identity.as_deref(), self.transport);
             self.metrics
                 .observe(self.transport, &out, self.started.elapsed());
             if self.query_log {
                 QueryLog {
                     client: self.client,
                     transport: self.transport,
-                    query: q,
+                    query: client,
                     route: &self.route.route,
                     upstream,
-                    outcome: if served_stale {
+                    outcome: if self.splice.is_some() {
+                        "local-cname"
+                    } else if served_stale {
                         "stale"
                     } else if upstream.is_some() {
                         "upstream"

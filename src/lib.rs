@@ -48,6 +48,7 @@ mod job;
 mod life;
 mod limit;
 mod listen;
+mod local;
 mod loopcheck;
 mod metrics;
 pub mod notify;

@@ -120,6 +120,12 @@ const ERRORS: &[Case] = &[
         "used twice (first in DIR/conf.d/a.toml)",
     ),
     (
+        "a hosts file in a fragment",
+        &[("a.toml", "[local]\nhosts = [\"/etc/hosts\"]\n")],
+        "conf.d/a.toml:2:9: local.hosts:",
+        "a fragment may hold [local] records, not hosts files",
+    ),
+    (
         "the main file's zone again in a fragment",
         &[("a.toml", "[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n")],
         "conf.d/a.toml:3:10: route[0].zones:",
@@ -186,4 +192,18 @@ async fn a_reload_reads_the_fragments_again() {
         "the changed fragment is in force after the reload"
     );
     z.stop().await.unwrap();
+}
+
+#[test]
+fn a_fragment_may_hold_local_records() {
+    let (_dir, main) = tree(&[(
+        "team.toml",
+        "[local]\nrecords = [\"pinned.team.example. 60 IN A 10.3.0.9\"]\n",
+    )]);
+    let c = load(&main).unwrap();
+    assert_eq!(c.local.len(), 1);
+    assert_eq!(
+        c.local[0].record.to_string(),
+        "pinned.team.example. 60 IN A 10.3.0.9"
+    );
 }

@@ -95,7 +95,8 @@ fn expand(
     Ok(found)
 }
 
-/// A fragment's tables: `[[route]]` only, anything else located in the fragment.
+/// A fragment's tables: `[[route]]` and `[local] records` only, anything else located
+/// in the fragment.
 pub(super) fn check_fragment(raw: &RawFragment, src: &SourceText<'_>) -> Result<(), ConfigError> {
     let misplaced = [
         ("server", raw.server.as_ref()),
@@ -103,6 +104,14 @@ pub(super) fn check_fragment(raw: &RawFragment, src: &SourceText<'_>) -> Result<
         ("cache", raw.cache.as_ref()),
         ("include", raw.include.as_ref()),
     ];
+    let hosts = raw.local.as_ref().and_then(|l| l.hosts.as_ref());
+    if let Some(h) = hosts {
+        return Err(src.error(
+            h.span(),
+            "local.hosts",
+            "a fragment may hold [local] records, not hosts files: list those in the main configuration file",
+        ));
+    }
     for (table, value) in misplaced {
         if let Some(v) = value {
             return Err(src.error(

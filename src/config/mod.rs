@@ -8,6 +8,7 @@
 
 mod error;
 mod include;
+mod local;
 mod raw;
 mod resolv;
 mod server;
@@ -41,6 +42,7 @@ impl Config {
         let src = SourceText { file, text };
         let mut raw: RawFile = deserialize(&src)?;
         let fragments = include::read_fragments(raw.include.take(), &src)?;
+        let mut local = local_of(raw.local.take(), &src, true)?;
         let sources: Vec<SourceText<'_>> = fragments
             .iter()
             .map(|f| SourceText {
@@ -50,12 +52,34 @@ impl Config {
             .collect();
         let mut parsed = Vec::with_capacity(sources.len());
         for fragment in &sources {
-            let raw: RawFragment = deserialize(fragment)?;
+            let mut raw: RawFragment = deserialize(fragment)?;
             include::check_fragment(&raw, fragment)?;
+            local.extend(local_of(raw.local.take(), fragment, false)?);
             parsed.push((fragment, raw.route));
         }
-        validate::validate(raw, &src, parsed, env)
+        let mut config = validate::validate(raw, &src, parsed, env)?;
+        config.local = local;
+        Ok(config)
     }
+}
+
+/// A file's `[local]` records, and its hosts files when `hosts` (the main file only).
+fn local_of(
+    raw: Option<raw::RawLocal>,
+    src: &SourceText<'_>,
+    hosts: bool,
+) -> Result<Vec<LocalRecord>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let mut out = match raw.records {
+        Some(r) => local::parse_records(r, src)?,
+        None => Vec::new(),
+    };
+    if let (true, Some(h)) = (hosts, raw.hosts) {
+        out.extend(local::read_hosts(h, src)?);
+    }
+    Ok(out)
 }
 
 /// `src` as `T`, every error located in it.

@@ -28,6 +28,15 @@ pub(super) struct RawFile {
     pub(super) route: Vec<Spanned<RawRoute>>,
     /// Fragments: paths or glob patterns, relative to this file.
     pub(super) include: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) local: Option<RawLocal>,
+}
+
+/// `[local]`: zone-file lines and hosts files.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLocal {
+    pub(super) records: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A fragment (`include`): `[[route]]` tables. The other top-level tables are read
@@ -41,6 +50,7 @@ pub(super) struct RawFragment {
     pub(super) acl: Option<Spanned<toml::Value>>,
     pub(super) cache: Option<Spanned<toml::Value>>,
     pub(super) include: Option<Spanned<toml::Value>>,
+    pub(super) local: Option<RawLocal>,
 }
 
 /// `[cache]`, and the same keys (but `max_entries`) in a route's `cache = { ... }`.

@@ -50,9 +50,23 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Entries in the one response cache all routes share.
     pub cache_max_entries: usize,
+    /// `[local]`: records zonefwd answers itself, from the main file, its fragments and
+    /// the hosts files, in that order.
+    pub local: Vec<LocalRecord>,
     /// Things that are allowed but probably not meant; logged at startup, printed by
     /// `check`, and findings of `doctor`.
     pub warnings: Vec<Warning>,
+}
+
+/// One `[local]` record: owner and RDATA in wire form (owner lowercased, RDATA names
+/// uncompressed) for answering, and the record itself for splicing a CNAME.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalRecord {
+    pub name: Vec<u8>,
+    pub rtype: u16,
+    pub ttl: u32,
+    pub rdata: Vec<u8>,
+    pub record: hickory_proto::rr::Record,
 }
 
 /// A setting that is allowed but probably not meant, and what to do about it.

@@ -88,6 +88,7 @@ pub(super) fn validate<'a>(
         acl,
         routes,
         cache_max_entries,
+        local: Vec::new(),
         warnings: v.warnings,
     })
 }

@@ -50,6 +50,12 @@ pub fn any_hinfo_reply(q: &Query) -> Vec<u8> {
 /// A NOERROR reply to `q` holding one record for the question name, and an OPT when
 /// the client sent one.
 fn one_record_reply(q: &Query, rtype: u16, class: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
+    records_reply(q, class, &[(rtype, ttl, rdata)])
+}
+
+/// A NOERROR reply to `q` holding `records` (type, TTL, RDATA) for the question name,
+/// all of `class`, and an OPT when the client sent one.
+fn records_reply(q: &Query, class: u16, records: &[(u16, u32, &[u8])]) -> Vec<u8> {
     let mut out = error_reply(
         q.id,
         q.flags,
@@ -57,17 +63,35 @@ fn one_record_reply(q: &Query, rtype: u16, class: u16, ttl: u32, rdata: &[u8]) -
         None,
         rcode::NOERROR,
     );
-    set_u16(&mut out, 6, 1);
-    out.extend_from_slice(&[0xc0, 12]); // owner: the question name
-    out.extend_from_slice(&rtype.to_be_bytes());
-    out.extend_from_slice(&class.to_be_bytes());
-    out.extend_from_slice(&ttl.to_be_bytes());
-    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-    out.extend_from_slice(rdata);
+    set_u16(&mut out, 6, records.len() as u16);
+    for &(rtype, ttl, rdata) in records {
+        out.extend_from_slice(&[0xc0, 12]); // owner: the question name
+        out.extend_from_slice(&rtype.to_be_bytes());
+        out.extend_from_slice(&class.to_be_bytes());
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(rdata);
+    }
     if let Some(e) = &q.edns {
         set_u16(&mut out, 10, 1);
         push_opt(&mut out, EDNS_PAYLOAD, 0, e.dnssec_ok);
     }
+    out
+}
+
+/// The authoritative answer from `[local]` records (none: NODATA).
+pub fn local_reply(q: &Query, records: &[(u16, u32, &[u8])]) -> Vec<u8> {
+    let mut out = records_reply(q, CLASS_IN, records);
+    let with_aa = flags(&out) | FLAG_AA;
+    set_u16(&mut out, 2, with_aa);
+    out
+}
+
+/// An empty NOERROR reply with TC set: the answer did not fit; ask over TCP.
+pub fn truncated_reply(q: &Query) -> Vec<u8> {
+    let mut out = reply_for(q, rcode::NOERROR);
+    let with_tc = flags(&out) | FLAG_TC;
+    set_u16(&mut out, 2, with_tc);
     out
 }
 
