@@ -542,3 +542,28 @@ async fn ctl_talks_to_the_running_binary_and_exits_0_1_or_2() {
     assert_eq!(code, 2, "no connection: {err}");
     drop(z);
 }
+
+#[test]
+fn explain_says_local_record_for_a_pinned_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        &dir,
+        "[local]\nrecords = [\"legacy.corp.example. 300 IN A 10.1.2.3\"]\n",
+        &one_route(&["192.0.2.1:53".parse().unwrap()], ""),
+    );
+    let (code, out, err) = zonefwd(&["explain", "-c", p.to_str().unwrap(), "legacy.corp.example"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("answer     local record: legacy.corp.example. 300 IN A 10.1.2.3"),
+        "{out}"
+    );
+    let (code, out, _) = zonefwd(&[
+        "explain",
+        "-c",
+        p.to_str().unwrap(),
+        "legacy.corp.example",
+        "AAAA",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("NODATA from local records"), "{out}");
+}
