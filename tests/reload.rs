@@ -156,12 +156,7 @@ async fn an_unchanged_upstream_keeps_its_health_and_counters_across_a_reload() {
     assert_eq!(metric(&before, &sent(&good)), 1, "{before}");
 
     // Something else changes: the ACL. The route and its upstreams stay as they were.
-    z.reload(
-        &conf
-            .clone()
-            .table("[acl]\nallow = [\"127.0.0.0/8\"]")
-            .toml(),
-    );
+    z.reload(&conf.with_other_acl().toml());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let dead_asked = dead.count();
     assert_eq!(

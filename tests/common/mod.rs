@@ -104,6 +104,12 @@ impl Conf {
         self
     }
 
+    /// The same configuration with only its ACL changed (to loopback): a reload that
+    /// leaves every route and upstream as it was.
+    pub fn with_other_acl(&self) -> Conf {
+        self.clone().table("[acl]\nallow = [\"127.0.0.0/8\"]")
+    }
+
     pub fn toml(&self) -> String {
         let mut out = String::from("[server]\n");
         for line in &self.server {
