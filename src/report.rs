@@ -163,37 +163,8 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
     let router = Router::for_config(config);
     let mut s = String::new();
     let _ = writeln!(s, "name       {display} {}", qtype_name(qtype));
-    let local: Vec<_> = config.local.iter().filter(|r| r.name == qname).collect();
-    let address = |t: u16| t == wire::TYPE_A || t == wire::TYPE_AAAA;
-    if local.iter().any(|r| r.rtype == qtype) {
-        for r in local.iter().filter(|r| r.rtype == qtype) {
-            let _ = writeln!(
-                s,
-                "answer     local record: {} (answered here, AA, not cached)",
-                r.record
-            );
-        }
-        return Ok((s, true));
-    }
-    if let Some(c) = local.iter().find(|r| r.rtype == wire::TYPE_CNAME) {
-        let _ = writeln!(
-            s,
-            "answer     local record: {}, then its target through the route below",
-            c.record
-        );
-        if let hickory_proto::rr::RData::CNAME(t) = &c.record.data {
-            let target = t.0.to_string();
-            let (rest, matched) = explain(config, &target, qtype)?;
-            s.push_str(&rest);
-            return Ok((s, matched));
-        }
-    }
-    if address(qtype) && local.iter().any(|r| address(r.rtype)) {
-        let _ = writeln!(
-            s,
-            "answer     NODATA from local records (they hold only the other address family; answered here, AA)"
-        );
-        return Ok((s, true));
+    if let Some(matched) = explain_local(config, &qname, qtype, &mut s)? {
+        return Ok((s, matched));
     }
     let Some(m) = router.route(&qname, qtype) else {
         let _ = writeln!(
@@ -284,4 +255,47 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
     }
     let _ = writeln!(s, "nothing was sent: this is what zonefwd would do");
     Ok((s, true))
+}
+
+/// What `[local]` records say of NAME TYPE: `Some(answered)` when they decide it
+/// (their lines added to `s`), `None` when the query goes to its route.
+fn explain_local(
+    config: &Config,
+    qname: &[u8],
+    qtype: u16,
+    s: &mut String,
+) -> Result<Option<bool>, String> {
+    let local: Vec<_> = config.local.iter().filter(|r| r.name == qname).collect();
+    let address = |t: u16| t == wire::TYPE_A || t == wire::TYPE_AAAA;
+    if local.iter().any(|r| r.rtype == qtype) {
+        for r in local.iter().filter(|r| r.rtype == qtype) {
+            let _ = writeln!(
+                s,
+                "answer     local record: {} (answered here, AA, not cached)",
+                r.record
+            );
+        }
+        return Ok(Some(true));
+    }
+    if let Some(c) = local.iter().find(|r| r.rtype == wire::TYPE_CNAME) {
+        let _ = writeln!(
+            s,
+            "answer     local record: {}, then its target through the route below",
+            c.record
+        );
+        if let hickory_proto::rr::RData::CNAME(t) = &c.record.data {
+            let target = t.0.to_string();
+            let (rest, matched) = explain(config, &target, qtype)?;
+            s.push_str(&rest);
+            return Ok(Some(matched));
+        }
+    }
+    if address(qtype) && local.iter().any(|r| address(r.rtype)) {
+        let _ = writeln!(
+            s,
+            "answer     NODATA from local records (they hold only the other address family; answered here, AA)"
+        );
+        return Ok(Some(true));
+    }
+    Ok(None)
 }
