@@ -22,7 +22,8 @@
 //! wire           the bytes: query checks, reply walk, relay render
 //! ```
 //!
-//! Around it: `server` (run, reload, watchdog), `listen` (bind, udp, tcp),
+//! Around it: `server` (run, reload, watchdog), `listen` (bind, udp, tcp), `local`
+//! (`[local]` records), `control` (the control socket) and `ctl` (its client),
 //! `handler` (what one configuration is made of, and what outlives it), `config`
 //! (file to `Config`), `cache`, `router`, `claims` (CNAME splicing), `loopcheck`,
 //! `clients` (per-client limits), `limit` (token bucket, in-flight count, throttled
