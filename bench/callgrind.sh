@@ -28,16 +28,8 @@ for cmd in valgrind callgrind_control dnsperf nsd; do
 done
 [[ $BIN != target/release/zonefwd ]] || cargo build --release --quiet
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 source bench/nsd.sh
+bench_workdir
 start_nsd "$work" "$NSD_PORT"
 for _ in $(seq 50); do
   dig +time=1 +tries=1 @127.0.0.1 -p "$NSD_PORT" ns1.bench.test >/dev/null 2>&1 && break

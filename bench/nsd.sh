@@ -1,7 +1,22 @@
-# The upstream both bench scripts measure against: NSD on loopback with a wildcard
-# zone (bench.test: every name has an A and an AAAA record) and an empty one
-# (empty.test: every name is NXDOMAIN). Sourced, not run:
-#   source bench/nsd.sh; start_nsd "$work" "$NSD_PORT"   # appends NSD's pid to pids
+# What both bench scripts share, sourced, not run:
+#   source bench/nsd.sh
+#   bench_workdir                    # $work, the $pids array, and their cleanup at exit
+#   start_nsd "$work" "$NSD_PORT"    # the upstream; appends NSD's pid to pids
+# The upstream is NSD on loopback with a wildcard zone (bench.test: every name has an
+# A and an AAAA record) and an empty one (empty.test: every name is NXDOMAIN).
+
+bench_workdir() {
+  work=$(mktemp -d)
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
 start_nsd() { # work-dir port
   local work=$1 NSD_PORT=$2
   cat >"$work/bench.zone" <<'EOF'

@@ -50,17 +50,9 @@ if ((${#need[@]})); then
 fi
 cargo build --release --quiet
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # --- the authoritative upstream: wildcard zones --------------------------------
 source bench/nsd.sh
+bench_workdir
 start_nsd "$work" "$NSD_PORT"
 
 # --- query files ---------------------------------------------------------------
