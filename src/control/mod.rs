@@ -44,14 +44,17 @@ pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
                 "the path exists and is not a socket",
             ));
         }
+        // Stale only when nothing listens: a socket this process may not connect to
+        // (another user's) is someone else's and stays.
         match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     "another process answers on this socket",
                 ))
             }
-            Err(_) => std::fs::remove_file(path)?,
+            Err(e) => return Err(e),
         }
     }
     let listener = std::os::unix::net::UnixListener::bind(path)?;
