@@ -18,6 +18,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, Located};
+pub(crate) use raw::parse_addr;
 pub use resolv::read_resolv_conf;
 pub(crate) use resolv::{is_resolved_stub, is_self};
 pub use types::*;

@@ -260,7 +260,7 @@ pub(super) fn parse_list<T>(
 }
 
 /// "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT"; the port defaults to 53.
-pub(super) fn parse_addr(s: &str) -> Option<SocketAddr> {
+pub(crate) fn parse_addr(s: &str) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }

@@ -12,7 +12,6 @@
 //! {"command":"upstream","route":"azure","upstream":"168.63.129.16:53","state":"down"}
 //! ```
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -218,13 +217,9 @@ fn set_upstream(
     addr: &str,
     state: UpDown,
 ) -> Result<Value, String> {
-    let want: SocketAddr = addr
-        .parse()
-        .or_else(|_| {
-            addr.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 53))
-        })
-        .map_err(|_| format!("{addr:?} is not an address (IP or IP:PORT)"))?;
+    // The same forms `upstreams` takes in the file.
+    let want = crate::config::parse_addr(addr)
+        .ok_or_else(|| format!("{addr:?} is not an address (IP, IP:PORT or [IPv6]:PORT)"))?;
     let handler = cx.current.load();
     let set = handler
         .upstream_sets()
