@@ -50,23 +50,51 @@ impl LocalZone {
         if q.qclass != wire::CLASS_IN {
             return LocalAnswer::Elsewhere;
         }
-        let matching: Vec<(u16, u32, &[u8])> = records
-            .iter()
-            .filter(|r| r.rtype == q.qtype)
-            .map(|r| (r.rtype, r.ttl, r.rdata.as_slice()))
-            .collect();
-        if !matching.is_empty() {
-            return LocalAnswer::Reply(wire::local_reply(q, &matching));
+        match decide(records.iter(), q.qtype) {
+            Decision::Records(matching) => {
+                let matching: Vec<(u16, u32, &[u8])> = matching
+                    .iter()
+                    .map(|r| (r.rtype, r.ttl, r.rdata.as_slice()))
+                    .collect();
+                LocalAnswer::Reply(wire::local_reply(q, &matching))
+            }
+            Decision::Cname(cname) => LocalAnswer::Cname(cname),
+            Decision::NoData => LocalAnswer::Reply(wire::local_reply(q, &[])),
+            Decision::Elsewhere => LocalAnswer::Elsewhere,
         }
-        if let Some(cname) = records.iter().find(|r| r.rtype == wire::TYPE_CNAME) {
-            return LocalAnswer::Cname(cname);
-        }
-        let address = |t: u16| t == wire::TYPE_A || t == wire::TYPE_AAAA;
-        if address(q.qtype) && records.iter().any(|r| address(r.rtype)) {
-            return LocalAnswer::Reply(wire::local_reply(q, &[]));
-        }
-        LocalAnswer::Elsewhere
     }
+}
+
+/// What one name's local records decide for a type: the rule the answers and
+/// `explain` both follow.
+pub enum Decision<'a> {
+    /// Records of the asked type.
+    Records(Vec<&'a LocalRecord>),
+    /// A CNAME, for any other type.
+    Cname(&'a LocalRecord),
+    /// A or AAAA asked, only the other family given.
+    NoData,
+    /// Nothing local: the query goes to its route.
+    Elsewhere,
+}
+
+/// The decision for `qtype` among the records of one name.
+pub fn decide<'a>(
+    records: impl Iterator<Item = &'a LocalRecord> + Clone,
+    qtype: u16,
+) -> Decision<'a> {
+    let matching: Vec<&LocalRecord> = records.clone().filter(|r| r.rtype == qtype).collect();
+    if !matching.is_empty() {
+        return Decision::Records(matching);
+    }
+    if let Some(cname) = records.clone().find(|r| r.rtype == wire::TYPE_CNAME) {
+        return Decision::Cname(cname);
+    }
+    let address = |t: u16| t == wire::TYPE_A || t == wire::TYPE_AAAA;
+    if address(qtype) && records.clone().any(|r| address(r.rtype)) {
+        return Decision::NoData;
+    }
+    Decision::Elsewhere
 }
 
 /// A local CNAME's answer in the making: the client's query, and the CNAME to put

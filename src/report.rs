@@ -1,5 +1,6 @@
 //! Text for operators: the routing table (`check`) and where a name goes (`explain`).
 
+use crate::local::{self, Decision};
 use std::fmt::Write;
 use std::str::FromStr;
 
@@ -265,37 +266,38 @@ fn explain_local(
     qtype: u16,
     s: &mut String,
 ) -> Result<Option<bool>, String> {
-    let local: Vec<_> = config.local.iter().filter(|r| r.name == qname).collect();
-    let address = |t: u16| t == wire::TYPE_A || t == wire::TYPE_AAAA;
-    if local.iter().any(|r| r.rtype == qtype) {
-        for r in local.iter().filter(|r| r.rtype == qtype) {
+    let records = config.local.iter().filter(|r| r.name == qname);
+    match local::decide(records, qtype) {
+        Decision::Records(matching) => {
+            for r in matching {
+                let _ = writeln!(
+                    s,
+                    "answer     local record: {} (answered here, AA, not cached)",
+                    r.record
+                );
+            }
+            Ok(Some(true))
+        }
+        Decision::Cname(c) => {
             let _ = writeln!(
                 s,
-                "answer     local record: {} (answered here, AA, not cached)",
-                r.record
+                "answer     local record: {}, then its target through the route below",
+                c.record
             );
-        }
-        return Ok(Some(true));
-    }
-    if let Some(c) = local.iter().find(|r| r.rtype == wire::TYPE_CNAME) {
-        let _ = writeln!(
-            s,
-            "answer     local record: {}, then its target through the route below",
-            c.record
-        );
-        if let hickory_proto::rr::RData::CNAME(t) = &c.record.data {
-            let target = t.0.to_string();
-            let (rest, matched) = explain(config, &target, qtype)?;
+            let hickory_proto::rr::RData::CNAME(t) = &c.record.data else {
+                return Ok(None);
+            };
+            let (rest, matched) = explain(config, &t.0.to_string(), qtype)?;
             s.push_str(&rest);
-            return Ok(Some(matched));
+            Ok(Some(matched))
         }
+        Decision::NoData => {
+            let _ = writeln!(
+                s,
+                "answer     NODATA from local records (they hold only the other address family; answered here, AA)"
+            );
+            Ok(Some(true))
+        }
+        Decision::Elsewhere => Ok(None),
     }
-    if address(qtype) && local.iter().any(|r| address(r.rtype)) {
-        let _ = writeln!(
-            s,
-            "answer     NODATA from local records (they hold only the other address family; answered here, AA)"
-        );
-        return Ok(Some(true));
-    }
-    Ok(None)
 }
