@@ -63,6 +63,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[[route]]\nname = \"a\"\npresets = [\"gcp\"]\nupstreams = [\"192.0.2.1\"]\n", "3:12", "route[0].presets[0]", "no preset \"gcp\"; presets: azure"),
     ("[[route]]\nname = \"a\"\nupstreams = [\"192.0.2.1\"]\n", "1:1", "route[0].zones", "zones (\".\" for everything) or presets"),
     ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nexpect_private = \"strict\"\n", "5:18", "route[0].expect_private", "expected \"warn\" or \"enforce\""),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntransport = \"quic\"\n", "5:13", "route[0].transport", "expected \"udp\" or \"tcp\", got \"quic\""),
     ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nnxdomain_fallback = \"public\"\n", "5:21", "route[0].nxdomain_fallback", "no route named \"public\""),
     ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nnxdomain_fallback = \"a\"\n", "5:21", "route[0].nxdomain_fallback", "cannot fall back to itself"),
     ("[[route]]\nname = \"a\"\npresets = [\"azure\"]\nupstreams = [\"192.0.2.1\"]\n[[route]]\nname = \"b\"\nzones = [\"blob.core.windows.net\"]\nupstreams = [\"192.0.2.2\"]\n", "7:10", "route[1].zones", "already routed by route \"a\" (line 3)"),

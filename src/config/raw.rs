@@ -147,6 +147,7 @@ pub(super) struct RawRoute {
     pub(super) health_check: Option<Spanned<Humane>>,
     pub(super) cache: Option<Spanned<RawRouteCache>>,
     pub(super) max_qps: Option<std::num::NonZeroU32>,
+    pub(super) transport: Option<UpstreamTransportValue>,
 }
 
 /// Scalar values that parse from a string with a message saying what was expected;
@@ -201,6 +202,12 @@ string_value!(UpstreamOrderValue, UpstreamOrder, |s| match s {
     _ => Err(format!(
         "expected \"sequential\", \"round_robin\" or \"random\", got {s:?}"
     )),
+});
+
+string_value!(UpstreamTransportValue, UpstreamTransport, |s| match s {
+    "udp" => Ok(UpstreamTransport::Udp),
+    "tcp" => Ok(UpstreamTransport::Tcp),
+    _ => Err(format!("expected \"udp\" or \"tcp\", got {s:?}")),
 });
 
 pub(super) fn parse_listen(s: &str) -> Result<SocketAddr, String> {

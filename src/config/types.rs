@@ -210,6 +210,25 @@ impl UpstreamOrder {
     }
 }
 
+/// `transport`: how a route's queries travel to its upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamTransport {
+    /// UDP, and TCP after a truncated reply (RFC 7766 section 5).
+    Udp,
+    /// Every query over TCP, pipelined on kept connections (RFC 7766 sections 6.2.1
+    /// and 7): for upstreams that drop UDP under load, as 168.63.129.16 does.
+    Tcp,
+}
+
+impl UpstreamTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamTransport::Udp => "udp",
+            UpstreamTransport::Tcp => "tcp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamAddr {
     pub addr: SocketAddr,
@@ -250,6 +269,8 @@ pub struct Route {
     /// A CNAME in another route's answer whose target falls under this route's zones
     /// is resolved through this route, and the chain spliced.
     pub claim_cnames: bool,
+    /// `transport`: UDP (TCP after truncation), or TCP for every query.
+    pub transport: UpstreamTransport,
 }
 
 /// `expect_private`: what a public address in an answer from this route means.

@@ -192,6 +192,7 @@ impl<'a> Validation<'a> {
             nxdomain_fallback: None,
             expect_private: r.expect_private.map(|e| e.0),
             claim_cnames,
+            transport: r.transport.map_or(UpstreamTransport::Udp, |t| t.0),
         };
         Ok((route, link))
     }

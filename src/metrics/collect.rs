@@ -138,7 +138,7 @@ fn per_route(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded 
 
 type UpstreamValue = fn(&Upstream) -> u64;
 
-const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 9] = [
+const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 11] = [
     (
         "zonefwd_upstream_queries",
         "Tries sent to an upstream",
@@ -192,6 +192,18 @@ const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 9] = [
         "Pooled UDP sockets open between queries (upstream_udp_reuse); closed within 3 s of opening",
         MetricType::Gauge,
         |u| u.pool.idle_len() as u64,
+    ),
+    (
+        "zonefwd_upstream_tcp_connections",
+        "Kept TCP connections open to the upstream (transport = \"tcp\", and TCP after truncation)",
+        MetricType::Gauge,
+        |u| u.tcp.open(),
+    ),
+    (
+        "zonefwd_upstream_tcp_reconnects",
+        "TCP connections opened to replace one that failed, could not connect, or ended with queries waiting",
+        MetricType::Counter,
+        |u| u.tcp.reconnects(),
     ),
 ];
 

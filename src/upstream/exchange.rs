@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::upstream::pool::{Pooled, SocketPool};
@@ -29,6 +29,9 @@ pub enum TryError {
     Malformed(wire::WireError),
     #[error("connection closed before a reply")]
     Closed,
+    /// Every kept TCP connection to the upstream is at its pipelining limit.
+    #[error("every kept tcp connection to the upstream is full")]
+    Busy,
     /// A datagram as large as the receive buffer: it may have been cut.
     #[error("reply larger than {UDP_RECV_BUF} octets over udp")]
     Oversize,
@@ -212,6 +215,8 @@ fn check_reply(
     }
 }
 
+/// One TCP exchange on a connection of its own, for `doctor`, which checks that a
+/// new connection can be made; the server asks over kept connections (`tcp.rs`).
 pub async fn tcp(
     server: SocketAddr,
     q: &Query,
@@ -221,23 +226,15 @@ pub async fn tcp(
     let mut stream = TcpStream::connect(server).await?;
     stream.set_nodelay(true)?;
     let id = random_id();
-    let msg = wire::build_upstream_query(q, id, edns);
-    let mut frame = Vec::with_capacity(msg.len() + 2);
-    frame.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&msg);
-    stream.write_all(&frame).await?;
+    stream
+        .write_all(&wire::framed(&wire::build_upstream_query(q, id, edns)))
+        .await?;
     loop {
-        let len = match stream.read_u16().await {
-            Ok(l) => usize::from(l),
+        let buf = match wire::read_framed(&mut stream).await {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(TryError::Closed),
             Err(e) => return Err(e.into()),
         };
-        let mut buf = vec![0u8; len];
-        match stream.read_exact(&mut buf).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(TryError::Closed),
-            Err(e) => return Err(e.into()),
-        }
         match wire::parse_reply(&buf, id, q) {
             Ok(reply) => return Ok(Exchanged { bytes: buf, reply }),
             Err(ReplyError::Mismatch) => {

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::{sleep_until, Instant};
 
+use crate::config::UpstreamTransport;
 use crate::outcome::Outcome;
 use crate::upstream::exchange::{self, Exchanged, TryError};
 use crate::upstream::{Upstream, UpstreamSet};
@@ -120,8 +121,8 @@ impl<'a> Tries<'a> {
             let u = &set.upstreams[idx];
             u.stats.sent.fetch_add(1, Ordering::Relaxed);
             self.try_timer = now + set.try_timeout;
-            let q = self.q;
-            return Some(Box::pin(async move { (n, one_try(u, q).await) }));
+            let (q, transport) = (self.q, set.transport);
+            return Some(Box::pin(async move { (n, one_try(u, q, transport).await) }));
         }
         None
     }
@@ -272,22 +273,26 @@ impl UpstreamSet {
     }
 }
 
-/// One try against one upstream: UDP with EDNS; once more without EDNS if the server
-/// answers FORMERR without an OPT (RFC 6891 section 7: it predates EDNS); over TCP if
-/// the reply is truncated.
-async fn one_try(u: &Upstream, q: &Query) -> Verdict {
+/// One try against one upstream, over the route's transport.
+async fn one_try(u: &Upstream, q: &Query, transport: UpstreamTransport) -> Verdict {
+    match transport {
+        UpstreamTransport::Udp => udp_try(u, q).await,
+        UpstreamTransport::Tcp => tcp_try(u, q).await,
+    }
+}
+
+/// UDP with EDNS; once more without EDNS if the server answers FORMERR without an OPT
+/// (RFC 6891 section 7: it predates EDNS); over a kept TCP connection if the reply is
+/// truncated (RFC 7766 section 5) or larger than we take over UDP.
+async fn udp_try(u: &Upstream, q: &Query) -> Verdict {
     let (addr, mismatched) = (u.addr, &u.stats.mismatched);
     let mut edns = true;
     let mut answer = match exchange::udp_pooled(&u.pool, addr, q, edns, mismatched).await {
         Ok(a) => a,
-        // Bigger than we take over UDP: as if truncated.
-        Err(TryError::Oversize) => match exchange::tcp(addr, q, edns, mismatched).await {
-            Ok(a) => return classify(a),
-            Err(e) => return Verdict::Failed(e),
-        },
+        Err(TryError::Oversize) => return tcp_verdict(u.tcp.exchange(q, edns).await),
         Err(e) => return Verdict::Failed(e),
     };
-    if answer.reply.rcode == rcode::FORMERR && answer.reply.opt.is_none() {
+    if is_pre_edns(&answer) {
         edns = false;
         answer = match exchange::udp(addr, q, edns, mismatched).await {
             Ok(a) => a,
@@ -295,7 +300,7 @@ async fn one_try(u: &Upstream, q: &Query) -> Verdict {
         };
     }
     if answer.reply.truncated {
-        match exchange::tcp(addr, q, edns, mismatched).await {
+        match u.tcp.exchange(q, edns).await {
             Ok(a) => answer = a,
             Err(e) => {
                 // Some hosts block TCP to the cloud resolver (Azure's guest agent
@@ -307,6 +312,27 @@ async fn one_try(u: &Upstream, q: &Query) -> Verdict {
         }
     }
     classify(answer)
+}
+
+/// Every query over a kept TCP connection (`transport = "tcp"`), with the same
+/// FORMERR-without-OPT retry as UDP.
+async fn tcp_try(u: &Upstream, q: &Query) -> Verdict {
+    match u.tcp.exchange(q, true).await {
+        Ok(a) if is_pre_edns(&a) => tcp_verdict(u.tcp.exchange(q, false).await),
+        answered => tcp_verdict(answered),
+    }
+}
+
+fn tcp_verdict(answered: Result<Exchanged, TryError>) -> Verdict {
+    match answered {
+        Ok(a) => classify(a),
+        Err(e) => Verdict::Failed(e),
+    }
+}
+
+/// FORMERR without an OPT: a server that predates EDNS (RFC 6891 section 7).
+fn is_pre_edns(answer: &Exchanged) -> bool {
+    answer.reply.rcode == rcode::FORMERR && answer.reply.opt.is_none()
 }
 
 /// SERVFAIL, REFUSED and a truncated reply ask for the next upstream; anything else

@@ -1,5 +1,6 @@
 //! Upstream health: consecutive failures, the mark that takes an upstream out of
-//! rotation at `max_fails`, and the probe that brings it back.
+//! rotation at `max_fails`, and the probe that brings it back (over the route's
+//! transport: a TCP route's upstream is back when TCP to it works).
 //!
 //! The probe holds its upstream by a `Weak`: when a reload drops the upstream from the
 //! configuration, the probe ends at its next round instead of probing (and keeping the
@@ -8,6 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use crate::config::UpstreamTransport;
 use crate::upstream::{exchange, Upstream, UpstreamSet};
 use crate::wire::{self, Query};
 
@@ -41,6 +43,7 @@ impl UpstreamSet {
             (self.health_check, self.try_timeout, self.max_fails);
         let shutdown = self.life.shutdown.clone();
         let route = self.route.clone();
+        let transport = self.transport;
         self.life.tasks.spawn(async move {
             let probe = probe_query();
             loop {
@@ -51,10 +54,14 @@ impl UpstreamSet {
                 let Some(u) = still_down(&upstream, max_fails) else {
                     break;
                 };
-                let answered = tokio::time::timeout(
-                    per_probe,
-                    exchange::udp(u.addr, &probe, true, &u.stats.mismatched),
-                )
+                let answered = tokio::time::timeout(per_probe, async {
+                    match transport {
+                        UpstreamTransport::Udp => {
+                            exchange::udp(u.addr, &probe, true, &u.stats.mismatched).await
+                        }
+                        UpstreamTransport::Tcp => u.tcp.exchange(&probe, true).await,
+                    }
+                })
                 .await;
                 if matches!(answered, Ok(Ok(_))) {
                     u.fails.store(0, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 //! - `server`: one upstream server, its counters, budget and socket pool
 //! - `exchange`: one query out to one server, the matching reply back (UDP, TCP)
 //! - `pool`: the UDP sockets kept between queries
+//! - `tcp`: the TCP connections kept between queries, pipelined
 
 pub mod exchange;
 mod forward;
@@ -17,6 +18,7 @@ mod policy;
 mod pool;
 mod server;
 mod set;
+mod tcp;
 
 pub use exchange::Exchanged;
 pub use server::{Upstream, UpstreamSettings};

@@ -1,15 +1,18 @@
 //! One upstream server: its address, what its tries came to, its `max_qps` budget, its
-//! health marks and its pool of UDP sockets. An `Upstream` outlives a reload while its
+//! health marks, its pool of UDP sockets and its kept TCP connections. An `Upstream` outlives a reload while its
 //! route, address and settings stay the same (`UpstreamSet::new`), so its health, loop
 //! mark and counters do too.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::Route;
 use crate::life::Clock;
 use crate::limit::{Rate, TokenBucket};
 use crate::upstream::pool::SocketPool;
+use crate::upstream::tcp::TcpConnections;
 
 /// What happened to the tries sent to one upstream, for the metrics.
 #[derive(Debug, Default)]
@@ -72,7 +75,8 @@ impl UpstreamSettings {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub settings: UpstreamSettings,
-    pub stats: UpstreamStats,
+    /// Shared with the tasks of its TCP connections, which count mismatches too.
+    pub stats: Arc<UpstreamStats>,
     pub(crate) fails: AtomicU32,
     pub(crate) probing: AtomicBool,
     /// A loop probe sent here came back to zonefwd (`loopcheck`): out of rotation.
@@ -86,15 +90,20 @@ pub struct Upstream {
     /// itself and says so.
     budget: Option<(Rate, TokenBucket)>,
     pub pool: SocketPool,
+    pub tcp: TcpConnections,
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings, now: std::time::Instant) -> Self {
+    /// `patience`: the route's `try_timeout`, after which a TCP connection with
+    /// queries waiting and nothing read takes no new ones.
+    pub fn new(settings: UpstreamSettings, now: Instant, patience: Duration) -> Self {
+        let stats = Arc::new(UpstreamStats::default());
         Upstream {
             pool: SocketPool::new(settings.reuse),
+            tcp: TcpConnections::new(settings.addr, Arc::clone(&stats), patience),
             addr: settings.addr,
             settings,
-            stats: UpstreamStats::default(),
+            stats,
             fails: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             looped: AtomicBool::new(false),

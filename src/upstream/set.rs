@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::config::{Config, ExpectPrivate, Route, UpstreamOrder};
+use crate::config::{Config, ExpectPrivate, Route, UpstreamOrder, UpstreamTransport};
 use crate::life::Lifecycle;
 use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::outcome::Outcome;
@@ -19,6 +19,8 @@ pub struct UpstreamSet {
     pub route: String,
     pub upstreams: Vec<Arc<Upstream>>,
     pub(crate) order: UpstreamOrder,
+    /// `transport`: how every try of this route travels.
+    pub transport: UpstreamTransport,
     pub(crate) rr: AtomicUsize,
     pub(crate) timeout: Duration,
     pub(crate) try_timeout: Duration,
@@ -63,12 +65,20 @@ impl Previous {
         &mut self,
         route: &str,
         settings: UpstreamSettings,
+        patience: Duration,
         life: &Lifecycle,
     ) -> Arc<Upstream> {
-        self.0
+        match self
+            .0
             .get_mut(&(route.to_string(), settings))
             .and_then(Vec::pop)
-            .unwrap_or_else(|| Arc::new(Upstream::new(settings, life.clock.now())))
+        {
+            Some(kept) => {
+                kept.tcp.set_patience(patience);
+                kept
+            }
+            None => Arc::new(Upstream::new(settings, life.clock.now(), patience)),
+        }
     }
 }
 
@@ -109,10 +119,11 @@ impl UpstreamSet {
                 .iter()
                 .map(|u| {
                     let settings = UpstreamSettings::of(route, u.addr, reuse);
-                    previous.take_or_new(&route.name, settings, &life)
+                    previous.take_or_new(&route.name, settings, route.try_timeout, &life)
                 })
                 .collect(),
             order: route.order,
+            transport: route.transport,
             rr: AtomicUsize::new(0),
             timeout: route.timeout,
             try_timeout: route.try_timeout,

@@ -311,6 +311,26 @@ impl Fake {
     pub fn tcp_count(&self) -> usize {
         self.seen().iter().filter(|s| s.tcp).count()
     }
+
+    /// The TCP connections queries came on (their client ends), in the order each
+    /// first carried a query.
+    pub fn tcp_connections(&self) -> Vec<SocketAddr> {
+        let mut peers: Vec<SocketAddr> = Vec::new();
+        for s in self.seen().iter().filter(|s| s.tcp) {
+            if !peers.contains(&s.from) {
+                peers.push(s.from);
+            }
+        }
+        peers
+    }
+
+    /// The connection the query for `name` first came on.
+    pub fn tcp_connection_of(&self, name: &str) -> Option<SocketAddr> {
+        self.seen()
+            .iter()
+            .find(|s| s.tcp && qname_of(&s.msg) == name)
+            .map(|s| s.from)
+    }
 }
 
 /// Decodes a query the fake received, records it, and asks the responder what to do.
