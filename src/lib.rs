@@ -19,6 +19,7 @@
 //! upstream/set   UpstreamSet::resolve: forward, NXDOMAIN fallback, private guard
 //! upstream/forward  the try loop within the route's deadline
 //! upstream/exchange one query to one upstream and its matching reply (pool: sockets)
+//! upstream/tcp   kept, pipelined TCP connections (transport = "tcp", TC retries)
 //! wire           the bytes: query checks, reply walk, relay render
 //! ```
 //!
@@ -29,7 +30,7 @@
 //! `clients` (per-client limits), `limit` (token bucket, in-flight count, throttled
 //! warnings), `life` (shutdown, tasks, clock), `metrics`, `notify` (systemd),
 //! `diagnose` and `report` (the `doctor`, `query`, `check` and `explain` commands),
-//! `onprem`, `presets`. The modules are crate-private; what `main.rs`, the tests and
+//! `onprem`, `presets`, `import` (managed resolvers' rules as routes). The modules are crate-private; what `main.rs`, the tests and
 //! the benchmarks use is re-exported or public below.
 #![forbid(unsafe_code)]
 
@@ -45,6 +46,7 @@ pub mod diagnose;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod handler;
+pub mod import;
 mod job;
 mod life;
 mod limit;

@@ -108,6 +108,42 @@ enum Command {
         #[arg(long, value_enum)]
         format: zonefwd::onprem::Format,
     },
+    /// Print zonefwd routes (TOML, fit for `include`) for a managed resolver's rules.
+    #[command(subcommand)]
+    Import(Import),
+}
+
+#[derive(Subcommand)]
+enum Import {
+    /// Azure DNS Private Resolver: the JSON of
+    /// `az dns-resolver forwarding-rule list --ruleset-name R -g G -o json`.
+    AzureRuleset { file: PathBuf },
+    /// Route 53 Resolver: the JSON of `aws route53resolver list-resolver-rules`.
+    Route53Rules {
+        file: PathBuf,
+        /// The VPC resolver SYSTEM rules send names back to (the VPC's base address
+        /// plus two, or 169.254.169.253); required when a SYSTEM rule is present.
+        #[arg(long)]
+        vpc_resolver: Option<std::net::IpAddr>,
+    },
+}
+
+/// `zonefwd import ...`: the routes, on stdout.
+fn import(which: &Import) -> Result<bool, String> {
+    let file = match which {
+        Import::AzureRuleset { file } | Import::Route53Rules { file, .. } => file,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let source = file.display().to_string();
+    let routes = match which {
+        Import::AzureRuleset { .. } => zonefwd::import::azure_ruleset(&text, &source),
+        Import::Route53Rules { vpc_resolver, .. } => {
+            zonefwd::import::route53_rules(&text, &source, *vpc_resolver)
+        }
+    };
+    let routes = routes.map_err(|e| format!("{}: {e}", file.display()))?;
+    print!("{routes}");
+    Ok(true)
 }
 
 fn load(path: &Path) -> Result<Config, String> {
@@ -209,6 +245,7 @@ fn main() -> ExitCode {
             print!("{}", zonefwd::onprem::render(&c, &target, format)?);
             Ok(true)
         }),
+        Command::Import(which) => import(&which),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
