@@ -12,7 +12,9 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
 
 use crate::claims::Claims;
-use crate::config::{is_resolved_stub, is_self, read_resolv_conf, Config, Route};
+use crate::config::{
+    is_resolved_stub, is_self, read_resolv_conf, Config, Route, UpstreamTransport,
+};
 use crate::life::Lifecycle;
 use crate::outcome::Outcome;
 use crate::router::Router;
@@ -153,42 +155,114 @@ fn probe_for(route: &Route) -> Query {
     Query::own(zone, wire::TYPE_SOA)
 }
 
-async fn probe_upstream(route: &Route, addr: SocketAddr, per_try: Duration) -> Vec<Finding> {
-    let q = probe_for(route);
-    let zone = wire::name_to_string(&q.qname);
+/// The user the service runs as, for the TCP checks: when `doctor` runs as root they
+/// run in a child process with this user's IDs, since a firewall may admit TCP to the
+/// cloud resolver from root only (Azure/WALinuxAgent#1673).
+#[derive(Debug, Clone)]
+pub struct ServiceUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// This binary, which the child runs (`zonefwd probe-tcp`).
+    pub exe: PathBuf,
+}
+
+/// How one probe came out: the rcode, or why there is none.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum ProbeResult {
+    Answered { rcode: u16, ms: f64 },
+    Failed(String),
+    Silent,
+}
+
+/// One probe of `addr` for `zone`'s SOA, over TCP or UDP, within `per_try`.
+pub async fn probe(addr: SocketAddr, zone: &str, tcp: bool, per_try: Duration) -> ProbeResult {
+    let Ok(qname) = wire::name_from_str(zone) else {
+        return ProbeResult::Failed(format!("{zone:?} is not a name"));
+    };
+    let q = Query::own(qname, wire::TYPE_SOA);
     let ignored = AtomicU64::new(0);
+    let started = Instant::now();
+    let result = tokio::time::timeout(per_try, async {
+        if tcp {
+            exchange::tcp(addr, &q, true, &ignored).await
+        } else {
+            exchange::udp(addr, &q, true, &ignored).await
+        }
+    })
+    .await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(Ok(a)) => ProbeResult::Answered {
+            rcode: a.reply.rcode,
+            ms,
+        },
+        Ok(Err(e)) => ProbeResult::Failed(e.to_string()),
+        Err(_) => ProbeResult::Silent,
+    }
+}
+
+/// `probe` over TCP in a child process running as `user`.
+async fn probe_as(
+    user: &ServiceUser,
+    addr: SocketAddr,
+    zone: &str,
+    per_try: Duration,
+) -> ProbeResult {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(&user.exe);
+    child
+        .args(["probe-tcp", &addr.to_string(), zone, "--timeout"])
+        .arg(humantime::format_duration(per_try).to_string())
+        // std drops the supplementary groups too when root sets a uid.
+        .uid(user.uid)
+        .gid(user.gid);
+    let ran = tokio::task::spawn_blocking(move || child.output()).await;
+    match ran {
+        Ok(Ok(out)) => serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            ProbeResult::Failed(format!(
+                "the check as user {} did not run: {}",
+                user.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }),
+        Ok(Err(e)) => ProbeResult::Failed(format!(
+            "could not run the check as user {}: {e}",
+            user.name
+        )),
+        Err(e) => ProbeResult::Failed(e.to_string()),
+    }
+}
+
+async fn probe_upstream(
+    route: &Route,
+    addr: SocketAddr,
+    per_try: Duration,
+    user: Option<&ServiceUser>,
+) -> Vec<Finding> {
+    let zone = wire::name_to_string(&probe_for(route).qname);
     let mut out = Vec::new();
     for tcp in [false, true] {
+        let (result, as_user) = match user {
+            Some(u) if tcp => (
+                probe_as(u, addr, &zone, per_try).await,
+                format!(" as user {} (uid {})", u.name, u.uid),
+            ),
+            _ => (probe(addr, &zone, tcp, per_try).await, String::new()),
+        };
         let proto = if tcp { "tcp" } else { "udp" };
-        let started = Instant::now();
-        let result = tokio::time::timeout(per_try, async {
-            if tcp {
-                exchange::tcp(addr, &q, true, &ignored).await
-            } else {
-                exchange::udp(addr, &q, true, &ignored).await
-            }
-        })
-        .await;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
         let what = format!(
-            "route {}: upstream {addr} over {proto} ({zone} SOA)",
+            "route {}: upstream {addr} over {proto}{as_user} ({zone} SOA)",
             route.name
         );
         out.push(match result {
-            Ok(Ok(a)) if a.reply.rcode == wire::rcode::SERVFAIL || a.reply.rcode == wire::rcode::REFUSED => bad(
-                format!("{what}: answered {} in {ms:.0} ms", wire::rcode::name(a.reply.rcode)),
+            ProbeResult::Answered { rcode, ms } if rcode == wire::rcode::SERVFAIL || rcode == wire::rcode::REFUSED => bad(
+                format!("{what}: answered {} in {ms:.0} ms", wire::rcode::name(rcode)),
                 format!("the server will not resolve {zone} for this host: check that it serves or may recurse for this zone, and that its ACL admits this host"),
             ),
-            Ok(Ok(a)) => good(format!("{what}: {} in {ms:.0} ms", wire::rcode::name(a.reply.rcode))),
-            Ok(Err(e)) => bad(
-                format!("{what}: {e}"),
-                if tcp {
-                    "TCP is needed for truncated replies: allow tcp/53 to the upstream (on Azure, some guest-agent versions block TCP to 168.63.129.16 for non-root processes: update WALinuxAgent or run zonefwd as a service user the firewall admits)".to_string()
-                } else {
-                    "check the address, routing and firewall between this host and the upstream".to_string()
-                },
-            ),
-            Err(_) => bad(
+            ProbeResult::Answered { rcode, ms } => good(format!("{what}: {} in {ms:.0} ms", wire::rcode::name(rcode))),
+            ProbeResult::Failed(e) => bad(format!("{what}: {e}"), network_fix(route, tcp)),
+            ProbeResult::Silent => bad(
                 format!("{what}: no answer within {}", humantime::format_duration(per_try)),
                 if addr.ip() == AZURE_DNS {
                     "168.63.129.16 answers only from inside an Azure VNet: run zonefwd there".to_string()
@@ -199,6 +273,16 @@ async fn probe_upstream(route: &Route, addr: SocketAddr, per_try: Duration) -> V
         });
     }
     out
+}
+
+/// What to do about an upstream this host cannot reach over `tcp` or UDP.
+fn network_fix(route: &Route, tcp: bool) -> String {
+    const AGENT: &str = "on Azure, some guest-agent versions admit TCP to 168.63.129.16 from root only (WALinuxAgent#1673): update the agent";
+    match (tcp, route.transport) {
+        (false, _) => "check the address, routing and firewall between this host and the upstream".to_string(),
+        (true, UpstreamTransport::Tcp) => format!("every query of this route goes over TCP (transport = \"tcp\"), so none will be answered: allow tcp/53 to the upstream for the service's user ({AGENT}), or set transport = \"udp\""),
+        (true, UpstreamTransport::Udp) => format!("TCP is needed for truncated replies: allow tcp/53 to the upstream for the service's user ({AGENT}, or run zonefwd as a user the firewall admits)"),
+    }
 }
 
 /// Can this process bind `addr`? Ports below 1024 need root or CAP_NET_BIND_SERVICE.
@@ -347,14 +431,14 @@ pub fn static_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
     findings
 }
 
-/// `zonefwd doctor`: `static_findings`, then every upstream on UDP and TCP. True when
-/// all is well.
-pub async fn doctor(config: &Config) -> (String, bool) {
+/// `zonefwd doctor`: `static_findings`, then every upstream on UDP and TCP, the TCP
+/// checks as `user` when given. True when all is well.
+pub async fn doctor(config: &Config, user: Option<&ServiceUser>) -> (String, bool) {
     let mut findings = static_findings(config, &HostFiles::default());
     for route in &config.routes {
         let per_try = route.try_timeout.min(Duration::from_secs(3));
         for u in &route.upstreams {
-            findings.extend(probe_upstream(route, u.addr, per_try).await);
+            findings.extend(probe_upstream(route, u.addr, per_try, user).await);
         }
     }
     let mut out = String::new();

@@ -75,7 +75,23 @@ enum Command {
     },
     /// Check every upstream on UDP and TCP, the listen addresses, and the routes'
     /// settings against the cloud resolvers' behaviour; print each finding with its fix.
-    Doctor(ConfigArg),
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run as root, the TCP checks run as this user, the way the service does (the
+        /// systemd unit's DynamicUser, the image's 65532): a firewall may admit TCP to
+        /// the cloud resolver from root only. "root" checks as root.
+        #[arg(long, default_value = "nobody")]
+        as_user: String,
+    },
+    /// One TCP probe, printed as JSON: what `doctor` runs as the service's user.
+    #[command(hide = true)]
+    ProbeTcp {
+        addr: std::net::SocketAddr,
+        zone: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Talk to a running zonefwd over its control socket ([server] control): status,
     /// flush NAME [TYPE] | --zone ZONE | --negative [--zone ZONE] | --all,
     /// cache NAME [TYPE], reload, upstream ROUTE ADDR down|up.
@@ -126,6 +142,24 @@ enum Import {
         #[arg(long)]
         vpc_resolver: Option<std::net::IpAddr>,
     },
+}
+
+/// Whom `doctor` runs its TCP checks as: `name` when this process is root (and `name`
+/// is not root), else this process itself.
+fn service_user(name: &str) -> Result<Option<zonefwd::diagnose::ServiceUser>, String> {
+    if !nix::unistd::geteuid().is_root() || name == "root" {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("--as-user {name}: {e}"))?
+        .ok_or_else(|| format!("--as-user {name}: no such user"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?;
+    Ok(Some(zonefwd::diagnose::ServiceUser {
+        name: name.to_string(),
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        exe,
+    }))
 }
 
 /// `zonefwd import ...`: the routes, on stdout.
@@ -212,8 +246,9 @@ fn main() -> ExitCode {
             print!("{text}");
             Ok(ok)
         }),
-        Command::Doctor(c) => load(&c.config).and_then(|config| {
-            let (text, ok) = runtime()?.block_on(zonefwd::diagnose::doctor(&config));
+        Command::Doctor { config, as_user } => load(&config.config).and_then(|config| {
+            let user = service_user(&as_user)?;
+            let (text, ok) = runtime()?.block_on(zonefwd::diagnose::doctor(&config, user.as_ref()));
             print!("{text}");
             Ok(ok)
         }),
@@ -246,6 +281,18 @@ fn main() -> ExitCode {
             Ok(true)
         }),
         Command::Import(which) => import(&which),
+        Command::ProbeTcp {
+            addr,
+            zone,
+            timeout,
+        } => runtime().and_then(|rt| {
+            let result = rt.block_on(zonefwd::diagnose::probe(addr, &zone, true, timeout));
+            println!(
+                "{}",
+                serde_json::to_string(&result).map_err(|e| e.to_string())?
+            );
+            Ok(true)
+        }),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

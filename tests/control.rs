@@ -346,7 +346,7 @@ async fn a_peer_that_is_not_root_the_owner_or_the_group_is_refused_and_counted()
     let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
         .into_iter()
         .find(|p| Path::new(p).exists());
-    let (true, Some(setpriv)) = (nix_root(), setpriv) else {
+    let (true, Some(setpriv)) = (is_root(), setpriv) else {
         eprintln!("skipped: needs root and setpriv to connect as another uid");
         return;
     };
@@ -399,12 +399,4 @@ async fn a_peer_that_is_not_root_the_owner_or_the_group_is_refused_and_counted()
         "root still may"
     );
     z.stop().await.unwrap();
-}
-
-fn nix_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
 }

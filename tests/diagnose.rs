@@ -218,3 +218,107 @@ async fn query_and_explain_show_a_claimed_cname() {
         "{out}"
     );
 }
+
+/// The owner of the loopback TCP socket bound to `local`, from /proc/net/tcp, where
+/// each socket is listed with its address (hex, the kernel's byte order) and uid.
+fn tcp_socket_owner(local: SocketAddr) -> Option<u32> {
+    let std::net::IpAddr::V4(ip) = local.ip() else {
+        return None;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        local.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .ok()?
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&want.as_str()))
+        .and_then(|f| f.get(7)?.parse().ok())
+}
+
+/// An upstream that answers UDP from anyone and TCP only from root: the rule some
+/// Azure guest-agent versions put in front of 168.63.129.16 (Azure/WALinuxAgent#1673).
+/// A connection from another uid is closed unanswered.
+async fn tcp_for_root_only() -> SocketAddr {
+    let (listener, udp) = loop {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(u) = tokio::net::UdpSocket::bind(l.local_addr().unwrap()).await {
+            break (l, u);
+        }
+    };
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            if let Ok(q) = Message::from_vec(&buf[..n]) {
+                let _ = udp.send_to(&reply(&q).to_vec().unwrap(), from).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            if tcp_socket_owner(peer) != Some(0) {
+                continue; // dropped: closed unanswered
+            }
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Ok(raw) = read_framed(&mut stream).await {
+                    let Ok(q) = Message::from_vec(&raw) else {
+                        return;
+                    };
+                    let r = reply(&q).to_vec().unwrap();
+                    if stream.write_all(&framed(&r)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_tcp_as_the_service_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to check as another user");
+        return;
+    }
+    let root_only = tcp_for_root_only().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &dir,
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[[route]]\nname = \"cloud\"\nzones = [\".\"]\nupstreams = [\"{root_only}\"]\ntransport = \"tcp\"\ntry_timeout = \"1s\"\n"
+        ),
+    );
+    // As root, doctor checks TCP as "nobody", as the service would connect: refused.
+    let (code, out) = cli("doctor", &cfg, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("ok   route cloud: upstream {root_only} over udp")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "FAIL route cloud: upstream {root_only} over tcp as user nobody (uid 65534)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("every query of this route goes over TCP"),
+        "{out}"
+    );
+    assert!(out.contains("WALinuxAgent#1673"), "{out}");
+    // Checked as root, the same upstream passes: the user made the difference.
+    let (code, out) = cli("doctor", &cfg, &["--as-user", "root"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok   route cloud: upstream {root_only} over tcp (. SOA)"
+        )),
+        "{out}"
+    );
+}

@@ -690,6 +690,15 @@ pub fn asked(f: &Fake, name: &str) -> usize {
     f.seen().iter().filter(|s| qname_of(&s.msg) == name).count()
 }
 
+/// This process runs as root (effective uid 0): tests that act as another user need it.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
 /// Waits (up to a generous 10 s) until `cond` holds.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
