@@ -15,7 +15,8 @@ import sys
 
 COLORS = {"zonefwd": "#d9480f", "dnsdist": "#1c7ed6", "unbound": "#37b24d", "dnsmasq": "#868e96"}
 NAMES = {"miss": "cache miss (unique names)", "hit": "cache hit (100 names)",
-         "tcp": "cache hit over TCP", "mixed": "mixed (90% repeated, 10% new/NXDOMAIN)"}
+         "tcp": "cache hit over TCP", "mixed": "mixed (90% repeated, 10% new/NXDOMAIN)",
+         "upstream-tcp": "cache miss, forwarded over TCP"}
 
 
 def main():

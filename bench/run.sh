@@ -14,6 +14,9 @@
 #   miss   unique names (no cache can help): forwarding cost
 #   hit    100 names asked again and again: answering from cache
 #   tcp    the same 100 names over TCP (dnsperf keeps its connections)
+#   upstream-tcp  unique names over UDP, forwarded to the upstream over TCP (zonefwd
+#          transport = "tcp", Unbound tcp-upstream: yes, dnsdist tcpOnly=true; dnsmasq
+#          has no such setting and sits it out)
 #   mixed  90% a repeated set of 1000 names (A and AAAA), 5% unique names,
 #          5% names that do not exist (NXDOMAIN), shuffled
 # Servers: zonefwd, dnsdist (1.7, no packet cache, as in the issue's table), unbound
@@ -31,7 +34,7 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-256}
 THREADS=${THREADS:-1}
-WORKLOADS=${WORKLOADS:-"miss hit tcp mixed"}
+WORKLOADS=${WORKLOADS:-"miss hit tcp mixed upstream-tcp"}
 SERVERS=${SERVERS:-"zonefwd dnsdist unbound dnsmasq"}
 SCALE=${SCALE:-0}
 NSD_PORT=5301
@@ -104,8 +107,11 @@ upstreams = ["127.0.0.1:$NSD_PORT"]
 $2
 EOF
 }
-write_zonefwd_config "" ""
-cat >"$work/unbound.conf" <<EOF
+# The peers' configs; $1 is how they reach the upstream: udp, or tcp for every query.
+write_peer_configs() {
+  local unbound_tcp=no dnsdist_tcp=false
+  [[ $1 == tcp ]] && unbound_tcp=yes dnsdist_tcp=true
+  cat >"$work/unbound.conf" <<EOF
 server:
   interface: 127.0.0.1@$PORT
   num-threads: $THREADS
@@ -126,6 +132,7 @@ server:
   rrset-cache-size: 256m
   num-queries-per-thread: 4096
   outgoing-range: 8192
+  tcp-upstream: $unbound_tcp
 forward-zone:
   name: "."
   forward-addr: 127.0.0.1@$NSD_PORT
@@ -134,8 +141,20 @@ cat >"$work/dnsdist.conf" <<EOF
 setLocal("127.0.0.1:$PORT")
 setACL({"127.0.0.0/8"})
 setSecurityPollSuffix("")
-newServer({address="127.0.0.1:$NSD_PORT", checkInterval=3600})
+newServer({address="127.0.0.1:$NSD_PORT", checkInterval=3600, tcpOnly=$dnsdist_tcp})
 EOF
+}
+
+# configure workload: every server's config for it.
+configure() {
+  if [[ $1 == upstream-tcp ]]; then
+    write_zonefwd_config "" 'transport = "tcp"'
+    write_peer_configs tcp
+  else
+    write_zonefwd_config "" ""
+    write_peer_configs udp
+  fi
+}
 
 start_server() { # name -> pid in $spid
   # The previous server must be gone, or the new one's bind fails and dig would
@@ -174,11 +193,11 @@ measure() {
   local workload=$1 server=$2 pid=$3 file mode=udp
   case $workload in
     hit | tcp) file=$work/hit.txt ;;
-    miss) file=$work/miss.txt ;;
+    miss | upstream-tcp) file=$work/miss.txt ;;
     mixed) file=$work/mixed.txt ;;
   esac
   [[ $workload == tcp ]] && mode=tcp
-  if [[ $workload != miss ]]; then
+  if [[ $workload != miss && $workload != upstream-tcp ]]; then
     # Warm the cache (mixed: the repeated set), as a server in service would be.
     dnsperf -s 127.0.0.1 -p "$PORT" -d "$file" -n 1 -q 50 -l 5 >/dev/null 2>&1 || true
   fi
@@ -207,7 +226,9 @@ csv="$OUT/$stamp.csv"
 echo "workload,server,qps,mean_ms,p99_ms,lost,cpu_s,queries_per_cpu_s,peak_rss_kib" >"$csv"
 sleep 0.5
 for workload in $WORKLOADS; do
+  configure "$workload"
   for server in $SERVERS; do
+    [[ $workload == upstream-tcp && $server == dnsmasq ]] && continue
     start_server "$server"
     line=$(measure "$workload" "$server" "$spid")
     echo "$line" | tee -a "$csv"

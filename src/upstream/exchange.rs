@@ -29,7 +29,8 @@ pub enum TryError {
     Malformed(wire::WireError),
     #[error("connection closed before a reply")]
     Closed,
-    /// Every kept TCP connection to the upstream is at its pipelining limit.
+    /// Every kept TCP connection to the upstream is at its pipelining limit: ours, so
+    /// not counted as the upstream's failure.
     #[error("every kept tcp connection to the upstream is full")]
     Busy,
     /// A datagram as large as the receive buffer: it may have been cut.

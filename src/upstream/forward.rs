@@ -165,6 +165,12 @@ impl<'a> Tries<'a> {
                 tracing::debug!(route = %set.route, upstream = %addr, rcode = %rcode::name(answer.reply.rcode), truncated = answer.reply.truncated, "trying the next upstream");
                 self.fallback = Some((answer, addr));
             }
+            Verdict::Failed(TryError::Busy) => {
+                // Our own limit, not the upstream's failure: not counted against it.
+                if set.budget_warning.ready() {
+                    tracing::warn!(route = %set.route, upstream = %addr, "every kept tcp connection to the upstream is full: trying the next upstream (logged at most every 10s)");
+                }
+            }
             Verdict::Failed(e) => {
                 tracing::debug!(route = %set.route, upstream = %addr, error = %e, "upstream try failed");
                 set.upstreams[idx]

@@ -43,8 +43,10 @@ use crate::wire::{self, Query, ReplyError};
 pub const MAX_CONNECTIONS: usize = 4;
 /// Queries in flight on one connection before another is opened beside it.
 const SPREAD_AT: usize = 32;
-/// Queries in flight on one connection at most (given-up ones included).
-const MAX_PIPELINE: usize = 256;
+/// Queries in flight on one connection at most (given-up ones included): with
+/// `MAX_CONNECTIONS`, more than the server's default `max_inflight`, so the
+/// connections do not cap concurrency before the server's own limit does.
+pub const MAX_PIPELINE: usize = 4096;
 /// Queries one connection carries before it takes no more and closes when its last
 /// reply is in: bounds how long one connection (and its given-up IDs) lives, as
 /// Unbound's `max-reuse-tcp-queries` does.
@@ -559,6 +561,51 @@ mod tests {
         tcp.exchange(&q("c.example."), true).await.unwrap();
         assert_eq!((tcp.open(), accepted.load(Ordering::SeqCst)), (1, 2));
         assert_eq!(tcp.reconnects(), 0, "an idle close is not a reconnect");
+    }
+
+    #[tokio::test]
+    async fn with_every_connection_full_a_query_fails_at_once_as_busy() {
+        // Accepts and never answers: every query stays in flight.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let tcp = Arc::new(TcpConnections::new(
+            addr,
+            Arc::default(),
+            Duration::from_secs(60),
+        ));
+        let mut waiting = Vec::new();
+        for i in 0..MAX_CONNECTIONS * MAX_PIPELINE {
+            let tcp = Arc::clone(&tcp);
+            waiting.push(tokio::spawn(async move {
+                tcp.exchange(&q(&format!("n{i}.example.")), true).await
+            }));
+            if i % 1024 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let full = || {
+            let conns = tcp.conns();
+            conns.len() == MAX_CONNECTIONS
+                && conns
+                    .iter()
+                    .all(|c| c.load.load(Ordering::Relaxed) == MAX_PIPELINE)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !full() {
+            assert!(Instant::now() < deadline, "the connections never filled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let busy = tcp.exchange(&q("one-more.example."), true).await;
+        assert!(matches!(busy, Err(TryError::Busy)), "{busy:?}");
+        for w in waiting {
+            w.abort();
+        }
     }
 
     #[tokio::test]
