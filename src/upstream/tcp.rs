@@ -545,6 +545,20 @@ mod tests {
         (addr, accepted)
     }
 
+    /// A loopback upstream that accepts connections and never answers: every query
+    /// stays in flight.
+    async fn silent() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        addr
+    }
+
     fn q(name: &str) -> Query {
         Query::own(wire::name_from_str(name).unwrap(), 1)
     }
@@ -564,16 +578,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn with_every_connection_full_a_query_fails_at_once_as_busy() {
-        // Accepts and never answers: every query stays in flight.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = listener.accept().await {
-                held.push(s);
+    async fn a_new_query_never_takes_an_id_in_flight_on_its_connection() {
+        let addr = silent().await;
+        let tcp = TcpConnections::new(addr, Arc::default(), Duration::from_secs(60));
+        let conn = Connection::open(&tcp.shared);
+        // Every ID but one is in flight.
+        const FREE: u16 = 4242;
+        {
+            let mut inflight = conn.inflight();
+            for id in (0..=u16::MAX).filter(|&id| id != FREE) {
+                let (reply, _) = oneshot::channel();
+                let q = q("taken.example.");
+                inflight.waiting.insert(id, Waiter { q, reply });
             }
-        });
+        }
+        let (c, shared) = (Arc::clone(&conn), Arc::clone(&tcp.shared));
+        let asked = tokio::spawn(async move { c.ask(&shared, &q("free.example."), true).await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.inflight().waiting.len() < 65536 {
+            assert!(Instant::now() < deadline, "the query was never registered");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let name = wire::name_to_string(&conn.inflight().waiting[&FREE].q.qname);
+        assert_eq!(name, "free.example.");
+        asked.abort();
+    }
+
+    #[tokio::test]
+    async fn with_every_connection_full_a_query_fails_at_once_as_busy() {
+        let addr = silent().await;
         let tcp = Arc::new(TcpConnections::new(
             addr,
             Arc::default(),
