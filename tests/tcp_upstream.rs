@@ -249,3 +249,26 @@ async fn a_tcp_route_is_health_checked_over_tcp() {
     assert!(up.seen().iter().all(|s| s.tcp), "probes too went over TCP");
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reply_with_the_right_id_but_another_question_is_dropped() {
+    // First a reply under the query's ID for another name, then the real one.
+    let up = Fake::start(|q, _| {
+        let mut other = query("other.example.", RecordType::A, None);
+        other.metadata.id = q.metadata.id;
+        vec![
+            Step::Reply(reply_a(&other, [10, 6, 6, 6], 60)),
+            Step::Reply(reply_a(q, ip_for(&qname_of(q)), 60)),
+        ]
+    })
+    .await;
+    let z = tcp_route(&[up.addr], "").await;
+    let r = ask_a(z.udp, "mine.example.").await;
+    assert_eq!(answer_ip(&r), Some(ip_for("mine.example.")));
+    let text = scrape(&z).await;
+    assert_eq!(
+        metric(&text, "zonefwd_upstream_mismatched_replies_total{"),
+        1
+    );
+    z.stop().await.unwrap();
+}
