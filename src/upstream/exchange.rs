@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncWriteExt, Interest};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::upstream::pool::{Pooled, SocketPool};
+use crate::upstream::socket::UpstreamSocket;
 use crate::wire::{self, Query, Reply, ReplyError};
 
 /// Why a try produced no reply.
@@ -55,22 +55,6 @@ pub fn random_id() -> u16 {
     rand::random()
 }
 
-/// A UDP socket connected to `server`, with `query` already sent. No explicit bind:
-/// connect binds an unbound socket to a port the kernel draws at random from the
-/// ephemeral range, as bind to port 0 would, one system call sooner. The query
-/// leaves before tokio registers the socket: a new registration is not known to be
-/// writable until the event loop's next turn, which would hold the send that long.
-fn fresh_socket(server: SocketAddr, query: &[u8]) -> io::Result<UdpSocket> {
-    let sock = Socket::new(
-        Domain::for_address(server),
-        Type::DGRAM.nonblocking(),
-        Some(Protocol::UDP),
-    )?;
-    sock.connect(&server.into())?;
-    sock.send(query)?;
-    UdpSocket::from_std(sock.into())
-}
-
 /// One UDP exchange on a socket of its own. `mismatched` counts replies dropped for a
 /// wrong ID or question.
 pub async fn udp(
@@ -80,7 +64,7 @@ pub async fn udp(
     mismatched: &AtomicU64,
 ) -> Result<Exchanged, TryError> {
     let id = random_id();
-    let sock = fresh_socket(server, &wire::build_upstream_query(q, id, edns))?;
+    let sock = UpstreamSocket::open(server, &wire::build_upstream_query(q, id, edns))?;
     receive(&sock, server, q, id, None, mismatched).await
 }
 
@@ -100,27 +84,18 @@ pub async fn udp_pooled(
     let now = Instant::now();
     let (mut p, id) = match pool.take(now) {
         Some(p) => {
-            // Forget that the socket was readable, without a system call: the last
-            // receive left that mark, and reading the (nearly always empty) queue to
-            // clear it cost a recvfrom per query. Whatever did reach the port while it
-            // was idle is read before the reply and must pass the same ID and question
-            // check as anything arriving during the query.
-            let _ = p.sock.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-            });
+            p.sock.forget_readable();
             let mut id = random_id();
             while Some(id) == p.last_id {
                 id = random_id();
             }
-            p.sock
-                .send(&wire::build_upstream_query(q, id, edns))
-                .await?;
+            p.sock.send(&wire::build_upstream_query(q, id, edns))?;
             (p, id)
         }
         None => {
             let id = random_id();
             let p = Pooled {
-                sock: fresh_socket(server, &wire::build_upstream_query(q, id, edns))?,
+                sock: UpstreamSocket::open(server, &wire::build_upstream_query(q, id, edns))?,
                 uses: 0,
                 born: now,
                 last_id: None,
@@ -138,7 +113,7 @@ pub async fn udp_pooled(
 /// The reply to query `id`, sent on `sock`. Datagrams with the ID `previous`
 /// (replies to the socket's last query) are skipped uncounted.
 async fn receive(
-    sock: &UdpSocket,
+    sock: &UpstreamSocket,
     server: SocketAddr,
     q: &Query,
     id: u16,
@@ -146,23 +121,25 @@ async fn receive(
     mismatched: &AtomicU64,
 ) -> Result<Exchanged, TryError> {
     loop {
-        sock.readable().await?;
         // Read and checked without an await in between, so the thread's buffer is
         // this query's alone meanwhile.
-        let step = RECV_BUF.with_borrow_mut(|buf| match sock.try_recv_from(buf) {
-            Ok((n, from)) => Ok(check_reply(
-                &buf[..n],
-                from,
-                server,
-                q,
-                id,
-                previous,
-                mismatched,
-            )),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(TryError::Network(e)),
-        })?;
-        if let Some(answer) = step {
+        let step = sock
+            .when_readable(|s| {
+                RECV_BUF.with_borrow_mut(|buf| {
+                    let (n, from) = s.recv_from(buf)?;
+                    Ok(check_reply(
+                        &buf[..n],
+                        from,
+                        server,
+                        q,
+                        id,
+                        previous,
+                        mismatched,
+                    ))
+                })
+            })
+            .await?;
+        if let Some(Some(answer)) = step {
             return answer;
         }
     }
@@ -253,6 +230,7 @@ mod tests {
     use crate::upstream::pool::POOL_MAX_AGE;
     use std::sync::Arc;
     use std::time::Duration;
+    use tokio::net::UdpSocket;
 
     /// What the fake upstream sends after each reply.
     #[derive(Clone, Copy, PartialEq)]

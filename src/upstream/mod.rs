@@ -8,6 +8,7 @@
 //! - `server`: one upstream server, its counters, budget and socket pool
 //! - `exchange`: one query out to one server, the matching reply back (UDP, TCP)
 //! - `pool`: the UDP sockets kept between queries
+//! - `socket`: one connected UDP socket, registered for readability only
 //! - `tcp`: the TCP connections kept between queries, pipelined
 
 pub mod exchange;
@@ -18,6 +19,7 @@ mod policy;
 mod pool;
 mod server;
 mod set;
+mod socket;
 mod tcp;
 
 pub use exchange::Exchanged;

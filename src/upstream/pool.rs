@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use crate::upstream::socket::UpstreamSocket;
 
 /// A pooled socket is closed after this long, however few queries it carried: it
 /// bounds how long one random port stays open to be found by a side channel such as
@@ -29,7 +29,7 @@ pub struct SocketPool {
 
 #[derive(Debug)]
 pub(super) struct Pooled {
-    pub(super) sock: UdpSocket,
+    pub(super) sock: UpstreamSocket,
     pub(super) uses: u32,
     pub(super) born: Instant,
     /// The ID of the query this socket carried last: a copy of its reply arriving
