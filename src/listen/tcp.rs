@@ -3,14 +3,17 @@
 //! still being forwarded, answered in whatever order they finish.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::admit::Action;
 use crate::config::Server;
@@ -143,17 +146,15 @@ async fn connection(
     let (rd, wr) = stream.into_split();
     let (answered, answers) = mpsc::channel::<Vec<u8>>(opts.pipelined);
     let reader = Reader {
-        rd,
         client,
         handler,
         life,
         opts,
-        pipeline: Arc::new(Semaphore::new(opts.pipelined)),
         answered,
     };
-    // The reader's end drops its sender; the writer ends once the jobs still running
-    // have answered and dropped theirs.
-    tokio::join!(reader.run(), write_answers(wr, answers, opts.idle));
+    // The reader drops its sender once its last query is answered; the writer then
+    // ends.
+    tokio::join!(reader.run(rd), write_answers(wr, answers, opts.idle));
 }
 
 /// Writes each answer as it comes, framed; gives up on a client that stops reading.
@@ -173,76 +174,80 @@ async fn write_answers(
     let _ = wr.shutdown().await;
 }
 
+/// A forwarded query of this connection, running in the connection's own task.
+type Answering = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
+
+/// What waiting for the next message came to.
+enum Next {
+    Message(Vec<u8>),
+    /// No first byte for `tcp_idle_timeout`: idle, unless answers are still pending.
+    Quiet,
+    /// End of stream, an error, a slow or runt message, the lifetime, the server
+    /// stopping: close.
+    Close,
+}
+
 /// The reading side of a connection, and what it hands each query to.
 struct Reader {
-    rd: OwnedReadHalf,
     client: SocketAddr,
     handler: Current,
     life: Lifecycle,
     opts: TcpOptions,
-    /// Queries of this connection in flight, at most `tcp_max_pipelined`.
-    pipeline: Arc<Semaphore>,
     answered: mpsc::Sender<Vec<u8>>,
 }
 
 impl Reader {
-    /// Reads and dispatches queries until the client stops, the connection has lived
+    /// Reads queries and answers them until the client stops, the connection has lived
     /// or served its share (RFC 9210 section 4: past either, zonefwd stops reading,
-    /// answers what it has, and closes), or the server stops.
-    async fn run(mut self) {
+    /// answers what it has, and closes), or the server stops. Forwarded queries run
+    /// here, side by side in one `FuturesUnordered`, not in a task each; at most
+    /// `tcp_max_pipelined` at once, past which reading waits.
+    async fn run(self, rd: OwnedReadHalf) {
         let end_of_life = tokio::time::Instant::now() + self.opts.lifetime;
-        for _ in 0..self.opts.max_queries {
-            let Some(msg) = self.next_message(end_of_life).await else {
-                return;
-            };
-            let Ok(permit) = Arc::clone(&self.pipeline).acquire_owned().await else {
-                return;
-            };
-            if !self.dispatch(&msg, permit).await {
-                return;
+        let mut jobs: FuturesUnordered<Answering> = FuturesUnordered::new();
+        let mut read = 0;
+        // Kept across the loop's turns: a message half read is never dropped.
+        let mut reading = Box::pin(next_message(
+            rd,
+            self.client,
+            self.opts,
+            self.life.clone(),
+            end_of_life,
+        ));
+        let mut open = true;
+        while open || !jobs.is_empty() {
+            let may_read = open && jobs.len() < self.opts.pipelined;
+            tokio::select! {
+                Some(out) = jobs.next(), if !jobs.is_empty() => {
+                    if self.answered.send(out).await.is_err() {
+                        return;
+                    }
+                }
+                (rd, next) = &mut reading, if may_read => {
+                    match next {
+                        Next::Message(msg) => {
+                            read += 1;
+                            if !self.dispatch(&msg, &mut jobs).await {
+                                return;
+                            }
+                        }
+                        Next::Quiet if !jobs.is_empty() => {}
+                        Next::Quiet | Next::Close => open = false,
+                    }
+                    if read >= self.opts.max_queries {
+                        tracing::debug!(client = %self.client, "closing a tcp connection at server.tcp_max_queries_per_connection");
+                        open = false;
+                    }
+                    if open {
+                        reading.set(next_message(rd, self.client, self.opts, self.life.clone(), end_of_life));
+                    }
+                }
             }
         }
-        tracing::debug!(client = %self.client, "closing a tcp connection at server.tcp_max_queries_per_connection");
     }
 
-    /// The next query, or `None` when the connection should close.
-    async fn next_message(&mut self, end_of_life: tokio::time::Instant) -> Option<Vec<u8>> {
-        let (client, idle) = (self.client, self.opts.idle);
-        let first = loop {
-            // Waiting for the first byte of the next message is where a connection is
-            // idle; `read` is cancel-safe, so the timeout loses nothing.
-            let mut first = [0u8; 1];
-            let got = tokio::select! {
-                _ = self.life.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep_until(end_of_life) => {
-                    tracing::debug!(%client, "closing a tcp connection at server.tcp_max_lifetime");
-                    return None;
-                }
-                r = tokio::time::timeout(idle, self.rd.read(&mut first)) => r,
-            };
-            match got {
-                Ok(Ok(1)) => break first[0],
-                Ok(_) => return None, // EOF or error
-                // Answers still pending: not idle.
-                Err(_) if self.pipeline.available_permits() < self.opts.pipelined => {}
-                Err(_) => {
-                    tracing::debug!(%client, "closing an idle tcp connection");
-                    return None;
-                }
-            }
-        };
-        // The rest of the message must follow promptly (slow-read clients).
-        let msg = tokio::time::timeout(idle, wire::read_framed_after(&mut self.rd, first)).await;
-        let Ok(Ok(msg)) = msg else { return None };
-        if msg.len() < wire::HEADER_LEN {
-            tracing::debug!(%client, "closing a tcp connection that sent a runt message");
-            return None;
-        }
-        Some(msg)
-    }
-
-    /// Answers `msg` inline or starts its job; `false` when the writer is gone.
-    async fn dispatch(&self, msg: &[u8], permit: OwnedSemaphorePermit) -> bool {
+    /// Answers `msg` now or adds its job; `false` when the writer is gone.
+    async fn dispatch(&self, msg: &[u8], jobs: &mut FuturesUnordered<Answering>) -> bool {
         match self
             .handler
             .load()
@@ -251,16 +256,50 @@ impl Reader {
             Action::Drop => true,
             Action::Reply(out) => self.answered.send(out).await.is_ok(),
             Action::Forward(job) => {
-                let answered = self.answered.clone();
-                // Boxed once here: unboxed, spawning and finishing the task would
-                // copy a forwarded query's whole state several times.
-                self.life.tasks.spawn(Box::pin(async move {
-                    let out = job.run().await;
-                    let _ = answered.send(out).await;
-                    drop(permit);
-                }));
+                // Boxed once here, so the set moves pointers, not a forwarded query's
+                // whole state.
+                jobs.push(Box::pin(job.run()));
                 true
             }
         }
     }
+}
+
+/// The next message on `rd`, handed back with `rd` so that the reader can keep the
+/// same future across its turns.
+async fn next_message(
+    mut rd: OwnedReadHalf,
+    client: SocketAddr,
+    opts: TcpOptions,
+    life: Lifecycle,
+    end_of_life: tokio::time::Instant,
+) -> (OwnedReadHalf, Next) {
+    // Waiting for the first byte of the next message is where a connection is idle.
+    let mut first = [0u8; 1];
+    let got = tokio::select! {
+        _ = life.shutdown.cancelled() => return (rd, Next::Close),
+        _ = tokio::time::sleep_until(end_of_life) => {
+            tracing::debug!(%client, "closing a tcp connection at server.tcp_max_lifetime");
+            return (rd, Next::Close);
+        }
+        r = tokio::time::timeout(opts.idle, rd.read(&mut first)) => r,
+    };
+    let first = match got {
+        Ok(Ok(1)) => first[0],
+        Ok(_) => return (rd, Next::Close), // EOF or error
+        Err(_) => {
+            tracing::debug!(%client, "no query on a tcp connection for server.tcp_idle_timeout");
+            return (rd, Next::Quiet);
+        }
+    };
+    // The rest of the message must follow promptly (slow-read clients).
+    let msg = tokio::time::timeout(opts.idle, wire::read_framed_after(&mut rd, first)).await;
+    let Ok(Ok(msg)) = msg else {
+        return (rd, Next::Close);
+    };
+    if msg.len() < wire::HEADER_LEN {
+        tracing::debug!(%client, "closing a tcp connection that sent a runt message");
+        return (rd, Next::Close);
+    }
+    (rd, Next::Message(msg))
 }
