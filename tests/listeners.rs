@@ -64,6 +64,47 @@ async fn tcp_pipelined_queries_are_answered_out_of_order() {
     z.stop().await.unwrap();
 }
 
+/// The next answer on a client TCP connection.
+async fn tcp_answer(s: &mut tokio::net::TcpStream) -> Message {
+    let buf = tokio::time::timeout(Duration::from_secs(10), read_framed(s))
+        .await
+        .unwrap()
+        .unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+#[tokio::test]
+async fn a_tcp_message_split_around_an_answer_is_read_whole() {
+    // The first query is forwarded and answered while the second is half sent: the
+    // half already read must survive the answer going out.
+    let up = Fake::start(|q, _| {
+        vec![
+            Step::Sleep(Duration::from_millis(100)),
+            Step::Reply(reply_a(q, [192, 0, 2, 9], 1)),
+        ]
+    })
+    .await;
+    let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(z.tcp).await.unwrap();
+    let mut first = query("first.example.", RecordType::A, None);
+    first.metadata.id = 1;
+    s.write_all(&framed(&first.to_vec().unwrap()))
+        .await
+        .unwrap();
+    let mut second = query("second.example.", RecordType::A, None);
+    second.metadata.id = 2;
+    let second = framed(&second.to_vec().unwrap());
+    let (head, tail) = second.split_at(second.len() / 2);
+    s.write_all(head).await.unwrap();
+    assert_eq!(tcp_answer(&mut s).await.metadata.id, 1);
+    s.write_all(tail).await.unwrap();
+    let r = tcp_answer(&mut s).await;
+    assert_eq!(r.metadata.id, 2);
+    assert_eq!(qname_of(&r), "second.example.");
+    z.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn tcp_idle_connections_are_closed() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 1)).await;
