@@ -11,6 +11,7 @@
 #   BIN=/tmp/zonefwd-before bash bench/callgrind.sh   # another build, same harness
 #   N=20000 RUNS=3 bash bench/callgrind.sh  # queries per phase, runs (median reported)
 #   OUTSTANDING=1 bash bench/callgrind.sh   # one query at a time (default 20 in flight)
+#   MODE=tcp bash bench/callgrind.sh        # the client queries over TCP (kept connections)
 #
 # Needs (Debian): valgrind dnsperf nsd. Everything listens on 127.0.0.1.
 set -euo pipefail
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 N=${N:-20000}
 RUNS=${RUNS:-3}
 OUTSTANDING=${OUTSTANDING:-20}
+MODE=${MODE:-udp}
 BIN=${BIN:-target/release/zonefwd}
 NSD_PORT=5321
 PORT=5320
@@ -79,9 +81,9 @@ one_run() {
   fi
   callgrind_control -z "$vpid" >/dev/null
   # At a rate valgrind keeps up with, so nothing is lost or retried.
-  dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/names.txt" -n 1 -q "$OUTSTANDING" -Q 2000 -t 10 >"$work/miss.out" 2>&1
+  dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/names.txt" -m "$MODE" -n 1 -q "$OUTSTANDING" -Q 2000 -t 10 >"$work/miss.out" 2>&1
   callgrind_control -d miss "$vpid" >/dev/null
-  dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/names.txt" -n 1 -q "$OUTSTANDING" -Q 2000 -t 10 >"$work/hit.out" 2>&1
+  dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/names.txt" -m "$MODE" -n 1 -q "$OUTSTANDING" -Q 2000 -t 10 >"$work/hit.out" 2>&1
   callgrind_control -d hit "$vpid" >/dev/null
   kill "$vpid"
   wait "$vpid" 2>/dev/null || true
@@ -105,4 +107,4 @@ done
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 miss=$(printf '%s\n' "${results[@]}" | awk '{ print $1 }' | median)
 hit=$(printf '%s\n' "${results[@]}" | awk '{ print $2 }' | median)
-echo "instructions per forwarded query: $miss; per cache hit: $hit (median of $RUNS, N=$N, $OUTSTANDING outstanding, $BIN)"
+echo "instructions per forwarded query: $miss; per cache hit: $hit (median of $RUNS, N=$N, $OUTSTANDING outstanding over $MODE, $BIN)"

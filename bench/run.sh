@@ -19,9 +19,16 @@
 #          has no such setting and sits it out)
 #   mixed  90% a repeated set of 1000 names (A and AAAA), 5% unique names,
 #          5% names that do not exist (NXDOMAIN), shuffled
-# Servers: zonefwd, dnsdist (1.7, no packet cache, as in the issue's table), unbound
-# (forward-zone), dnsmasq. One worker thread each (THREADS=1), since on 2 cores dnsperf
-# and NSD need the rest.
+# Servers: zonefwd; dnsdist (1.7) without a cache and dnsdist-cache with its packet
+# cache; unbound (forward-zone); kresd (Knot Resolver, policy.STUB, cache on); dnsmasq.
+# One worker thread each (THREADS=1), since on 2 cores dnsperf and NSD need the rest.
+# Floors: reflector (bench/reflector.rs: a fixed answer to every query, hit rows only)
+# and relay (bench/relay.rs: forwarding with no checks, miss rows only), both with the
+# listeners' batching: the most any server answers, or forwards, per CPU-second here.
+#
+#   LATENCY=1 bash bench/run.sh   # also: added latency at 1,000 qps, miss and hit
+#   BASELINE=/tmp/zonefwd-old SERVERS="baseline zonefwd baseline zonefwd" bash bench/run.sh
+#                                 # another zonefwd build ("baseline"), same config, side by side
 #
 # Needs (Debian): dnsperf nsd unbound dnsdist dnsmasq-base. Installs them when run as
 # root. Everything listens on 127.0.0.1; nothing leaves the machine. Results go to
@@ -35,23 +42,24 @@ CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-256}
 THREADS=${THREADS:-1}
 WORKLOADS=${WORKLOADS:-"miss hit tcp mixed upstream-tcp"}
-SERVERS=${SERVERS:-"zonefwd dnsdist unbound dnsmasq"}
+SERVERS=${SERVERS:-"reflector relay zonefwd dnsdist dnsdist-cache unbound kresd dnsmasq"}
+LATENCY=${LATENCY:-0}
 SCALE=${SCALE:-0}
 NSD_PORT=5301
 PORT=5310
 OUT=${OUT:-bench/results}
 
 need=()
-for cmd in dnsperf nsd unbound dnsdist dnsmasq; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
+for cmd in dnsperf nsd unbound dnsdist dnsmasq kresd; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base >/dev/null
+    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver >/dev/null
   else
-    echo "missing: ${need[*]} (apt-get install dnsperf nsd unbound dnsdist dnsmasq-base)" >&2
+    echo "missing: ${need[*]} (apt-get install dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver)" >&2
     exit 1
   fi
 fi
-cargo build --release --quiet
+cargo build --release --quiet --bin zonefwd --example reflector --example relay
 
 # --- the authoritative upstream: wildcard zones --------------------------------
 source bench/nsd.sh
@@ -143,6 +151,20 @@ setACL({"127.0.0.0/8"})
 setSecurityPollSuffix("")
 newServer({address="127.0.0.1:$NSD_PORT", checkInterval=3600, tcpOnly=$dnsdist_tcp})
 EOF
+  # The same, with a packet cache the size of zonefwd's.
+  cp "$work/dnsdist.conf" "$work/dnsdist-cache.conf"
+  cat >>"$work/dnsdist-cache.conf" <<EOF
+pc = newPacketCache(100000, {maxTTL=86400, minTTL=0, temporaryFailureTTL=5, staleTTL=86400})
+getPool(""):setCache(pc)
+EOF
+  # Knot Resolver as a forwarder: STUB sends RD=1 and does not validate (the zone is
+  # unsigned and NSD serves only it), cache on.
+  cat >"$work/kresd.conf" <<EOF
+net.listen('127.0.0.1', $PORT, { kind = 'dns' })
+trust_anchors.remove('.')
+cache.size = 256 * MB
+policy.add(policy.all(policy.STUB('127.0.0.1@$NSD_PORT')))
+EOF
 }
 
 # configure workload: every server's config for it.
@@ -166,8 +188,13 @@ start_server() { # name -> pid in $spid
   case $1 in
     # As the systemd unit and the container image run it.
     zonefwd) MIMALLOC_ARENA_EAGER_COMMIT=0 ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" & ;;
+    baseline) MIMALLOC_ARENA_EAGER_COMMIT=0 "$BASELINE" run -c "$work/zonefwd.toml" 2>"$work/baseline.log" & ;;
     unbound) unbound -d -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 & ;;
     dnsdist) dnsdist --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
+    dnsdist-cache) dnsdist --supervised --disable-syslog -C "$work/dnsdist-cache.conf" >"$work/dnsdist-cache.log" 2>&1 & ;;
+    kresd) mkdir -p "$work/kresd" && kresd -n -q -c "$work/kresd.conf" "$work/kresd" >"$work/kresd.log" 2>&1 & ;;
+    reflector) ./target/release/examples/reflector "127.0.0.1:$PORT" 2>"$work/reflector.log" & ;;
+    relay) ./target/release/examples/relay "127.0.0.1:$PORT" "127.0.0.1:$NSD_PORT" 2>"$work/relay.log" & ;;
     dnsmasq) dnsmasq -k -C /dev/null --port="$PORT" --listen-address=127.0.0.1 --bind-interfaces \
                --no-resolv --no-hosts --server="127.0.0.1#$NSD_PORT" --cache-size=10000 \
                --dns-forward-max=10000 --user="$(id -un)" --pid-file="$work/dnsmasq.pid" 2>"$work/dnsmasq.log" & ;;
@@ -220,6 +247,17 @@ measure() {
     }' "$work/out"
 }
 
+# skip workload server: true when the row would not mean anything. The floors each
+# have one path; dnsmasq and kresd cannot be told to forward over TCP only.
+skip() {
+  case $2 in
+    reflector) [[ $1 != hit ]] ;;
+    relay) [[ $1 != miss ]] ;;
+    dnsmasq | kresd) [[ $1 == upstream-tcp ]] ;;
+    *) false ;;
+  esac
+}
+
 mkdir -p "$OUT"
 stamp=$(date -u +%Y-%m-%d)
 csv="$OUT/$stamp.csv"
@@ -228,7 +266,7 @@ sleep 0.5
 for workload in $WORKLOADS; do
   configure "$workload"
   for server in $SERVERS; do
-    [[ $workload == upstream-tcp && $server == dnsmasq ]] && continue
+    skip "$workload" "$server" && continue
     start_server "$server"
     line=$(measure "$workload" "$server" "$spid")
     echo "$line" | tee -a "$csv"
@@ -270,6 +308,32 @@ upstreams = [\"127.0.0.1:$NSD_PORT\"]"
     echo "$line" | awk -F, -v n="$n" '{ printf "zones,%d,%s,%s,%s\n", n, $8, $9, $3 }' | tee -a "$scsv"
     kill "$spid"; wait "$spid" 2>/dev/null || true
   done
+fi
+
+if [[ $LATENCY == 1 ]]; then
+  # Added latency at low load: 1,000 qps from one client for 20 s, the upstream asked
+  # directly and through zonefwd, p50 and p99 of each (dnsperf -v prints every query's
+  # round trip). A miss is compared with NSD asked the same unique names, a hit with
+  # NSD asked the same repeated names.
+  lcsv="$OUT/$stamp-latency.csv"
+  echo "path,direct_p50_us,direct_p99_us,zonefwd_p50_us,zonefwd_p99_us,added_p50_us,added_p99_us" >"$lcsv"
+  low_load() { # port file -> "p50 p99" in microseconds
+    dnsperf -s 127.0.0.1 -p "$1" -d "$2" -c 1 -Q 1000 -l 20 -v >"$work/lat.out" 2>&1 || true
+    awk '/^> / { print $NF }' "$work/lat.out" | sort -n |
+      awk '{ a[NR] = $1 } END { printf "%.1f %.1f\n", a[int(NR * 0.5)] * 1e6, a[int(NR * 0.99)] * 1e6 }'
+  }
+  configure miss
+  start_server zonefwd
+  for path in miss hit; do
+    file=$work/$path.txt
+    [[ $path == miss ]] && { tail -n 100000 "$work/miss.txt" >"$work/miss-low.txt"; file=$work/miss-low.txt; }
+    read -r d50 d99 < <(low_load "$NSD_PORT" "$file")
+    [[ $path == hit ]] && dnsperf -s 127.0.0.1 -p "$PORT" -d "$file" -n 1 -q 50 -l 5 >/dev/null 2>&1
+    read -r z50 z99 < <(low_load "$PORT" "$file")
+    awk -v p="$path" -v d50="$d50" -v d99="$d99" -v z50="$z50" -v z99="$z99" \
+      'BEGIN { printf "%s,%s,%s,%s,%s,%.1f,%.1f\n", p, d50, d99, z50, z99, z50 - d50, z99 - d99 }' | tee -a "$lcsv"
+  done
+  kill "$spid"; wait "$spid" 2>/dev/null || true
 fi
 
 versions="$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); THREADS=$THREADS; dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION; zonefwd $(./target/release/zonefwd --version | cut -d' ' -f2), $(dnsdist --version 2>/dev/null | awk 'NR == 1' | cut -d' ' -f1-2), unbound $(unbound -V | awk 'NR == 1 { print $2 }'), $(dnsmasq --version | awk 'NR == 1' | cut -d' ' -f1-3), $(nsd -v 2>&1 | awk 'NR == 1')"

@@ -70,5 +70,8 @@ pub mod wire;
 pub use claims::MAX_HOPS;
 pub use config::{Config, LoadEnv};
 pub use life::{Clock, ManualClock, SystemClock};
+/// Batched UDP I/O, for the floor servers of the benchmark (bench/reflector.rs,
+/// bench/relay.rs), which must batch as the listeners do.
+pub use listen::batch;
 pub use listen::{BindError, Listeners};
 pub use server::{run, run_with, Control};

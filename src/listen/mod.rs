@@ -10,7 +10,7 @@
 //! datagram without a bound, and can only send replies it encodes from records, which
 //! rules out relaying the upstream's bytes.
 
-mod batch;
+pub mod batch;
 mod bind;
 pub mod tcp;
 pub mod udp;
