@@ -23,6 +23,8 @@ NAMES = {"miss": "cache miss (unique names)", "hit": "cache hit (100 names)",
 def main():
     path, about = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
     rows = list(csv.DictReader(open(path)))
+    if not rows:
+        return  # no workload ran (LATENCY=1 WORKLOADS=" ", say)
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     servers = list(dict.fromkeys(r["server"] for r in rows))
     by = {(r["workload"], r["server"]): r for r in rows}
