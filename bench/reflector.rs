@@ -88,3 +88,56 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for `name` (uncompressed labels) of type A with ID 0x1234, and an OPT
+    /// record when `opt`.
+    fn query(labels: &[&str], opt: bool) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(opt)];
+        for l in labels {
+            q.push(l.len() as u8);
+            q.extend_from_slice(l.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        if opt {
+            q.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        }
+        q
+    }
+
+    #[test]
+    fn every_query_gets_its_question_back_with_one_a_record() {
+        for (labels, opt) in [(&["host1", "bench", "test"][..], false), (&["x"][..], true)] {
+            let q = query(labels, opt);
+            let a = answer(&q).unwrap();
+            let question_end = q.len() - if opt { 11 } else { 0 };
+            assert_eq!(&a[..2], &[0x12, 0x34], "the client's ID");
+            assert_eq!(a[2] & 0x80, 0x80, "QR");
+            assert_eq!(
+                &a[4..12],
+                &[0, 1, 0, 1, 0, 0, 0, 0],
+                "one question, one answer"
+            );
+            assert_eq!(
+                &a[12..question_end],
+                &q[12..question_end],
+                "the question as asked"
+            );
+            assert_eq!(&a[question_end..], &ANSWER);
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_query_gets_nothing() {
+        for bad in [
+            &[0u8; 5][..],
+            &[0u8; 12][..],
+            &[0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'a'][..],
+        ] {
+            assert_eq!(answer(bad), None, "{bad:?}");
+        }
+    }
+}
