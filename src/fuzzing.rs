@@ -109,3 +109,128 @@ pub fn exercise_reply_bytes(bytes: &[u8]) {
     };
     exercise_reply(bytes, &q, wire::id(bytes));
 }
+
+/// Any text as a configuration file: an error, or a configuration every part of the
+/// server can be built from. Never a panic.
+pub fn exercise_config(text: &str) {
+    let Ok(config) = Config::parse(text, "fuzz.toml", &LoadEnv::default()) else {
+        return;
+    };
+    assert!(
+        !config.routes.is_empty(),
+        "a valid configuration has a route"
+    );
+    for r in &config.routes {
+        assert!(!r.upstreams.is_empty(), "route {} has no upstream", r.name);
+        assert!(
+            r.try_timeout <= r.timeout,
+            "route {}: try_timeout past timeout",
+            r.name
+        );
+    }
+    // Each zone is routed by its own route (a zone belongs to one route).
+    let router = crate::router::Router::for_config(&config);
+    for (i, r) in config.routes.iter().enumerate() {
+        for z in &r.zones {
+            let routed = router.route(z, wire::TYPE_A).map(|m| m.route);
+            assert_eq!(routed, Some(i), "a zone of route {}", r.name);
+        }
+    }
+    let _ = crate::report::routing_table(&config);
+}
+
+/// A cached reply served to another client: the upstream's bytes (as in
+/// `exercise_reply_bytes`) are stored, then looked up and rendered for a client whose
+/// question spells the name differently (each bit of `spelling` flips a letter's
+/// case) and whose OPT record is built from `opt` (payload size, DO bit, options).
+/// The hit must carry the client's ID and spelling, fit its limit and walk clean.
+pub fn exercise_cache_render(reply: &[u8], spelling: &[u8], opt: &[u8]) {
+    let Some(stored_for) = question_of(reply) else {
+        return;
+    };
+    let Ok(r) = wire::parse_reply(reply, wire::id(reply), &stored_for) else {
+        return;
+    };
+    let Some(n) = wire::normalize(reply, &r) else {
+        return;
+    };
+    let cache = crate::cache::Cache::new(16);
+    let policy = crate::config::CachePolicy::default();
+    let now = std::time::Instant::now();
+    if cache.store_answer(&stored_for, n, &policy, now).is_err() {
+        return;
+    }
+    let client = client_query(&stored_for, spelling, opt);
+    let Ok(q) = wire::parse_query(&client) else {
+        return;
+    };
+    let age = spelling.first().copied().unwrap_or(0);
+    let later = now + std::time::Duration::from_secs(u64::from(age));
+    let crate::cache::Lookup::Fresh { stored, age, .. } = cache.lookup(&q, &policy, later) else {
+        return;
+    };
+    for limit in [512, Transport::Udp.limit(&q), Transport::Tcp.limit(&q)] {
+        let out = wire::render(&stored.reply, &q, limit, Ttls::Aged(age));
+        assert!(out.len() <= limit.max(512), "{} > {limit}", out.len());
+        assert_eq!(wire::id(&out), q.id);
+        if out[3] & 0x0f == wire::rcode::SERVFAIL as u8 {
+            continue;
+        }
+        let spelled = &out[wire::HEADER_LEN..wire::HEADER_LEN + q.qname.len()];
+        assert_eq!(spelled, &q.qname[..], "the client's spelling");
+        wire::parse_reply(&out, q.id, &q).expect("a cache hit walks clean");
+    }
+}
+
+/// The question a reply carries, as the query it would answer.
+fn question_of(bytes: &[u8]) -> Option<Query> {
+    if bytes.len() < wire::HEADER_LEN {
+        return None;
+    }
+    let end = wire::read_name(bytes, wire::HEADER_LEN, None).ok()?;
+    let mut qbytes = bytes.get(..end + 4)?.to_vec();
+    qbytes[2] &= 0x7f; // QR off
+    qbytes[2] &= !0x78; // opcode QUERY
+    qbytes[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    wire::parse_query(&qbytes).ok()
+}
+
+/// A client query for `q`'s question, respelled by `spelling`, with an OPT record from
+/// `opt` when it has at least three octets: payload size, then DO, then raw options.
+fn client_query(q: &Query, spelling: &[u8], opt: &[u8]) -> Vec<u8> {
+    let mut name = q.qname.clone();
+    let letters = name.iter_mut().filter(|b| b.is_ascii_alphabetic());
+    for (bit, b) in letters.enumerate() {
+        if spelling
+            .get(bit / 8)
+            .is_some_and(|s| s >> (bit % 8) & 1 == 1)
+        {
+            *b ^= 0x20;
+        }
+    }
+    let with_opt = opt.len() >= 3;
+    let mut m = vec![
+        0xab,
+        0xcd,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(with_opt),
+    ];
+    m.extend_from_slice(&name);
+    m.extend_from_slice(&q.qtype.to_be_bytes());
+    m.extend_from_slice(&q.qclass.to_be_bytes());
+    if with_opt {
+        let options = &opt[3..opt.len().min(3 + 512)];
+        m.extend_from_slice(&[0, 0, 41, opt[0], opt[1], 0, 0, opt[2] & 0x80, 0]);
+        m.extend_from_slice(&(options.len() as u16).to_be_bytes());
+        m.extend_from_slice(options);
+    }
+    m
+}

@@ -3,7 +3,10 @@
 //! cut or spliced, go through every path a packet from a client or an upstream takes.
 
 use proptest::prelude::*;
-use zonefwd::fuzzing::{exercise_handler, exercise_query, exercise_reply, exercise_reply_bytes};
+use zonefwd::fuzzing::{
+    exercise_cache_render, exercise_config, exercise_handler, exercise_query, exercise_reply,
+    exercise_reply_bytes,
+};
 use zonefwd::wire::{self, Query, Ttls};
 
 /// A valid query for `name` with optional EDNS, built by hand so the test does not
@@ -129,6 +132,43 @@ proptest! {
         let r = mutate(reply_bytes(&q, 9, n), &muts);
         exercise_reply(&r, &q, 9);
         exercise_reply_bytes(&r);
+    }
+
+    #[test]
+    fn cached_replies_for_other_spellings_and_opts(name in name_strategy(), n in 1u8..30,
+            spelling in prop::collection::vec(any::<u8>(), 0..8),
+            opt in prop::collection::vec(any::<u8>(), 0..40)) {
+        let q = wire::parse_query(&query_bytes(&name, 1, true)).unwrap();
+        exercise_cache_render(&reply_bytes(&q, 9, n), &spelling, &opt);
+    }
+
+    #[test]
+    fn config_text_with_bytes_flipped(at in any::<prop::sample::Index>(), with in any::<u8>(),
+            cut in any::<prop::sample::Index>()) {
+        // The reference file, one byte replaced and the rest cut somewhere.
+        let mut text = include_bytes!("../config/reference.toml").to_vec();
+        let i = at.index(text.len());
+        text[i] = with;
+        text.truncate(cut.index(text.len()) + 1);
+        if let Ok(t) = std::str::from_utf8(&text) {
+            exercise_config(t);
+        }
+    }
+}
+
+/// The configuration files in the repository are valid and pass `exercise_config`'s
+/// checks; the fuzz target starts from them (fuzz/corpus/config_text).
+#[test]
+fn the_shipped_configurations_pass_the_config_invariants() {
+    for path in [
+        "config/reference.toml",
+        "config/zonefwd.toml",
+        "config/aks-private.toml",
+    ] {
+        let text = std::fs::read_to_string(path).unwrap();
+        zonefwd::Config::parse(&text, path, &zonefwd::LoadEnv::default())
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        exercise_config(&text);
     }
 }
 
