@@ -27,6 +27,9 @@ $TTL 3600
 ns1 IN A   127.0.0.1
 *   IN A   192.0.2.1
 *   IN AAAA 2001:db8::1
+; About 1 KiB of TXT for every name: large answers (bench/exhaustion.sh fills the cache
+; with them); the other benchmarks ask A and AAAA only.
+*   IN TXT "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb" "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc" "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
 EOF
   cat >"$work/empty.zone" <<'EOF'
 $ORIGIN empty.test.
@@ -49,6 +52,9 @@ server:
   # Debian's NSD limits responses to 200/s per client network (RRL): off here.
   rrl-ratelimit: 0
   rrl-whitelist-ratelimit: 0
+# No control port: two NSDs (two bench scripts at once) would both want ::1@8952.
+remote-control:
+  control-enable: no
 zone:
   name: bench.test
   zonefile: bench.zone

@@ -96,6 +96,7 @@ pub async fn serve(
 ) {
     let full_warning = Throttle::new(LIMIT_WARN_INTERVAL);
     let client_warning = Throttle::new(LIMIT_WARN_INTERVAL);
+    let accept_warning = Throttle::new(LIMIT_WARN_INTERVAL);
     let per_client = Arc::new(ConnectionsPerClient::default());
     loop {
         let (stream, client) = tokio::select! {
@@ -103,8 +104,11 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(r) => r,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "tcp accept failed");
+                    // EMFILE and friends: back off briefly instead of spinning, and
+                    // say so once per interval, not 20 times a second.
+                    if accept_warning.ready() {
+                        tracing::warn!(error = %e, "tcp accept failed (logged at most every 10s)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

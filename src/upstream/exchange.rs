@@ -33,6 +33,10 @@ pub enum TryError {
     /// not counted as the upstream's failure.
     #[error("every kept tcp connection to the upstream is full")]
     Busy,
+    /// No socket could be opened (out of descriptors or buffers): this host's
+    /// trouble, not the upstream's, so not counted against its health either.
+    #[error("no socket for the upstream: {0}")]
+    NoSocket(io::Error),
     /// A datagram as large as the receive buffer: it may have been cut.
     #[error("reply larger than {UDP_RECV_BUF} octets over udp")]
     Oversize,
@@ -51,6 +55,24 @@ pub struct Exchanged {
 /// buffer per try cost a fifth of the forwarding CPU (memset and page faults).
 const UDP_RECV_BUF: usize = 4096;
 
+/// Opening a socket failed for want of descriptors, buffers or memory: the host's limit
+/// (`LimitNOFILE`, a container's), not the upstream's doing.
+pub fn is_out_of_sockets(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    let out = [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM];
+    e.raw_os_error()
+        .is_some_and(|n| out.iter().any(|&errno| errno as i32 == n))
+}
+
+/// An error opening a socket, as the try's error.
+pub fn opening(e: io::Error) -> TryError {
+    if is_out_of_sockets(&e) {
+        TryError::NoSocket(e)
+    } else {
+        TryError::Network(e)
+    }
+}
+
 pub fn random_id() -> u16 {
     rand::random()
 }
@@ -64,7 +86,8 @@ pub async fn udp(
     mismatched: &AtomicU64,
 ) -> Result<Exchanged, TryError> {
     let id = random_id();
-    let sock = UpstreamSocket::open(server, &wire::build_upstream_query(q, id, edns))?;
+    let sock =
+        UpstreamSocket::open(server, &wire::build_upstream_query(q, id, edns)).map_err(opening)?;
     receive(&sock, server, q, id, None, mismatched).await
 }
 
@@ -95,7 +118,8 @@ pub async fn udp_pooled(
         None => {
             let id = random_id();
             let p = Pooled {
-                sock: UpstreamSocket::open(server, &wire::build_upstream_query(q, id, edns))?,
+                sock: UpstreamSocket::open(server, &wire::build_upstream_query(q, id, edns))
+                    .map_err(opening)?,
                 uses: 0,
                 born: now,
                 last_id: None,

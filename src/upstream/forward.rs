@@ -167,8 +167,15 @@ impl<'a> Tries<'a> {
             }
             Verdict::Failed(TryError::Busy) => {
                 // Our own limit, not the upstream's failure: not counted against it.
-                if set.budget_warning.ready() {
+                if set.local_warning.ready() {
                     tracing::warn!(route = %set.route, upstream = %addr, "every kept tcp connection to the upstream is full: trying the next upstream (logged at most every 10s)");
+                }
+            }
+            Verdict::Failed(TryError::NoSocket(e)) => {
+                // Out of descriptors here: a healthy upstream must not be marked down
+                // for it, nor each query logged.
+                if set.local_warning.ready() {
+                    tracing::warn!(route = %set.route, upstream = %addr, error = %e, "cannot open a socket to the upstream: answering SERVFAIL or stale until descriptors free up (raise LimitNOFILE or max_inflight down; logged at most every 10s)");
                 }
             }
             Verdict::Failed(e) => {

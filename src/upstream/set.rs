@@ -27,6 +27,9 @@ pub struct UpstreamSet {
     pub(crate) max_fails: u32,
     pub(crate) health_check: Duration,
     pub(crate) budget_warning: Throttle,
+    /// This host's own limits (descriptors, full TCP pipelines), warned of once per
+    /// interval.
+    pub(crate) local_warning: Throttle,
     pub(crate) life: Lifecycle,
     /// `expect_private`: what to do with public addresses in this route's answers.
     pub expect_private: Option<ExpectPrivate>,
@@ -130,6 +133,7 @@ impl UpstreamSet {
             max_fails: route.max_fails,
             health_check: route.health_check,
             budget_warning: Throttle::new(LIMIT_WARN_INTERVAL),
+            local_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             life,
             expect_private: route.expect_private,
             guard_warning: Throttle::new(LIMIT_WARN_INTERVAL),

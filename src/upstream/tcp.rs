@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::exchange::{random_id, Exchanged, TryError};
+use crate::upstream::exchange::{self, random_id, Exchanged, TryError};
 use crate::upstream::server::UpstreamStats;
 use crate::wire::{self, Query, ReplyError};
 
@@ -417,8 +417,15 @@ async fn run(shared: Arc<Shared>, conn: Arc<Connection>, queued: mpsc::Unbounded
             tracing::debug!(upstream = %shared.addr, error = %e, "tcp connect failed");
             shared.barren_in_a_row.fetch_add(1, Ordering::Relaxed);
             shared.owed.fetch_add(1, Ordering::Relaxed);
-            let kind = e.kind();
-            let failed = || Ask::Failed(TryError::Network(io::Error::new(kind, "tcp connect")));
+            let (kind, out_of_sockets) = (e.kind(), exchange::is_out_of_sockets(&e));
+            let failed = || {
+                let e = io::Error::new(kind, "tcp connect");
+                Ask::Failed(if out_of_sockets {
+                    TryError::NoSocket(e)
+                } else {
+                    TryError::Network(e)
+                })
+            };
             return conn.close(failed);
         }
     };
