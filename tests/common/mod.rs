@@ -216,6 +216,8 @@ pub struct Seen {
     pub raw: Vec<u8>,
     pub from: SocketAddr,
     pub tcp: bool,
+    /// When the fake received it.
+    pub at: Instant,
 }
 
 pub type Responder = Arc<dyn Fn(&Message, bool) -> Vec<Step> + Send + Sync>;
@@ -348,6 +350,7 @@ fn record_and_respond(
         raw,
         from,
         tcp,
+        at: Instant::now(),
     });
     Some(steps)
 }
