@@ -86,7 +86,9 @@ echo "new names of a working route meanwhile: $(codes "$work/working.out")"
 wait "$load" || true
 echo "the silent route's own queries: $(codes "$work/silent.out")"
 echo "log lines written during the load: $(($(wc -l <"$work/zonefwd.log") - lines_before))"
-grep -v '^$' "$work/zonefwd.log" | tail -n +$((lines_before + 1)) | cut -c1-160 | sort | uniq -c | sort -rn | head -5
+# What was logged, each distinct line once with its count (timestamps cut).
+tail -n +$((lines_before + 1)) "$work/zonefwd.log" | cut -c29-220 | sort | uniq -c | sort -rn >"$work/lines.txt" || true
+head -5 "$work/lines.txt"
 sleep 4
 echo "after the load: descriptors $(ls "/proc/$zpid/fd" | wc -l); a new name: $(dig +short +time=2 @127.0.0.1 -p "$PORT" after-load.bench.test A)"
 kill "$zpid"; wait "$zpid" 2>/dev/null || true
