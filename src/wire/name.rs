@@ -74,7 +74,7 @@ pub(super) fn read_name_avoiding(
                     return Err(WireError::BadPointer);
                 }
                 let target = (usize::from(b & 0x3f) << 8) | usize::from(lo);
-                if target >= floor || target < HEADER_LEN {
+                if target >= floor || target < HEADER_LEN || inside_a_question_label(msg, target) {
                     return Err(WireError::BadPointer);
                 }
                 after.get_or_insert(pos + 2);
@@ -85,6 +85,24 @@ pub(super) fn read_name_avoiding(
             _ => return Err(WireError::BadLabelType),
         }
     }
+}
+
+/// Whether `target` falls inside a label of the question name (which starts at the
+/// header's end) rather than on one of its label boundaries. zonefwd writes each
+/// client's spelling of the question back over it (0x20 randomisation, RFC 1035 7.3):
+/// a name read from the middle of a label could take a letter there for a length or
+/// a pointer octet and change meaning when the case changes. Real compression points
+/// at whole names.
+fn inside_a_question_label(msg: &[u8], target: usize) -> bool {
+    let mut at = HEADER_LEN;
+    while at < target {
+        match msg.get(at) {
+            Some(&l) if l != 0 && l & 0xc0 == 0 => at += 1 + usize::from(l),
+            // Past the question's root label (or not a plain label): after the name.
+            _ => return false,
+        }
+    }
+    at > target
 }
 
 /// ASCII-lowercases a wire-format name in place (RFC 4343: only A-Z fold). The
