@@ -264,16 +264,7 @@ async fn replies_too_big_for_the_client_are_truncated() {
 
 #[tokio::test]
 async fn truncated_upstream_reply_is_retried_over_tcp() {
-    let up = Fake::start(|q, tcp| {
-        if tcp {
-            vec![Step::Reply(big_reply(q))]
-        } else {
-            let mut r = reply(q);
-            r.metadata.truncation = true;
-            vec![Step::Reply(r)]
-        }
-    })
-    .await;
+    let up = Fake::truncating().await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     let r = ask(
         &tcp_client(z.tcp).await,

@@ -205,16 +205,7 @@ async fn an_upstream_refusing_connections_fails_over_at_once() {
 
 #[tokio::test]
 async fn the_tc_retry_of_a_udp_route_uses_the_kept_connection() {
-    let up = Fake::start(|q, tcp| {
-        if tcp {
-            vec![Step::Reply(big_reply(q))]
-        } else {
-            let mut r = reply(q);
-            r.metadata.truncation = true;
-            vec![Step::Reply(r)]
-        }
-    })
-    .await;
+    let up = Fake::truncating().await;
     let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
     for name in ["one.example.", "two.example.", "three.example."] {
         let r = ask(&tcp_client(z.tcp).await, query(name, RecordType::A, None)).await;

@@ -293,6 +293,21 @@ impl Fake {
         (fake, switch)
     }
 
+    /// Answers UDP with an empty truncated reply (TC=1) and TCP with `big_reply`: an
+    /// upstream whose answers do not fit a datagram.
+    pub async fn truncating() -> Fake {
+        Fake::start(|q, tcp| {
+            if tcp {
+                vec![Step::Reply(big_reply(q))]
+            } else {
+                let mut r = reply(q);
+                r.metadata.truncation = true;
+                vec![Step::Reply(r)]
+            }
+        })
+        .await
+    }
+
     /// Never answers.
     pub async fn blackhole() -> Fake {
         Fake::start(|_, _| vec![]).await
