@@ -57,7 +57,7 @@ const UDP_RECV_BUF: usize = 4096;
 
 /// Opening a socket failed for want of descriptors, buffers or memory: the host's limit
 /// (`LimitNOFILE`, a container's), not the upstream's doing.
-pub fn is_out_of_sockets(e: &io::Error) -> bool {
+fn is_out_of_sockets(e: &io::Error) -> bool {
     use nix::errno::Errno;
     let out = [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM];
     e.raw_os_error()

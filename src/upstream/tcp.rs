@@ -417,16 +417,14 @@ async fn run(shared: Arc<Shared>, conn: Arc<Connection>, queued: mpsc::Unbounded
             tracing::debug!(upstream = %shared.addr, error = %e, "tcp connect failed");
             shared.barren_in_a_row.fetch_add(1, Ordering::Relaxed);
             shared.owed.fetch_add(1, Ordering::Relaxed);
-            let (kind, out_of_sockets) = (e.kind(), exchange::is_out_of_sockets(&e));
-            let failed = || {
-                let e = io::Error::new(kind, "tcp connect");
-                Ask::Failed(if out_of_sockets {
-                    TryError::NoSocket(e)
-                } else {
-                    TryError::Network(e)
-                })
+            // Each waiter gets its own copy of the error (io::Error is not Clone),
+            // keeping the OS code so that `opening` tells a local shortage apart.
+            let (kind, code) = (e.kind(), e.raw_os_error());
+            let copy = move || match code {
+                Some(c) => io::Error::from_raw_os_error(c),
+                None => io::Error::new(kind, "tcp connect"),
             };
-            return conn.close(failed);
+            return conn.close(|| Ask::Failed(exchange::opening(copy())));
         }
     };
     shared.open.fetch_add(1, Ordering::Relaxed);
