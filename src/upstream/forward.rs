@@ -3,12 +3,21 @@
 //! retransmission). A try that fails, or answers SERVFAIL/REFUSED, starts the next one
 //! at once; a try that is merely slow starts the next one after `try_timeout` but
 //! stays open, so a late answer still wins until the deadline.
+//!
+//! A try still waiting after a tenth of `try_timeout` (at most 100 ms) also waits for
+//! its upstream to be marked down by other queries' tries, and starts the next try
+//! then: when an upstream goes silent under a steady stream, only the `max_fails`
+//! queries whose timeouts mark it down pay the whole `try_timeout`; the ones in flight
+//! with them fail over at that moment, and the ones after skip it. Answers that come
+//! quickly never reach the watch.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::UpstreamTransport;
@@ -27,7 +36,51 @@ enum Verdict {
     Failed(TryError),
 }
 
+/// When a try starts to watch its upstream's mark: this share of `try_timeout`, and
+/// at most `WATCH_AFTER_MAX`.
+const WATCH_AFTER_SHARE: u32 = 10;
+const WATCH_AFTER_MAX: Duration = Duration::from_millis(100);
+
 type TryFuture<'a> = Pin<Box<dyn std::future::Future<Output = (usize, Verdict)> + Send + 'a>>;
+
+/// What the try timer asks for.
+enum Timer<'a> {
+    /// The newest try is overdue: start the next.
+    Overdue,
+    /// The newest try is slow: watch this, its upstream, for being marked down.
+    Watch(&'a Upstream),
+    Wait,
+}
+
+/// A slow try's watch on its upstream being marked down (`Upstream::marked_down`).
+struct DownWatch<'a>(Option<Pin<Box<Notified<'a>>>>);
+
+impl<'a> DownWatch<'a> {
+    /// Watches `u`; true when it is down already.
+    fn watch(&mut self, u: &'a Upstream) -> bool {
+        let mut notified = Box::pin(u.marked_down.notified());
+        // Registered before the mark is read, so a mark made in between still wakes it.
+        notified.as_mut().enable();
+        if u.is_marked_down() {
+            self.0 = None;
+            return true;
+        }
+        self.0 = Some(notified);
+        false
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// When the watched upstream is marked down; never when none is watched.
+    async fn fired(&mut self) {
+        match &mut self.0 {
+            Some(notified) => notified.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
 
 /// The tries of one query in flight. Nearly every query needs only its first try, so
 /// that one runs alone; a `FuturesUnordered` (two allocations and a waker of its own)
@@ -99,6 +152,9 @@ struct Tries<'a> {
     fallback: Option<(Exchanged, SocketAddr)>,
     /// When the newest try becomes overdue.
     try_timer: Instant,
+    /// When the newest try starts to watch for its upstream being marked down (the
+    /// try timer, once it does).
+    watch_from: Instant,
 }
 
 impl<'a> Tries<'a> {
@@ -121,6 +177,7 @@ impl<'a> Tries<'a> {
             let u = &set.upstreams[idx];
             u.stats.sent.fetch_add(1, Ordering::Relaxed);
             self.try_timer = now + set.try_timeout;
+            self.watch_from = now + watch_after(set.try_timeout);
             let (q, transport) = (self.q, set.transport);
             return Some(Box::pin(async move { (n, one_try(u, q, transport).await) }));
         }
@@ -137,9 +194,29 @@ impl<'a> Tries<'a> {
                 .last()
                 .is_some_and(|t| t.1 == TryState::Running);
         if timer_on {
-            self.try_timer.min(deadline)
+            self.watch_from.min(deadline)
         } else {
             deadline
+        }
+    }
+
+    /// The timer fired before the deadline: the newest try is overdue (the caller
+    /// counts it), or it is time to watch its upstream's mark.
+    fn timer(&mut self, now: Instant) -> Timer<'a> {
+        if now >= self.try_timer {
+            return Timer::Overdue;
+        }
+        self.watch_from = self.try_timer;
+        match self.launched.last() {
+            // Only worth it when the next try would go elsewhere: a lone upstream's
+            // retransmission keeps its own timer.
+            Some(&(idx, TryState::Running, _))
+                if self.next < self.plan_len()
+                    && self.order[self.next % self.order.len()] != idx =>
+            {
+                Timer::Watch(&self.set.upstreams[idx])
+            }
+            _ => Timer::Wait,
         }
     }
 
@@ -246,7 +323,9 @@ impl UpstreamSet {
             next: 0,
             fallback: None,
             try_timer: started,
+            watch_from: started,
         };
+        let mut watch = DownWatch(None);
         let mut running = Running::Idle;
         let Some(first) = tries.launch() else {
             if self.budget_warning.ready() {
@@ -264,16 +343,32 @@ impl UpstreamSet {
                     if let Some(out) = tries.ended(n, verdict) {
                         return out;
                     }
+                    watch.clear();
                     match tries.launch() {
                         Some(t) => running.push(t),
                         None if running.is_empty() => break,
                         None => {}
                     }
                 }
-                _ = sleep_until(wake), if wake < deadline => {
+                _ = watch.fired() => {
+                    watch.clear();
                     tries.overdue();
                     if let Some(t) = tries.launch() {
                         running.push(t);
+                    }
+                }
+                _ = sleep_until(wake), if wake < deadline => {
+                    let next = match tries.timer(Instant::now()) {
+                        Timer::Overdue => true,
+                        Timer::Watch(u) => watch.watch(u),
+                        Timer::Wait => false,
+                    };
+                    if next {
+                        watch.clear();
+                        tries.overdue();
+                        if let Some(t) = tries.launch() {
+                            running.push(t);
+                        }
                     }
                 }
                 _ = sleep_until(deadline), if wake == deadline => {
@@ -284,6 +379,10 @@ impl UpstreamSet {
         }
         tries.give_up()
     }
+}
+
+fn watch_after(try_timeout: Duration) -> Duration {
+    (try_timeout / WATCH_AFTER_SHARE).min(WATCH_AFTER_MAX)
 }
 
 /// One try against one upstream, over the route's transport.

@@ -26,6 +26,7 @@ impl UpstreamSet {
         let u = &self.upstreams[idx];
         let now = u.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if self.max_fails > 0 && now == self.max_fails {
+            u.marked_down.notify_waiters();
             tracing::warn!(route = %self.route, upstream = %u.addr, failures = now, "upstream marked down; probing it every {}", humantime::format_duration(self.health_check));
             self.spawn_probe(idx);
         }

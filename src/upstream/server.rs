@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use crate::config::Route;
 use crate::life::Clock;
 use crate::limit::{Rate, TokenBucket};
@@ -78,6 +80,9 @@ pub struct Upstream {
     /// Shared with the tasks of its TCP connections, which count mismatches too.
     pub stats: Arc<UpstreamStats>,
     pub(crate) fails: AtomicU32,
+    /// Woken when `max_fails` marks the upstream down, for the slow tries waiting on it
+    /// to fail over then (`forward::DownWatch`).
+    pub(crate) marked_down: Notify,
     pub(crate) probing: AtomicBool,
     /// A loop probe sent here came back to zonefwd (`loopcheck`): out of rotation.
     pub looped: AtomicBool,
@@ -105,6 +110,7 @@ impl Upstream {
             settings,
             stats,
             fails: AtomicU32::new(0),
+            marked_down: Notify::new(),
             probing: AtomicBool::new(false),
             looped: AtomicBool::new(false),
             manual_down: AtomicBool::new(false),

@@ -3,6 +3,8 @@
 //! Nothing here sends a packet anywhere but 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,369 @@
+//! A fault-injecting proxy between zonefwd and a fake upstream: the faults netem would
+//! make on a real link (these machines have no netem), in user space, exact and
+//! portable. zonefwd is configured with the proxy's address as its upstream; the proxy
+//! relays UDP and TCP to the fake and does to the traffic what its `Fault` says.
+//! Everything stays on 127.0.0.0/8.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::RData;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{framed, qname_of, read_framed, LOCALHOST};
+
+/// The answer a forgery carries; a client or cache that ever holds it was poisoned.
+pub const FORGED_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+
+/// What the proxy does to the traffic it relays.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Relays everything as it is.
+    Clean,
+    /// Drops each datagram, query or reply, with this probability (so a round trip is
+    /// lost with about twice it).
+    Loss(f64),
+    /// Holds each reply `base` plus or minus up to `jitter`, uniformly.
+    Delay { base: Duration, jitter: Duration },
+    /// Sends each reply twice, the copy up to 20 ms after the first.
+    Duplicate,
+    /// Holds each reply a random 0 to 50 ms, so replies overtake one another.
+    Reorder,
+    /// Before each reply, two forgeries with the right ID and question and the answer
+    /// `FORGED_IP`: one from another port, one from 127.0.0.2 (RFC 5452 section 9.1).
+    WrongSource,
+    /// The upstream goes away `at` after the proxy starts (its sockets closed, so the
+    /// kernel refuses what comes) and is back on the same port `down` later.
+    Restart { at: Duration, down: Duration },
+    /// TCP: each connection is reset (RST) when its `every`-th query arrives.
+    TcpReset { every: usize },
+    /// TCP: each connection's `every`-th reply is cut after half its bytes, then the
+    /// connection is closed.
+    TcpCloseMidReply { every: usize },
+    /// Nothing gets through, either way.
+    Blackhole,
+}
+
+/// What the proxy saw.
+#[derive(Default)]
+pub struct ProxyLog {
+    /// Names of the queries that reached the proxy (health probes ask for ".").
+    pub names: Mutex<Vec<String>>,
+    pub forgeries_sent: AtomicUsize,
+    pub duplicates_sent: AtomicUsize,
+    pub dropped: AtomicUsize,
+    pub tcp_cut: AtomicUsize,
+}
+
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    pub log: Arc<ProxyLog>,
+    /// What `Fault::Restart`'s `at` counts from.
+    pub started: Instant,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Everything one proxy relays with: where to, the fault, and the log.
+struct Relay {
+    target: SocketAddr,
+    fault: Fault,
+    log: Arc<ProxyLog>,
+}
+
+impl FaultProxy {
+    /// A proxy on a free 127.0.0.1 port (UDP and TCP) in front of `target`.
+    pub async fn start(target: SocketAddr, fault: Fault) -> FaultProxy {
+        let (udp, tcp) = bind_pair(0).await;
+        let addr = udp.local_addr().unwrap();
+        let started = Instant::now();
+        let log = Arc::new(ProxyLog::default());
+        let relay = Arc::new(Relay {
+            target,
+            fault,
+            log: log.clone(),
+        });
+        let task = tokio::spawn(run(relay, udp, tcp, started));
+        FaultProxy {
+            addr,
+            log,
+            started,
+            task,
+        }
+    }
+
+    /// The client queries that reached the proxy, health probes left out.
+    pub fn client_queries(&self) -> usize {
+        let names = self.log.names.lock().unwrap();
+        names.iter().filter(|n| n.as_str() != ".").count()
+    }
+}
+
+/// UDP and TCP on one port (`port` 0: any free one).
+async fn bind_pair(port: u16) -> (UdpSocket, TcpListener) {
+    loop {
+        let udp = UdpSocket::bind((LOCALHOST, port)).await;
+        let Ok(udp) = udp else {
+            // The same port again after a restart: the old socket may not be gone yet.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = TcpListener::bind((LOCALHOST, port)).await {
+            return (udp, tcp);
+        }
+    }
+}
+
+/// Relays until aborted; for `Restart`, closes everything at `at` and binds the same
+/// port again `down` later.
+async fn run(relay: Arc<Relay>, udp: UdpSocket, tcp: TcpListener, started: Instant) {
+    let port = udp.local_addr().unwrap().port();
+    let (udp_task, tcp_task) = serve(&relay, udp, tcp);
+    let Fault::Restart { at, down } = relay.fault else {
+        let _ = tokio::join!(udp_task, tcp_task);
+        return;
+    };
+    tokio::time::sleep_until(started + at).await;
+    udp_task.abort();
+    tcp_task.abort();
+    let _ = tokio::join!(udp_task, tcp_task);
+    tokio::time::sleep(down).await;
+    let (udp, tcp) = bind_pair(port).await;
+    let (udp_task, tcp_task) = serve(&relay, udp, tcp);
+    let _ = tokio::join!(udp_task, tcp_task);
+}
+
+fn serve(relay: &Arc<Relay>, udp: UdpSocket, tcp: TcpListener) -> (JoinHandle<()>, JoinHandle<()>) {
+    (
+        tokio::spawn(udp_front(relay.clone(), Arc::new(udp))),
+        tokio::spawn(tcp_front(relay.clone(), tcp)),
+    )
+}
+
+impl Relay {
+    fn chance(&self, p: f64) -> bool {
+        rand::random::<f64>() < p
+    }
+
+    /// Whether this datagram (either way) is lost.
+    fn drops(&self) -> bool {
+        let lost = match self.fault {
+            Fault::Loss(p) => self.chance(p),
+            Fault::Blackhole => true,
+            _ => false,
+        };
+        if lost {
+            self.log.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        lost
+    }
+
+    fn note_query(&self, raw: &[u8]) {
+        if let Ok(m) = Message::from_vec(raw) {
+            self.log.names.lock().unwrap().push(qname_of(&m));
+        }
+    }
+
+    /// How long to hold a reply before it goes out.
+    fn hold(&self) -> Duration {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        match self.fault {
+            Fault::Delay { base, jitter } => {
+                let offset = (rand::random::<f64>() * 2.0 - 1.0) * ms(jitter);
+                Duration::from_secs_f64((ms(base) + offset).max(0.0) / 1000.0)
+            }
+            Fault::Reorder => Duration::from_secs_f64(rand::random::<f64>() * 0.050),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+// ---- UDP ------------------------------------------------------------------------
+
+/// Reads zonefwd's queries; each zonefwd port gets its own socket towards the fake, so
+/// the fake's replies find their way back to it.
+async fn udp_front(relay: Arc<Relay>, front: Arc<UdpSocket>) {
+    let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut buf = vec![0u8; 65535];
+    let _abort_backs = AbortOnDrop(Vec::new());
+    loop {
+        let Ok((n, client)) = front.recv_from(&mut buf).await else {
+            return;
+        };
+        relay.note_query(&buf[..n]);
+        if relay.drops() {
+            continue;
+        }
+        if !backs.contains_key(&client) {
+            let back = Arc::new(UdpSocket::bind((LOCALHOST, 0)).await.unwrap());
+            back.connect(relay.target).await.unwrap();
+            let task = tokio::spawn(udp_back(relay.clone(), back.clone(), front.clone(), client));
+            backs.insert(client, (back, task));
+        }
+        let _ = backs[&client].0.send(&buf[..n]).await;
+    }
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The fake's replies for one zonefwd port, back to it through the fault.
+async fn udp_back(
+    relay: Arc<Relay>,
+    back: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok(n) = back.recv(&mut buf).await else {
+            return;
+        };
+        if relay.drops() {
+            continue;
+        }
+        let reply = buf[..n].to_vec();
+        let (relay, front) = (relay.clone(), front.clone());
+        tokio::spawn(async move { udp_reply(&relay, &front, client, reply).await });
+    }
+}
+
+async fn udp_reply(relay: &Relay, front: &UdpSocket, client: SocketAddr, reply: Vec<u8>) {
+    if matches!(relay.fault, Fault::WrongSource) {
+        send_forgeries(relay, front, client, &reply).await;
+    }
+    tokio::time::sleep(relay.hold()).await;
+    let _ = front.send_to(&reply, client).await;
+    if matches!(relay.fault, Fault::Duplicate) {
+        tokio::time::sleep(Duration::from_secs_f64(rand::random::<f64>() * 0.020)).await;
+        let _ = front.send_to(&reply, client).await;
+        relay.log.duplicates_sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The reply with its answers replaced by `FORGED_IP`, sent from another port of
+/// 127.0.0.1 and from 127.0.0.2 on the upstream's own port.
+async fn send_forgeries(relay: &Relay, front: &UdpSocket, client: SocketAddr, reply: &[u8]) {
+    let Some(forged) = forge(reply) else {
+        return;
+    };
+    let port = front.local_addr().unwrap().port();
+    let sources = [
+        SocketAddr::new(IpAddr::V4(LOCALHOST), 0),
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), port),
+    ];
+    for source in sources {
+        if let Ok(s) = UdpSocket::bind(source).await {
+            let _ = s.send_to(&forged, client).await;
+            relay.log.forgeries_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn forge(reply: &[u8]) -> Option<Vec<u8>> {
+    let mut m = Message::from_vec(reply).ok()?;
+    for r in m.answers.iter_mut() {
+        if matches!(r.data, RData::A(_)) {
+            r.data = RData::A(A(FORGED_IP));
+        }
+    }
+    m.to_vec().ok()
+}
+
+// ---- TCP ------------------------------------------------------------------------
+
+async fn tcp_front(relay: Arc<Relay>, listener: TcpListener) {
+    let mut conns = AbortOnDrop(Vec::new());
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            return;
+        };
+        conns.0.retain(|t| !t.is_finished());
+        conns.0.push(tokio::spawn(tcp_relay(relay.clone(), client)));
+    }
+}
+
+/// One zonefwd connection relayed to its own connection to the fake, frame by frame.
+async fn tcp_relay(relay: Arc<Relay>, client: TcpStream) {
+    if matches!(relay.fault, Fault::Blackhole) {
+        // Accepts and never answers: a silent server, not a refused one.
+        let _held = &client;
+        std::future::pending::<()>().await;
+    }
+    if matches!(relay.fault, Fault::TcpReset { .. }) {
+        // Closed with SO_LINGER 0, the socket goes with an RST, not a FIN.
+        client.set_zero_linger().unwrap();
+    }
+    let Ok(upstream) = TcpStream::connect(relay.target).await else {
+        return;
+    };
+    let (mut from_client, to_client) = client.into_split();
+    let (from_upstream, mut to_upstream) = upstream.into_split();
+    let replies = AbortOnDrop(vec![tokio::spawn(tcp_replies(
+        relay.clone(),
+        from_upstream,
+        to_client,
+    ))]);
+    let mut queries = 0;
+    while let Ok(raw) = read_framed(&mut from_client).await {
+        queries += 1;
+        relay.note_query(&raw);
+        if let Fault::TcpReset { every } = relay.fault {
+            if queries % every == 0 {
+                relay.log.tcp_cut.fetch_add(1, Ordering::Relaxed);
+                // Both halves dropped: the reset goes out.
+                drop(replies);
+                return;
+            }
+        }
+        if to_upstream.write_all(&framed(&raw)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The fake's replies on one connection, back to zonefwd; for `TcpCloseMidReply`, the
+/// `every`-th is cut in half and the connection closed.
+async fn tcp_replies(
+    relay: Arc<Relay>,
+    mut from_upstream: tokio::net::tcp::OwnedReadHalf,
+    mut to_client: tokio::net::tcp::OwnedWriteHalf,
+) {
+    let mut replies = 0;
+    while let Ok(raw) = read_framed(&mut from_upstream).await {
+        replies += 1;
+        let bytes = framed(&raw);
+        if let Fault::TcpCloseMidReply { every } = relay.fault {
+            if replies % every == 0 {
+                relay.log.tcp_cut.fetch_add(1, Ordering::Relaxed);
+                let _ = to_client.write_all(&bytes[..bytes.len() / 2]).await;
+                let _ = to_client.shutdown().await;
+                return;
+            }
+        }
+        if to_client.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
