@@ -13,7 +13,7 @@ out="bench/results/$(date -u +%F)-fault-matrix.md"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --release --quiet --test fault_matrix -- --ignored --nocapture --exact fault_matrix_report \
-  >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+  2>&1 | tee "$log" >&2 || { echo "the matrix run failed" >&2; exit 1; }
 {
   echo "# Fault matrix, $(date -u +%F), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo

@@ -26,7 +26,8 @@ use crate::wire::{self, rcode, Query, Ttls};
 
 /// RFC 8767 section 5's client response timer: with a stale answer at hand, a client
 /// waits at most this long for a fresh one (the resolution goes on and refreshes the
-/// cache).
+/// cache); not at all when the route's upstreams are all down
+/// (`UpstreamSet::stale_answer_after`).
 pub const STALE_ANSWER_AFTER: Duration = Duration::from_millis(1800);
 
 /// A query on its way upstream; holds its in-flight places until it is answered.
@@ -76,8 +77,11 @@ impl Job {
                 // With a stale answer at hand the client stops waiting after a while,
                 // and the resolution goes on without it (RFC 8767 section 5).
                 (start, Some(_)) => Either::Right(Either::Right(
-                    tokio::time::timeout(STALE_ANSWER_AFTER, resolver::wait(start.spawned()))
-                        .map(|r| r.ok().flatten()),
+                    tokio::time::timeout(
+                        self.route.stale_answer_after(),
+                        resolver::wait(start.spawned()),
+                    )
+                    .map(|r| r.ok().flatten()),
                 )),
             };
             let res = waiting.await;

@@ -194,6 +194,43 @@ async fn a_slow_upstream_gets_the_stale_answer_out_after_the_client_timer() {
 }
 
 #[tokio::test]
+async fn with_every_upstream_down_the_stale_answer_goes_out_at_once() {
+    // RFC 8767 section 5: the 1.8 s client response timer is for an upstream that may
+    // still answer; once the route's only upstream is marked down, a stale answer
+    // goes out at once. A BIND forwarding here gives up on a silent forwarder before
+    // 1.8 s, so waiting cost its clients a SERVFAIL.
+    let (up, on) = Fake::answering_while(true, [192, 0, 2, 9], 10).await;
+    let (z, clock) = start(&one_route(
+        &[up.addr],
+        // A deadline past the 1.8 s timer, so that the resolution cannot end first.
+        "timeout = \"3s\"\ntry_timeout = \"1s\"\nmax_fails = 1\nhealth_check = \"1h\"",
+    ))
+    .await;
+    exchange(z.udp, &query("kept.example.", RecordType::A, None)).await;
+    on.store(false, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(20));
+    let r = exchange(z.udp, &query("new.example.", RecordType::A, None)).await;
+    assert_eq!(
+        r.metadata.response_code,
+        ResponseCode::ServFail,
+        "and the upstream is marked down"
+    );
+    let (r, took) = timed(exchange(
+        z.udp,
+        &query("kept.example.", RecordType::A, None),
+    ))
+    .await;
+    assert_eq!(r.answers[0].ttl, 30, "the stale answer");
+    assert!(
+        took < Duration::from_millis(1000),
+        "waited {took:?} for an upstream known to be down"
+    );
+    // The refresh still goes to the upstream, in the background.
+    eventually("the refresh", || asked(&up, "kept.example.") >= 2).await;
+    z.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn servfail_is_cached_for_servfail_ttl_only() {
     let up = Fake::answering(|q| reply_rcode(q, ResponseCode::ServFail)).await;
     let (z, clock) = start(&one_route(&[up.addr], "[cache]\nservfail_ttl = \"5s\"")).await;

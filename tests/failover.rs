@@ -304,3 +304,36 @@ async fn an_upstream_that_answers_servfail_is_not_marked_down() {
     assert_eq!(asked_b("sf2.example."), 0, "B should be marked down");
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn failures_of_tries_sent_before_the_upstreams_last_answer_are_not_in_a_row() {
+    // Four queries go to A while it is away; it comes back and answers a fifth before
+    // their tries time out. Those four timeouts say nothing of A as it is now: A stays
+    // first in line (without the rule it was marked down by them, and under a steady
+    // stream flapped down and up between its own answers).
+    let (a, back) = Fake::answering_while(false, [192, 0, 2, 10], 60).await;
+    let b = Fake::answering(|q| reply_a(q, [192, 0, 2, 20], 60)).await;
+    let z = Zonefwd::start(&one_route(
+        &[a.addr, b.addr],
+        "timeout = \"3s\"\ntry_timeout = \"1s\"\nmax_fails = 3\nhealth_check = \"1h\"",
+    ))
+    .await;
+    let lost: Vec<_> = (0..4)
+        .map(|i| asking_a(z.udp, &format!("away{i}.example.")))
+        .collect();
+    eventually("the four queries at A", || a.count() == 4).await;
+    back.store(true, Ordering::SeqCst);
+    let r = ask_a(z.udp, "back.example.").await;
+    assert_eq!(r.answers[0].data, a_record("x.", [192, 0, 2, 10], 60).data);
+    for q in lost {
+        let r = Message::from_vec(&q.await.unwrap().expect("answered by B")).unwrap();
+        assert_eq!(r.answers[0].data, a_record("x.", [192, 0, 2, 20], 60).data);
+    }
+    let r = ask_a(z.udp, "after.example.").await;
+    assert_eq!(
+        r.answers[0].data,
+        a_record("x.", [192, 0, 2, 10], 60).data,
+        "A was marked down by failures older than its last answer"
+    );
+    z.stop().await.unwrap();
+}

@@ -262,7 +262,7 @@ impl<'a> Tries<'a> {
                     .errors
                     .fetch_add(1, Ordering::Relaxed);
                 if state == TryState::Running {
-                    set.failure(idx);
+                    set.failure(idx, sent);
                 }
             }
         }
@@ -278,7 +278,7 @@ impl<'a> Tries<'a> {
                     .stats
                     .timeouts
                     .fetch_add(1, Ordering::Relaxed);
-                self.set.failure(t.0);
+                self.set.failure(t.0, t.2);
             }
         }
     }
@@ -290,7 +290,7 @@ impl<'a> Tries<'a> {
                 .stats
                 .timeouts
                 .fetch_add(1, Ordering::Relaxed);
-            self.set.failure(t.0);
+            self.set.failure(t.0, t.2);
         }
     }
 

@@ -8,22 +8,55 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::UpstreamTransport;
+use crate::job::STALE_ANSWER_AFTER;
 use crate::upstream::{exchange, Upstream, UpstreamSet};
 use crate::wire::{self, Query};
 
 impl UpstreamSet {
     pub(crate) fn success(&self, idx: usize) {
         let u = &self.upstreams[idx];
+        u.note_answer();
         let before = u.fails.swap(0, Ordering::Relaxed);
         if self.max_fails > 0 && before >= self.max_fails {
             tracing::info!(route = %self.route, upstream = %u.addr, "upstream answers again; back in rotation");
         }
     }
 
-    pub(crate) fn failure(&self, idx: usize) {
+    /// How long a client with a stale answer at hand waits for a fresh one: RFC 8767
+    /// section 5's client response timer, 1.8 s; nothing while every upstream of the
+    /// route is down, where the wait would be spent for certain (the section's failure
+    /// recheck: a known failure is answered from stale data at once). The resolution
+    /// goes on either way and refreshes the cache when an upstream answers.
+    ///
+    /// A downstream resolver that forwards here (BIND, Unbound) gives up on a silent
+    /// forwarder well before 1.8 s, so without this its clients got SERVFAIL for
+    /// names zonefwd held stale answers for.
+    pub fn stale_answer_after(&self) -> Duration {
+        if self
+            .upstreams
+            .iter()
+            .all(|u| !u.is_up() || u.looped.load(Ordering::Relaxed))
+        {
+            Duration::ZERO
+        } else {
+            STALE_ANSWER_AFTER
+        }
+    }
+
+    /// A try sent at `sent` failed. It counts towards `max_fails` only when nothing
+    /// sent after it has been answered since: the failures must be in a row. Without
+    /// that, under a steady stream, the tries lost while an upstream was away keep
+    /// timing out after it is back, marking it down again between its answers.
+    pub(crate) fn failure(&self, idx: usize, sent: Instant) {
         let u = &self.upstreams[idx];
+        if u.answered_after(sent) {
+            return;
+        }
         let now = u.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if self.max_fails > 0 && now == self.max_fails {
             u.marked_down.notify_waiters();
@@ -65,6 +98,7 @@ impl UpstreamSet {
                 })
                 .await;
                 if matches!(answered, Ok(Ok(_))) {
+                    u.note_answer();
                     u.fails.store(0, Ordering::Relaxed);
                     tracing::info!(route = %route, upstream = %u.addr, "health probe answered; upstream back in rotation");
                 }

@@ -80,6 +80,10 @@ pub struct Upstream {
     /// Shared with the tasks of its TCP connections, which count mismatches too.
     pub stats: Arc<UpstreamStats>,
     pub(crate) fails: AtomicU32,
+    /// When it last answered, in nanoseconds since `created`: a try sent before that
+    /// whose answer never came is not a failure in a row (`health`).
+    answered: AtomicU64,
+    created: tokio::time::Instant,
     /// Woken when `max_fails` marks the upstream down, for the slow tries waiting on it
     /// to fail over then (`forward::DownWatch`).
     pub(crate) marked_down: Notify,
@@ -110,6 +114,8 @@ impl Upstream {
             settings,
             stats,
             fails: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
+            created: tokio::time::Instant::now(),
             marked_down: Notify::new(),
             probing: AtomicBool::new(false),
             looped: AtomicBool::new(false),
@@ -130,6 +136,22 @@ impl Upstream {
                 false
             }
         }
+    }
+
+    /// It answered (anything) just now.
+    pub(crate) fn note_answer(&self) {
+        let now = self.since_created(tokio::time::Instant::now());
+        self.answered.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Whether it answered some try sent after `sent`.
+    pub(crate) fn answered_after(&self, sent: tokio::time::Instant) -> bool {
+        self.answered.load(Ordering::Relaxed) > self.since_created(sent)
+    }
+
+    fn since_created(&self, t: tokio::time::Instant) -> u64 {
+        let d = t.saturating_duration_since(self.created);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub fn consecutive_failures(&self) -> u32 {

@@ -4,6 +4,7 @@
 //! relays UDP and TCP to the fake and does to the traffic what its `Fault` says.
 //! Everything stays on 127.0.0.0/8.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -195,11 +196,13 @@ impl Relay {
 // ---- UDP ------------------------------------------------------------------------
 
 /// Reads zonefwd's queries; each zonefwd port gets its own socket towards the fake, so
-/// the fake's replies find their way back to it.
+/// the fake's replies find their way back to it. Aborted (a restart), it takes the
+/// reply tasks with it, and with them the last hold on the front socket: the port
+/// closes, and the kernel refuses what comes.
 async fn udp_front(relay: Arc<Relay>, front: Arc<UdpSocket>) {
-    let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut back_tasks = AbortOnDrop(Vec::new());
     let mut buf = vec![0u8; 65535];
-    let _abort_backs = AbortOnDrop(Vec::new());
     loop {
         let Ok((n, client)) = front.recv_from(&mut buf).await else {
             return;
@@ -208,13 +211,21 @@ async fn udp_front(relay: Arc<Relay>, front: Arc<UdpSocket>) {
         if relay.drops() {
             continue;
         }
-        if !backs.contains_key(&client) {
-            let back = Arc::new(UdpSocket::bind((LOCALHOST, 0)).await.unwrap());
-            back.connect(relay.target).await.unwrap();
-            let task = tokio::spawn(udp_back(relay.clone(), back.clone(), front.clone(), client));
-            backs.insert(client, (back, task));
-        }
-        let _ = backs[&client].0.send(&buf[..n]).await;
+        let back = match backs.entry(client) {
+            Entry::Occupied(e) => e.get().clone(),
+            Entry::Vacant(e) => {
+                let back = Arc::new(UdpSocket::bind((LOCALHOST, 0)).await.unwrap());
+                back.connect(relay.target).await.unwrap();
+                back_tasks.0.push(tokio::spawn(udp_back(
+                    relay.clone(),
+                    back.clone(),
+                    front.clone(),
+                    client,
+                )));
+                e.insert(back).clone()
+            }
+        };
+        let _ = back.send(&buf[..n]).await;
     }
 }
 
