@@ -129,30 +129,28 @@ async fn bind_pair(port: u16) -> (UdpSocket, TcpListener) {
     }
 }
 
-/// Relays until aborted; for `Restart`, closes everything at `at` and binds the same
-/// port again `down` later.
+/// Relays until aborted (its relaying tasks with it); for `Restart`, closes
+/// everything at `at` and binds the same port again `down` later.
 async fn run(relay: Arc<Relay>, udp: UdpSocket, tcp: TcpListener, started: Instant) {
     let port = udp.local_addr().unwrap().port();
-    let (udp_task, tcp_task) = serve(&relay, udp, tcp);
+    let serving = serve(&relay, udp, tcp);
     let Fault::Restart { at, down } = relay.fault else {
-        let _ = tokio::join!(udp_task, tcp_task);
-        return;
+        return std::future::pending().await;
     };
     tokio::time::sleep_until(started + at).await;
-    udp_task.abort();
-    tcp_task.abort();
-    let _ = tokio::join!(udp_task, tcp_task);
+    drop(serving);
     tokio::time::sleep(down).await;
     let (udp, tcp) = bind_pair(port).await;
-    let (udp_task, tcp_task) = serve(&relay, udp, tcp);
-    let _ = tokio::join!(udp_task, tcp_task);
+    let _serving = serve(&relay, udp, tcp);
+    std::future::pending().await
 }
 
-fn serve(relay: &Arc<Relay>, udp: UdpSocket, tcp: TcpListener) -> (JoinHandle<()>, JoinHandle<()>) {
-    (
+/// The UDP and TCP relays, stopped when this is dropped.
+fn serve(relay: &Arc<Relay>, udp: UdpSocket, tcp: TcpListener) -> AbortOnDrop {
+    AbortOnDrop(vec![
         tokio::spawn(udp_front(relay.clone(), Arc::new(udp))),
         tokio::spawn(tcp_front(relay.clone(), tcp)),
-    )
+    ])
 }
 
 impl Relay {
