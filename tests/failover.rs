@@ -337,3 +337,29 @@ async fn failures_of_tries_sent_before_the_upstreams_last_answer_are_not_in_a_ro
     );
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lone_upstream_gets_a_third_try_when_the_first_two_went_unanswered() {
+    // RFC 9520 section 3.2: at most two retries. A lone cloud resolver losing two
+    // datagrams in a row answers the third; one that answered SERVFAIL is not asked a
+    // third time (tests/cache.rs servfail_is_cached_for_servfail_ttl_only).
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = seen.clone();
+    let up = Fake::start(move |q, _| {
+        if n.fetch_add(1, Ordering::SeqCst) < 2 {
+            vec![]
+        } else {
+            vec![Step::Reply(reply_a(q, [192, 0, 2, 3], 60))]
+        }
+    })
+    .await;
+    let z = Zonefwd::start(&one_route(
+        &[up.addr],
+        "timeout = \"3s\"\ntry_timeout = \"300ms\"\nmax_fails = 0",
+    ))
+    .await;
+    let r = ask_a(z.udp, "third.example.").await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(asked(&up, "third.example."), 3);
+    z.stop().await.unwrap();
+}
