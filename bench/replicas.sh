@@ -59,14 +59,15 @@ trap 'exit 130' INT
 
 ip netns add "$P-lan" 2>"$work/err" || skip "this machine does not allow network namespaces: $(cat "$work/err")"
 namespaces+=("$P-lan")
-ip -n "$P-lan" link add br0 type bridge
+ip -n "$P-lan" link add br0 type bridge 2>"$work/err" || skip "this machine does not allow bridge devices: $(cat "$work/err")"
 ip -n "$P-lan" link set br0 up
 
 host() { # name address: a namespace with eth0 on the bridge
   local ns="$P-$1"
   ip netns add "$ns"
   namespaces+=("$ns")
-  ip -n "$P-lan" link add "v-$1" type veth peer name eth0 netns "$ns"
+  ip -n "$P-lan" link add "v-$1" type veth peer name eth0 netns "$ns" 2>"$work/err" ||
+    skip "this machine does not allow veth pairs: $(cat "$work/err")"
   ip -n "$P-lan" link set "v-$1" master br0 up
   ip -n "$ns" addr add "$2/24" dev eth0
   ip -n "$ns" link set eth0 up

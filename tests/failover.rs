@@ -363,3 +363,28 @@ async fn a_lone_upstream_gets_a_third_try_when_the_first_two_went_unanswered() {
     assert_eq!(asked(&up, "third.example."), 3);
     z.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_port_nobody_listens_on_fails_over_at_once() {
+    // The kernel answers a datagram to a closed port with ICMP port unreachable; on a
+    // connected socket that is ECONNREFUSED at the next receive. An upstream being
+    // restarted looks like this: the next upstream is asked now, not after
+    // try_timeout.
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let good = Fake::answering_a().await;
+    let z = Zonefwd::start(&one_route(
+        &[closed, good.addr],
+        "timeout = \"20s\"\ntry_timeout = \"10s\"",
+    ))
+    .await;
+    let (r, took) = timed(ask_a(z.udp, "refused.example.")).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        took < Duration::from_secs(5),
+        "waited {took:?}: the refusal went unseen"
+    );
+    z.stop().await.unwrap();
+}

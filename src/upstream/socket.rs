@@ -56,13 +56,19 @@ impl UpstreamSocket {
         }
     }
 
-    /// Waits until a datagram may be there, then hands `read` the socket; `read`'s
-    /// `WouldBlock` clears the mark and gives `None` (nothing was there after all).
+    /// Waits until a datagram may be there, or an error (the ICMP port unreachable
+    /// of an upstream that is not listening, ECONNREFUSED on a connected socket), then
+    /// hands `read` the socket, whose receive returns either; `read`'s `WouldBlock`
+    /// clears the mark and gives `None` (nothing was there after all).
+    ///
+    /// The error interest matters: epoll reports a pending socket error as EPOLLERR
+    /// without EPOLLIN, which readability alone never wakes on, so a refused query
+    /// waited out its whole try timeout instead of failing over at once.
     pub async fn when_readable<T>(
         &self,
         read: impl FnOnce(&UdpSocket) -> io::Result<T>,
     ) -> io::Result<Option<T>> {
-        let mut ready = self.0.readable().await?;
+        let mut ready = self.0.ready(Interest::READABLE | Interest::ERROR).await?;
         match ready.try_io(|fd| read(fd.get_ref())) {
             Ok(result) => result.map(Some),
             Err(_would_block) => Ok(None),
