@@ -228,7 +228,8 @@ struct Tally {
     proxy_started: Instant,
     /// Names whose cached answer, asked again after the stream, was not the upstream's.
     poisoned_cache: usize,
-    /// Client queries the faulted upstream received.
+    /// Client queries the faulted upstream received during the stream (the cache
+    /// check after it left out).
     faulted_saw: usize,
     forgeries_sent: usize,
     duplicates_sent: usize,
@@ -294,13 +295,14 @@ async fn run_row(row: Row, scale: Scale) -> Tally {
     )
     .await;
     let asked = stream(z.udp, scale).await;
+    let faulted_saw = proxy.client_queries();
     let poisoned_cache = poisoned(z.udp, &asked).await;
     z.stop().await.unwrap();
     Tally {
         asked,
         proxy_started: proxy.started,
         poisoned_cache,
-        faulted_saw: proxy.client_queries(),
+        faulted_saw,
         forgeries_sent: proxy
             .log
             .forgeries_sent
@@ -347,7 +349,7 @@ async fn stream(server: SocketAddr, scale: Scale) -> Vec<Asked> {
 /// the upstream's answer (or a SERVFAIL, or the upstream's answer fetched now).
 async fn poisoned(server: SocketAddr, asked: &[Asked]) -> usize {
     let mut bad = 0;
-    for chunk in (0..asked.len()).collect::<Vec<_>>().chunks(50) {
+    for chunk in (0..asked.len()).collect::<Vec<_>>().chunks(500) {
         let mut tasks = Vec::new();
         for &i in chunk {
             tasks.push(tokio::spawn(ask(

@@ -83,6 +83,9 @@ struct Relay {
     target: SocketAddr,
     fault: Fault,
     log: Arc<ProxyLog>,
+    /// `WrongSource`: the socket on 127.0.0.2 and the upstream's own port, one for
+    /// every forgery (two could not bind it at once).
+    impostor: Option<UdpSocket>,
 }
 
 impl FaultProxy {
@@ -92,10 +95,19 @@ impl FaultProxy {
         let addr = udp.local_addr().unwrap();
         let started = Instant::now();
         let log = Arc::new(ProxyLog::default());
+        let impostor = match fault {
+            Fault::WrongSource => {
+                let other_host =
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), addr.port());
+                Some(UdpSocket::bind(other_host).await.unwrap())
+            }
+            _ => None,
+        };
         let relay = Arc::new(Relay {
             target,
             fault,
             log: log.clone(),
+            impostor,
         });
         let task = tokio::spawn(run(relay, udp, tcp, started));
         FaultProxy {
@@ -260,7 +272,7 @@ async fn udp_back(
 
 async fn udp_reply(relay: &Relay, front: &UdpSocket, client: SocketAddr, reply: Vec<u8>) {
     if matches!(relay.fault, Fault::WrongSource) {
-        send_forgeries(relay, front, client, &reply).await;
+        send_forgeries(relay, client, &reply).await;
     }
     tokio::time::sleep(relay.hold()).await;
     let _ = front.send_to(&reply, client).await;
@@ -273,18 +285,16 @@ async fn udp_reply(relay: &Relay, front: &UdpSocket, client: SocketAddr, reply: 
 
 /// The reply with its answers replaced by `FORGED_IP`, sent from another port of
 /// 127.0.0.1 and from 127.0.0.2 on the upstream's own port.
-async fn send_forgeries(relay: &Relay, front: &UdpSocket, client: SocketAddr, reply: &[u8]) {
+async fn send_forgeries(relay: &Relay, client: SocketAddr, reply: &[u8]) {
     let Some(forged) = forge(reply) else {
         return;
     };
-    let port = front.local_addr().unwrap().port();
-    let sources = [
-        SocketAddr::new(IpAddr::V4(LOCALHOST), 0),
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), port),
-    ];
-    for source in sources {
-        if let Ok(s) = UdpSocket::bind(source).await {
-            let _ = s.send_to(&forged, client).await;
+    let other_port = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    for from in [Some(&other_port), relay.impostor.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if from.send_to(&forged, client).await.is_ok() {
             relay.log.forgeries_sent.fetch_add(1, Ordering::Relaxed);
         }
     }
