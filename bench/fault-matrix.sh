@@ -6,10 +6,13 @@
 # Everything stays on 127.0.0.0/8. About 4 minutes.
 #
 #   bash bench/fault-matrix.sh
+#   FAULT_ROWS="loss|blackholed" bash bench/fault-matrix.sh   # only rows whose fault says so
+#   FAULT_SLOW=1 bash bench/fault-matrix.sh   # and, per row, when each query that waited
+#                                             # the try timeout was sent, and how long
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out="bench/results/$(date -u +%F)-fault-matrix.md"
+out="bench/results/$(date -u +%F)-fault-matrix${FAULT_ROWS:+-some-rows}.md"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --release --quiet --test fault_matrix -- --ignored --nocapture --exact fault_matrix_report \

@@ -582,5 +582,14 @@ async fn fault_matrix_report() {
             t.slower_than(s.try_timeout),
             t.faulted_saw,
         );
+        if std::env::var("FAULT_SLOW").is_ok() {
+            let slow: Vec<String> = t
+                .asked
+                .iter()
+                .filter(|a| a.got == Got::Answer && a.latency >= s.try_timeout)
+                .map(|a| format!("{:?}+{:?}", a.sent - t.proxy_started, a.latency))
+                .collect();
+            eprintln!("slow: {}", slow.join(" "));
+        }
     }
 }
