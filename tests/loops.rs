@@ -148,7 +148,10 @@ async fn without_probes_a_loop_still_costs_a_handful_of_packets() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let sent = metric(&scrape(&a).await, "zonefwd_upstream_queries_total")
         + metric(&scrape(&b).await, "zonefwd_upstream_queries_total");
-    assert!(sent <= 8, "{sent} upstream queries for one client query");
+    // Each instance tries its lone upstream at most three times per resolution (two
+    // retries, RFC 9520 section 3.2; the bound was 8 with two tries), then remembers
+    // the failure for servfail_ttl: a bounded handful, not a circle.
+    assert!(sent <= 12, "{sent} upstream queries for one client query");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
