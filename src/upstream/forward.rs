@@ -3,9 +3,10 @@
 //! resolver is one address) gets a third try while none of its tries has been
 //! answered, so that a lost datagram costs a retransmission, not a SERVFAIL: with 5%
 //! loss each way, two tries leave about 1% of queries unanswered, three about 0.1%
-//! (RFC 9520 section 3.2 allows two retries). A try that fails, or answers SERVFAIL/REFUSED, starts the next one
-//! at once; a try that is merely slow starts the next one after `try_timeout` but
-//! stays open, so a late answer still wins until the deadline.
+//! (RFC 9520 section 3.2 allows two retries). A try that fails, or answers
+//! SERVFAIL/REFUSED, starts the next one at once; a try that is merely slow starts
+//! the next one after `try_timeout` but stays open, so a late answer still wins until
+//! the deadline.
 //!
 //! A try still waiting after a tenth of `try_timeout` (at most 100 ms) also waits for
 //! its upstream to be marked down by other queries' tries, and starts the next try
@@ -45,15 +46,6 @@ const WATCH_AFTER_SHARE: u32 = 10;
 const WATCH_AFTER_MAX: Duration = Duration::from_millis(100);
 
 type TryFuture<'a> = Pin<Box<dyn std::future::Future<Output = (usize, Verdict)> + Send + 'a>>;
-
-/// What the try timer asks for.
-enum Timer<'a> {
-    /// The newest try is overdue: start the next.
-    Overdue,
-    /// The newest try is slow: watch this, its upstream, for being marked down.
-    Watch(&'a Upstream),
-    Wait,
-}
 
 /// A slow try's watch on its upstream being marked down (`Upstream::marked_down`).
 struct DownWatch<'a>(Option<Pin<Box<Notified<'a>>>>);
@@ -158,6 +150,8 @@ struct Tries<'a> {
     /// When the newest try starts to watch for its upstream being marked down (the
     /// try timer, once it does).
     watch_from: Instant,
+    /// The newest try's watch, once it is slow.
+    watch: DownWatch<'a>,
 }
 
 impl<'a> Tries<'a> {
@@ -206,11 +200,12 @@ impl<'a> Tries<'a> {
         }
     }
 
-    /// The timer fired before the deadline: the newest try is overdue (the caller
-    /// counts it), or it is time to watch its upstream's mark.
-    fn timer(&mut self, now: Instant) -> Timer<'a> {
+    /// The timer fired before the deadline: true when the newest try is overdue, or
+    /// its upstream, watched from now on, is down already; either way the caller
+    /// moves on.
+    fn timer(&mut self, now: Instant) -> bool {
         if now >= self.try_timer {
-            return Timer::Overdue;
+            return true;
         }
         self.watch_from = self.try_timer;
         match self.launched.last() {
@@ -220,9 +215,9 @@ impl<'a> Tries<'a> {
                 if self.next < self.plan_len()
                     && self.order[self.next % self.order.len()] != idx =>
             {
-                Timer::Watch(&self.set.upstreams[idx])
+                self.watch.watch(&self.set.upstreams[idx])
             }
-            _ => Timer::Wait,
+            _ => false,
         }
     }
 
@@ -231,6 +226,7 @@ impl<'a> Tries<'a> {
         let set = self.set;
         let (idx, state, sent) = self.launched[n];
         self.launched[n].1 = TryState::Done;
+        self.watch.clear();
         let addr = set.upstreams[idx].addr;
         if !matches!(verdict, Verdict::Failed(_)) {
             set.upstreams[idx].stats.record_rtt(sent.elapsed());
@@ -292,6 +288,7 @@ impl<'a> Tries<'a> {
     /// The newest try is given up on (overdue, or its upstream marked down): counted,
     /// and the next one started.
     fn move_on(&mut self, running: &mut Running<'a>) {
+        self.watch.clear();
         self.overdue();
         if let Some(t) = self.launch() {
             running.push(t);
@@ -339,8 +336,8 @@ impl UpstreamSet {
             fallback: None,
             try_timer: started,
             watch_from: started,
+            watch: DownWatch(None),
         };
-        let mut watch = DownWatch(None);
         let mut running = Running::Idle;
         let Some(first) = tries.launch() else {
             if self.budget_warning.ready() {
@@ -358,25 +355,15 @@ impl UpstreamSet {
                     if let Some(out) = tries.ended(n, verdict) {
                         return out;
                     }
-                    watch.clear();
                     match tries.launch() {
                         Some(t) => running.push(t),
                         None if running.is_empty() => break,
                         None => {}
                     }
                 }
-                _ = watch.fired() => {
-                    watch.clear();
-                    tries.move_on(&mut running);
-                }
+                _ = tries.watch.fired() => tries.move_on(&mut running),
                 _ = sleep_until(wake), if wake < deadline => {
-                    let move_on = match tries.timer(Instant::now()) {
-                        Timer::Overdue => true,
-                        Timer::Watch(u) => watch.watch(u),
-                        Timer::Wait => false,
-                    };
-                    if move_on {
-                        watch.clear();
+                    if tries.timer(Instant::now()) {
                         tries.move_on(&mut running);
                     }
                 }

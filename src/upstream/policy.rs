@@ -20,8 +20,7 @@ impl UpstreamSet {
             !u.looped.load(Ordering::Relaxed) && !u.manual_down.load(Ordering::Relaxed)
         };
         let mut order: Vec<usize> = (0..self.upstreams.len())
-            .filter(usable)
-            .filter(|&i| !self.upstreams[i].is_marked_down())
+            .filter(|&i| self.upstreams[i].in_rotation())
             .collect();
         if order.is_empty() {
             order.extend((0..self.upstreams.len()).filter(usable));

@@ -164,6 +164,11 @@ impl Upstream {
         !self.is_marked_down() && !self.manual_down.load(Ordering::Relaxed)
     }
 
+    /// What `order()` tries first: up, and not in a forwarding loop.
+    pub fn in_rotation(&self) -> bool {
+        self.is_up() && !self.looped.load(Ordering::Relaxed)
+    }
+
     /// Past `max_fails` failures in a row: skipped while any other is up, and probed.
     pub fn is_marked_down(&self) -> bool {
         let max_fails = self.settings.max_fails;
