@@ -56,21 +56,10 @@ seq 0 999999 | awk '{ print "q" $1 ".silent.test A" }' >"$work/silent.txt"
 seq 0 999999 | awk '{ print "w" $1 ".bench.test A" }' >"$work/working.txt"
 seq 0 $((ENTRIES * 3 / 2 - 1)) | awk '{ print "t" $1 ".bench.test TXT" }' >"$work/txt.txt"
 
-start() { # extra prlimit args
-  MIMALLOC_ARENA_EAGER_COMMIT=0 prlimit "$@" ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" &
-  zpid=$!
-  pids+=("$zpid")
-  for _ in $(seq 50); do
-    dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" ns1.bench.test >/dev/null 2>&1 && return
-    sleep 0.1
-  done
-  echo "zonefwd did not start: $(tail -2 "$work/zonefwd.log")" >&2
-  exit 1
-}
 codes() { awk '/Queries completed/ { c = $3 } /Queries lost/ { l = $3 } /Response codes/ { $1 = $2 = ""; r = $0 } END { printf "completed %s, lost %s,%s", c, l, r }' "$1"; }
 
 echo "== descriptors: limit 256"
-start --nofile=256:256
+start_zonefwd --nofile=256:256
 dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/hit.txt" -n 1 -q 10 >/dev/null 2>&1 || true
 lines_before=$(wc -l <"$work/zonefwd.log")
 dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/silent.txt" -c 4 -q 2000 -l 20 -t 5 >"$work/silent.out" 2>&1 &
@@ -94,7 +83,7 @@ echo "after the load: descriptors $(ls "/proc/$zpid/fd" | wc -l); a new name: $(
 kill "$zpid"; wait "$zpid" 2>/dev/null || true
 
 echo "== memory: $ENTRIES entries of ~1 KiB answers, then 50% more"
-start
+start_zonefwd
 head -n "$ENTRIES" "$work/txt.txt" >"$work/fill.txt" || true
 dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/fill.txt" -n 1 -c 4 -q 200 -e >/dev/null 2>&1 || true
 full=$(awk '/VmRSS/ { print $2 }' "/proc/$zpid/status")

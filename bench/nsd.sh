@@ -2,6 +2,7 @@
 #   source bench/nsd.sh
 #   bench_workdir                    # $work, the $pids array, and their cleanup at exit
 #   start_nsd "$work" "$NSD_PORT"    # the upstream; appends NSD's pid to pids
+#   start_zonefwd [prlimit args]     # the release build on $work/zonefwd.toml; $zpid
 # The upstream is NSD on loopback with a wildcard zone (bench.test: every name has an
 # A and an AAAA record) and an empty one (empty.test: every name is NXDOMAIN).
 
@@ -15,6 +16,23 @@ bench_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
+}
+
+# The release build with $work/zonefwd.toml (under `prlimit ARGS` when given), its log
+# in $work/zonefwd.log, its pid in $zpid (and pids); returns once it answers on $PORT
+# (NSD's ns1.bench.test, through it), and exits the script if it never does.
+start_zonefwd() { # [prlimit args]
+  local run=(./target/release/zonefwd run -c "$work/zonefwd.toml")
+  (($#)) && run=(prlimit "$@" "${run[@]}")
+  MIMALLOC_ARENA_EAGER_COMMIT=0 "${run[@]}" 2>"$work/zonefwd.log" &
+  zpid=$!
+  pids+=("$zpid")
+  for _ in $(seq 50); do
+    dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" ns1.bench.test >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "zonefwd did not start: $(tail -2 "$work/zonefwd.log")" >&2
+  exit 1
 }
 
 start_nsd() { # work-dir port

@@ -72,13 +72,7 @@ with open(f"{w}/names.txt", "w") as f:
         f.write(f"host{i % 100}.bench.test A\n" if i % 2 else f"r{i}.bench.test A\n")
 PY
 
-MIMALLOC_ARENA_EAGER_COMMIT=0 ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" &
-zpid=$!
-pids+=("$zpid")
-for _ in $(seq 50); do
-  dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" host1.bench.test >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_zonefwd
 dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/names.txt" -n 1 -q 50 -l 3 >/dev/null 2>&1 || true
 fds() { ls "/proc/$zpid/fd" | wc -l; }
 entries() { curl -s "http://127.0.0.1:$METRICS/metrics" | awk '/^zonefwd_cache_entries / { print $2 }'; }

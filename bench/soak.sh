@@ -60,13 +60,7 @@ with open(f"{w}/mixed.txt", "w") as f:
     f.writelines(lines)
 PY
 
-MIMALLOC_ARENA_EAGER_COMMIT=0 ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" &
-zpid=$!
-pids+=("$zpid")
-for _ in $(seq 50); do
-  dig +time=1 +tries=1 @127.0.0.1 -p "$PORT" ns1.bench.test >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_zonefwd
 
 # The sustained miss rate, flat out.
 dnsperf -s 127.0.0.1 -p "$PORT" -d "$work/miss.txt" -c 8 -q 256 -l 10 >"$work/max.out" 2>&1 || true
