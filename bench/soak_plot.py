@@ -34,7 +34,9 @@ def main():
     fig.savefig(out, dpi=90)
     warm = next((r for r in rows if int(r["seconds"]) >= 60), rows[0])
     first, last = float(warm["rss_kib"]), float(rows[-1]["rss_kib"])
-    fds = [int(r["descriptors"]) for r in rows if int(r["seconds"]) >= 60]
+    # After warm-up, as for RSS; a run shorter than the warm-up has only its samples.
+    fds = [int(r["descriptors"]) for r in rows if int(r["seconds"]) >= 60] or [
+        int(r["descriptors"]) for r in rows]
     threads = {r["threads"] for r in rows}
     print(f"RSS after warm-up: {first / 1024:.1f} MiB -> {last / 1024:.1f} MiB "
           f"({(last - first) / first * 100:+.1f}%); descriptors {min(fds)}-{max(fds)}; "
