@@ -20,6 +20,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
+use zonefwd::config::UpstreamTransport;
 
 const GENUINE_IP: [u8; 4] = [192, 0, 2, 1];
 
@@ -31,12 +32,6 @@ enum Shape {
     /// The first of its two upstreams (`sequential`) is behind the fault, the second
     /// is clean: an on-prem pair.
     FirstOfTwo,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Transport {
-    Udp,
-    Tcp,
 }
 
 /// The stream and the route's timers.
@@ -72,7 +67,7 @@ struct Row {
     label: &'static str,
     fault: Fault,
     shape: Shape,
-    transport: Transport,
+    transport: UpstreamTransport,
 }
 
 /// The faults of the matrix, each on both route shapes. `scale` places the restart
@@ -80,37 +75,45 @@ struct Row {
 fn matrix(scale: Scale) -> Vec<Row> {
     let stream = Duration::from_secs_f64(scale.queries as f64 / scale.per_second);
     let faults = [
-        ("none", Fault::Clean, Transport::Udp),
-        ("UDP loss 5%", Fault::Loss(0.05), Transport::Udp),
-        ("UDP loss 30%", Fault::Loss(0.30), Transport::Udp),
-        ("delay 200 ms ± 50 ms", delay(), Transport::Udp),
-        ("duplicated replies", Fault::Duplicate, Transport::Udp),
+        ("none", Fault::Clean, UpstreamTransport::Udp),
+        ("UDP loss 5%", Fault::Loss(0.05), UpstreamTransport::Udp),
+        ("UDP loss 30%", Fault::Loss(0.30), UpstreamTransport::Udp),
+        ("delay 200 ms ± 50 ms", delay(), UpstreamTransport::Udp),
+        (
+            "duplicated replies",
+            Fault::Duplicate,
+            UpstreamTransport::Udp,
+        ),
         (
             "reordered replies (0-50 ms)",
             Fault::Reorder,
-            Transport::Udp,
+            UpstreamTransport::Udp,
         ),
         (
             "replies from a wrong source",
             Fault::WrongSource,
-            Transport::Udp,
+            UpstreamTransport::Udp,
         ),
         (
             "upstream restart (1 s down)",
             restart(stream),
-            Transport::Udp,
+            UpstreamTransport::Udp,
         ),
         (
             "TCP reset every 25th query",
             Fault::TcpReset { every: 25 },
-            Transport::Tcp,
+            UpstreamTransport::Tcp,
         ),
         (
             "TCP close mid-reply every 25th",
             Fault::TcpCloseMidReply { every: 25 },
-            Transport::Tcp,
+            UpstreamTransport::Tcp,
         ),
-        ("upstream blackholed", Fault::Blackhole, Transport::Udp),
+        (
+            "upstream blackholed",
+            Fault::Blackhole,
+            UpstreamTransport::Udp,
+        ),
     ];
     faults
         .into_iter()
@@ -274,10 +277,7 @@ async fn run_row(row: Row, scale: Scale) -> Tally {
         Shape::Lone => vec![proxy.addr],
         Shape::FirstOfTwo => vec![proxy.addr, second.addr],
     };
-    let transport = match row.transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-    };
+    let transport = row.transport.as_str();
     let route = format!(
         "timeout = \"{}ms\"\ntry_timeout = \"{}ms\"\nmax_fails = {}\ntransport = \"{transport}\"",
         scale.timeout.as_millis(),
@@ -569,7 +569,7 @@ async fn fault_matrix_report() {
         println!(
             "| {} | {shape}{} | {:.1}% | {} | {} | {} | {} | {} | {} | {bad} |",
             row.label,
-            if row.transport == Transport::Tcp {
+            if row.transport == UpstreamTransport::Tcp {
                 ", tcp"
             } else {
                 ""

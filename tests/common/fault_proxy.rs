@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{framed, qname_of, read_framed, LOCALHOST};
+use super::{framed, qname_of, read_framed, udp_and_tcp_on_one_port, LOCALHOST};
 
 /// The answer a forgery carries; a client or cache that ever holds it was poisoned.
 pub const FORGED_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
@@ -91,7 +91,7 @@ struct Relay {
 impl FaultProxy {
     /// A proxy on a free 127.0.0.1 port (UDP and TCP) in front of `target`.
     pub async fn start(target: SocketAddr, fault: Fault) -> FaultProxy {
-        let (udp, tcp) = bind_pair(0).await;
+        let (udp, tcp) = udp_and_tcp_on_one_port(0).await;
         let addr = udp.local_addr().unwrap();
         let started = Instant::now();
         let log = Arc::new(ProxyLog::default());
@@ -125,22 +125,6 @@ impl FaultProxy {
     }
 }
 
-/// UDP and TCP on one port (`port` 0: any free one).
-async fn bind_pair(port: u16) -> (UdpSocket, TcpListener) {
-    loop {
-        let udp = UdpSocket::bind((LOCALHOST, port)).await;
-        let Ok(udp) = udp else {
-            // The same port again after a restart: the old socket may not be gone yet.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        };
-        let port = udp.local_addr().unwrap().port();
-        if let Ok(tcp) = TcpListener::bind((LOCALHOST, port)).await {
-            return (udp, tcp);
-        }
-    }
-}
-
 /// Relays until aborted (its relaying tasks with it); for `Restart`, closes
 /// everything at `at` and binds the same port again `down` later.
 async fn run(relay: Arc<Relay>, udp: UdpSocket, tcp: TcpListener, started: Instant) {
@@ -152,7 +136,7 @@ async fn run(relay: Arc<Relay>, udp: UdpSocket, tcp: TcpListener, started: Insta
     tokio::time::sleep_until(started + at).await;
     drop(serving);
     tokio::time::sleep(down).await;
-    let (udp, tcp) = bind_pair(port).await;
+    let (udp, tcp) = udp_and_tcp_on_one_port(port).await;
     let _serving = serve(&relay, udp, tcp);
     std::future::pending().await
 }

@@ -244,13 +244,7 @@ impl Fake {
         responder: impl Fn(&Message, bool) -> Vec<Step> + Send + Sync + 'static,
     ) -> Fake {
         let responder: Responder = Arc::new(responder);
-        let (udp, tcp) = loop {
-            let udp = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
-            let port = udp.local_addr().unwrap().port();
-            if let Ok(tcp) = TcpListener::bind((LOCALHOST, port)).await {
-                break (udp, tcp);
-            }
-        };
+        let (udp, tcp) = udp_and_tcp_on_one_port(0).await;
         let addr = udp.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let udp = Arc::new(udp);
@@ -349,6 +343,26 @@ impl Fake {
             .iter()
             .find(|s| s.tcp && qname_of(&s.msg) == name)
             .map(|s| s.from)
+    }
+}
+
+/// UDP and TCP on one port of 127.0.0.1 (`port` 0: any free one where both are
+/// free), waiting for a given port to come free (a restart: the old socket may not be
+/// gone yet).
+pub async fn udp_and_tcp_on_one_port(port: u16) -> (UdpSocket, TcpListener) {
+    loop {
+        let udp = match UdpSocket::bind((LOCALHOST, port)).await {
+            Ok(udp) => udp,
+            Err(e) if port == 0 => panic!("no udp socket on 127.0.0.1: {e}"),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = TcpListener::bind((LOCALHOST, port)).await {
+            return (udp, tcp);
+        }
     }
 }
 
