@@ -20,7 +20,7 @@ pub enum CtlError {
 
 const USAGE: &str = "usage: zonefwd ctl status | flush NAME [TYPE] | flush --zone ZONE | \
 flush --negative [--zone ZONE] | flush --all | cache NAME [TYPE] | reload | \
-upstream ROUTE ADDR down|up";
+upstream ROUTE ADDR down [--force] | upstream ROUTE ADDR up | drain | undrain";
 
 /// The request `args` stand for.
 pub fn request_for(args: &[String]) -> Result<Value, CtlError> {
@@ -44,6 +44,11 @@ pub fn request_for(args: &[String]) -> Result<Value, CtlError> {
         ["upstream", route, addr, state @ ("down" | "up")] => {
             json!({ "command": "upstream", "route": route, "upstream": addr, "state": state })
         }
+        ["upstream", route, addr, "down", "--force"] => {
+            json!({ "command": "upstream", "route": route, "upstream": addr, "state": "down", "force": true })
+        }
+        ["drain"] => json!({ "command": "drain" }),
+        ["undrain"] => json!({ "command": "undrain" }),
         _ => return Err(usage()),
     })
 }
@@ -102,12 +107,10 @@ pub fn render(request: &Value, answer: &Value) -> Result<String, CtlError> {
             "route {} upstream {}: {}\n",
             answer["route"].as_str().unwrap_or("?"),
             answer["upstream"].as_str().unwrap_or("?"),
-            if answer["up"] == json!(true) {
-                "up"
-            } else {
-                "down"
-            }
+            state_text(answer["state"].as_str().unwrap_or("?")),
         ),
+        Some("drain") => "draining: /readyz answers 503; queries are still answered (zonefwd ctl undrain to take it back)\n".to_string(),
+        Some("undrain") => "not draining: /readyz follows the required routes again\n".to_string(),
         _ => format!("{answer}\n"),
     })
 }
@@ -119,27 +122,27 @@ fn status_text(a: &Value) -> String {
         a["config"].as_str().unwrap_or("?"),
         a["loaded_at"].as_str().unwrap_or("?")
     );
+    match a["not_ready_because"].as_str() {
+        None => s.push_str("ready\n"),
+        Some(why) => s.push_str(&format!("NOT READY: {why}\n")),
+    }
     for route in a["routes"].as_array().into_iter().flatten() {
+        let required = if route["ready"] == json!("required") {
+            "  (ready: required)"
+        } else {
+            ""
+        };
         s.push_str(&format!(
-            "route {}\n",
+            "route {}{required}\n",
             route["name"].as_str().unwrap_or("?")
         ));
         for u in route["upstreams"].as_array().into_iter().flatten() {
-            let state = match (u["up"] == json!(true), u["down_by_hand"] == json!(true)) {
-                (true, _) => "up",
-                (false, true) => "down (by hand)",
-                (false, false) => "down",
-            };
-            let looped = if u["in_loop"] == json!(true) {
-                "  IN A LOOP"
-            } else {
-                ""
-            };
+            let state = state_text(u["state"].as_str().unwrap_or("?"));
             let srtt = u["srtt_ms"]
                 .as_f64()
                 .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
             s.push_str(&format!(
-                "  {}  {state}  failures {}  queries {}  timeouts {}  srtt {srtt}{looped}\n",
+                "  {}  {state}  failures {}  queries {}  timeouts {}  srtt {srtt}\n",
                 u["address"].as_str().unwrap_or("?"),
                 u["consecutive_failures"],
                 u["queries"],
@@ -154,6 +157,16 @@ fn status_text(a: &Value) -> String {
         a["inflight"]
     ));
     s
+}
+
+/// An upstream's state (`UpstreamState::as_str`) for a person.
+fn state_text(state: &str) -> &str {
+    match state {
+        "down_by_hand" => "down (by hand)",
+        "in_loop" => "IN A LOOP",
+        "unknown" => "unknown (not asked yet)",
+        other => other,
+    }
 }
 
 fn cache_text(a: &Value) -> String {

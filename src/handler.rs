@@ -22,6 +22,7 @@ use crate::limit::{InflightCount, Throttle, LIMIT_WARN_INTERVAL};
 use crate::local::LocalZone;
 use crate::loopcheck::LoopDetector;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::readiness::Readiness;
 use crate::resolver::Resolver;
 use crate::router::Router;
 use crate::upstream::{Previous, UpstreamSet};
@@ -36,6 +37,8 @@ pub struct ServerState {
     pub clients: Arc<ClientTable>,
     /// Client queries being forwarded, under every configuration still answering.
     pub inflight: Arc<InflightCount>,
+    /// Serving, draining: what `/readyz` and `ctl status` report with the routes.
+    pub readiness: Arc<Readiness>,
 }
 
 impl ServerState {
@@ -49,6 +52,7 @@ impl ServerState {
             metrics: Arc::default(),
             clients: Arc::default(),
             inflight: Arc::default(),
+            readiness: Arc::default(),
         }
     }
 }

@@ -59,6 +59,7 @@ pub mod onprem;
 mod outcome;
 pub mod presets;
 mod query_log;
+mod readiness;
 pub mod report;
 mod resolver;
 pub mod router;

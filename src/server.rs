@@ -17,7 +17,7 @@ use crate::handler::{Handler, ServerState};
 use crate::life::{Clock, Lifecycle, SystemClock};
 use crate::listen::tcp::{self, TcpOptions};
 use crate::listen::{udp, Current, Listeners};
-use crate::metrics::{self, Health, Observed, Sources};
+use crate::metrics::{self, Observed, Sources};
 use crate::notify::{self, Notifier};
 use crate::upstream::UpstreamSet;
 use crate::wire;
@@ -61,10 +61,6 @@ pub async fn run_with(
 ) -> io::Result<()> {
     let state = ServerState::new(&config, Lifecycle::with_clock(control.clock));
     let handler: Current = Arc::new(ArcSwap::from_pointee(Handler::new(&config, &state, None)));
-    let health = Arc::new(Health::default());
-    health
-        .requires_upstreams
-        .store(config.server.ready_requires_upstreams, Ordering::Relaxed);
     // `zonefwd ctl reload` validates the file itself and hands the result here.
     let (ctl_reload, mut ctl_reloads) = mpsc::unbounded_channel();
     let loaded = Arc::new(std::sync::Mutex::new(Loaded {
@@ -77,9 +73,9 @@ pub async fn run_with(
         reload: ctl_reload,
         loaded: Arc::clone(&loaded),
     };
-    start_listeners(listeners, &config, cx, &health)?;
+    start_listeners(listeners, &config, cx)?;
     log_config(&config);
-    health.serving.store(true, Ordering::Relaxed);
+    state.readiness.serving.store(true, Ordering::Relaxed);
     handler.load().start_background();
     let notifier = Arc::new(control.notifier);
     notifier.notify(&format!("READY=1\nSTATUS={}", status(&config)));
@@ -104,14 +100,11 @@ pub async fn run_with(
                     file: running.source.clone(),
                     at: SystemTime::now(),
                 };
-                health
-                    .requires_upstreams
-                    .store(running.server.ready_requires_upstreams, Ordering::Relaxed);
                 notifier.notify(&format!("READY=1\nSTATUS={}", status(&running)));
             }
         }
     }
-    health.serving.store(false, Ordering::Relaxed);
+    state.readiness.serving.store(false, Ordering::Relaxed);
     notifier.notify("STOPPING=1");
     stop(life, &running).await;
     Ok(())
@@ -119,12 +112,7 @@ pub async fn run_with(
 
 /// Starts serving every bound socket: a thread per UDP socket, a task per TCP
 /// listener, and the metrics endpoint.
-fn start_listeners(
-    listeners: Listeners,
-    config: &Config,
-    cx: ControlContext,
-    health: &Arc<Health>,
-) -> io::Result<()> {
+fn start_listeners(listeners: Listeners, config: &Config, cx: ControlContext) -> io::Result<()> {
     let (handler, state) = (&cx.current, &cx.state);
     let life = &state.life;
     for group in listeners.udp {
@@ -162,7 +150,7 @@ fn start_listeners(
         life.tasks.spawn(metrics::serve_http(
             listener,
             registry,
-            Arc::clone(health),
+            Arc::clone(&state.readiness),
             configured,
             life.clone(),
         ));

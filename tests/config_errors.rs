@@ -63,6 +63,8 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[[route]]\nname = \"a\"\npresets = [\"gcp\"]\nupstreams = [\"192.0.2.1\"]\n", "3:12", "route[0].presets[0]", "no preset \"gcp\"; presets: azure"),
     ("[[route]]\nname = \"a\"\nupstreams = [\"192.0.2.1\"]\n", "1:1", "route[0].zones", "zones (\".\" for everything) or presets"),
     ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nexpect_private = \"strict\"\n", "5:18", "route[0].expect_private", "expected \"warn\" or \"enforce\""),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nready = \"always\"\n", "5:9", "route[0].ready", "expected \"required\" or \"ignored\", got \"always\""),
+    ("[server]\nready_requires_upstreams = true\n", "2:28", "server.ready_requires_upstreams", "removed: readiness is per route now; set ready = \"required\""),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntransport = \"quic\"\n", "5:13", "route[0].transport", "expected \"udp\" or \"tcp\", got \"quic\""),
     ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nnxdomain_fallback = \"public\"\n", "5:21", "route[0].nxdomain_fallback", "no route named \"public\""),
     ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nnxdomain_fallback = \"a\"\n", "5:21", "route[0].nxdomain_fallback", "cannot fall back to itself"),

@@ -191,21 +191,23 @@ async fn status_reports_each_upstream_and_an_upstream_taken_out_by_hand_stays_ou
     tokio::time::sleep(Duration::from_millis(100)).await;
     ask_a(z.udp, "three.example.").await;
     assert_eq!(asked(&a, "three.example."), 0, "still out after the reload");
+    // Planned work, not a failure: admin_down, and up stays 1 so that no alert on
+    // zonefwd_upstream_up pages for it.
     let body = scrape(&z).await;
+    let labels = format!("{{route=\"default\",upstream=\"{}\"}}", a.addr);
     assert_eq!(
-        metric(
-            &body,
-            &format!(
-                "zonefwd_upstream_up{{route=\"default\",upstream=\"{}\"}}",
-                a.addr
-            )
-        ),
-        0
+        metric(&body, &format!("zonefwd_upstream_admin_down{labels}")),
+        1
     );
+    assert_eq!(metric(&body, &format!("zonefwd_upstream_up{labels}")), 1);
     let status = ctl(&socket, json!({"command": "status"})).await;
     assert_eq!(
         status["routes"][0]["upstreams"][0]["down_by_hand"],
         json!(true)
+    );
+    assert_eq!(
+        status["routes"][0]["upstreams"][0]["state"],
+        json!("down_by_hand")
     );
     ctl(&socket, json!({"command": "upstream", "route": "default", "upstream": a.addr.to_string(), "state": "up"})).await;
     ask_a(z.udp, "four.example.").await;
@@ -261,6 +263,96 @@ async fn reload_through_the_socket_returns_the_located_error_and_keeps_the_runni
     .unwrap();
     let out = ctl(&socket, json!({"command": "reload"})).await;
     assert_eq!(out["ok"], json!(true), "{out}");
+    z.stop().await.unwrap();
+}
+
+/// An upstream neither asked nor probed is `unknown`, not `up`.
+#[tokio::test]
+async fn an_upstream_never_asked_is_unknown() {
+    let a = Fake::answering_a().await;
+    let b = Fake::answering_a().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = Conf::new().route("default", &["."], &[a.addr, b.addr], "");
+    let (z, socket) = start(&dir, conf).await;
+    ask_a(z.udp, "one.example.").await;
+    let status = ctl(&socket, json!({"command": "status"})).await;
+    let states: Vec<&Value> = status["routes"][0]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| &u["state"])
+        .collect();
+    assert_eq!(states, [&json!("up"), &json!("unknown")], "{status}");
+    z.stop().await.unwrap();
+}
+
+/// The last upstream in rotation is not taken out by a slip: refused with what would
+/// happen, unless forced; forced, the route answers SERVFAIL (or stale) and sends
+/// nothing to it.
+#[tokio::test]
+async fn taking_out_a_routes_last_upstream_needs_force() {
+    let only = Fake::answering_a().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = Conf::new().route("cloud", &["."], &[only.addr], "cache = false");
+    let (z, socket) = start(&dir, conf).await;
+    let down = json!({"command": "upstream", "route": "cloud", "upstream": only.addr.to_string(), "state": "down"});
+    let out = ctl(&socket, down.clone()).await;
+    assert_eq!(out["ok"], json!(false), "{out}");
+    let e = out["error"].as_str().unwrap();
+    assert!(
+        e.contains("last upstream in rotation") && e.contains("SERVFAIL") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(
+        rcode(&ask_a(z.udp, "one.example.").await),
+        ResponseCode::NoError
+    );
+    assert_eq!(asked(&only, "one.example."), 1, "still in rotation");
+
+    let mut forced = down;
+    forced["force"] = json!(true);
+    let out = ctl(&socket, forced).await;
+    assert_eq!(out["ok"], json!(true), "{out}");
+    assert_eq!(
+        rcode(&ask_a(z.udp, "two.example.").await),
+        ResponseCode::ServFail
+    );
+    assert_eq!(asked(&only, "two.example."), 0, "nothing sent to it");
+    z.stop().await.unwrap();
+}
+
+/// Drain: /readyz says 503 so the load balancer moves clients away, every query that
+/// still arrives is answered, and undrain takes it back.
+#[tokio::test]
+async fn drain_makes_the_replica_unready_and_keeps_answering() {
+    let up = Fake::answering_a().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf =
+        Conf::new()
+            .server("metrics = \"127.0.0.1:0\"")
+            .route("default", &["."], &[up.addr], "");
+    let (z, socket) = start(&dir, conf).await;
+    let m = z.metrics.unwrap();
+    assert_eq!(http_get(m, "/readyz").await.0, 200);
+    assert_eq!(
+        ctl(&socket, json!({"command": "drain"})).await["draining"],
+        json!(true)
+    );
+    let (status, body) = http_get(m, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(
+        rcode(&ask_a(z.udp, "during.example.").await),
+        ResponseCode::NoError
+    );
+    let status = ctl(&socket, json!({"command": "status"})).await;
+    assert_eq!(
+        (status["draining"].clone(), status["ready"].clone()),
+        (json!(true), json!(false)),
+        "{status}"
+    );
+    ctl(&socket, json!({"command": "undrain"})).await;
+    assert_eq!(http_get(m, "/readyz").await.0, 200);
     z.stop().await.unwrap();
 }
 

@@ -93,17 +93,22 @@ async fn acl_refusals_and_malformed_queries_are_counted() {
     z.stop().await.unwrap();
 }
 
+/// `/readyz` follows the routes marked `ready = "required"` only: one team's route
+/// with dead upstreams must not take every replica out of the load balancer.
 #[tokio::test]
-async fn readiness_can_require_an_upstream_up() {
+async fn readiness_follows_only_the_required_routes() {
     let dead = Fake::blackhole().await;
+    let cloud = Fake::blackhole().await;
+    let timers =
+        "timeout = \"300ms\"\ntry_timeout = \"100ms\"\nmax_fails = 1\nhealth_check = \"1h\"";
     let conf = Conf::new()
         .server("metrics = \"127.0.0.1:0\"")
-        .server("ready_requires_upstreams = true")
+        .route("team", &["apps.corp.example."], &[dead.addr], timers)
         .route(
-            "default",
-            &["."],
-            &[dead.addr],
-            "timeout = \"300ms\"\ntry_timeout = \"100ms\"\nmax_fails = 1\nhealth_check = \"1h\"",
+            "cloud",
+            &["privatelink.blob.core.windows.net."],
+            &[cloud.addr],
+            &format!("{timers}\nready = \"required\""),
         );
     let z = Zonefwd::start(&conf.toml()).await;
     let m = z.metrics.unwrap();
@@ -112,20 +117,34 @@ async fn readiness_can_require_an_upstream_up() {
         200,
         "ready before any failure"
     );
-    ask_a(z.udp, "fails.example.").await;
+    ask_a(z.udp, "web.apps.corp.example.").await;
+    let (_, metrics) = http_get(m, "/metrics").await;
+    let upstream = format!(r#"{{route="team",upstream="{}"}}"#, dead.addr);
+    assert_eq!(
+        sample(&metrics, &format!("zonefwd_upstream_up{upstream}")),
+        Some(0.0),
+        "the team route's upstream is down"
+    );
+    let (status, body) = http_get(m, "/readyz").await;
+    assert_eq!(
+        status, 200,
+        "an ignored route's outage leaves the replica ready: {body}"
+    );
+
+    ask_a(z.udp, "acct.privatelink.blob.core.windows.net.").await;
     let (status, body) = http_get(m, "/readyz").await;
     assert_eq!(status, 503);
     assert!(
-        body.contains("every upstream is down on route(s): default"),
+        body.contains("every upstream is down on required route(s): cloud"),
         "{body}"
+    );
+    assert!(
+        !body.contains("team"),
+        "only required routes are named: {body}"
     );
     assert_eq!(http_get(m, "/healthz").await.0, 200, "alive all the same");
     let (_, metrics) = http_get(m, "/metrics").await;
-    let upstream = format!(r#"{{route="default",upstream="{}"}}"#, dead.addr);
-    assert_eq!(
-        sample(&metrics, &format!("zonefwd_upstream_up{upstream}")),
-        Some(0.0)
-    );
+    let upstream = format!(r#"{{route="cloud",upstream="{}"}}"#, cloud.addr);
     assert!(
         sample(
             &metrics,

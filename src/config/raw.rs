@@ -111,7 +111,8 @@ pub(super) struct RawServer {
     pub(super) any_queries: Option<AnyQueriesValue>,
     pub(super) query_log: Option<bool>,
     pub(super) metrics: Option<Spanned<String>>,
-    pub(super) ready_requires_upstreams: Option<bool>,
+    /// Removed: read only to say what replaced it (`[[route]] ready`).
+    pub(super) ready_requires_upstreams: Option<Spanned<toml::Value>>,
     pub(super) client_qps: Option<u32>,
     pub(super) client_burst: Option<Spanned<u32>>,
     pub(super) client_max_inflight: Option<u32>,
@@ -148,6 +149,7 @@ pub(super) struct RawRoute {
     pub(super) cache: Option<Spanned<RawRouteCache>>,
     pub(super) max_qps: Option<std::num::NonZeroU32>,
     pub(super) transport: Option<UpstreamTransportValue>,
+    pub(super) ready: Option<RouteReadinessValue>,
 }
 
 /// Scalar values that parse from a string with a message saying what was expected;
@@ -202,6 +204,12 @@ string_value!(UpstreamOrderValue, UpstreamOrder, |s| match s {
     _ => Err(format!(
         "expected \"sequential\", \"round_robin\" or \"random\", got {s:?}"
     )),
+});
+
+string_value!(RouteReadinessValue, RouteReadiness, |s| match s {
+    "required" => Ok(RouteReadiness::Required),
+    "ignored" => Ok(RouteReadiness::Ignored),
+    _ => Err(format!("expected \"required\" or \"ignored\", got {s:?}")),
 });
 
 string_value!(UpstreamTransportValue, UpstreamTransport, |s| match s {

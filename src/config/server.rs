@@ -26,6 +26,13 @@ pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Se
         }
         c => c.map(|c| std::path::PathBuf::from(c.into_inner())),
     };
+    if let Some(old) = &raw.ready_requires_upstreams {
+        return Err(src.error(
+            old.span(),
+            "server.ready_requires_upstreams",
+            "removed: readiness is per route now; set ready = \"required\" on the [[route]] whose outage should take this replica out of its load balancer (the cloud route), and leave the others out",
+        ));
+    }
     let listen = validate_listen(raw.listen, src)?;
     Ok(Server {
         listen,
@@ -68,7 +75,6 @@ pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Se
                 parse_listen(m.get_ref()).map_err(|e| src.error(m.span(), "server.metrics", e))?,
             ),
         },
-        ready_requires_upstreams: raw.ready_requires_upstreams.unwrap_or(false),
         loop_detection: raw.loop_detection.unwrap_or(true),
         upstream_udp_reuse: match raw.upstream_udp_reuse {
             None => DEFAULT_UPSTREAM_UDP_REUSE,

@@ -153,8 +153,6 @@ pub struct Server {
     pub any_queries: AnyQueries,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when `None`.
     pub metrics: Option<SocketAddr>,
-    /// `/readyz` also fails while any route has every upstream marked down.
-    pub ready_requires_upstreams: bool,
     /// One log line per query (client, name, type, route, upstream, rcode, latency,
     /// cache outcome), at info level on the target `zonefwd::query`.
     pub query_log: bool,
@@ -271,6 +269,29 @@ pub struct Route {
     pub claim_cnames: bool,
     /// `transport`: UDP (TCP after truncation), or TCP for every query.
     pub transport: UpstreamTransport,
+    /// `ready`: whether `/readyz` fails while every upstream of this route is down.
+    pub ready: RouteReadiness,
+}
+
+/// `ready`: what one route's outage does to the replica's readiness. Per route, so
+/// that one team's dead upstream cannot take every replica out of a load balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteReadiness {
+    /// `/readyz` is 503 while every upstream of this route is down: for the route the
+    /// replicas exist for (the cloud zones), where another replica may still reach it.
+    Required,
+    /// The route's outage is answered (stale, SERVFAIL) but not reported as unready.
+    #[default]
+    Ignored,
+}
+
+impl RouteReadiness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteReadiness::Required => "required",
+            RouteReadiness::Ignored => "ignored",
+        }
+    }
 }
 
 /// `expect_private`: what a public address in an answer from this route means.

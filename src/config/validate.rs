@@ -193,6 +193,7 @@ impl<'a> Validation<'a> {
             expect_private: r.expect_private.map(|e| e.0),
             claim_cnames,
             transport: r.transport.map_or(UpstreamTransport::Udp, |t| t.0),
+            ready: r.ready.map_or(RouteReadiness::default(), |t| t.0),
         };
         Ok((route, link))
     }

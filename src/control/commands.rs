@@ -9,7 +9,9 @@
 //! {"command":"flush","all":true}
 //! {"command":"cache","name":"x.example."[,"type":"A"]}
 //! {"command":"reload"}
-//! {"command":"upstream","route":"azure","upstream":"168.63.129.16:53","state":"down"}
+//! {"command":"upstream","route":"azure","upstream":"168.63.129.16:53","state":"down"[,"force":true]}
+//! {"command":"drain"}                                     /readyz 503, queries answered
+//! {"command":"undrain"}
 //! ```
 
 use std::path::Path;
@@ -48,7 +50,12 @@ enum Request {
         route: String,
         upstream: String,
         state: UpDown,
+        /// Take out the route's last upstream in rotation all the same.
+        #[serde(default)]
+        force: bool,
     },
+    Drain,
+    Undrain,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +90,10 @@ pub async fn respond(line: &[u8], cx: &ControlContext) -> Value {
             route,
             upstream,
             state,
-        } => set_upstream(cx, &route, &upstream, state),
+            force,
+        } => set_upstream(cx, &route, &upstream, state, force),
+        Request::Drain => Ok(drain(cx, true)),
+        Request::Undrain => Ok(drain(cx, false)),
     };
     answer.unwrap_or_else(|e| error(&e))
 }
@@ -91,13 +101,15 @@ pub async fn respond(line: &[u8], cx: &ControlContext) -> Value {
 fn status(cx: &ControlContext) -> Value {
     let handler = cx.current.load();
     let loaded = cx.loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let routes: Vec<Value> = handler
-        .upstream_sets()
+    let sets: Vec<_> = handler.upstream_sets().cloned().collect();
+    let routes: Vec<Value> = sets
+        .iter()
         .map(|set| {
             let upstreams: Vec<Value> = set.upstreams.iter().map(|u| upstream_status(u)).collect();
-            json!({ "name": set.route, "upstreams": upstreams })
+            json!({ "name": set.route, "ready": set.ready.as_str(), "upstreams": upstreams })
         })
         .collect();
+    let readiness = cx.state.readiness.check(&sets);
     let cache = cx.state.resolver.cache();
     let (hits, misses) = (
         cache.stats.hits.load(Ordering::Relaxed),
@@ -113,6 +125,9 @@ fn status(cx: &ControlContext) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "config": loaded.file,
         "loaded_at": humantime::format_rfc3339_seconds(loaded.at).to_string(),
+        "ready": readiness.is_ok(),
+        "not_ready_because": readiness.err().map(|why| why.to_string()),
+        "draining": cx.state.readiness.draining.load(Ordering::Relaxed),
         "routes": routes,
         "cache": { "entries": cache.len(), "hits": hits, "misses": misses, "hit_ratio": hit_ratio },
         "inflight": cx.state.inflight.current(),
@@ -123,6 +138,7 @@ fn upstream_status(u: &Upstream) -> Value {
     let srtt = u.stats.srtt_us.load(Ordering::Relaxed);
     json!({
         "address": u.addr.to_string(),
+        "state": u.state().as_str(),
         "up": u.is_up(),
         "consecutive_failures": u.consecutive_failures(),
         "in_loop": u.looped.load(Ordering::Relaxed),
@@ -210,12 +226,15 @@ fn reload(cx: &ControlContext) -> Result<Value, String> {
 }
 
 /// Takes one upstream out of rotation by hand, or puts it back. The mark lives on the
-/// upstream, so it survives a reload that keeps the upstream.
+/// upstream, so it survives a reload that keeps the upstream. Taking out the route's
+/// last upstream in rotation needs `force`: it leaves the route answering from the
+/// cache (stale included) or SERVFAIL.
 fn set_upstream(
     cx: &ControlContext,
     route: &str,
     addr: &str,
     state: UpDown,
+    force: bool,
 ) -> Result<Value, String> {
     // The same forms `upstreams` takes in the file.
     let want = crate::config::parse_addr(addr)
@@ -230,8 +249,41 @@ fn set_upstream(
         .iter()
         .find(|u| u.addr == want)
         .ok_or_else(|| format!("route {route:?} has no upstream {want}"))?;
+    let others_in_rotation = set
+        .upstreams
+        .iter()
+        .any(|o| o.addr != want && o.in_rotation());
+    if state == UpDown::Down && u.in_rotation() && !others_in_rotation && !force {
+        return Err(format!(
+            "refused: {want} is the last upstream in rotation on route {route:?}; taking it out would answer every name of that route from the cache (stale included) or with SERVFAIL until it is put back. Add --force to do it anyway"
+        ));
+    }
     u.manual_down
         .store(state == UpDown::Down, Ordering::Relaxed);
     tracing::warn!(route, upstream = %want, down = state == UpDown::Down, "upstream taken out of or put back into rotation by hand");
-    Ok(json!({ "ok": true, "route": route, "upstream": want.to_string(), "up": u.is_up() }))
+    Ok(json!({
+        "ok": true,
+        "route": route,
+        "upstream": want.to_string(),
+        "up": u.is_up(),
+        "state": u.state().as_str(),
+    }))
+}
+
+/// `drain`: /readyz answers 503 so a load balancer moves clients elsewhere, while every
+/// query that still arrives is answered as before; `undrain` takes it back.
+fn drain(cx: &ControlContext, on: bool) -> Value {
+    let was = cx.state.readiness.draining.swap(on, Ordering::Relaxed);
+    if was != on {
+        tracing::warn!(
+            draining = on,
+            "{}",
+            if on {
+                "draining: /readyz answers 503; queries are still answered"
+            } else {
+                "no longer draining: /readyz follows the routes again"
+            }
+        );
+    }
+    json!({ "ok": true, "draining": on })
 }

@@ -138,7 +138,7 @@ fn per_route(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded 
 
 type UpstreamValue = fn(&Upstream) -> u64;
 
-const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 11] = [
+const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 12] = [
     (
         "zonefwd_upstream_queries",
         "Tries sent to an upstream",
@@ -171,9 +171,15 @@ const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 11] = [
     ),
     (
         "zonefwd_upstream_up",
-        "1 while the upstream is in rotation, 0 while marked down or taken out by hand",
+        "0 while the upstream is marked down by failures in a row, else 1 (taken out by hand is zonefwd_upstream_admin_down)",
         MetricType::Gauge,
-        |u| u64::from(u.is_up()),
+        |u| u64::from(!u.is_marked_down()),
+    ),
+    (
+        "zonefwd_upstream_admin_down",
+        "1 while the upstream is taken out of rotation by hand (zonefwd ctl upstream ROUTE ADDR down): planned work, not a failure",
+        MetricType::Gauge,
+        |u| u64::from(u.manual_down.load(Ordering::Relaxed)),
     ),
     (
         "zonefwd_upstream_in_loop",

@@ -1,11 +1,9 @@
 //! `/metrics`, `/healthz` and `/readyz` over HTTP/1.
 //!
-//! `/healthz`: the process answers. `/readyz`: the listeners serve and a configuration
-//! is loaded; with `ready_requires_upstreams`, also every route has an upstream up.
+//! `/healthz`: the process answers. `/readyz`: what `readiness` decides (serving, not
+//! draining, every `ready = "required"` route has an upstream up), with the reason.
 
 use std::convert::Infallible;
-use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +13,9 @@ use hyper::{Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use super::{Health, Observed};
+use super::Observed;
 use crate::life::Lifecycle;
+use crate::readiness::Readiness;
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
@@ -31,7 +30,7 @@ fn route(
     method: &hyper::Method,
     path: &str,
     registry: &Registry,
-    health: &Health,
+    readiness: &Readiness,
     configured: &dyn Observed,
 ) -> Response<Full<Bytes>> {
     if method != hyper::Method::GET && method != hyper::Method::HEAD {
@@ -58,31 +57,14 @@ fn route(
             }
         }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            if !health.serving.load(Ordering::Relaxed) {
-                return respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready: listeners not serving\n".into(),
-                );
-            }
-            if health.requires_upstreams.load(Ordering::Relaxed) {
-                let mut down = String::new();
-                for set in configured.upstream_sets() {
-                    if set.upstreams.iter().all(|u| u.is_marked_down()) {
-                        let _ = write!(down, " {}", set.route);
-                    }
-                }
-                if !down.is_empty() {
-                    return respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        format!("not ready: every upstream is down on route(s):{down}\n"),
-                    );
-                }
-            }
-            respond(StatusCode::OK, "text/plain", "ready\n".into())
-        }
+        "/readyz" => match readiness.check(&configured.upstream_sets()) {
+            Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -95,7 +77,7 @@ fn route(
 pub async fn serve_http(
     listener: TcpListener,
     registry: Arc<Registry>,
-    health: Arc<Health>,
+    readiness: Arc<Readiness>,
     configured: Arc<dyn Observed>,
     life: Lifecycle,
 ) {
@@ -111,9 +93,9 @@ pub async fn serve_http(
                 }
             },
         };
-        let (registry, health, configured) = (
+        let (registry, readiness, configured) = (
             Arc::clone(&registry),
-            Arc::clone(&health),
+            Arc::clone(&readiness),
             Arc::clone(&configured),
         );
         let shutdown = life.shutdown.clone();
@@ -123,7 +105,7 @@ pub async fn serve_http(
                     req.method(),
                     req.uri().path(),
                     &registry,
-                    &health,
+                    &readiness,
                     &*configured,
                 );
                 async move { Ok::<_, Infallible>(resp) }
@@ -145,6 +127,7 @@ pub async fn serve_http(
 mod tests {
     use super::*;
     use crate::upstream::UpstreamSet;
+    use std::sync::atomic::Ordering;
 
     /// A configuration with no routes: readiness here depends on the listeners only.
     struct NoRoutes;
@@ -164,24 +147,25 @@ mod tests {
     #[test]
     fn readiness_follows_the_listeners() {
         let registry = Registry::default();
-        let health = Health::default();
-        let get = |path| route(&hyper::Method::GET, path, &registry, &health, &NoRoutes).status();
+        let readiness = Readiness::default();
+        let get =
+            |path| route(&hyper::Method::GET, path, &registry, &readiness, &NoRoutes).status();
         assert_eq!(
             get("/readyz"),
             StatusCode::SERVICE_UNAVAILABLE,
             "not serving yet"
         );
         assert_eq!(get("/healthz"), StatusCode::OK, "alive all the same");
-        health.serving.store(true, Ordering::Relaxed);
+        readiness.serving.store(true, Ordering::Relaxed);
         assert_eq!(get("/readyz"), StatusCode::OK);
-        health.serving.store(false, Ordering::Relaxed);
+        readiness.serving.store(false, Ordering::Relaxed);
         assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE, "stopping");
         assert_eq!(
             route(
                 &hyper::Method::POST,
                 "/metrics",
                 &registry,
-                &health,
+                &readiness,
                 &NoRoutes
             )
             .status(),

@@ -13,7 +13,7 @@ mod collect;
 mod http;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,15 +147,6 @@ impl Metrics {
         v.push(("-".to_string(), Arc::clone(&self.unrouted)));
         v
     }
-}
-
-/// Readiness as `/readyz` reports it.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Listeners serve and a configuration is loaded; false again once stopping.
-    pub serving: AtomicBool,
-    /// `[server] ready_requires_upstreams`.
-    pub requires_upstreams: AtomicBool,
 }
 
 #[cfg(test)]

@@ -323,7 +323,7 @@ impl UpstreamSet {
         let order = self.order();
         if order.is_empty() {
             if self.budget_warning.ready() {
-                tracing::warn!(route = %self.route, "every upstream of this route is in a forwarding loop: answering SERVFAIL (logged at most every 10s)");
+                tracing::warn!(route = %self.route, "no upstream of this route is in rotation (taken out by hand, or in a forwarding loop): answering from stale cache or SERVFAIL (logged at most every 10s)");
             }
             return Outcome::Failed;
         }

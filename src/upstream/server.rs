@@ -72,6 +72,33 @@ impl UpstreamSettings {
     }
 }
 
+/// An upstream's state as an operator reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamState {
+    /// Neither asked nor probed yet: nothing is known of it.
+    Unknown,
+    Up,
+    /// Marked down by `max_fails` failures in a row; probed until it answers.
+    Down,
+    /// Taken out of rotation by hand (`zonefwd ctl upstream ROUTE ADDR down`):
+    /// planned work, not a failure.
+    DownByHand,
+    /// A loop probe sent to it came back to zonefwd.
+    InLoop,
+}
+
+impl UpstreamState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamState::Unknown => "unknown",
+            UpstreamState::Up => "up",
+            UpstreamState::Down => "down",
+            UpstreamState::DownByHand => "down_by_hand",
+            UpstreamState::InLoop => "in_loop",
+        }
+    }
+}
+
 /// One upstream server, its health and its budget.
 #[derive(Debug)]
 pub struct Upstream {
@@ -156,6 +183,24 @@ impl Upstream {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.fails.load(Ordering::Relaxed)
+    }
+
+    /// What `ctl status` says of it, in order of what explains it best.
+    pub fn state(&self) -> UpstreamState {
+        if self.manual_down.load(Ordering::Relaxed) {
+            UpstreamState::DownByHand
+        } else if self.looped.load(Ordering::Relaxed) {
+            UpstreamState::InLoop
+        } else if self.is_marked_down() {
+            UpstreamState::Down
+        } else if self.stats.sent.load(Ordering::Relaxed) == 0
+            && self.answered.load(Ordering::Relaxed) == 0
+            && self.consecutive_failures() == 0
+        {
+            UpstreamState::Unknown
+        } else {
+            UpstreamState::Up
+        }
     }
 
     /// Up: neither marked down by failures nor taken out by hand (a loop is shown

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::config::{Config, ExpectPrivate, Route, UpstreamOrder, UpstreamTransport};
+use crate::config::{
+    Config, ExpectPrivate, Route, RouteReadiness, UpstreamOrder, UpstreamTransport,
+};
 use crate::life::Lifecycle;
 use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::outcome::Outcome;
@@ -43,6 +45,8 @@ pub struct UpstreamSet {
     pub nxdomain_fallbacks: AtomicU64,
     /// CNAME targets from other routes' answers resolved here (`claim_cnames`).
     pub cname_claims: AtomicU64,
+    /// `ready`: whether this route's outage makes the replica unready (`readiness`).
+    pub ready: RouteReadiness,
 }
 
 /// The upstreams of the configuration being replaced, by route name and settings, for
@@ -141,7 +145,14 @@ impl UpstreamSet {
             fallback: OnceLock::new(),
             nxdomain_fallbacks: AtomicU64::new(0),
             cname_claims: AtomicU64::new(0),
+            ready: route.ready,
         }
+    }
+
+    /// No upstream is in rotation: marked down by failures, taken out by hand, or in
+    /// a forwarding loop.
+    pub fn all_down(&self) -> bool {
+        !self.upstreams.iter().any(|u| u.in_rotation())
     }
 
     /// The route's deadline for one query.
