@@ -101,6 +101,36 @@ async fn reply_bytes_are_relayed_as_received() {
     z.stop().await.unwrap();
 }
 
+/// CD is the client's own (RFC 4035 section 3.2.2), relayed or from the cache, even
+/// from an upstream that clears it, as an authoritative server may.
+#[tokio::test]
+async fn the_cd_bit_is_copied_from_each_query() {
+    let up = Fake::answering(|q| {
+        let mut r = reply_a(q, [192, 0, 2, 1], 300);
+        r.metadata.checking_disabled = false;
+        r
+    })
+    .await;
+    let z = Zonefwd::start(&one_route(&[up.addr], "")).await;
+    let c = udp_client(z.udp);
+    // (client's CD, what it is served from); CD is part of the cache key.
+    let cases = [
+        (true, "relayed"),
+        (false, "relayed"),
+        (true, "cache"),
+        (false, "cache"),
+    ];
+    for (cd, from) in cases {
+        let mut q = query("cd.example.", RecordType::A, Some(1232));
+        q.metadata.checking_disabled = cd;
+        let r = ask(&c, q).await;
+        assert_eq!(r.metadata.checking_disabled, cd, "CD={cd}, {from}");
+        assert!(r.metadata.recursion_desired, "RD copied too, {from}");
+    }
+    assert_eq!(up.count(), 2, "one upstream query per CD value; the rest cached");
+    z.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn upstream_ids_are_fresh() {
     let up = Fake::answering(|q| reply_a(q, [192, 0, 2, 1], 1)).await;

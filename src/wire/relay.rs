@@ -121,6 +121,7 @@ pub fn render(n: &Normalized, q: &Query, limit: usize, ttls: Ttls) -> Vec<u8> {
     let mut out = Vec::with_capacity(n.bytes.len() + opt_len);
     out.extend_from_slice(&n.bytes);
     set_u16(&mut out, 0, q.id);
+    set_u16(&mut out, 2, flags_for(flags(&n.bytes), q));
     // The question is stored uncompressed at offset 12 (read_name refuses pointers
     // into the header) and matched this client's ignoring case, so it has the same
     // length: write the client's spelling back (RFC 1035 7.3, 0x20 randomisation).
@@ -149,11 +150,20 @@ pub fn render(n: &Normalized, q: &Query, limit: usize, ttls: Ttls) -> Vec<u8> {
     out
 }
 
+/// The stored reply's flags with this client's RD and CD: RD is copied from the
+/// query (RFC 1035 section 4.1.1) and so is CD (RFC 4035 section 3.2.2). An upstream
+/// may clear CD (an authoritative server need not echo it), and a cached reply was
+/// asked for by another client with flags of its own.
+fn flags_for(stored: u16, q: &Query) -> u16 {
+    let copied = FLAG_RD | FLAG_CD;
+    (stored & !copied) | (q.flags & copied)
+}
+
 pub(super) fn truncated(full: &[u8], question_end: usize, q: &Query, ext_rcode: u8) -> Vec<u8> {
     let mut out = full[..question_end].to_vec();
     set_u16(&mut out, 0, q.id);
     out[HEADER_LEN..HEADER_LEN + q.qname.len()].copy_from_slice(&q.qname);
-    set_u16(&mut out, 2, flags(full) | FLAG_TC);
+    set_u16(&mut out, 2, flags_for(flags(full), q) | FLAG_TC);
     set_u16(&mut out, 6, 0);
     set_u16(&mut out, 8, 0);
     set_u16(&mut out, 10, u16::from(q.edns.is_some()));
