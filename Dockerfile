@@ -11,10 +11,13 @@ WORKDIR /src
 # Everything the manifest names: the library and binary, the bench target it declares,
 # and the preset catalogue src/presets.rs embeds. .ci/image-build-check.sh builds
 # from exactly these lines.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY presets ./presets
+# The source comes without .git: `docker build --build-arg ZONEFWD_COMMIT=$(git
+# rev-parse --short=12 HEAD)` stamps zonefwd_build_info{commit}.
+ARG ZONEFWD_COMMIT=
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
@@ -31,6 +34,10 @@ COPY config/container.toml /etc/zonefwd/zonefwd.toml
 USER 65532:65532
 EXPOSE 53/udp 53/tcp
 ENV ZONEFWD_CONFIG=/etc/zonefwd/zonefwd.toml
+# The control socket for `docker exec CONTAINER zonefwd ctl status`, whatever the
+# mounted file says: `run` serves it and `ctl` finds it through the same variable.
+# Under /tmp, which the image's non-root user can write.
+ENV ZONEFWD_CONTROL=/tmp/zonefwd-control.sock
 # mimalloc (zonefwd's allocator) commits its first arena lazily: 6 MiB idle, not 13.
 ENV MIMALLOC_ARENA_EAGER_COMMIT=0
 # A DNS round trip to the listener itself, answered by zonefwd without any upstream.

@@ -99,9 +99,10 @@ pub fn render(request: &Value, answer: &Value) -> Result<String, CtlError> {
         Some("flush") => format!("flushed {} entries\n", answer["flushed"]),
         Some("cache") => cache_text(answer),
         Some("reload") => format!(
-            "reloaded {}: {} routes\n",
+            "reloaded {}: {} routes\n{}",
             answer["config"].as_str().unwrap_or("?"),
-            answer["routes"]
+            answer["routes"],
+            pending_text(answer)
         ),
         Some("upstream") => format!(
             "route {} upstream {}: {}\n",
@@ -126,6 +127,10 @@ fn status_text(a: &Value) -> String {
         None => s.push_str("ready\n"),
         Some(why) => s.push_str(&format!("NOT READY: {why}\n")),
     }
+    if a["last_reload_successful"] == json!(false) {
+        s.push_str("THE LAST RELOAD WAS REFUSED: the file on disk is not what runs (zonefwd ctl reload shows why)\n");
+    }
+    s.push_str(&pending_text(a));
     for route in a["routes"].as_array().into_iter().flatten() {
         let required = if route["ready"] == json!("required") {
             "  (ready: required)"
@@ -157,6 +162,24 @@ fn status_text(a: &Value) -> String {
         a["inflight"]
     ));
     s
+}
+
+/// The restart-only settings the file in force changes, if any.
+fn pending_text(a: &Value) -> String {
+    let pending: Vec<&str> = a["restart_pending"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if pending.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "RESTART PENDING: {} changed in the file but only a restart applies it (everything else is in effect)\n",
+            pending.join(", ")
+        )
+    }
 }
 
 /// An upstream's state (`UpstreamState::as_str`) for a person.

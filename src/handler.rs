@@ -23,6 +23,7 @@ use crate::local::LocalZone;
 use crate::loopcheck::LoopDetector;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::readiness::Readiness;
+use crate::reloads::ReloadStats;
 use crate::resolver::Resolver;
 use crate::router::Router;
 use crate::upstream::{Previous, UpstreamSet};
@@ -39,6 +40,8 @@ pub struct ServerState {
     pub inflight: Arc<InflightCount>,
     /// Serving, draining: what `/readyz` and `ctl status` report with the routes.
     pub readiness: Arc<Readiness>,
+    /// Reloads applied and refused, and the restart-only settings pending.
+    pub reloads: Arc<ReloadStats>,
 }
 
 impl ServerState {
@@ -53,6 +56,7 @@ impl ServerState {
             clients: Arc::default(),
             inflight: Arc::default(),
             readiness: Arc::default(),
+            reloads: Arc::default(),
         }
     }
 }

@@ -60,6 +60,7 @@ mod outcome;
 pub mod presets;
 mod query_log;
 mod readiness;
+mod reloads;
 pub mod report;
 mod resolver;
 pub mod router;
@@ -75,4 +76,8 @@ pub use life::{Clock, ManualClock, SystemClock};
 /// bench/relay.rs), which must batch as the listeners do.
 pub use listen::batch;
 pub use listen::{BindError, Listeners};
+pub use reloads::ReadFile;
+
+/// The commit this binary was built from (`build.rs`), or "unknown".
+pub const BUILD_COMMIT: &str = env!("ZONEFWD_COMMIT");
 pub use server::{run, run_with, Control};

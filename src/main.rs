@@ -45,7 +45,8 @@ enum Command {
     /// Validate the configuration and print the routing table.
     Check(ConfigArg),
     /// Exit 0 if the zonefwd serving this configuration answers on its first listen
-    /// address (for container HEALTHCHECKs: no curl needed).
+    /// address, else 1 (for container HEALTHCHECKs, where 2 is reserved: no curl
+    /// needed).
     Healthcheck {
         #[command(flatten)]
         config: ConfigArg,
@@ -223,8 +224,15 @@ fn main() -> ExitCode {
             print!("{}", report::routing_table(&config));
             true
         }),
+        // 0 healthy, 1 anything else: Docker reserves exit code 2 of a HEALTHCHECK.
         Command::Healthcheck { config, timeout } => {
-            load(&config.config).and_then(|c| healthcheck(&c, timeout))
+            match load(&config.config).and_then(|c| healthcheck(&c, timeout)) {
+                Err(e) => {
+                    eprintln!("zonefwd: {e}");
+                    Ok(false)
+                }
+                answered => answered,
+            }
         }
         Command::Explain {
             config,
@@ -317,18 +325,17 @@ fn ctl(
         CtlError::Usage(m) | CtlError::Server(m) => m,
     })?;
     let unit_socket = Path::new(UNIT_CONTROL_SOCKET);
-    let socket = match socket {
+    // The file is not validated here: an invalid file is what `ctl reload` is asked to
+    // explain, and the server answers with the located error.
+    let socket = match socket.or_else(|| zonefwd::config::control_socket_named_in(config)) {
         Some(s) => s,
-        None => match load(config)?.server.control {
-            Some(s) => s,
-            None if unit_socket.exists() => unit_socket.to_path_buf(),
-            None => {
-                return Err(format!(
-                    "{} sets no [server] control socket, and {UNIT_CONTROL_SOCKET} does not exist (give --socket PATH)",
-                    config.display()
-                ))
-            }
-        },
+        None if unit_socket.exists() => unit_socket.to_path_buf(),
+        None => {
+            return Err(format!(
+                "{} names no [server] control socket, and {UNIT_CONTROL_SOCKET} does not exist (give --socket PATH)",
+                config.display()
+            ))
+        }
     };
     let answer = ctl::exchange(&socket, &request).map_err(|e| match e {
         CtlError::Usage(m) | CtlError::Server(m) => m,
@@ -422,25 +429,21 @@ fn healthcheck(config: &Config, timeout: std::time::Duration) -> Result<bool, St
     }
 }
 
-/// On SIGHUP, reads and validates the config file again and hands it to the server;
-/// an invalid file is logged with its location and the running configuration stays.
+/// On SIGHUP, reads and validates the config file again and hands the outcome to the
+/// server: a configuration to switch to, or the located error, which the server logs
+/// and counts while the running configuration stays.
 fn reload_on_sighup(
     path: PathBuf,
     control: Option<PathBuf>,
-) -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<Config>> {
+) -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<zonefwd::ReadFile>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
-            match load_for_run(&path, &control) {
-                Ok(config) => {
-                    if tx.send(config).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::error!("reload failed, the running configuration stays: {e}"),
+            if tx.send(load_for_run(&path, &control)).is_err() {
+                return;
             }
         }
     });

@@ -19,6 +19,7 @@ use crate::listen::tcp::{self, TcpOptions};
 use crate::listen::{udp, Current, Listeners};
 use crate::metrics::{self, Observed, Sources};
 use crate::notify::{self, Notifier};
+use crate::reloads::{restart_only_changes, ReadFile, ReloadOutcome, ReloadRequest};
 use crate::upstream::UpstreamSet;
 use crate::wire;
 
@@ -26,8 +27,9 @@ use crate::wire;
 pub struct Control {
     /// The clock the cache and budgets use: tests pass a `ManualClock`.
     pub clock: Arc<dyn Clock>,
-    /// New configurations to switch to (SIGHUP in `main`), already validated.
-    pub reloads: Option<mpsc::UnboundedReceiver<Config>>,
+    /// Files read for a reload (SIGHUP in `main`): validated configurations to switch
+    /// to, or the located errors of files that were refused (counted).
+    pub reloads: Option<mpsc::UnboundedReceiver<ReadFile>>,
     /// Where to tell systemd about readiness, reloads and liveness.
     pub notifier: Notifier,
 }
@@ -86,6 +88,8 @@ pub async fn run_with(
     }
 
     tokio::pin!(shutdown);
+    // What runs: the sockets and sizes bound at start, which only a restart changes.
+    let started = config.clone();
     let mut running = config;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -93,14 +97,25 @@ pub async fn run_with(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = sweep.tick() => handler.load().sweep_idle_sockets(),
-            Some(new) = next_reload(&mut control.reloads, &mut ctl_reloads) => {
-                notifier.reloading();
-                running = reload(&handler, &state, running, new);
-                *loaded.lock().unwrap_or_else(|e| e.into_inner()) = Loaded {
-                    file: running.source.clone(),
-                    at: SystemTime::now(),
+            Some(request) = next_reload(&mut control.reloads, &mut ctl_reloads) => {
+                let outcome = match request.file {
+                    Ok(new) => {
+                        notifier.reloading();
+                        let pending = restart_only_changes(&started, &new);
+                        running = reload(&handler, &state, new, &pending);
+                        *loaded.lock().unwrap_or_else(|e| e.into_inner()) = Loaded {
+                            file: running.source.clone(),
+                            at: SystemTime::now(),
+                        };
+                        state.reloads.note_applied(pending.clone());
+                        notifier.notify(&format!("READY=1\nSTATUS={}", status(&running)));
+                        Ok(pending)
+                    }
+                    Err(why) => refused(&state, why),
                 };
-                notifier.notify(&format!("READY=1\nSTATUS={}", status(&running)));
+                if let Some(answer) = request.answer {
+                    let _ = answer.send(outcome);
+                }
             }
         }
     }
@@ -145,6 +160,7 @@ fn start_listeners(listeners: Listeners, config: &Config, cx: ControlContext) ->
             cache: Arc::clone(state.resolver.cache()),
             resolutions: Arc::clone(&state.resolver.stats),
             inflight: Arc::clone(&state.inflight),
+            reloads: Arc::clone(&state.reloads),
             configured: Arc::clone(&configured),
         }));
         life.tasks.spawn(metrics::serve_http(
@@ -234,20 +250,28 @@ async fn watchdog(interval: Duration, notifier: Arc<Notifier>, life: Lifecycle) 
     }
 }
 
-/// The next configuration to switch to: from the caller (SIGHUP in main) or from the
-/// control socket's `reload`.
+/// The next reload: from the caller (SIGHUP in main) or from the control socket's
+/// `reload`, which waits for the outcome.
 async fn next_reload(
-    reloads: &mut Option<mpsc::UnboundedReceiver<Config>>,
-    ctl_reloads: &mut mpsc::UnboundedReceiver<Config>,
-) -> Option<Config> {
+    reloads: &mut Option<mpsc::UnboundedReceiver<ReadFile>>,
+    ctl_reloads: &mut mpsc::UnboundedReceiver<ReloadRequest>,
+) -> Option<ReloadRequest> {
+    let signalled = |file| ReloadRequest { file, answer: None };
     match reloads {
-        Some(signalled) => tokio::select! {
-            Some(c) = signalled.recv() => Some(c),
-            Some(c) = ctl_reloads.recv() => Some(c),
+        Some(from_signal) => tokio::select! {
+            Some(file) = from_signal.recv() => Some(signalled(file)),
+            Some(r) = ctl_reloads.recv() => Some(r),
             else => None,
         },
         None => ctl_reloads.recv().await,
     }
+}
+
+/// A file that did not validate: counted, logged, and the running configuration stays.
+fn refused(state: &ServerState, why: String) -> ReloadOutcome {
+    state.reloads.note_refused();
+    tracing::error!("reload refused, the running configuration stays: {why}");
+    Err(why)
 }
 
 fn log_config(config: &Config) {
@@ -269,45 +293,18 @@ fn log_config(config: &Config) {
 /// Switches to `new`: routes, ACL, upstreams, cache policies and limits take effect
 /// for the next query; queries in flight finish on the old ones; the cache, the
 /// client table, the in-flight count and every unchanged upstream are kept. Sockets
-/// and the settings bound to them stay as they are until a restart.
-fn reload(current: &Current, state: &ServerState, old: Config, new: Config) -> Config {
+/// and the settings bound to them stay as they are until a restart (`pending`).
+fn reload(current: &Current, state: &ServerState, new: Config, pending: &[&str]) -> Config {
     let next = Handler::new(&new, state, Some(&current.load()));
     current.store(Arc::new(next));
     current.load().start_background();
     tracing::info!(config = %new.source, routes = new.routes.len(), "configuration reloaded");
     log_config(&new);
-    let needs_restart = needs_restart(&old, &new);
-    if !needs_restart.is_empty() {
+    if !pending.is_empty() {
         tracing::warn!(
-            settings = %needs_restart.join(", "),
-            "these changes take effect only after a restart; everything else is in effect now"
+            settings = %pending.join(", "),
+            "these settings differ from what runs and take effect only after a restart; everything else is in effect now"
         );
     }
     new
-}
-
-/// The settings that changed between `old` and `new` but are bound to sockets or
-/// sizes fixed at start.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (o, n) = (&old.server, &new.server);
-    [
-        ("server.listen", o.listen != n.listen),
-        ("server.udp_threads", o.udp_threads != n.udp_threads),
-        ("server.tcp_*", TcpOptions::of(o) != TcpOptions::of(n)),
-        (
-            "cache.max_entries",
-            old.cache_max_entries != new.cache_max_entries,
-        ),
-        ("server.log_format", o.log_format != n.log_format),
-        ("server.metrics", o.metrics != n.metrics),
-        // The socket stays where it was bound; a file without the key (or
-        // `zonefwd ctl reload`, which reads the file alone) keeps it.
-        (
-            "server.control",
-            n.control.is_some() && o.control != n.control,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
 }

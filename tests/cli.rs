@@ -322,7 +322,7 @@ async fn sighup_reloads_a_valid_file_and_keeps_serving_through_an_invalid_one() 
     )
     .unwrap();
     z.signal("-HUP");
-    let err = z.wait_for("reload failed");
+    let err = z.wait_for("reload refused");
     assert!(
         err.contains(&format!("{}:6:14: route[0].upstreams[0]", p.display())),
         "{err}"
@@ -468,8 +468,10 @@ async fn healthcheck_answers_0_while_serving_and_fails_when_not() {
         "--timeout",
         "300ms",
     ]);
-    assert_eq!(code, 2);
+    assert_eq!(code, 1, "unhealthy is 1: Docker reserves 2");
     assert!(err.contains("healthcheck: no answer from"), "{err}");
+    let (code, _, err) = zonefwd(&["healthcheck", "-c", "/nonexistent/zonefwd.toml"]);
+    assert_eq!(code, 1, "no configuration is unhealthy too: {err}");
 }
 
 #[tokio::test]
@@ -540,7 +542,84 @@ async fn ctl_talks_to_the_running_binary_and_exits_0_1_or_2() {
         "status",
     ]);
     assert_eq!(code, 2, "no connection: {err}");
+
+    // An invalid file: ctl still finds the socket the file names, and the server's
+    // located error comes back with exit 1 (the running configuration stays).
+    let valid = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        valid.replace("[[route]]", "[[route]]\ntimeout = \"5 parsecs\""),
+    )
+    .unwrap();
+    let (code, _, err) = ctl(&["reload"]);
+    assert_eq!(code, 1, "the server refused the file: {err}");
+    assert!(
+        err.contains(&format!("{}:", p.display())) && err.contains("route[0].timeout"),
+        "{err}"
+    );
+    let (code, out, _) = ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("THE LAST RELOAD WAS REFUSED"), "{out}");
+    // A restart-only key changed: applied for the rest, the pending key named.
+    std::fs::write(
+        &p,
+        valid.replace(
+            "loop_detection = false",
+            "loop_detection = false\ntcp_idle_timeout = \"7s\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("RESTART PENDING: server.tcp_*"), "{out}");
     drop(z);
+}
+
+/// The unit's ExecReload, run as systemd runs it (the unit's environment names the
+/// control socket): it exits non-zero when the server refuses the file, so that
+/// `systemctl reload` fails instead of reporting success.
+#[tokio::test]
+async fn the_units_exec_reload_fails_when_the_reload_is_refused() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/zonefwd.service"
+    ))
+    .unwrap();
+    let exec_reload = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("the unit has an ExecReload");
+    let argv: Vec<&str> = exec_reload.split_whitespace().collect();
+    assert_eq!(argv[0], "/usr/bin/zonefwd", "{exec_reload}");
+    let up = Fake::answering_a().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let p = write_config(&dir, "loop_detection = false\n", &one_route(&[up.addr], ""));
+    let mut z = Running::start_with(&p, &[("ZONEFWD_CONTROL", socket.to_str().unwrap())]);
+    z.wait_for("serving the control socket");
+    let systemctl_reload = || {
+        let out = Command::new(BIN)
+            .args(&argv[1..])
+            .env("ZONEFWD_CONTROL", &socket)
+            .env_remove("ZONEFWD_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = systemctl_reload();
+    assert_eq!(code, Some(0), "{err}");
+    let valid = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        valid.replace("[[route]]", "[[route]]\ntimeout = \"5 parsecs\""),
+    )
+    .unwrap();
+    let (code, err) = systemctl_reload();
+    assert_eq!(code, Some(1), "a refused reload fails: {err}");
+    assert!(err.contains("route[0].timeout"), "{err}");
 }
 
 #[test]

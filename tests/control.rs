@@ -253,9 +253,12 @@ async fn reload_through_the_socket_returns_the_located_error_and_keeps_the_runni
         ResponseCode::NoError,
         "serving on"
     );
+    let status = ctl(&socket, json!({"command": "status"})).await;
+    assert_eq!(status["last_reload_successful"], json!(false), "{status}");
     std::fs::write(
         &file,
         valid
+            .clone()
             .server("listen = [\"127.0.0.1:0\"]")
             .server("loop_detection = false")
             .toml(),
@@ -263,6 +266,25 @@ async fn reload_through_the_socket_returns_the_located_error_and_keeps_the_runni
     .unwrap();
     let out = ctl(&socket, json!({"command": "reload"})).await;
     assert_eq!(out["ok"], json!(true), "{out}");
+    assert_eq!(out["restart_pending"], json!([]), "{out}");
+    // A restart-only key changed: applied for the rest, and the answer says so.
+    std::fs::write(
+        &file,
+        valid
+            .server("listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]")
+            .server("loop_detection = false")
+            .toml(),
+    )
+    .unwrap();
+    let out = ctl(&socket, json!({"command": "reload"})).await;
+    assert_eq!(out["restart_pending"], json!(["server.listen"]), "{out}");
+    let status = ctl(&socket, json!({"command": "status"})).await;
+    assert_eq!(
+        status["restart_pending"],
+        json!(["server.listen"]),
+        "{status}"
+    );
+    assert_eq!(status["last_reload_successful"], json!(true), "{status}");
     z.stop().await.unwrap();
 }
 

@@ -127,7 +127,11 @@ async fn the_cd_bit_is_copied_from_each_query() {
         assert_eq!(r.metadata.checking_disabled, cd, "CD={cd}, {from}");
         assert!(r.metadata.recursion_desired, "RD copied too, {from}");
     }
-    assert_eq!(up.count(), 2, "one upstream query per CD value; the rest cached");
+    assert_eq!(
+        up.count(),
+        2,
+        "one upstream query per CD value; the rest cached"
+    );
     z.stop().await.unwrap();
 }
 

@@ -308,3 +308,73 @@ async fn reloads_under_load_lose_no_query_and_keep_the_cache() {
     eventually("descriptors to settle", || open_descriptors() <= before + 8).await;
     z.stop().await.unwrap();
 }
+
+/// Scrapes until `metric` (a sample's full name) reads `want`: a reload is applied
+/// by the run loop, asynchronously.
+async fn until_metric(z: &Zonefwd, name: &str, want: u64) {
+    for _ in 0..500 {
+        if metric(&scrape(z).await, name) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} never read {want}:\n{}", scrape(z).await);
+}
+
+/// A refused reload and a pending restart are metrics, not only journal lines; the
+/// pending restart compares the file with what runs, not with the previous file.
+#[tokio::test]
+async fn reloads_are_counted_and_a_pending_restart_is_compared_with_what_runs() {
+    let up = Fake::answering_a().await;
+    let base =
+        Conf::new()
+            .server("metrics = \"127.0.0.1:0\"")
+            .route("default", &["."], &[up.addr], "");
+    let z = Zonefwd::start(&base.toml()).await;
+    let body = scrape(&z).await;
+    assert_eq!(metric(&body, "zonefwd_config_last_reload_successful"), 1);
+    assert!(
+        metric(
+            &body,
+            "zonefwd_config_last_reload_success_timestamp_seconds"
+        ) > 1_700_000_000
+    );
+    assert!(
+        body.contains(&format!(
+            "zonefwd_build_info{{version=\"{}\",commit=\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    let (applied, refused, pending) = (
+        "zonefwd_config_reloads_total{result=\"applied\"}",
+        "zonefwd_config_reloads_total{result=\"refused\"}",
+        "zonefwd_config_restart_pending",
+    );
+
+    z.reload_refused("z.toml:4:14: route[0].upstreams[0]: expected \"IP\"");
+    until_metric(&z, refused, 1).await;
+    assert_eq!(
+        metric(&scrape(&z).await, "zonefwd_config_last_reload_successful"),
+        0
+    );
+
+    // (the file reloaded, applied so far, restart pending after it)
+    let moved = base
+        .clone()
+        .server("listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]");
+    let steps = [
+        (&moved, 1, 1),
+        // The same file again: still not what runs.
+        (&moved, 2, 1),
+        (&base, 3, 0),
+    ];
+    for (conf, n, restart) in steps {
+        z.reload(&conf.toml());
+        until_metric(&z, applied, n).await;
+        let body = scrape(&z).await;
+        assert_eq!(metric(&body, pending), restart, "after reload {n}");
+        assert_eq!(metric(&body, "zonefwd_config_last_reload_successful"), 1);
+    }
+    z.stop().await.unwrap();
+}

@@ -64,6 +64,16 @@ impl Config {
     }
 }
 
+/// The `[server] control` socket a file names, read without validating the rest:
+/// `zonefwd ctl reload` must reach the server to hear why the file is invalid. `None`
+/// when the file cannot be read, is not TOML, or names none.
+pub fn control_socket_named_in(path: &Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc: toml::Table = text.parse().ok()?;
+    let control = doc.get("server")?.get("control")?.as_str()?;
+    (!control.is_empty()).then(|| std::path::PathBuf::from(control))
+}
+
 /// A file's `[local]` records, and its hosts files when `hosts` (the main file only).
 fn local_of(
     raw: Option<raw::RawLocal>,

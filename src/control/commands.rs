@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use super::ControlContext;
 use crate::cache::Flush;
 use crate::config::{Config, LoadEnv};
+use crate::reloads::ReloadRequest;
 use crate::upstream::Upstream;
 use crate::wire;
 
@@ -85,7 +86,7 @@ pub async fn respond(line: &[u8], cx: &ControlContext) -> Value {
             all,
         } => flush(cx, name, qtype, zone, negative, all),
         Request::Cache { name, qtype } => cache(cx, &name, qtype),
-        Request::Reload => reload(cx),
+        Request::Reload => reload(cx).await,
         Request::Upstream {
             route,
             upstream,
@@ -128,6 +129,8 @@ fn status(cx: &ControlContext) -> Value {
         "ready": readiness.is_ok(),
         "not_ready_because": readiness.err().map(|why| why.to_string()),
         "draining": cx.state.readiness.draining.load(Ordering::Relaxed),
+        "last_reload_successful": cx.state.reloads.last_successful.load(Ordering::Relaxed),
+        "restart_pending": cx.state.reloads.restart_pending(),
         "routes": routes,
         "cache": { "entries": cache.len(), "hits": hits, "misses": misses, "hit_ratio": hit_ratio },
         "inflight": cx.state.inflight.current(),
@@ -208,21 +211,28 @@ fn cache(cx: &ControlContext, name: &str, qtype: Option<String>) -> Result<Value
     Ok(json!({ "ok": true, "name": name, "entries": entries }))
 }
 
-/// Validates the file in force as SIGHUP does and hands it to the run loop; an
-/// invalid file is the caller's error and the running configuration stays.
-fn reload(cx: &ControlContext) -> Result<Value, String> {
+/// Validates the file in force as SIGHUP does and hands it to the run loop, which
+/// applies it or counts it refused; the answer is the outcome: the located error (the
+/// running configuration stays), or the restart-only settings still pending.
+async fn reload(cx: &ControlContext) -> Result<Value, String> {
     let file = cx
         .loaded
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .file
         .clone();
-    let config = Config::load(Path::new(&file), &LoadEnv::default()).map_err(|e| e.to_string())?;
-    let routes = config.routes.len();
+    let read = Config::load(Path::new(&file), &LoadEnv::default()).map_err(|e| e.to_string());
+    let routes = read.as_ref().map(|c| c.routes.len()).unwrap_or(0);
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    let stopping = || "the server is stopping".to_string();
     cx.reload
-        .send(config)
-        .map_err(|_| "the server is stopping".to_string())?;
-    Ok(json!({ "ok": true, "config": file, "routes": routes }))
+        .send(ReloadRequest {
+            file: read,
+            answer: Some(answer),
+        })
+        .map_err(|_| stopping())?;
+    let pending = outcome.await.map_err(|_| stopping())??;
+    Ok(json!({ "ok": true, "config": file, "routes": routes, "restart_pending": pending }))
 }
 
 /// Takes one upstream out of rotation by hand, or puts it back. The mark lives on the

@@ -22,9 +22,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::config::Config;
 use crate::handler::ServerState;
 use crate::listen::Current;
+use crate::reloads::ReloadRequest;
 
 /// A client that sends nothing for this long is disconnected.
 pub const IDLE: Duration = Duration::from_secs(5);
@@ -76,7 +76,7 @@ pub struct Loaded {
 pub struct ControlContext {
     pub current: Current,
     pub state: ServerState,
-    pub reload: mpsc::UnboundedSender<Config>,
+    pub reload: mpsc::UnboundedSender<ReloadRequest>,
     pub loaded: Arc<Mutex<Loaded>>,
 }
 

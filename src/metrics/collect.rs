@@ -41,6 +41,8 @@ impl Collector for Collect {
         per_upstream(&mut enc, &sets)?;
         budgets(&mut enc, &sets)?;
         cache(&mut enc, s)?;
+        reloads(&mut enc, s)?;
+        build_info(&mut enc)?;
         server(&mut enc, s)
     }
 }
@@ -299,6 +301,56 @@ fn cache(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
         "Entries in the cache",
         s.cache.len() as i64,
     )
+}
+
+/// Reloads applied and refused, whether the file in force is what runs, and what
+/// waits for a restart: a refused reload is otherwise seen only in the journal, and
+/// the broken file fails the next restart.
+fn reloads(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
+    let r = &s.reloads;
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_config_reloads",
+        "Configuration reloads (SIGHUP, zonefwd ctl reload), by result: applied, or refused for an invalid file",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in [("applied", &r.applied), ("refused", &r.refused)] {
+        fam.encode_family(&[("result", result)])?
+            .encode_counter::<NoLabelSet, _, u64>(&load(n), None)?;
+    }
+    gauge(
+        enc,
+        "zonefwd_config_last_reload_successful",
+        "1 while the last reload was applied (or none was asked for), 0 after a refused one",
+        i64::from(r.last_successful.load(Ordering::Relaxed)),
+    )?;
+    gauge(
+        enc,
+        "zonefwd_config_last_reload_success_timestamp_seconds",
+        "When the configuration in force was applied (start or reload), in seconds since the epoch",
+        load(&r.last_success_unix) as i64,
+    )?;
+    gauge(
+        enc,
+        "zonefwd_config_restart_pending",
+        "1 while the file in force changes a setting only a restart applies (listen, udp_threads, tcp_*, cache.max_entries, log_format, metrics, control)",
+        i64::from(!r.restart_pending().is_empty()),
+    )
+}
+
+/// `zonefwd_build_info{version,commit}`: which build each replica runs.
+fn build_info(enc: &mut DescriptorEncoder) -> Encoded {
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_build_info",
+        "Always 1; the labels say which build runs",
+        None,
+        MetricType::Gauge,
+    )?;
+    let labels = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", crate::BUILD_COMMIT),
+    ];
+    fam.encode_family(&labels)?.encode_gauge(&1i64)
 }
 
 fn server(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {

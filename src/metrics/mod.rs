@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::limit::InflightCount;
+use crate::reloads::ReloadStats;
 use crate::resolver::ResolverStats;
 use crate::transport::Transport;
 use crate::upstream::UpstreamSet;
@@ -45,6 +46,7 @@ pub struct Sources {
     pub cache: Arc<Cache>,
     pub resolutions: Arc<ResolverStats>,
     pub inflight: Arc<InflightCount>,
+    pub reloads: Arc<ReloadStats>,
     pub configured: Arc<dyn Observed>,
 }
 

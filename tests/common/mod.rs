@@ -37,7 +37,7 @@ pub struct Zonefwd {
     pub tcp: SocketAddr,
     /// The metrics endpoint, when the config asked for one.
     pub metrics: Option<SocketAddr>,
-    reloads: tokio::sync::mpsc::UnboundedSender<Config>,
+    reloads: tokio::sync::mpsc::UnboundedSender<zonefwd::ReadFile>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -183,7 +183,14 @@ impl Zonefwd {
 
     /// `reload` of a configuration loaded some other way (from files).
     pub fn reload_config(&self, config: Config) {
-        self.reloads.send(config).expect("server running");
+        self.reloads.send(Ok(config)).expect("server running");
+    }
+
+    /// A reload whose file did not validate, as SIGHUP hands it over.
+    pub fn reload_refused(&self, why: &str) {
+        self.reloads
+            .send(Err(why.to_string()))
+            .expect("server running");
     }
 
     /// Signals shutdown and waits for `run` to return.

@@ -1,0 +1,110 @@
+//! Reloads as an operator sees them: each request (SIGHUP, `zonefwd ctl reload`) with
+//! the file as read, what came of it (applied or refused, counted), and the settings
+//! that the file in force sets but only a restart can apply.
+//!
+//! The restart-only settings are compared with what runs (the configuration the
+//! server started with, whose sockets and sizes are bound), not with the previous
+//! file: a `listen` changed in one reload and left alone in the next is still pending.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::listen::tcp::TcpOptions;
+
+/// A file read for a reload: the validated configuration, or the located error.
+pub type ReadFile = Result<Config, String>;
+
+/// What a reload came to: the restart-only settings still pending, or why the file
+/// was refused (the running configuration stays).
+pub type ReloadOutcome = Result<Vec<&'static str>, String>;
+
+/// One reload for the run loop; `answer` is for a caller that waits (the control
+/// socket), none for SIGHUP.
+pub struct ReloadRequest {
+    pub file: ReadFile,
+    pub answer: Option<oneshot::Sender<ReloadOutcome>>,
+}
+
+/// The counts and state the metrics and `ctl status` read.
+#[derive(Debug)]
+pub struct ReloadStats {
+    pub applied: AtomicU64,
+    pub refused: AtomicU64,
+    /// The last reload was applied (true before the first: the start succeeded).
+    pub last_successful: AtomicBool,
+    /// When the configuration in force was applied (the start, or the last applied
+    /// reload), in seconds since the epoch.
+    pub last_success_unix: AtomicU64,
+    /// The restart-only settings the file in force changes.
+    pending: Mutex<Vec<&'static str>>,
+}
+
+impl Default for ReloadStats {
+    fn default() -> Self {
+        ReloadStats {
+            applied: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            last_successful: AtomicBool::new(true),
+            last_success_unix: AtomicU64::new(unix_now()),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl ReloadStats {
+    pub fn note_applied(&self, pending: Vec<&'static str>) {
+        self.applied.fetch_add(1, Ordering::Relaxed);
+        self.last_successful.store(true, Ordering::Relaxed);
+        self.last_success_unix.store(unix_now(), Ordering::Relaxed);
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+    }
+
+    pub fn note_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.last_successful.store(false, Ordering::Relaxed);
+    }
+
+    /// The restart-only settings that the file in force changes from what runs.
+    pub fn restart_pending(&self) -> Vec<&'static str> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The settings of `file` that differ from `running` (what the server started with)
+/// but are bound to sockets or sizes fixed at start.
+pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<&'static str> {
+    let (r, f) = (&running.server, &file.server);
+    [
+        ("server.listen", r.listen != f.listen),
+        ("server.udp_threads", r.udp_threads != f.udp_threads),
+        ("server.tcp_*", TcpOptions::of(r) != TcpOptions::of(f)),
+        (
+            "cache.max_entries",
+            running.cache_max_entries != file.cache_max_entries,
+        ),
+        ("server.log_format", r.log_format != f.log_format),
+        ("server.metrics", r.metrics != f.metrics),
+        // The socket stays where it was bound; a file without the key (a socket set by
+        // `run --control`, kept by a reload) keeps it.
+        (
+            "server.control",
+            f.control.is_some() && r.control != f.control,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
