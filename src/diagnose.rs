@@ -43,8 +43,10 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
     let life = Lifecycle::default();
     let sets = UpstreamSet::for_config(config, &life, &mut Previous::default());
     let set = &sets[m.route];
+    let route = &config.routes[m.route];
     let started = Instant::now();
     let outcome = set.resolve(&q).await;
+    let guarded = set.public_answers() > 0;
     // The same follow-up the server makes: CNAMEs into a claiming route's zones.
     let outcome = match outcome {
         Outcome::Answered { answer, upstream } => {
@@ -60,11 +62,14 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
                 },
             }
         }
+        Outcome::Failed if guarded => Err(
+            "SERVFAIL: expect_private = \"enforce\" refused a public address for a name in a private zone (is the private DNS zone linked to this network?)".to_string(),
+        ),
         Outcome::Failed => Err(format!(
-            "no usable answer within {} (SERVFAIL): every upstream timed out, failed, or the guard refused the answer",
+            "no usable answer within {} (SERVFAIL)",
             humantime::format_duration(set.timeout())
         )),
-        Outcome::OverBudget => Err("max_qps spent on every upstream".to_string()),
+        Outcome::OverBudget => Err("max_qps spent on every upstream (SERVFAIL)".to_string()),
     };
     let rtt = started.elapsed();
     life.shutdown.cancel();
@@ -83,7 +88,7 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
             }
             let msg = Message::from_vec(&answer.bytes)
                 .map_err(|e| format!("cannot decode the reply: {e}"))?;
-            let _ = writeln!(out, "rcode:     {}", msg.metadata.response_code);
+            let _ = writeln!(out, "rcode:     {}", wire::rcode::name(answer.rcode));
             let mut hops = 0;
             for r in &msg.answers {
                 if matches!(r.data, RData::CNAME(_)) {
@@ -97,31 +102,59 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
             for r in &msg.authorities {
                 let _ = writeln!(out, "authority: {r}");
             }
-            let public: Vec<String> =
-                wire::public_addresses(&answer.bytes, answer.question_end, answer.answers)
-                    .iter()
-                    .map(|ip| ip.to_string())
-                    .collect();
-            if !public.is_empty() {
+            if guarded {
+                let public: Vec<String> =
+                    wire::public_addresses(&answer.bytes, answer.question_end, answer.answers)
+                        .iter()
+                        .map(|ip| ip.to_string())
+                        .collect();
                 let _ = writeln!(
                     out,
-                    "warning:   public address(es) {} in the answer{}",
+                    "warning:   public address(es) {} for a name in a private zone (expect_private = \"warn\"): is the private DNS zone linked to this network?",
                     public.join(", "),
-                    if set.expect_private.is_some() {
-                        " (expect_private is set on this route)"
-                    } else {
-                        ""
-                    }
                 );
             }
-            answer.rcode != wire::rcode::SERVFAIL
+            is_definitive(answer.rcode)
         }
         Err(why) => {
             let _ = writeln!(out, "result:    {why}");
+            if !guarded {
+                for line in ask_each_upstream(route, &q).await {
+                    let _ = writeln!(out, "tried:     {line}");
+                }
+            }
             false
         }
     };
     Ok((out, ok))
+}
+
+/// NOERROR and NXDOMAIN are answers (`query` exits 0); SERVFAIL, REFUSED and the
+/// other error rcodes are not (exit 1).
+fn is_definitive(rcode: u16) -> bool {
+    rcode == wire::rcode::NOERROR || rcode == wire::rcode::NXDOMAIN
+}
+
+/// After a failed resolution, each upstream of the route asked the question once more
+/// over the route's transport, to say why: "Connection refused", silence, an rcode.
+async fn ask_each_upstream(route: &Route, q: &Query) -> Vec<String> {
+    let tcp = route.transport == UpstreamTransport::Tcp;
+    let proto = route.transport.as_str();
+    let mut lines = Vec::new();
+    for u in &route.upstreams {
+        let what = match probe_query(u.addr, q, tcp, route.try_timeout).await {
+            ProbeResult::Answered { rcode, ms } => {
+                format!("{} in {ms:.0} ms", wire::rcode::name(rcode))
+            }
+            ProbeResult::Failed(e) => e,
+            ProbeResult::Silent => format!(
+                "no answer within {}",
+                humantime::format_duration(route.try_timeout)
+            ),
+        };
+        lines.push(format!("{} over {proto}: {what}", u.addr));
+    }
+    lines
 }
 
 /// One finding of `doctor`.
@@ -180,14 +213,18 @@ pub async fn probe(addr: SocketAddr, zone: &str, tcp: bool, per_try: Duration) -
     let Ok(qname) = wire::name_from_str(zone) else {
         return ProbeResult::Failed(format!("{zone:?} is not a name"));
     };
-    let q = Query::own(qname, wire::TYPE_SOA);
+    probe_query(addr, &Query::own(qname, wire::TYPE_SOA), tcp, per_try).await
+}
+
+/// `q` sent once to `addr`, over TCP or UDP, within `per_try`.
+async fn probe_query(addr: SocketAddr, q: &Query, tcp: bool, per_try: Duration) -> ProbeResult {
     let ignored = AtomicU64::new(0);
     let started = Instant::now();
     let result = tokio::time::timeout(per_try, async {
         if tcp {
-            exchange::tcp(addr, &q, true, &ignored).await
+            exchange::tcp(addr, q, true, &ignored).await
         } else {
-            exchange::udp(addr, &q, true, &ignored).await
+            exchange::udp(addr, q, true, &ignored).await
         }
     })
     .await;

@@ -65,7 +65,9 @@ enum Command {
         qtype: String,
     },
     /// Resolve NAME now through the route that answers it, and print the route, the
-    /// upstream, the round trip, the rcode, the answer and any guard warning.
+    /// upstream, the round trip, the rcode, the answer and any guard warning; on a
+    /// failure, what each upstream says. Exit 0 for NOERROR and NXDOMAIN, 1 for
+    /// SERVFAIL, REFUSED or no route, 2 for a bad configuration.
     Query {
         #[command(flatten)]
         config: ConfigArg,
@@ -95,7 +97,8 @@ enum Command {
     },
     /// Talk to a running zonefwd over its control socket ([server] control): status,
     /// flush NAME [TYPE] | --zone ZONE | --negative [--zone ZONE] | --all,
-    /// cache NAME [TYPE], reload, upstream ROUTE ADDR down|up.
+    /// cache NAME [TYPE], reload, upstream ROUTE ADDR down [--force] | up, drain,
+    /// undrain. Exit 0 done, 1 the server said no, 2 no connection or bad arguments.
     Ctl {
         #[command(flatten)]
         config: ConfigArg,

@@ -35,7 +35,104 @@ pub struct Entry {
     /// The private DNS zone the service's records live in (may name a placeholder
     /// such as `<region>`).
     pub private: String,
+    /// Whether `private` is a private DNS zone, every name of which should resolve to
+    /// private addresses (false: a public name the cloud resolver answers privately).
+    #[serde(default = "is_private_zone")]
+    pub private_zone: bool,
     pub note: String,
+}
+
+fn is_private_zone() -> bool {
+    true
+}
+
+/// A zone name whose labels may be `<...>` placeholders, each standing for any one
+/// label: `privatelink.<region>.azmk8s.io`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZonePattern {
+    /// Lowercase labels, the root-most first; `None` for a placeholder.
+    labels: Vec<Option<Vec<u8>>>,
+}
+
+impl ZonePattern {
+    pub fn parse(text: &str) -> ZonePattern {
+        ZonePattern {
+            labels: text
+                .trim_end_matches('.')
+                .split('.')
+                .rev()
+                .filter(|l| !l.is_empty())
+                .map(|l| (!l.contains('<')).then(|| l.to_ascii_lowercase().into_bytes()))
+                .collect(),
+        }
+    }
+
+    /// The zone of a lowercase wire name, the root itself being no pattern.
+    pub fn of_wire(name: &[u8]) -> ZonePattern {
+        ZonePattern {
+            labels: wire_labels(name)
+                .into_iter()
+                .map(|l| Some(l.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// Whether `name` (wire form, lowercase) is at or below this zone.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        let labels = wire_labels(name);
+        labels.len() >= self.labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(&labels)
+                .all(|(want, got)| want.as_deref().is_none_or(|w| w == *got))
+    }
+}
+
+/// A wire name's labels, the root-most first.
+fn wire_labels(name: &[u8]) -> Vec<&[u8]> {
+    let mut labels = Vec::new();
+    let mut i = 0;
+    while let Some(&len) = name.get(i) {
+        if len == 0 {
+            break;
+        }
+        let end = (i + 1 + usize::from(len)).min(name.len());
+        labels.push(&name[i + 1..end]);
+        i = end;
+    }
+    labels.reverse();
+    labels
+}
+
+/// Every private DNS zone of the catalog, whichever preset lists it: a zone listed by
+/// hand is recognised as well as one a preset brought.
+pub fn private_zones() -> &'static [ZonePattern] {
+    static Z: OnceLock<Vec<ZonePattern>> = OnceLock::new();
+    Z.get_or_init(|| {
+        catalog()
+            .presets
+            .iter()
+            .flat_map(|p| &p.zones)
+            .filter(|e| e.private_zone)
+            .map(|e| ZonePattern::parse(&e.private))
+            .collect()
+    })
+}
+
+/// Whether the lowercase wire zone `zone` is one the catalog forwards as a public
+/// zone (so that a CNAME into its private zone is followed), and not itself private.
+pub fn is_public_forward_zone(zone: &[u8]) -> bool {
+    static Z: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    let public = Z.get_or_init(|| {
+        catalog()
+            .presets
+            .iter()
+            .flat_map(|p| p.wire_zones())
+            .collect()
+    });
+    public.iter().any(|p| wire::names_equal(p, zone))
+        && !private_zones().iter().any(|p| p.contains(zone))
 }
 
 /// The embedded catalog. It is checked by a unit test, so a bad edit fails the build's
@@ -87,10 +184,12 @@ pub fn show_text(p: &Preset) -> String {
     let mut out = format!("# {}: {}\n", p.name, p.cloud);
     let width = p.zones.iter().map(|e| e.zone.len()).max().unwrap_or(0);
     for e in &p.zones {
-        out.push_str(&format!(
-            "{:<width$}  # {} ({})\n",
-            e.zone, e.note, e.private
-        ));
+        let private = if e.private_zone {
+            format!("private zone {}", e.private)
+        } else {
+            format!("{}, answered privately: no private zone", e.private)
+        };
+        out.push_str(&format!("{:<width$}  # {} ({private})\n", e.zone, e.note));
     }
     out
 }
@@ -99,6 +198,78 @@ pub fn show_text(p: &Preset) -> String {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    fn w(s: &str) -> Vec<u8> {
+        wire::name_from_str(s).unwrap()
+    }
+
+    #[test]
+    fn zone_patterns_match_at_and_below_with_placeholders_as_any_label() {
+        // (pattern, name, contained)
+        let cases = [
+            (
+                "privatelink.blob.core.windows.net",
+                "acct.privatelink.blob.core.windows.net.",
+                true,
+            ),
+            (
+                "privatelink.blob.core.windows.net",
+                "privatelink.blob.core.windows.net.",
+                true,
+            ),
+            (
+                "privatelink.blob.core.windows.net",
+                "acct.blob.core.windows.net.",
+                false,
+            ),
+            (
+                "privatelink.<region>.azmk8s.io",
+                "x-1a2b.privatelink.westeurope.azmk8s.io.",
+                true,
+            ),
+            (
+                "privatelink.<region>.azmk8s.io",
+                "x-1a2b.hcp.westeurope.azmk8s.io.",
+                false,
+            ),
+            (
+                "ip-<a-b-c-d>.<region>.compute.internal",
+                "ip-10-0-0-1.eu-west-1.compute.internal.",
+                true,
+            ),
+            (
+                "privatelink.<region>.azmk8s.io",
+                "westeurope.azmk8s.io.",
+                false,
+            ),
+        ];
+        for (pattern, name, want) in cases {
+            assert_eq!(
+                ZonePattern::parse(pattern).contains(&w(name)),
+                want,
+                "{pattern} {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_public_forward_zones_are_told_from_the_private_ones() {
+        assert!(is_public_forward_zone(&w("blob.core.windows.net")));
+        assert!(is_public_forward_zone(&w("azmk8s.io")));
+        assert!(!is_public_forward_zone(&w(
+            "privatelink.blob.core.windows.net"
+        )));
+        assert!(!is_public_forward_zone(&w("corp.example")));
+        assert!(private_zones()
+            .iter()
+            .any(|p| p.contains(&w("a.privatelink.vaultcore.azure.net."))));
+        assert!(
+            !private_zones()
+                .iter()
+                .any(|p| p.contains(&w("sqs.eu-west-1.amazonaws.com."))),
+            "an AWS interface endpoint's name is public"
+        );
+    }
 
     #[test]
     fn the_catalog_loads_and_every_entry_is_a_valid_distinct_name() {
@@ -154,7 +325,7 @@ mod tests {
         ] {
             assert!(zones.contains(&z), "{z}");
         }
-        assert!(show_text(azure).contains("privatelink.blob.core.windows.net"));
+        assert!(show_text(azure).contains("private zone privatelink.blob.core.windows.net"));
         assert!(list_text().contains("azure-china"));
     }
 }

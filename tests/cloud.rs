@@ -89,56 +89,114 @@ async fn nxdomain_from_a_private_route_falls_back_to_the_named_route() {
     z.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn expect_private_warns_or_enforces_on_public_addresses() {
-    // A private-link name that comes back public: the zone is not linked to the VNet.
-    let azure = Fake::answering(|q| {
-        if qname_of(q).starts_with("private.") {
-            reply_a(q, [10, 20, 0, 6], 60)
-        } else {
-            reply_a(q, [20, 60, 1, 1], 60)
+/// The fake cloud resolver of the guard's cases: a private endpoint (CNAME into
+/// privatelink, private address), one whose private zone is not linked (CNAME into
+/// privatelink, public address), an account without a private endpoint (public),
+/// and a privatelink name asked directly that comes back public.
+async fn cloud_resolver() -> Fake {
+    Fake::answering(|q| {
+        let n = qname_of(q);
+        let mut r = reply(q);
+        let label = n.split('.').next().unwrap_or_default().to_string();
+        let private = format!("{label}.privatelink.blob.core.windows.net.");
+        match label.as_str() {
+            _ if n.contains(".privatelink.") => r.answers.push(a_record(&n, [20, 60, 1, 3], 60)),
+            "endpoint" => {
+                r.answers.push(cname_record(&n, &private, 60));
+                r.answers.push(a_record(&private, [10, 20, 0, 6], 60));
+            }
+            "unlinked" => {
+                r.answers.push(cname_record(&n, &private, 60));
+                r.answers.push(a_record(&private, [20, 60, 1, 2], 60));
+            }
+            _ => r.answers.push(a_record(&n, [20, 60, 1, 1], 60)),
         }
+        r
     })
-    .await;
-    let route = |mode: &str| {
-        Conf::new()
-            .server("metrics = \"127.0.0.1:0\"")
-            .route(
-                "azure",
-                &["blob.core.windows.net"],
-                &[azure.addr],
-                &format!("expect_private = \"{mode}\"\ncache = false"),
-            )
-            .toml()
-    };
-    let z = Zonefwd::start(&route("warn")).await;
-    let r = ask_a(z.udp, "private.blob.core.windows.net.").await;
-    assert_eq!(r.answers[0].data, a_record("x.", [10, 20, 0, 6], 60).data);
-    let r = ask_a(z.udp, "leaky.blob.core.windows.net.").await;
-    assert_eq!(
-        r.metadata.response_code,
-        ResponseCode::NoError,
-        "warn answers"
-    );
-    assert_eq!(r.answers[0].data, a_record("x.", [20, 60, 1, 1], 60).data);
-    assert!(scrape(&z)
-        .await
-        .contains("zonefwd_public_answers_total{route=\"azure\"} 1"));
-    z.stop().await.unwrap();
+    .await
+}
 
-    let z = Zonefwd::start(&route("enforce")).await;
-    let r = ask_a(z.udp, "private.blob.core.windows.net.").await;
-    assert_eq!(r.answers[0].data, a_record("x.", [10, 20, 0, 6], 60).data);
-    let r = ask_a(z.udp, "leaky.blob.core.windows.net.").await;
-    assert_eq!(
-        r.metadata.response_code,
-        ResponseCode::ServFail,
-        "enforce refuses it"
+/// `expect_private` on the azure preset counts public addresses for names in private
+/// zones only: the preset's forwarded public zones hold every account without a
+/// private endpoint, and those are public by design.
+#[tokio::test]
+async fn expect_private_counts_public_addresses_of_private_names_only() {
+    let azure = cloud_resolver().await;
+    // (name, a public address for a private name, the rcode under enforce)
+    let cases = [
+        (
+            "endpoint.blob.core.windows.net.",
+            false,
+            ResponseCode::NoError,
+        ),
+        (
+            "public.blob.core.windows.net.",
+            false,
+            ResponseCode::NoError,
+        ),
+        (
+            "unlinked.blob.core.windows.net.",
+            true,
+            ResponseCode::ServFail,
+        ),
+        (
+            "acct.privatelink.blob.core.windows.net.",
+            true,
+            ResponseCode::ServFail,
+        ),
+    ];
+    let counted = cases.iter().filter(|c| c.1).count() as u64;
+    for mode in ["warn", "enforce"] {
+        let conf = Conf::new().server("metrics = \"127.0.0.1:0\"").table(&format!(
+            "[[route]]\nname = \"azure\"\npresets = [\"azure\"]\nupstreams = [\"{}\"]\nexpect_private = \"{mode}\"\ncache = false",
+            azure.addr
+        ));
+        let z = Zonefwd::start(&conf.toml()).await;
+        for (name, _, enforced) in cases {
+            let r = ask_a(z.udp, name).await;
+            let want = if mode == "warn" {
+                ResponseCode::NoError
+            } else {
+                enforced
+            };
+            assert_eq!(r.metadata.response_code, want, "{mode} {name}");
+            assert_eq!(
+                r.answers.is_empty(),
+                want == ResponseCode::ServFail,
+                "{mode} {name}"
+            );
+        }
+        let body = scrape(&z).await;
+        assert_eq!(
+            metric(&body, "zonefwd_public_answers_total{route=\"azure\"}"),
+            counted,
+            "{mode}: only the private names count\n{body}"
+        );
+        z.stop().await.unwrap();
+    }
+}
+
+/// A route whose zones are all private (listed by hand, not a public forward zone)
+/// counts every public address.
+#[tokio::test]
+async fn expect_private_on_private_zones_counts_every_public_address() {
+    let corp = Fake::answering(|q| reply_a(q, [20, 60, 1, 9], 60)).await;
+    let conf = Conf::new().server("metrics = \"127.0.0.1:0\"").route(
+        "corp",
+        &["corp.internal"],
+        &[corp.addr],
+        "expect_private = \"enforce\"\ncache = false",
     );
-    assert!(r.answers.is_empty());
-    assert!(scrape(&z)
-        .await
-        .contains("zonefwd_public_answers_total{route=\"azure\"} 1"));
+    let z = Zonefwd::start(&conf.toml()).await;
+    let r = ask_a(z.udp, "app.corp.internal.").await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        metric(
+            &scrape(&z).await,
+            "zonefwd_public_answers_total{route=\"corp\"}"
+        ),
+        1
+    );
     z.stop().await.unwrap();
 }
 

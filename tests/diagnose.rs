@@ -64,8 +64,14 @@ async fn query_shows_route_upstream_rcode_answer_cname_hops_and_guard_warnings()
                 RData::CNAME(CNAME(name(target))),
             ));
             r.answers.push(a_record(target, [10, 20, 1, 7], 10));
+        } else if n.starts_with("leaky.") {
+            // A private endpoint's name answered from the public zone.
+            let target = "leaky.privatelink.blob.core.windows.net.";
+            r.answers.push(cname_record(&n, target, 60));
+            r.answers.push(a_record(target, [20, 60, 1, 1], 60));
         } else {
-            r.answers.push(a_record(&n, [20, 60, 1, 1], 60));
+            // An account without a private endpoint: public, as it should be.
+            r.answers.push(a_record(&n, [20, 60, 1, 2], 60));
         }
         r
     })
@@ -82,10 +88,7 @@ async fn query_shows_route_upstream_rcode_answer_cname_hops_and_guard_warnings()
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("route:     azure"), "{out}");
     assert!(out.contains(&format!("upstream:  {}", azure.addr)), "{out}");
-    assert!(
-        out.contains("rcode:     No Error") || out.contains("rcode:     NOERROR"),
-        "{out}"
-    );
+    assert!(out.contains("rcode:     NOERROR"), "{out}");
     assert!(out.contains("10.20.1.7"), "{out}");
     assert!(out.contains("cnames:    1 hop(s)"), "{out}");
     assert!(!out.contains("warning"), "{out}");
@@ -93,13 +96,63 @@ async fn query_shows_route_upstream_rcode_answer_cname_hops_and_guard_warnings()
     let (code, out) = cli("query", &cfg, &["leaky.blob.core.windows.net", "A"]).await;
     assert_eq!(code, 0, "warn answers: {out}");
     assert!(
-        out.contains("warning:   public address(es) 20.60.1.1"),
+        out.contains("warning:   public address(es) 20.60.1.1 for a name in a private zone"),
         "{out}"
+    );
+    let (code, out) = cli("query", &cfg, &["public.blob.core.windows.net", "A"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("warning"),
+        "a public name without a private endpoint: {out}"
     );
 
     let (code, out) = cli("query", &cfg, &["www.example.org"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no route matches"), "{out}");
+}
+
+/// `query`'s exit code and rcode line: 0 for an answer (NOERROR, NXDOMAIN), 1 for
+/// SERVFAIL and REFUSED; a failure says what each upstream did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_exits_by_rcode_and_names_each_upstreams_error() {
+    use hickory_proto::op::ResponseCode;
+    let answering = Fake::answering(|q| match qname_of(q).as_str() {
+        "gone.example." => reply_rcode(q, ResponseCode::NXDomain),
+        "closed.example." => reply_rcode(q, ResponseCode::Refused),
+        _ => reply_a(q, [192, 0, 2, 1], 60),
+    })
+    .await;
+    // A port nobody listens on: the kernel refuses.
+    let refused = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &dir,
+        &format!(
+            "[[route]]\nname = \"dead\"\nzones = [\"dead.example\"]\nupstreams = [\"{refused}\"]\ntimeout = \"1s\"\ntry_timeout = \"300ms\"\n\
+             [[route]]\nname = \"rest\"\nzones = [\".\"]\nupstreams = [\"{}\"]\n",
+            answering.addr
+        ),
+    );
+    // (name, exit code, what the output says)
+    let cases = [
+        ("www.example", 0, "rcode:     NOERROR"),
+        ("gone.example", 0, "rcode:     NXDOMAIN"),
+        ("closed.example", 1, "rcode:     REFUSED"),
+        ("x.dead.example", 1, "(SERVFAIL)"),
+    ];
+    for (name, want, says) in cases {
+        let (code, out) = cli("query", &cfg, &[name]).await;
+        assert_eq!(code, want, "{name}: {out}");
+        assert!(out.contains(says), "{name}: {out}");
+    }
+    let (_, out) = cli("query", &cfg, &["x.dead.example"]).await;
+    assert!(
+        out.contains(&format!("tried:     {refused} over udp:")) && out.contains("refused"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

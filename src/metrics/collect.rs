@@ -116,8 +116,8 @@ const PER_ROUTE: [(&str, &str, RouteValue); 3] = [
     ),
     (
         "zonefwd_public_answers",
-        "Answers with public A/AAAA records from a route with expect_private",
-        |s| load(&s.public_answers),
+        "Answers with public A/AAAA records for names in private zones, on a route with expect_private",
+        |s| s.public_answers(),
     ),
     (
         "zonefwd_cname_claims",

@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::config::{
-    Config, ExpectPrivate, Route, RouteReadiness, UpstreamOrder, UpstreamTransport,
-};
+use crate::config::{Config, Route, RouteReadiness, UpstreamOrder, UpstreamTransport};
 use crate::life::Lifecycle;
 use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::outcome::Outcome;
+use crate::upstream::guard::PrivateGuard;
 use crate::upstream::{Exchanged, Upstream, UpstreamSettings};
 use crate::wire::{self, rcode, Query};
 
@@ -33,11 +32,8 @@ pub struct UpstreamSet {
     /// interval.
     pub(crate) local_warning: Throttle,
     pub(crate) life: Lifecycle,
-    /// `expect_private`: what to do with public addresses in this route's answers.
-    pub expect_private: Option<ExpectPrivate>,
-    pub(crate) guard_warning: Throttle,
-    /// Answers with public A/AAAA records (`expect_private`).
-    pub public_answers: AtomicU64,
+    /// `expect_private`: what to do with public addresses for private names.
+    pub guard: Option<PrivateGuard>,
     /// `nxdomain_fallback`: the route NXDOMAIN answers are asked again through, set
     /// once every route of the configuration exists.
     pub fallback: OnceLock<Arc<UpstreamSet>>,
@@ -139,9 +135,7 @@ impl UpstreamSet {
             budget_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             local_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             life,
-            expect_private: route.expect_private,
-            guard_warning: Throttle::new(LIMIT_WARN_INTERVAL),
-            public_answers: AtomicU64::new(0),
+            guard: PrivateGuard::for_route(route),
             fallback: OnceLock::new(),
             nxdomain_fallbacks: AtomicU64::new(0),
             cname_claims: AtomicU64::new(0),

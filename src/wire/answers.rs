@@ -1,5 +1,6 @@
 //! What the answer section of a reply that walked clean holds: its A/AAAA addresses
-//! (and which are public) and whether it has a CNAME.
+//! (and which are public), the names its chain passes through, and whether it has a
+//! CNAME.
 
 use super::*;
 
@@ -44,6 +45,38 @@ pub fn public_addresses(msg: &[u8], question_end: usize, answers: u16) -> Vec<st
     let mut v = answer_addresses(msg, question_end, answers);
     v.retain(|ip| !is_private_address(*ip));
     v
+}
+
+/// The names an answer's chain passes through: each answer record's owner and each
+/// CNAME's target, lowercase, uncompressed (`expect_private` asks whether any is in a
+/// private zone).
+pub fn answer_chain_names(msg: &[u8], question_end: usize, answers: u16) -> Vec<Vec<u8>> {
+    let mut names = Vec::new();
+    let mut pos = question_end;
+    for _ in 0..answers {
+        let mut owner = Vec::new();
+        let Ok(after) = read_name(msg, pos, Some(&mut owner)) else {
+            break;
+        };
+        let (Ok(rtype), Ok(rdlen)) = (
+            u16_at(msg, after, "type"),
+            u16_at(msg, after + 8, "rdlength"),
+        ) else {
+            break;
+        };
+        let data = after + 10;
+        if rtype == TYPE_CNAME {
+            let mut target = Vec::new();
+            if read_name(msg, data, Some(&mut target)).is_ok() {
+                lowercase(&mut target);
+                names.push(target);
+            }
+        }
+        lowercase(&mut owner);
+        names.push(owner);
+        pos = data + usize::from(rdlen);
+    }
+    names
 }
 
 /// Whether the answer section holds a CNAME: the cheap test before `claim_cnames`
