@@ -22,7 +22,7 @@ use crate::upstream::{exchange, Previous, UpstreamSet};
 use crate::wire::{self, Query};
 
 /// Azure's platform resolver (168.63.129.16) and AWS's link-local VPC resolver.
-const AZURE_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16));
+use crate::presets::AZURE_DNS;
 const AWS_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 253));
 
 /// `zonefwd query NAME TYPE`: resolves now through the route `explain` would pick,

@@ -118,13 +118,22 @@ enum Command {
         name: Option<String>,
     },
     /// Print the conditional forwarders on-prem DNS servers need for every zone this
-    /// configuration sends to the cloud, pointing at zonefwd.
+    /// configuration sends to the cloud, pointing at zonefwd. Routes whose upstreams
+    /// are on-prem servers are left out (as comments saying why): they would loop.
     OnpremForwarders {
         #[command(flatten)]
         config: ConfigArg,
         /// zonefwd's addresses as the on-prem servers reach it, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         target: Vec<std::net::IpAddr>,
+        /// The addresses of the on-prem servers the output is for, comma-separated
+        /// (the catch-all route's upstreams count as on-prem too).
+        #[arg(long, value_delimiter = ',')]
+        onprem: Vec<std::net::IpAddr>,
+        /// Cloud resolvers at addresses of their own (the VPC's base address plus
+        /// two), comma-separated; 168.63.129.16 and 169.254.169.253 are known.
+        #[arg(long, value_delimiter = ',')]
+        cloud: Vec<std::net::IpAddr>,
         #[arg(long, value_enum)]
         format: zonefwd::onprem::Format,
     },
@@ -286,9 +295,15 @@ fn main() -> ExitCode {
         Command::OnpremForwarders {
             config,
             target,
+            onprem,
+            cloud,
             format,
         } => load(&config.config).and_then(|c| {
-            print!("{}", zonefwd::onprem::render(&c, &target, format)?);
+            let selection = zonefwd::onprem::Selection { onprem, cloud };
+            print!(
+                "{}",
+                zonefwd::onprem::render(&c, &target, &selection, format)?
+            );
             Ok(true)
         }),
         Command::Import(which) => import(&which),

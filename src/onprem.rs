@@ -1,10 +1,12 @@
 //! `zonefwd onprem-forwarders`: the conditional forwarders on-prem DNS servers need so
-//! that every zone zonefwd sends to the cloud reaches zonefwd.
+//! that every zone zonefwd sends to the cloud reaches zonefwd, and none that zonefwd
+//! sends back to those servers.
 
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::config::Config;
+use crate::config::{Config, Route};
+use crate::presets;
 use crate::wire;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -21,32 +23,106 @@ pub enum Format {
     Dnsmasq,
 }
 
-/// The zones of every route except the catch-all: those are what on-prem DNS must
-/// send to zonefwd (the catch-all is on-prem DNS itself).
-pub fn cloud_zones(config: &Config) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for r in &config.routes {
-        for z in &r.zones {
-            if z.as_slice() != [0] {
-                out.push((
-                    wire::name_to_string(z).trim_end_matches('.').to_string(),
-                    r.name.clone(),
-                ));
-            }
-        }
-    }
-    out
+/// Which routes' zones on-prem DNS should send to zonefwd: those that go to the cloud.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// The on-prem servers the output is for (`--onprem`); the catch-all route's
+    /// upstreams count as on-prem too.
+    pub onprem: Vec<IpAddr>,
+    /// Cloud resolvers at addresses of their own (`--cloud`: the VPC's base address
+    /// plus two), besides 168.63.129.16 and the VPC resolver's link-local addresses.
+    pub cloud: Vec<IpAddr>,
 }
 
-pub fn render(config: &Config, targets: &[IpAddr], format: Format) -> Result<String, String> {
+/// A route and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its zones go to zonefwd.
+    Forward,
+    /// Left out, and why.
+    LeftOut(String),
+}
+
+/// Each route but the catch-all, and whether on-prem DNS should forward its zones to
+/// zonefwd: only routes that go to the cloud (a cloud resolver's address, a cloud
+/// preset), and never one whose upstreams include an on-prem server, which would make
+/// a loop (the on-prem server forwards the zone to zonefwd, zonefwd back to it).
+pub fn select<'c>(config: &'c Config, selection: &Selection) -> Vec<(&'c Route, Verdict)> {
+    let catch_all: Vec<IpAddr> = config
+        .routes
+        .iter()
+        .filter(|r| r.zones.iter().any(|z| z.as_slice() == [0]))
+        .flat_map(|r| r.upstreams.iter().map(|u| u.addr.ip()))
+        .collect();
+    let onprem = |ip: &IpAddr| selection.onprem.contains(ip) || catch_all.contains(ip);
+    let cloud = |ip: IpAddr| presets::is_cloud_resolver(ip) || selection.cloud.contains(&ip);
+    config
+        .routes
+        .iter()
+        .filter(|r| r.zones.iter().any(|z| z.as_slice() != [0]))
+        .map(|r| {
+            let ips: Vec<IpAddr> = r.upstreams.iter().map(|u| u.addr.ip()).collect();
+            let verdict = if let Some(ip) = ips.iter().find(|ip| onprem(ip)) {
+                Verdict::LeftOut(format!(
+                    "its upstream {ip} is an on-prem server (--onprem, or the catch-all route's upstreams): forwarding its zones to zonefwd would loop"
+                ))
+            } else if !r.presets.is_empty() || ips.iter().any(|ip| cloud(*ip)) {
+                Verdict::Forward
+            } else {
+                Verdict::LeftOut(format!(
+                    "its upstreams ({}) are not a cloud resolver (168.63.129.16, 169.254.169.253, fd00:ec2::253, or --cloud) and it uses no preset",
+                    ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+                ))
+            };
+            (r, verdict)
+        })
+        .collect()
+}
+
+/// The zones to forward, each with its route's name, and the routes left out.
+fn zones_and_left_out(
+    config: &Config,
+    selection: &Selection,
+) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let (mut zones, mut left_out) = (Vec::new(), Vec::new());
+    for (r, verdict) in select(config, selection) {
+        match verdict {
+            Verdict::Forward => zones.extend(
+                r.zones
+                    .iter()
+                    .filter(|z| z.as_slice() != [0])
+                    .map(|z| (zone_text(z), r.name.clone())),
+            ),
+            Verdict::LeftOut(why) => left_out.push((r.name.clone(), why)),
+        }
+    }
+    (zones, left_out)
+}
+
+fn zone_text(z: &[u8]) -> String {
+    wire::name_to_string(z).trim_end_matches('.').to_string()
+}
+
+pub fn render(
+    config: &Config,
+    targets: &[IpAddr],
+    selection: &Selection,
+    format: Format,
+) -> Result<String, String> {
     if targets.is_empty() {
         return Err("--target: at least one address of zonefwd".into());
     }
-    let zones = cloud_zones(config);
+    let (zones, left_out) = zones_and_left_out(config, selection);
     if zones.is_empty() {
+        let why: Vec<String> = left_out
+            .iter()
+            .map(|(route, why)| format!("route {route} left out: {why}"))
+            .collect();
         return Err(format!(
-            "{}: no route has a zone other than \".\": nothing to forward to zonefwd",
-            config.source
+            "{}: no route goes to the cloud: nothing to forward to zonefwd{}{}",
+            config.source,
+            if why.is_empty() { "" } else { "; " },
+            why.join("; ")
         ));
     }
     let list = |sep: &str| {
@@ -69,6 +145,9 @@ pub fn render(config: &Config, targets: &[IpAddr], format: Format) -> Result<Str
             "{comment} {} zones; regenerate when the routes change.",
             zones.len()
         );
+        for (route, why) in &left_out {
+            let _ = writeln!(s, "{comment} route {route} left out: {why}");
+        }
     };
     match format {
         Format::Windows => {

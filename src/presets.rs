@@ -1,6 +1,7 @@
 //! The zone presets catalog (`presets/catalog.toml`, embedded at build time): which
 //! zones a route must send to a cloud's resolver for private endpoints to resolve.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -8,6 +9,20 @@ use serde::Deserialize;
 use crate::wire;
 
 const CATALOG: &str = include_str!("../presets/catalog.toml");
+
+/// Azure's in-network resolver, the same address in every VNet and cloud.
+pub const AZURE_DNS: IpAddr = IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16));
+/// The Route 53 VPC resolver at its link-local addresses, the same in every VPC (it
+/// is also at the VPC's base address plus two, which differs per VPC).
+pub const AWS_VPC_RESOLVERS: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 253)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x253)),
+];
+
+/// Whether `ip` is a cloud's in-network resolver at an address every network shares.
+pub fn is_cloud_resolver(ip: IpAddr) -> bool {
+    ip == AZURE_DNS || AWS_VPC_RESOLVERS.contains(&ip)
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -189,3 +189,91 @@ fn a_configuration_with_only_a_catch_all_has_nothing_to_forward() {
     assert_eq!(code, 2);
     assert!(err.contains("nothing to forward"), "{err}");
 }
+
+/// The shipped azure overlay with the team fragment beside it, laid out as the
+/// Deployment mounts them.
+fn overlay_with_fragment(dir: &tempfile::TempDir) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let etc = dir.path().join("zonefwd");
+    let team = dir.path().join("zonefwd-fragments/team-example");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&team).unwrap();
+    std::fs::copy(
+        format!("{root}/deploy/kubernetes/overlays/azure/zonefwd.toml"),
+        etc.join("zonefwd.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{root}/deploy/kubernetes/base/fragments/team-example.toml"),
+        team.join("team-example.toml"),
+    )
+    .unwrap();
+    etc.join("zonefwd.toml").to_str().unwrap().to_string()
+}
+
+/// A team's route to on-prem servers is never printed: applied on those servers it
+/// would forward the zone to zonefwd and back. Each route left out is a comment
+/// saying why; the cloud route's zones are all there.
+#[test]
+fn onprem_forwarders_leaves_out_routes_that_go_back_on_prem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = overlay_with_fragment(&dir);
+    // (extra arguments, why the team route is left out)
+    let cases: [(&[&str], &str); 2] = [
+        (&[], "not a cloud resolver"),
+        (
+            &["--onprem", "10.2.0.4,10.2.0.5"],
+            "its upstream 10.2.0.4 is an on-prem server",
+        ),
+    ];
+    for (extra, why) in cases {
+        let mut args = vec![
+            "onprem-forwarders",
+            "-c",
+            &cfg,
+            "--target",
+            "10.50.0.4",
+            "--format",
+            "bind",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = zonefwd(&args);
+        assert_eq!(code, 0, "{err}");
+        assert!(!out.contains("zone \"apps.corp.example\""), "{out}");
+        assert!(
+            out.contains("// route team-example left out: ") && out.contains(why),
+            "{out}"
+        );
+        assert!(out.contains("zone \"blob.core.windows.net\""), "{out}");
+        assert!(out.contains("zone \"azmk8s.io\""), "{out}");
+    }
+}
+
+/// A route whose upstreams include one of the catch-all's (on-prem DNS) is left out
+/// even with a cloud preset; with nothing left, the error says why for each route.
+#[test]
+fn a_route_to_the_catch_alls_servers_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.toml");
+    std::fs::write(
+        &p,
+        "[[route]]\nname = \"corp\"\nzones = [\"corp.example\"]\nupstreams = [\"10.1.0.4\"]\n\
+         [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"10.1.0.4\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = zonefwd(&[
+        "onprem-forwarders",
+        "-c",
+        p.to_str().unwrap(),
+        "--target",
+        "10.50.0.4",
+        "--format",
+        "bind",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no route goes to the cloud")
+            && err.contains("route corp left out: its upstream 10.1.0.4 is an on-prem server"),
+        "{err}"
+    );
+}
