@@ -79,11 +79,12 @@ pub fn select<'c>(config: &'c Config, selection: &Selection) -> Vec<(&'c Route, 
         .collect()
 }
 
-/// The zones to forward, each with its route's name, and the routes left out.
-fn zones_and_left_out(
-    config: &Config,
-    selection: &Selection,
-) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// (zone or route, route name or why): what `zones_and_left_out` lists.
+type Named = Vec<(String, String)>;
+
+/// The zones to forward, each with its route's name, and the routes left out, each
+/// with why.
+fn zones_and_left_out(config: &Config, selection: &Selection) -> (Named, Named) {
     let (mut zones, mut left_out) = (Vec::new(), Vec::new());
     for (r, verdict) in select(config, selection) {
         match verdict {
