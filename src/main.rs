@@ -146,15 +146,29 @@ enum Command {
 enum Import {
     /// Azure DNS Private Resolver: the JSON of
     /// `az dns-resolver forwarding-rule list --ruleset-name R -g G -o json`.
-    AzureRuleset { file: PathBuf },
+    AzureRuleset {
+        file: PathBuf,
+        #[command(flatten)]
+        fit: FitArg,
+    },
     /// Route 53 Resolver: the JSON of `aws route53resolver list-resolver-rules`.
     Route53Rules {
         file: PathBuf,
+        #[command(flatten)]
+        fit: FitArg,
         /// The VPC resolver SYSTEM rules send names back to (the VPC's base address
         /// plus two, or 169.254.169.253); required when a SYSTEM rule is present.
         #[arg(long)]
         vpc_resolver: Option<std::net::IpAddr>,
     },
+}
+
+#[derive(Args)]
+struct FitArg {
+    /// Fit the output to this configuration as a fragment of it: leave out the
+    /// catch-all and every zone it already routes (each as a comment naming the route).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
 }
 
 /// Whom `doctor` runs its TCP checks as: `name` when this process is root (and `name`
@@ -177,15 +191,19 @@ fn service_user(name: &str) -> Result<Option<zonefwd::diagnose::ServiceUser>, St
 
 /// `zonefwd import ...`: the routes, on stdout.
 fn import(which: &Import) -> Result<bool, String> {
-    let file = match which {
-        Import::AzureRuleset { file } | Import::Route53Rules { file, .. } => file,
+    let (file, fit) = match which {
+        Import::AzureRuleset { file, fit } | Import::Route53Rules { file, fit, .. } => (file, fit),
+    };
+    let existing = match &fit.config {
+        Some(path) => zonefwd::import::Existing::of(&load(path)?),
+        None => zonefwd::import::Existing::default(),
     };
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let source = file.display().to_string();
     let routes = match which {
-        Import::AzureRuleset { .. } => zonefwd::import::azure_ruleset(&text, &source),
+        Import::AzureRuleset { .. } => zonefwd::import::azure_ruleset(&text, &source, &existing),
         Import::Route53Rules { vpc_resolver, .. } => {
-            zonefwd::import::route53_rules(&text, &source, *vpc_resolver)
+            zonefwd::import::route53_rules(&text, &source, *vpc_resolver, &existing)
         }
     };
     let routes = routes.map_err(|e| format!("{}: {e}", file.display()))?;

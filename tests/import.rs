@@ -247,3 +247,66 @@ fn a_rule_for_one_of_azures_reserved_zones_keeps_that_zone() {
     );
     assert_eq!(try_order(&main, "www.example.org"), "1. 10.0.0.1:53");
 }
+
+/// The TOML of the README's "Private AKS in 5 minutes" configuration, as printed.
+fn readme_aks_config() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Private AKS in 5 minutes")
+        .expect("the README's AKS section")..];
+    let start = section.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+    section[start..start + section[start..].find("```").unwrap()].to_string()
+}
+
+/// `--config PATH`: the import leaves out the catch-all and every zone PATH routes,
+/// each as a comment naming the route, and its output passes `check` in PATH's conf.d.
+#[test]
+fn an_import_fits_the_readmes_aks_configuration_as_a_fragment() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("zonefwd.toml");
+    std::fs::write(
+        &main,
+        format!("include = [\"conf.d/*.toml\"]\n{}", readme_aks_config()),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    let rules = serde_json::json!([
+        {"name": "everything", "domainName": ".", "forwardingRuleState": "Enabled",
+         "targetDnsServers": [{"ipAddress": "10.20.0.53", "port": 53}]},
+        {"name": "blob", "domainName": "blob.core.windows.net.", "forwardingRuleState": "Enabled",
+         "targetDnsServers": [{"ipAddress": "10.20.0.54", "port": 53}]},
+        {"name": "corp", "domainName": "corp.contoso.com.", "forwardingRuleState": "Enabled",
+         "targetDnsServers": [{"ipAddress": "10.10.0.4", "port": 53}]},
+    ]);
+    let file = dir.path().join("rules.json");
+    std::fs::write(&file, rules.to_string()).unwrap();
+    let args = [
+        "import",
+        "azure-ruleset",
+        file.to_str().unwrap(),
+        "--config",
+        main.to_str().unwrap(),
+    ];
+    let (code, out, err) = zonefwd_cli(&args);
+    assert_eq!(code, 0, "{err}");
+    for said in [
+        "# left out: . is routed by route \"on-prem\"",
+        "# left out: blob.core.windows.net is routed by route \"azure\"",
+    ] {
+        assert!(out.contains(said), "{said}:\n{out}");
+    }
+    std::fs::write(dir.path().join("conf.d/imported.toml"), &out).unwrap();
+    check_passes(&main);
+    assert_eq!(try_order(&main, "x.corp.contoso.com"), "1. 10.10.0.4:53");
+    assert_eq!(
+        try_order(&main, "acct.blob.core.windows.net"),
+        "1. 168.63.129.16:53",
+        "the main file keeps its zone"
+    );
+    assert_eq!(
+        try_order(&main, "www.example.org"),
+        "1. 10.1.0.4:53  2. 10.1.0.5:53",
+        "and its catch-all"
+    );
+}

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use serde_json::Value;
 
-use super::{domain, parse_json, render, target, Implicit, ImportError, Rule};
+use super::{domain, parse_json, render, target, Existing, Implicit, ImportError, Rule};
 
 /// Azure's in-VNet resolver; it drops above 1,000 qps per VM, so routes to it keep to
 /// 900.
@@ -25,7 +25,7 @@ const AZURE_DNS: SocketAddr = SocketAddr::new(
 );
 
 /// The routes for the ruleset in `text`, as TOML.
-pub fn azure_ruleset(text: &str, source: &str) -> Result<String, ImportError> {
+pub fn azure_ruleset(text: &str, source: &str, existing: &Existing) -> Result<String, ImportError> {
     let what = "az dns-resolver forwarding-rule list -o json";
     let rules = match parse_json(text, what)? {
         Value::Array(items) => items
@@ -51,6 +51,7 @@ pub fn azure_ruleset(text: &str, source: &str) -> Result<String, ImportError> {
         &rules,
         &implicit(&rules),
         limit,
+        existing,
     )
 }
 

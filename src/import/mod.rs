@@ -6,7 +6,10 @@
 //! - `route53`: Route 53 Resolver rules (`aws route53resolver list-resolver-rules`)
 //!
 //! Both come down to `Rule`s, which `render` groups into one route per distinct target
-//! list, in the order the rules came. The JSON is read leniently (fields the CLIs add
+//! list, in the order the rules came. With `--config PATH` (`Existing`), the output
+//! fits PATH as a fragment: every zone PATH already routes (the catch-all among them)
+//! is left out as a comment naming the route that has it, and no route name repeats
+//! one of PATH's. The JSON is read leniently (fields the CLIs add
 //! over time are ignored) and checked strictly: every error names the rule by its
 //! index and name.
 
@@ -71,6 +74,90 @@ pub struct Implicit {
     pub upstreams: Vec<SocketAddr>,
 }
 
+/// The configuration the import is to fit (`--config PATH`): the zones it routes and
+/// its route names. Empty: nothing to fit.
+#[derive(Debug, Default)]
+pub struct Existing {
+    source: String,
+    /// zone (lowercase, no trailing dot, "." for the root) -> the route that has it.
+    zones: HashMap<String, String>,
+    names: Vec<String>,
+}
+
+impl Existing {
+    pub fn of(config: &crate::config::Config) -> Existing {
+        let mut zones = HashMap::new();
+        for r in &config.routes {
+            for z in &r.zones {
+                zones.insert(zone_text(z), r.name.clone());
+            }
+        }
+        Existing {
+            source: config.source.clone(),
+            zones,
+            names: config.routes.iter().map(|r| r.name.clone()).collect(),
+        }
+    }
+
+    /// The route of the configuration that routes `zone`, if one does.
+    fn route_of(&self, zone: &str) -> Option<&str> {
+        self.zones.get(zone).map(String::as_str)
+    }
+
+    fn left_out(&self, zone: &str, route: &str) -> String {
+        format!(
+            "left out: {zone} is routed by route {route:?} of {}",
+            self.source
+        )
+    }
+
+    /// `zones` less those the configuration routes; a comment for each left out.
+    fn fit(&self, zones: Vec<String>, comments: &mut Vec<String>) -> Vec<String> {
+        zones
+            .into_iter()
+            .filter(|z| match self.route_of(z) {
+                Some(route) => {
+                    comments.push(self.left_out(z, route));
+                    false
+                }
+                None => true,
+            })
+            .collect()
+    }
+
+    /// An implicit route made to fit: a preset the configuration routes part of
+    /// becomes the list of the rest; `None` when nothing is left.
+    fn fit_implicit(&self, i: &Implicit, comments: &mut Vec<String>) -> Option<Implicit> {
+        let zones = match i.preset {
+            Some(p) if self.zones.is_empty() => {
+                return Some(Implicit {
+                    preset: Some(p),
+                    ..i.clone()
+                })
+            }
+            Some(p) => crate::presets::find(p)
+                .map(|p| p.zones.iter().map(|z| z.zone.clone()).collect())
+                .unwrap_or_default(),
+            None => i.zones.clone(),
+        };
+        let rest = self.fit(zones, comments);
+        (!rest.is_empty()).then(|| Implicit {
+            zones: rest,
+            preset: None,
+            ..i.clone()
+        })
+    }
+}
+
+/// A wire zone as the rules write it: lowercase, no trailing dot, "." for the root.
+fn zone_text(z: &[u8]) -> String {
+    if z == [0] {
+        ".".to_string()
+    } else {
+        wire::name_to_string(z).trim_end_matches('.').to_string()
+    }
+}
+
 /// The JSON text, or an error saying it is not JSON.
 fn parse_json(text: &str, what: &str) -> Result<serde_json::Value, ImportError> {
     serde_json::from_str(text)
@@ -130,13 +217,15 @@ fn target(
 /// (90% of it, as `doctor` advises).
 pub type CloudLimit = (IpAddr, u32);
 
-/// The TOML for `rules` and the `implicit` routes, after a header of `notes`.
+/// The TOML for `rules` and the `implicit` routes, after a header of `notes`, fit
+/// to `existing`.
 pub fn render(
     source: &str,
     notes: &[String],
     rules: &[Rule],
     implicit: &[Implicit],
     cloud: CloudLimit,
+    existing: &Existing,
 ) -> Result<String, ImportError> {
     check_conflicts(rules)?;
     let mut out = String::new();
@@ -149,18 +238,41 @@ pub fn render(
     for n in notes {
         let _ = writeln!(out, "# {n}");
     }
-    let mut names = Names::default();
+    if !existing.source.is_empty() {
+        let _ = writeln!(
+            out,
+            "# Fit to {} as a fragment: the zones it routes are left out below.",
+            existing.source
+        );
+    }
+    let mut names = Names(existing.names.clone());
+    let mut comments = Vec::new();
     for group in groups(rules) {
-        out.push('\n');
-        write_group(&mut out, &mut names, &group, cloud);
+        let group: Vec<&Rule> = group
+            .into_iter()
+            .filter(|r| {
+                !existing
+                    .fit(vec![r.domain.clone()], &mut comments)
+                    .is_empty()
+            })
+            .collect();
+        if !group.is_empty() {
+            out.push('\n');
+            write_group(&mut out, &mut names, &group, cloud);
+        }
     }
     for i in implicit {
-        out.push('\n');
-        write_implicit(&mut out, &mut names, i, cloud);
+        if let Some(i) = existing.fit_implicit(i, &mut comments) {
+            out.push('\n');
+            write_implicit(&mut out, &mut names, &i, cloud);
+        }
     }
     let skipped: Vec<&Rule> = rules.iter().filter(|r| r.skipped.is_some()).collect();
-    if !skipped.is_empty() {
+    if !skipped.is_empty() || !comments.is_empty() {
         out.push('\n');
+    }
+    for c in comments {
+        let _ = writeln!(out, "# {c}");
     }
     for r in skipped {
         let _ = writeln!(

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde_json::Value;
 
-use super::{domain, parse_json, render, target, Implicit, ImportError, Rule};
+use super::{domain, parse_json, render, target, Existing, Implicit, ImportError, Rule};
 
 /// The VPC resolver's link-local address, the same in every VPC (Nitro instances).
 const VPC_LINK_LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 253));
@@ -22,6 +22,7 @@ pub fn route53_rules(
     text: &str,
     source: &str,
     vpc_resolver: Option<IpAddr>,
+    existing: &Existing,
 ) -> Result<String, ImportError> {
     let what = "aws route53resolver list-resolver-rules";
     let json = parse_json(text, what)?;
@@ -64,6 +65,7 @@ pub fn route53_rules(
         &rules,
         &implicit,
         limit,
+        existing,
     )
 }
 
