@@ -227,9 +227,20 @@ fn load_for_run(path: &Path, control: &Option<PathBuf>) -> Result<Config, String
 /// Where the systemd unit puts the control socket (RuntimeDirectory=zonefwd).
 const UNIT_CONTROL_SOCKET: &str = "/run/zonefwd/control.sock";
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default info), as text or JSON lines.
+/// Logs go to stderr, filtered by `RUST_LOG` (default info), as text or JSON lines;
+/// under systemd (stderr is the journal stream `$JOURNAL_STREAM` names), to the
+/// journal itself, so that each record keeps its priority and fields.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Some(journal) = journal_layer() {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(journal)
+            .init();
+        return;
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -240,6 +251,32 @@ fn init_logging(format: LogFormat) {
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .init(),
     }
+}
+
+/// The journal, when systemd connected stderr to it: `$JOURNAL_STREAM` names stderr's
+/// device and inode (systemd.exec(5)), which is checked, so a service whose stderr
+/// was redirected elsewhere keeps writing there. Without a journal socket, `None`.
+fn journal_layer() -> Option<tracing_journald::Layer> {
+    let stream = std::env::var("JOURNAL_STREAM").ok()?;
+    let (dev, ino) = stream.split_once(':')?;
+    use std::os::unix::fs::MetadataExt;
+    // What fd 2 is: stat follows the link to the pipe or socket itself.
+    let stderr = std::fs::metadata("/proc/self/fd/2").ok()?;
+    if dev.parse::<u64>().ok()? != stderr.dev() || ino.parse::<u64>().ok()? != stderr.ino() {
+        return None;
+    }
+    use tracing_journald::{Priority, PriorityMappings};
+    // info is syslog's informational (6), not the crate's default notice (5): a query
+    // log line is no notice.
+    let priorities = PriorityMappings {
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        ..PriorityMappings::new()
+    };
+    tracing_journald::layer().ok().map(|l| {
+        l.with_syslog_identifier("zonefwd".to_string())
+            .with_priority_mappings(priorities)
+    })
 }
 
 fn main() -> ExitCode {
