@@ -22,6 +22,7 @@ use crate::upstream::{exchange, Previous, UpstreamSet};
 use crate::wire::{self, Query};
 
 /// Azure's platform resolver (168.63.129.16) and AWS's link-local VPC resolver.
+use crate::listen::holder::{self, Holder};
 use crate::presets::AZURE_DNS;
 const AWS_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 253));
 
@@ -326,15 +327,45 @@ fn network_fix(route: &Route, tcp: bool) -> String {
 fn bind_finding(addr: SocketAddr) -> Finding {
     match std::net::UdpSocket::bind(addr) {
         Ok(_) => good(format!("listen {addr}: this process may bind it")),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => good(format!(
-            "listen {addr}: in use (by a running zonefwd, or another DNS server: systemd-resolved's stub listens on 127.0.0.53:53 only)"
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => in_use_finding(addr),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bad(
             format!("listen {addr}: permission denied"),
             "ports below 1024 need CAP_NET_BIND_SERVICE: the systemd unit grants it (AmbientCapabilities), the container image sets it on the binary; or run doctor as the service user",
         ),
         Err(e) => bad(format!("listen {addr}: {e}"), "is the address on this host?"),
     }
+}
+
+/// `addr` is in use: fine when a zonefwd holds it (the service, running), a failure
+/// naming the program and the fix when another one does.
+fn in_use_finding(addr: SocketAddr) -> Finding {
+    let holders = holder::holders(addr);
+    let others: Vec<&Holder> = holders
+        .iter()
+        .filter(|h| !h.process.as_ref().is_some_and(|(_, c)| c == "zonefwd"))
+        .collect();
+    if !holders.is_empty() && others.is_empty() {
+        let pids: Vec<String> = holders
+            .iter()
+            .filter_map(|h| h.process.as_ref().map(|(pid, _)| pid.to_string()))
+            .collect();
+        return good(format!(
+            "listen {addr}: held by a running zonefwd (pid {})",
+            pids.join(", ")
+        ));
+    }
+    let named: Vec<String> = others.iter().map(|h| h.to_string()).collect();
+    bad(
+        format!(
+            "listen {addr}: in use by {}",
+            if named.is_empty() {
+                "another program".to_string()
+            } else {
+                named.join(", ")
+            }
+        ),
+        holder::fix(addr, &holders),
+    )
 }
 
 /// Where `doctor` reads how this host resolves names.

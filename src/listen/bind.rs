@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::holder;
+
 /// Sockets bound before serving starts, so a caller (main, or a test binding port 0)
 /// knows the real addresses and can fail early.
 #[derive(Debug)]
@@ -27,7 +29,7 @@ pub struct BindError {
     pub place: String,
     pub proto: &'static str,
     pub source: io::Error,
-    hint: &'static str,
+    hint: String,
 }
 
 impl Listeners {
@@ -70,7 +72,7 @@ impl Listeners {
                 place: path.display().to_string(),
                 proto: "control socket",
                 source: e,
-                hint: "",
+                hint: String::new(),
             })?);
         }
         Ok(l)
@@ -93,11 +95,11 @@ impl Listeners {
 fn bind_error(addr: SocketAddr, proto: &'static str, source: io::Error) -> BindError {
     let hint = match source.kind() {
         io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
-            "; ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it)"
+            "; ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it)".to_string()
         }
-        io::ErrorKind::AddrInUse => "; another DNS server (systemd-resolved, dnsmasq) may hold it",
-        io::ErrorKind::AddrNotAvailable => "; the address is not on this host",
-        _ => "",
+        io::ErrorKind::AddrInUse => in_use_hint(addr),
+        io::ErrorKind::AddrNotAvailable => "; the address is not on this host".to_string(),
+        _ => String::new(),
     };
     BindError {
         place: addr.to_string(),
@@ -105,6 +107,18 @@ fn bind_error(addr: SocketAddr, proto: &'static str, source: io::Error) -> BindE
         source,
         hint,
     }
+}
+
+/// Who holds `addr`'s port, and what to do about it.
+fn in_use_hint(addr: SocketAddr) -> String {
+    let holders = holder::holders(addr);
+    let held: Vec<String> = holders.iter().map(|h| h.to_string()).collect();
+    let by = if held.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", held.join(", "))
+    };
+    format!("; held{by}. Fix: {}", holder::fix(addr, &holders))
 }
 
 fn bind_pair(

@@ -1,6 +1,7 @@
 //! The listeners: where client queries come in and their answers go out.
 //!
 //! - `bind`: the sockets, bound before serving starts
+//! - `holder`: who holds a port zonefwd could not bind, and the fix
 //! - `udp`: a thread per UDP socket, batched receive and send (`batch`)
 //! - `tcp`: accept within limits, and one RFC 7766 connection
 //!
@@ -12,6 +13,7 @@
 
 pub mod batch;
 mod bind;
+pub mod holder;
 pub mod tcp;
 pub mod udp;
 
