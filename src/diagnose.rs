@@ -342,7 +342,7 @@ fn in_use_finding(addr: SocketAddr) -> Finding {
     let holders = holder::holders(addr);
     let others: Vec<&Holder> = holders
         .iter()
-        .filter(|h| !h.process.as_ref().is_some_and(|(_, c)| c == "zonefwd"))
+        .filter(|h| h.process.as_ref().is_none_or(|(_, c)| c != "zonefwd"))
         .collect();
     if !holders.is_empty() && others.is_empty() {
         let pids: Vec<String> = holders
