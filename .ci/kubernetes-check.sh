@@ -4,6 +4,8 @@
 # Deployment mounts them (the configuration and each team's fragment), must pass
 # `zonefwd check`; each overlay's Service must be an internal load balancer; and
 # every rendering must carry the NetworkPolicy.
+# Then each rendering's pod is run as the strictest runtime would run it (see
+# strict_runtime below): it must serve DNS on :53.
 #   bash .ci/kubernetes-check.sh [ZONEFWD_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +15,95 @@ command -v kubectl >/dev/null || fail "kubectl (with kustomize) is needed"
 python3 -c 'import kubernetes_validate' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+netns=()
+trap 'for n in "${netns[@]}"; do ip netns del "$n" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+# The pod as the strictest runtime runs it: the image's binary with its file
+# capability (cap_net_bind_service+ep), as the pod's uid and gid, with no_new_privs
+# (allowPrivilegeEscalation: false), an empty permitted set (no capability inherited
+# from the runtime), the bounding set reduced to the manifest's capabilities, in a
+# fresh network namespace with the pod's sysctls applied: nothing else lowers
+# net.ipv4.ip_unprivileged_port_start. It must answer on :53 with no effective
+# capability. $1: the rendering; $2: its laid-out root.
+strict_runtime() {
+  local out=$1 root=$2 name
+  name=$(basename "$out" .yaml)
+  if [[ $(id -u) != 0 ]] || ! command -v ip >/dev/null; then
+    echo "kubernetes-check: SKIPPED the strict-runtime run of $name: needs root and iproute2"
+    return
+  fi
+  command -v setcap >/dev/null || { apt-get update -qq && apt-get install -y -qq libcap2-bin >/dev/null; }
+  local spec=$work/$name.pod
+  python3 - "$out" >"$spec" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+c = pod["containers"][0]
+psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+uid = csc.get("runAsUser", psc.get("runAsUser"))
+gid = csc.get("runAsGroup", psc.get("runAsGroup", uid))
+if uid in (None, 0):
+    sys.exit("the pod must run as a non-root uid")
+if csc.get("allowPrivilegeEscalation", True):
+    sys.exit("allowPrivilegeEscalation must be false")
+caps = csc.get("capabilities", {})
+if "ALL" not in caps.get("drop", []):
+    sys.exit("the container must drop ALL capabilities")
+bounding = ",".join("+" + a.lower() for a in caps.get("add", []))
+ports = sorted({p["containerPort"] for p in c["ports"] if p.get("protocol", "TCP") == "UDP"})
+# uid gid bounding-set port, then the sysctls.
+print(uid, gid, "-all" + ("," + bounding if bounding else ""), ports[0])
+for s in psc.get("sysctls", []):
+    print(f"sysctl {s['name']}={s['value']}")
+PY
+  local uid gid bounding port
+  read -r uid gid bounding port <"$spec"
+  local ns="zfk$$-$name"
+  ip netns add "$ns" || fail "cannot create a network namespace"
+  netns+=("$ns")
+  ip -n "$ns" link set lo up
+  while read -r _ kv; do ip netns exec "$ns" sysctl -q -w "$kv" >/dev/null || fail "$name: sysctl $kv"; done < <(grep '^sysctl ' "$spec")
+  # The image's binary and the pod's configuration, upstreams on loopback (nothing is
+  # sent out), the control socket in a directory the pod's user may write.
+  local pod=$work/$name-pod
+  mkdir -p "$pod/run"
+  chmod 755 "$work"
+  install -m 0755 "$bin" "$pod/zonefwd"
+  setcap cap_net_bind_service=+ep "$pod/zonefwd"
+  cp -r "$root/etc" "$pod/etc"
+  sed -i -e 's#^upstreams = .*#upstreams = ["127.0.0.1:9"]#' -e "s#^control = .*#control = \"$pod/run/control.sock\"#" \
+    "$pod"/etc/zonefwd/zonefwd.toml "$pod"/etc/zonefwd-fragments/*/*.toml
+  chown -R "$uid:$gid" "$pod/run"
+  chmod -R a+rX "$pod"
+  # Two steps, as a runtime that hands the process nothing: the first setpriv takes
+  # the pod's ids and bounding set (keeping root's permitted set across setresuid, as
+  # setpriv does); the second runs as that uid with no file capability of its own, so
+  # its permitted set is empty, and sets no_new_privs before it executes zonefwd,
+  # whose file capability the kernel then clamps to that empty set.
+  ip netns exec "$ns" setpriv --reuid="$uid" --regid="$gid" --clear-groups \
+    --inh-caps=-all --ambient-caps=-all --bounding-set="$bounding" \
+    setpriv --no-new-privs "$pod/zonefwd" run -c "$pod/etc/zonefwd/zonefwd.toml" >"$pod/log" 2>&1 &
+  local pid=$! ok=
+  for _ in $(seq 50); do
+    if ip netns exec "$ns" "$pod/zonefwd" healthcheck -c "$pod/etc/zonefwd/zonefwd.toml" --timeout 200ms >/dev/null 2>&1; then ok=1; break; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  local status capeff nnp zpid
+  # The serving process itself (ip netns exec and setpriv exec into it, or fork).
+  zpid=$(for p in $(ip netns pids "$ns"); do [[ $(cat "/proc/$p/comm" 2>/dev/null) == zonefwd ]] && echo "$p"; done | head -1)
+  status=$(cat "/proc/${zpid:-$pid}/status" 2>/dev/null || true)
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  [[ -n $ok ]] || fail "$name: the pod does not serve :$port in the strict runtime (uid $uid, no_new_privs, empty permitted set, bounding set $bounding, sysctls: $(grep '^sysctl ' "$spec" | tr '\n' ' ')): $(cat "$pod/log")"
+  capeff=$(awk '/^CapEff:/ { print $2 }' <<<"$status")
+  nnp=$(awk '/^NoNewPrivs:/ { print $2 }' <<<"$status")
+  [[ $nnp == 1 ]] || fail "$name: the emulation did not set no_new_privs"
+  [[ $(awk '/^CapPrm:/ { print $2 }' <<<"$status") == 0000000000000000 ]] \
+    || fail "$name: the emulation left a permitted capability: $(grep '^Cap' <<<"$status")"
+  [[ $(awk '/^Uid:/ { print $3 }' <<<"$status") == "$uid" ]] || fail "$name: the emulation did not run as uid $uid"
+  echo "kubernetes-check: $name serves :$port as uid $uid with no_new_privs and CapEff $capeff (strict runtime)"
+}
 
 for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
   dir=${dir%/}
@@ -70,4 +160,5 @@ PY
   grep -q '; from .*/etc/zonefwd-fragments/' "$work/$name.check" \
     || fail "$dir: zonefwd check saw no route from a mounted fragment"
   echo "kubernetes-check: $dir renders, validates, and its configuration with its fragments passes check"
+  strict_runtime "$out" "$root"
 done

@@ -95,7 +95,7 @@ impl Listeners {
 fn bind_error(addr: SocketAddr, proto: &'static str, source: io::Error) -> BindError {
     let hint = match source.kind() {
         io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
-            "; ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it)".to_string()
+            "; ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it), or, in a container with no_new_privs (allowPrivilegeEscalation: false), the namespaced sysctl net.ipv4.ip_unprivileged_port_start at or below the port (deploy/kubernetes sets it to 53)".to_string()
         }
         io::ErrorKind::AddrInUse => in_use_hint(addr),
         io::ErrorKind::AddrNotAvailable => "; the address is not on this host".to_string(),
