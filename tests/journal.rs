@@ -67,6 +67,16 @@ fn priority_of(journal: &UnixDatagram, what: &str, seen: &mut Vec<String>) -> St
     panic!("no journal entry with {what:?}; saw {seen:#?}");
 }
 
+/// The server, killed when the test ends, however it ends.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn under_systemd_each_record_reaches_the_journal_with_its_priority() {
     if !is_root() || Command::new("unshare").arg("--version").output().is_err() {
@@ -88,7 +98,7 @@ fn under_systemd_each_record_reaches_the_journal_with_its_priority() {
     let stream = std::fs::metadata(format!("/proc/self/fd/{}", stderr_write.as_raw_fd())).unwrap();
     let script = "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal \
                   && mount --bind \"$1\" /run/systemd/journal && exec \"$2\" run -c \"$3\"";
-    let mut child = Command::new("unshare")
+    let child = Command::new("unshare")
         .args([
             "--mount",
             "--propagation",
@@ -110,6 +120,7 @@ fn under_systemd_each_record_reaches_the_journal_with_its_priority() {
         .stderr(Stdio::from(stderr_write))
         .spawn()
         .unwrap();
+    let mut child = Stopped(child);
     let mut seen = Vec::new();
     let started = priority_of(&journal, "zonefwd starting", &mut seen);
     let warned = priority_of(&journal, "acl.allow admits every address", &mut seen);
@@ -119,13 +130,13 @@ fn under_systemd_each_record_reaches_the_journal_with_its_priority() {
     )
     .unwrap();
     let _ = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &child.0.id().to_string()])
         .status();
     let refused = priority_of(&journal, "reload refused", &mut seen);
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
     // (record, syslog priority: 6 info, 4 warning, 3 error)
     assert_eq!(
         [started.as_str(), warned.as_str(), refused.as_str()],
@@ -149,7 +160,7 @@ fn a_journal_stream_that_is_not_stderr_leaves_the_logs_on_stderr() {
          [[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"127.0.0.1:9\"]\n",
     )
     .unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["run", "-c", cfg.to_str().unwrap()])
         .env("JOURNAL_STREAM", "1:1")
         .env("RUST_LOG", "info")
@@ -157,10 +168,10 @@ fn a_journal_stream_that_is_not_stderr_leaves_the_logs_on_stderr() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = Stopped(child);
+    let stderr = child.0.stderr.take().unwrap();
     let first = std::io::BufRead::lines(std::io::BufReader::new(stderr)).next();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let first = first.expect("a log line").unwrap();
     assert!(first.contains("zonefwd starting"), "{first}");
 }

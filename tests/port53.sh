@@ -24,13 +24,15 @@ ns="zfp$$"
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Everything left in the namespace, whoever started it.
+  for p in $(ip netns pids "$ns" 2>/dev/null) "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 ip netns add "$ns" 2>"$work/err" || skip "this machine does not allow network namespaces: $(cat "$work/err")"
+# Not for a command put in the background: $! would be a subshell's, not the command's.
 in_ns() { ip netns exec "$ns" "$@"; }
 ip -n "$ns" link set lo up
 ip -n "$ns" link add v0 type veth peer name v1
@@ -39,7 +41,7 @@ ip -n "$ns" link set v0 up
 ip -n "$ns" link set v1 up
 
 # resolved's stub, as it opens its sockets, under its command name.
-in_ns python3 -c '
+ip netns exec "$ns" python3 -c '
 import ctypes, os, socket, sys, time
 ctypes.CDLL(None).prctl(15, b"systemd-resolve", 0, 0, 0)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -96,7 +98,7 @@ for i, b in enumerate(blocks):
     open(f"{work}/documented-{i}.toml", "w").write(b)
 PY
 for f in "$work"/documented-*.toml; do
-  in_ns "$ZONEFWD" run -c "$f" 2>"$f.log" &
+  ip netns exec "$ns" "$ZONEFWD" run -c "$f" 2>"$f.log" &
   pid=$!
   pids+=("$pid")
   ok=
