@@ -115,9 +115,9 @@ for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
     fail "$dir: the rendered manifests do not validate"
   }
   root=$work/$name-root
-  python3 - "$out" "$root" "$name" <<'PY' || fail "$dir: see above"
+  python3 - "$out" "$root" "$name" "$dir" <<'PY' || fail "$dir: see above"
 import os, sys, yaml
-out, root, name = sys.argv[1:]
+out, root, name, src = sys.argv[1:]
 docs = [d for d in yaml.safe_load_all(open(out)) if d]
 kinds = {d["kind"] for d in docs}
 for need in ("Deployment", "Service", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget"):
@@ -152,6 +152,25 @@ if name != "base":
         sys.exit("the Service is not an internal load balancer")
 elif svc["spec"].get("type") not in (None, "ClusterIP"):
     sys.exit("the base Service must expose nothing on its own (ClusterIP)")
+# An overlay's parameters (params.env) reach the manifests: the load balancer's fixed
+# address (on-prem forwarders point at it) and the monitoring namespace.
+params_file = os.path.join(src, "params.env")
+if name != "base":
+    if not os.path.exists(params_file):
+        sys.exit("no params.env: the load balancer's address and the monitoring namespace are parameters")
+    params = dict(l.split("=", 1) for l in open(params_file).read().splitlines() if l.strip() and not l.startswith("#"))
+    if "set from params.env" in open(out).read():
+        sys.exit("a placeholder was not replaced from params.env")
+    addresses = params.get("LOAD_BALANCER_IP") or params.get("LOAD_BALANCER_IPS")
+    if not addresses or addresses not in ann.values():
+        sys.exit(f"the Service does not carry the load balancer address {addresses!r} of params.env: {ann}")
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    namespaces = [f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                  for rule in policy["spec"]["ingress"] for f in rule["from"] if "namespaceSelector" in f]
+    if namespaces != [params.get("MONITORING_NAMESPACE")]:
+        sys.exit(f"the NetworkPolicy admits {namespaces} to the metrics port, not MONITORING_NAMESPACE of params.env")
+    if any(d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("zonefwd-params") for d in docs):
+        sys.exit("the parameters ConfigMap is applied: it must stay local (config.kubernetes.io/local-config)")
 PY
   "$bin" check --config "$root/etc/zonefwd/zonefwd.toml" >"$work/$name.check" 2>&1 || {
     cat "$work/$name.check" >&2
