@@ -90,7 +90,7 @@ fn check_reports_errors_with_location_and_fails() {
     assert!(out.is_empty());
     assert!(
         err.contains(&format!(
-            "{}:3:1: server.listn: unknown field `listn`",
+            "{}:3:1: server.listn: unknown key `listn`: did you mean `listen`?",
             p.display()
         )),
         "{err}"

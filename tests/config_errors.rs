@@ -17,14 +17,14 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     // Syntax.
     ("[server\n", "1:8", "", "unclosed table"),
     // Unknown keys, at every level.
-    ("[server]\nlistn = [\"127.0.0.1:53\"]\n", "2:1", "server.listn", "unknown field `listn`"),
-    ("[acl]\nallowed = []\n", "2:1", "acl.allowed", "unknown field `allowed`"),
-    ("[[route]]\nname = \"a\"\nzone = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "3:1", "route[0].zone", "unknown field `zone`"),
-    ("[cashe]\nmax_entries = 5\n", "1:2", "cashe", "unknown field `cashe`"),
+    ("[server]\nlistn = [\"127.0.0.1:53\"]\n", "2:1", "server.listn", "unknown key `listn`: did you mean `listen`?"),
+    ("[acl]\nallowed = []\n", "2:1", "acl.allowed", "unknown key `allowed`: did you mean `allow`?"),
+    ("[[route]]\nname = \"a\"\nzone = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "3:1", "route[0].zone", "unknown key `zone`: did you mean `zones`?"),
+    ("[cashe]\nmax_entries = 5\n", "1:2", "cashe", "unknown key `cashe`: did you mean `cache`?"),
     // Missing and mistyped keys.
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\n", "1:1", "route[0]", "missing field `upstreams`"),
     ("[[route]]\nname = 7\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "2:8", "route[0].name", "expected a string"),
-    ("[server]\nlisten = \"0.0.0.0:53\"\n", "2:10", "server.listen", "expected a sequence"),
+    ("[server]\nlisten = \"0.0.0.0:53\"\n", "2:10", "server.listen", "expected a list such as [\"0.0.0.0:53\"]"),
     // Values that do not parse.
     ("[server]\nlisten = [\"localhost:53\"]\n", "2:11", "server.listen[0]", "expected an address like"),
     ("[server]\ntcp_idle_timeout = \"10 parsecs\"\n", "2:20", "server.tcp_idle_timeout", "expected a duration like"),
@@ -38,9 +38,9 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[server]\nclient_burst = 0\n", "2:16", "server.client_burst", "at least 1"),
     ("[server]\nclient_limit_action = \"tarpit\"\n", "2:23", "server.client_limit_action", "expected \"drop\" or \"refuse\""),
     ("[server]\nclient_limit_exempt = [\"10.0.0.1/8\"]\n", "2:24", "server.client_limit_exempt[0]", "host bits are set"),
-    ("[server]\nloop_detection = \"on\"\n", "2:18", "server.loop_detection", "expected a boolean"),
+    ("[server]\nloop_detection = \"on\"\n", "2:18", "server.loop_detection", "expected true or false (no quotes)"),
     ("[server]\nupstream_udp_reuse = 0\n", "2:22", "server.upstream_udp_reuse", "must be 1 (a fresh socket per query) to 1000"),
-    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nclaim_cnames = 1\n", "5:16", "route[0].claim_cnames", "expected a boolean"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nclaim_cnames = 1\n", "5:16", "route[0].claim_cnames", "expected true or false (no quotes)"),
     ("[acl]\nallow = [\"10.1.2.3/8\"]\n", "2:10", "acl.allow[0]", "host bits are set"),
     ("[acl]\nallow = [\"10.0.0.0/40\"]\n", "2:10", "acl.allow[0]", "prefix length"),
     ("[acl]\nallow = []\n", "2:9", "acl.allow", "would refuse every client"),
@@ -55,10 +55,10 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[cache]\nservfail_ttl = \"10m\"\n", "2:16", "cache.servfail_ttl", "at most 5m"),
     ("[cache]\nmin_ttl = \"1h\"\nmax_ttl = \"10m\"\n", "3:11", "cache.max_ttl", "below min_ttl"),
     ("[cache]\nserve_stale = \"forever\"\n", "2:15", "cache.serve_stale", "expected a duration like"),
-    ("[cache]\nprefetch = \"yes\"\n", "2:12", "cache.prefetch", "expected a boolean"),
+    ("[cache]\nprefetch = \"yes\"\n", "2:12", "cache.prefetch", "expected true or false (no quotes)"),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = \"off\"\n", "5:9", "route[0].cache", "true, false, or a table"),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = { max_entries = 5 }\n", "5:25", "route[0].cache.max_entries", "set max_entries in [cache]"),
-    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = { negative_ttl = \"1s\" }\n", "5:11", "route[0].cache.negative_ttl", "unknown field `negative_ttl`"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ncache = { negative_ttl = \"1s\" }\n", "5:11", "route[0].cache.negative_ttl", "unknown key `negative_ttl`: did you mean `negative_max_ttl`?"),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nmax_qps = 0\n", "5:11", "route[0].max_qps", "nonzero"),
     ("[[route]]\nname = \"a\"\npresets = [\"gcp\"]\nupstreams = [\"192.0.2.1\"]\n", "3:12", "route[0].presets[0]", "no preset \"gcp\"; presets: azure"),
     ("[[route]]\nname = \"a\"\nupstreams = [\"192.0.2.1\"]\n", "1:1", "route[0].zones", "zones (\".\" for everything) or presets"),
@@ -69,6 +69,18 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nnxdomain_fallback = \"public\"\n", "5:21", "route[0].nxdomain_fallback", "no route named \"public\""),
     ("[[route]]\nname = \"a\"\nzones = [\"x.example\"]\nupstreams = [\"192.0.2.1\"]\nnxdomain_fallback = \"a\"\n", "5:21", "route[0].nxdomain_fallback", "cannot fall back to itself"),
     ("[[route]]\nname = \"a\"\npresets = [\"azure\"]\nupstreams = [\"192.0.2.1\"]\n[[route]]\nname = \"b\"\nzones = [\"blob.core.windows.net\"]\nupstreams = [\"192.0.2.2\"]\n", "7:10", "route[1].zones", "already routed by route \"a\" (line 3)"),
+    // Mistakes an operator makes: an IPv6 address whose last group reads like a port,
+    // a zone written as a URL or with a character no DNS name has, values of the
+    // wrong type, the wrong kind of table.
+    ("[server]\nlisten = [\"::1:5562\"]\n", "2:11", "server.listen[0]", "\"::1:5562\" is ambiguous: write \"[::1]:5562\" for port 5562 of ::1, or \"[::1:5562]\""),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"fd00::53:5353\"]\n", "4:14", "route[0].upstreams[0]", "write \"[fd00::53]:5353\" for port 5353 of fd00::53"),
+    ("[[route]]\nname = \"a\"\nzones = [\"https://blob.core.windows.net\"]\nupstreams = [\"192.0.2.1\"]\n", "3:10", "route[0].zones[0]", "is a URL (https://): a zone is a DNS name, such as \"blob.core.windows.net\""),
+    ("[[route]]\nname = \"a\"\nzones = [\"corp.example/24\"]\nupstreams = [\"192.0.2.1\"]\n", "3:10", "route[0].zones[0]", "'/' is in no DNS name"),
+    ("[[route]]\nname = \"a\"\nzones = [\"corp example\"]\nupstreams = [\"192.0.2.1\"]\n", "3:10", "route[0].zones[0]", "' ' is in no DNS name"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = 5\n", "5:11", "route[0].timeout", "expected a duration string such as \"5s\", got integer `5`"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nmax_qps = \"900\"\n", "5:11", "route[0].max_qps", "expected a number, got the string \"900\": write it without quotes (max_qps = 900)"),
+    ("[route]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "1:1", "route", "routes are [[route]] tables (an array of tables): write [[route]], not [route]"),
+    ("[server]\nlisen = [\"127.0.0.1:53\"]\n", "2:1", "server.lisen", "did you mean `listen`?"),
     // Cross-field checks.
     ("", "1:1", "route", "no [[route]] tables"),
     ("[[route]]\nname = \"a\"\nzones = []\nupstreams = [\"192.0.2.1\"]\n", "3:9", "route[0].zones", "empty list"),
@@ -88,15 +100,24 @@ fn bad_files_are_located_and_explained() {
     let (_dir, env) = env_with_resolv("nameserver 192.0.2.53\n");
     let mut failures = Vec::new();
     for (text, at, key, fragment) in CASES {
+        // A route, where the case has none, so that the case's error is the only one.
+        let text = if text.contains("[route]") || text.is_empty() {
+            text.to_string()
+        } else {
+            format!("{text}{ROUTE}")
+        };
+        let text = text.as_str();
         match Config::parse(text, "bad.toml", &env) {
             Ok(_) => failures.push(format!("accepted: {text:?}")),
-            Err(ConfigError::Invalid(e)) => {
-                let shown = e.to_string();
+            Err(ConfigError::Invalid(all)) => {
+                let e = all.first();
+                let shown = all.to_string();
                 let got_at = format!("{}:{}", e.line, e.column);
                 if got_at != *at
                     || e.key != *key
                     || !e.message.contains(fragment)
                     || !shown.starts_with(&format!("bad.toml:{at}: "))
+                    || all.len() != 1
                 {
                     failures.push(format!(
                         "{text:?}\n  want {at} {key:?} ~{fragment:?}\n  got  {shown}"
@@ -196,4 +217,67 @@ fn warnings_for_risky_but_valid_settings() {
     let all = all.join("\n");
     assert!(all.contains("open resolver"), "{all}");
     assert!(all.contains("168.63.129.16 is at most 4s"), "{all}");
+}
+
+/// `check` reports every error of a file in one run, in file order, each located,
+/// and a value in error does not bring a second error about its absence.
+#[test]
+fn every_error_of_a_file_is_reported_at_once_in_file_order() {
+    let text = "[server]\n\
+                listn = [\"127.0.0.1:53\"]\n\
+                metrics = \"fd00::53:9153\"\n\
+                [[route]]\n\
+                name = \"azure\"\n\
+                zones = [\"https://blob.core.windows.net\"]\n\
+                upstreams = [\"168.63.129.16\"]\n\
+                timeout = 5\n\
+                max_qps = \"900\"\n\
+                [[route]]\n\
+                name = \"on-prem\"\n\
+                zones = [\".\"]\n\
+                upstreams = [\"10.1.0.4\"]\n\
+                polcy = \"round_robin\"\n";
+    let e = Config::parse(text, "all.toml", &LoadEnv::default()).unwrap_err();
+    let ConfigError::Invalid(all) = &e else {
+        panic!("{e}")
+    };
+    let places: Vec<(usize, &str)> = all.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        places,
+        [
+            (2, "server.listn"),
+            (3, "server.metrics"),
+            (6, "route[0].zones[0]"),
+            (8, "route[0].timeout"),
+            (9, "route[0].max_qps"),
+            (14, "route[1].polcy"),
+        ],
+        "{e}"
+    );
+    let shown = e.to_string();
+    assert!(shown.ends_with("6 errors"), "{shown}");
+    assert!(shown.contains("did you mean `policy`?"), "{shown}");
+}
+
+/// Allowed, but probably not meant: warned, with the fix.
+#[test]
+fn an_acl_entry_without_a_prefix_and_a_zone_listed_twice_are_warnings() {
+    let text = "[acl]\nallow = [\"10.1.2.3\", \"10.0.0.0/8\"]\n\
+                [[route]]\nname = \"a\"\nzones = [\"corp.example\", \"lab.example\", \"corp.example\"]\nupstreams = [\"192.0.2.1\"]\n";
+    let c = Config::parse(text, "w.toml", &LoadEnv::default()).unwrap();
+    let all: Vec<String> = c
+        .warnings
+        .iter()
+        .map(|w| format!("{w} ({})", w.fix))
+        .collect();
+    let all = all.join("\n");
+    assert!(
+        all.contains("acl.allow[0] = \"10.1.2.3\" has no prefix length: it admits that one host, 10.1.2.3/32"),
+        "{all}"
+    );
+    assert!(
+        all.contains("route[0].zones: zone corp.example. is listed twice in route \"a\""),
+        "{all}"
+    );
+    assert_eq!(c.warnings.len(), 2, "{all}");
 }

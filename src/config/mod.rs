@@ -9,6 +9,7 @@
 mod error;
 mod include;
 mod local;
+mod messages;
 mod raw;
 mod resolv;
 mod server;
@@ -17,14 +18,15 @@ mod validate;
 
 use std::path::Path;
 
-pub use error::{ConfigError, Located};
+pub use error::{ConfigError, Errors, Located};
 pub(crate) use raw::parse_addr;
 pub use resolv::read_resolv_conf;
 pub(crate) use resolv::{is_resolved_stub, is_self};
 pub use types::*;
 
-use error::SourceText;
+use error::{Problems, SourceText};
 use raw::{RawFile, RawFragment};
+use serde_path_to_error::Segment;
 
 impl Config {
     /// Reads and validates the file at `path`.
@@ -38,12 +40,23 @@ impl Config {
     }
 
     /// Validates `text`; `file` names it in messages, and `include` patterns are
-    /// relative to its directory.
+    /// relative to its directory. Every error of the file and its fragments is
+    /// reported, in file order; a TOML syntax error, or a missing key, ends the
+    /// reading of its file.
     pub fn parse(text: &str, file: &str, env: &LoadEnv) -> Result<Config, ConfigError> {
         let src = SourceText { file, text };
-        let mut raw: RawFile = deserialize(&src)?;
-        let fragments = include::read_fragments(raw.include.take(), &src)?;
-        let mut local = local_of(raw.local.take(), &src, true)?;
+        let mut problems = Problems::default();
+        let Some(mut raw) = deserialize::<RawFile>(&src, &mut problems) else {
+            return Err(problems.into_error(&[file.to_string()]));
+        };
+        let fragments: Vec<include::Fragment> = problems
+            .keep(include::read_fragments(raw.include.take(), &src))?
+            .unwrap_or_default();
+        let mut files = vec![file.to_string()];
+        files.extend(fragments.iter().map(|f| f.file.clone()));
+        let mut local = problems
+            .keep(local_of(raw.local.take(), &src, true))?
+            .unwrap_or_default();
         let sources: Vec<SourceText<'_>> = fragments
             .iter()
             .map(|f| SourceText {
@@ -53,14 +66,20 @@ impl Config {
             .collect();
         let mut parsed = Vec::with_capacity(sources.len());
         for fragment in &sources {
-            let mut raw: RawFragment = deserialize(fragment)?;
-            include::check_fragment(&raw, fragment)?;
-            local.extend(local_of(raw.local.take(), fragment, false)?);
+            let Some(mut raw) = deserialize::<RawFragment>(fragment, &mut problems) else {
+                continue;
+            };
+            problems.keep(include::check_fragment(&raw, fragment))?;
+            local.extend(
+                problems
+                    .keep(local_of(raw.local.take(), fragment, false))?
+                    .unwrap_or_default(),
+            );
             parsed.push((fragment, raw.route));
         }
-        let mut config = validate::validate(raw, &src, parsed, env)?;
+        let mut config = validate::validate(raw, &src, parsed, env, &mut problems);
         config.local = local;
-        Ok(config)
+        problems.finish(config, &files)
     }
 }
 
@@ -93,26 +112,129 @@ fn local_of(
     Ok(out)
 }
 
-/// `src` as `T`, every error located in it.
-fn deserialize<T: serde::de::DeserializeOwned>(src: &SourceText<'_>) -> Result<T, ConfigError> {
-    let de = toml::de::Deserializer::parse(src.text)
-        .map_err(|e| src.error(e.span().unwrap_or(0..0), "", e.message().to_string()))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = key_path(e.path());
+/// At most this many errors are read from one file before giving up on the rest.
+const MAX_ERRORS: usize = 100;
+
+/// `src` as `T`, every error located in it. A key whose value is wrong (or unknown)
+/// is recorded and set aside, and the rest read again, so one run finds every such
+/// error; a TOML syntax error, or a missing key, ends the reading (`None`).
+fn deserialize<T: serde::de::DeserializeOwned>(
+    src: &SourceText<'_>,
+    problems: &mut Problems,
+) -> Option<T> {
+    let mut doc = match toml::de::DeTable::parse(src.text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            problems.push(src.locate(e.span().unwrap_or(0..0), "", e.message().to_string()));
+            return None;
+        }
+    };
+    for _ in 0..MAX_ERRORS {
+        let de = toml::de::Deserializer::from(doc.clone());
+        let e = match serde_path_to_error::deserialize(de) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let segments: Vec<Segment> = e.path().iter().cloned().collect();
+        let key = key_path(&segments);
         let inner = e.into_inner();
-        src.error(
+        if let Some(field) = missing_field(inner.message()) {
+            // Absent because an earlier error set it aside: said already.
+            let full = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+            let said = problems.is_set_aside(src.file, &full);
+            if !said {
+                problems.push(src.locate(
+                    inner.span().unwrap_or(0..0),
+                    &key,
+                    inner.message().to_string(),
+                ));
+            }
+            return None;
+        }
+        problems.push(src.locate(
             inner.span().unwrap_or(0..0),
             &key,
-            inner.message().to_string(),
-        )
-    })
+            messages::in_file_terms(inner.message(), &key),
+        ));
+        match set_aside(doc.get_mut(), &segments) {
+            Some(k) => {
+                // A misspelt key: what is said of the key it meant being absent
+                // (`acl.allowed` for `allow`) is said already.
+                if let Some(meant) = messages::meant(inner.message()) {
+                    let table = k.rsplit_once('.').map_or("", |(t, _)| t);
+                    let full = if table.is_empty() {
+                        meant.to_string()
+                    } else {
+                        format!("{table}.{meant}")
+                    };
+                    problems.set_aside(src.file, full);
+                }
+                problems.set_aside(src.file, k);
+            }
+            None => return None,
+        }
+    }
+    None
+}
+
+/// The field a "missing field `x`" error names.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// Removes from `root` the deepest key on `path` (the one whose value was wrong, or
+/// which is unknown); its key path, or `None` when the path names no key.
+fn set_aside(root: &mut toml::de::DeTable<'_>, path: &[Segment]) -> Option<String> {
+    let path: Vec<Segment> = path
+        .iter()
+        .filter(|s| !matches!(s, Segment::Map { key } if key.starts_with("$__serde_spanned")))
+        .cloned()
+        .collect();
+    let last = path
+        .iter()
+        .rposition(|s| matches!(s, Segment::Map { .. }))?;
+    let path = &path[..=last];
+    remove_in_table(root, path).then(|| key_path(path))
+}
+
+/// Removes the key `path` ends with, `path` starting in `table`.
+fn remove_in_table(table: &mut toml::de::DeTable<'_>, path: &[Segment]) -> bool {
+    match path {
+        [Segment::Map { key }] => {
+            let kept = std::mem::take(table)
+                .into_iter()
+                .filter(|(k, _)| k.get_ref() != key)
+                .collect();
+            *table = kept;
+            true
+        }
+        [Segment::Map { key }, rest @ ..] => table
+            .iter_mut()
+            .find(|(k, _)| k.get_ref() == key)
+            .is_some_and(|(_, v)| remove_in_value(v.get_mut(), rest)),
+        _ => false,
+    }
+}
+
+fn remove_in_value(value: &mut toml::de::DeValue<'_>, path: &[Segment]) -> bool {
+    use toml::de::DeValue;
+    match (value, path.first()) {
+        (DeValue::Table(t), Some(Segment::Map { .. })) => remove_in_table(t, path),
+        (DeValue::Array(a), Some(Segment::Seq { index })) => a
+            .get_mut(*index)
+            .is_some_and(|v| remove_in_value(v.get_mut(), &path[1..])),
+        _ => false,
+    }
 }
 
 /// `route[1].timeout`, without the markers `Spanned` adds to the path.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
+fn key_path(path: &[Segment]) -> String {
     let mut out = String::new();
-    for seg in path.iter() {
+    for seg in path {
         match seg {
             Segment::Seq { index } => out.push_str(&format!("[{index}]")),
             Segment::Map { key } if key.starts_with("$__serde_spanned") => {}

@@ -153,74 +153,121 @@ pub(super) struct RawRoute {
 }
 
 /// Scalar values that parse from a string with a message saying what was expected;
-/// toml puts the value's span on the error. (Inside arrays toml would point at the
-/// array instead, so list elements stay `Spanned<String>` and are parsed in `validate`
-/// with `parse_list`.)
+/// toml puts the value's span on the error, and a value of another type is told what
+/// the file should hold (`timeout = 5`: "expected a duration string such as \"5s\"").
+/// (Inside arrays toml would point at the array instead, so list elements stay
+/// `Spanned<String>` and are parsed in `validate` with `parse_list`.)
 macro_rules! string_value {
-    ($name:ident, $inner:ty, $parse:expr) => {
+    ($name:ident, $inner:ty, $expecting:expr, $parse:expr) => {
         pub(super) struct $name(pub(super) $inner);
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                let parse: fn(&str) -> Result<$inner, String> = $parse;
-                parse(&s).map($name).map_err(serde::de::Error::custom)
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        let parse: fn(&str) -> Result<$inner, String> = $parse;
+                        parse(s).map($name).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
             }
         }
     };
 }
 
-string_value!(Humane, Duration, |s| {
+string_value!(Humane, Duration, "a duration string such as \"5s\"", |s| {
     humantime::parse_duration(s).map_err(|e| {
         format!("expected a duration like \"250ms\", \"5s\" or \"1h\", got {s:?} ({e})")
     })
 });
-string_value!(LogFormatValue, LogFormat, |s| match s {
-    "human" => Ok(LogFormat::Human),
-    "json" => Ok(LogFormat::Json),
-    _ => Err(format!("expected \"human\" or \"json\", got {s:?}")),
-});
-string_value!(AnyQueriesValue, AnyQueries, |s| match s {
-    "hinfo" => Ok(AnyQueries::Hinfo),
-    "refuse" => Ok(AnyQueries::Refuse),
-    "forward" => Ok(AnyQueries::Forward),
-    _ => Err(format!(
-        "expected \"hinfo\", \"refuse\" or \"forward\", got {s:?}"
-    )),
-});
-string_value!(OverLimitValue, OverLimit, |s| match s {
-    "drop" => Ok(OverLimit::Drop),
-    "refuse" => Ok(OverLimit::Refuse),
-    _ => Err(format!("expected \"drop\" or \"refuse\", got {s:?}")),
-});
-string_value!(ExpectPrivateValue, ExpectPrivate, |s| match s {
-    "warn" => Ok(ExpectPrivate::Warn),
-    "enforce" => Ok(ExpectPrivate::Enforce),
-    _ => Err(format!("expected \"warn\" or \"enforce\", got {s:?}")),
-});
-string_value!(UpstreamOrderValue, UpstreamOrder, |s| match s {
-    "sequential" => Ok(UpstreamOrder::Sequential),
-    "round_robin" => Ok(UpstreamOrder::RoundRobin),
-    "random" => Ok(UpstreamOrder::Random),
-    _ => Err(format!(
-        "expected \"sequential\", \"round_robin\" or \"random\", got {s:?}"
-    )),
-});
+string_value!(
+    LogFormatValue,
+    LogFormat,
+    "\"human\" or \"json\"",
+    |s| match s {
+        "human" => Ok(LogFormat::Human),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("expected \"human\" or \"json\", got {s:?}")),
+    }
+);
+string_value!(
+    AnyQueriesValue,
+    AnyQueries,
+    "\"hinfo\", \"refuse\" or \"forward\"",
+    |s| match s {
+        "hinfo" => Ok(AnyQueries::Hinfo),
+        "refuse" => Ok(AnyQueries::Refuse),
+        "forward" => Ok(AnyQueries::Forward),
+        _ => Err(format!(
+            "expected \"hinfo\", \"refuse\" or \"forward\", got {s:?}"
+        )),
+    }
+);
+string_value!(
+    OverLimitValue,
+    OverLimit,
+    "\"drop\" or \"refuse\"",
+    |s| match s {
+        "drop" => Ok(OverLimit::Drop),
+        "refuse" => Ok(OverLimit::Refuse),
+        _ => Err(format!("expected \"drop\" or \"refuse\", got {s:?}")),
+    }
+);
+string_value!(
+    ExpectPrivateValue,
+    ExpectPrivate,
+    "\"warn\" or \"enforce\"",
+    |s| match s {
+        "warn" => Ok(ExpectPrivate::Warn),
+        "enforce" => Ok(ExpectPrivate::Enforce),
+        _ => Err(format!("expected \"warn\" or \"enforce\", got {s:?}")),
+    }
+);
+string_value!(
+    UpstreamOrderValue,
+    UpstreamOrder,
+    "\"sequential\", \"round_robin\" or \"random\"",
+    |s| match s {
+        "sequential" => Ok(UpstreamOrder::Sequential),
+        "round_robin" => Ok(UpstreamOrder::RoundRobin),
+        "random" => Ok(UpstreamOrder::Random),
+        _ => Err(format!(
+            "expected \"sequential\", \"round_robin\" or \"random\", got {s:?}"
+        )),
+    }
+);
 
-string_value!(RouteReadinessValue, RouteReadiness, |s| match s {
-    "required" => Ok(RouteReadiness::Required),
-    "ignored" => Ok(RouteReadiness::Ignored),
-    _ => Err(format!("expected \"required\" or \"ignored\", got {s:?}")),
-});
+string_value!(
+    RouteReadinessValue,
+    RouteReadiness,
+    "\"required\" or \"ignored\"",
+    |s| match s {
+        "required" => Ok(RouteReadiness::Required),
+        "ignored" => Ok(RouteReadiness::Ignored),
+        _ => Err(format!("expected \"required\" or \"ignored\", got {s:?}")),
+    }
+);
 
-string_value!(UpstreamTransportValue, UpstreamTransport, |s| match s {
-    "udp" => Ok(UpstreamTransport::Udp),
-    "tcp" => Ok(UpstreamTransport::Tcp),
-    _ => Err(format!("expected \"udp\" or \"tcp\", got {s:?}")),
-});
+string_value!(
+    UpstreamTransportValue,
+    UpstreamTransport,
+    "\"udp\" or \"tcp\"",
+    |s| match s {
+        "udp" => Ok(UpstreamTransport::Udp),
+        "tcp" => Ok(UpstreamTransport::Tcp),
+        _ => Err(format!("expected \"udp\" or \"tcp\", got {s:?}")),
+    }
+);
 
 pub(super) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    parse_addr(s).ok_or_else(|| {
-        format!("expected an address like \"0.0.0.0:53\", \"127.0.0.1\" or \"[::]:53\", got {s:?}")
+    parse_addr(s).map_err(|e| {
+        e.or_expected(format!(
+            "expected an address like \"0.0.0.0:53\", \"127.0.0.1\" or \"[::]:53\", got {s:?}"
+        ))
     })
 }
 
@@ -234,6 +281,20 @@ pub(super) fn parse_zone(s: &str) -> Result<Vec<u8>, String> {
             "{s:?}: no wildcards; a zone already covers every name below it"
         ));
     }
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let name = rest.split(['/', ':']).next().unwrap_or(rest);
+        return Err(format!(
+            "{s:?} is a URL ({scheme}://): a zone is a DNS name, such as {name:?}"
+        ));
+    }
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{s:?}: {bad:?} is in no DNS name a zone is made of (letters, digits, '-', '_' and '.')"
+        ));
+    }
     let mut w = wire::name_from_str(s).map_err(|e| format!("{s:?} is not a zone name: {e}"))?;
     wire::lowercase(&mut w);
     Ok(w)
@@ -245,14 +306,14 @@ pub(super) fn parse_upstream(s: &str) -> Result<Option<SocketAddr>, String> {
         return Ok(None);
     }
     match parse_addr(s) {
-        Some(a) if a.port() == 0 => Err(format!("{s:?}: port 0 is not a port to send to")),
-        Some(a) if a.ip().is_unspecified() => {
+        Ok(a) if a.port() == 0 => Err(format!("{s:?}: port 0 is not a port to send to")),
+        Ok(a) if a.ip().is_unspecified() => {
             Err(format!("{s:?}: cannot send to an unspecified address"))
         }
-        Some(a) => Ok(Some(a)),
-        None => Err(format!(
+        Ok(a) => Ok(Some(a)),
+        Err(e) => Err(e.or_expected(format!(
             "expected \"IP\", \"IP:PORT\", \"[IPv6]:PORT\" or \"system\", got {s:?}"
-        )),
+        ))),
     }
 }
 
@@ -274,16 +335,47 @@ pub(super) fn parse_list<T>(
         .collect()
 }
 
-/// "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT"; the port defaults to 53.
-pub(crate) fn parse_addr(s: &str) -> Option<SocketAddr> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Some(a);
+/// Why a text is not an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AddrError {
+    NotAnAddress,
+    /// An IPv6 address without brackets whose last group could be a port.
+    Ambiguous(String),
+}
+
+impl AddrError {
+    /// The message: the ambiguity's own, or `expected` for any other text.
+    pub(crate) fn or_expected(self, expected: String) -> String {
+        match self {
+            AddrError::NotAnAddress => expected,
+            AddrError::Ambiguous(m) => m,
+        }
     }
-    let bare = s
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(s);
-    bare.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, DNS_PORT))
+}
+
+/// "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT"; the port defaults to 53. An IPv6
+/// address without brackets whose last group reads like a port ("fd00::53:5353",
+/// "::1:5562") is refused: it would silently be that address on port 53.
+pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, AddrError> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bracketed = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+    let ip: IpAddr = bracketed
+        .unwrap_or(s)
+        .parse()
+        .map_err(|_| AddrError::NotAnAddress)?;
+    if let (None, IpAddr::V6(_)) = (bracketed, ip) {
+        if let Some((address, port)) = s.rsplit_once(':') {
+            let reads_like_a_port = !port.is_empty()
+                && port.chars().all(|c| c.is_ascii_digit())
+                && port.parse::<u16>().is_ok();
+            if reads_like_a_port && address.parse::<std::net::Ipv6Addr>().is_ok() {
+                return Err(AddrError::Ambiguous(format!(
+                    "{s:?} is ambiguous: write \"[{address}]:{port}\" for port {port} of {address}, or \"[{s}]\" for that address on port 53 (an IPv6 address with a port takes brackets)"
+                )));
+            }
+        }
+    }
+    Ok(SocketAddr::new(ip, DNS_PORT))
 }

@@ -6,38 +6,96 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{ConfigError, SourceText};
+use super::error::{ConfigError, Problems, SourceText};
 use super::raw::*;
 use super::types::*;
 use crate::acl::Acl;
 use crate::clients::{ClientLimitConfig, OverLimit};
 
-pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Server, ConfigError> {
+/// `[server]`, each key in error recorded in `problems` and replaced by its default.
+pub(super) fn validate_server(
+    raw: RawServer,
+    src: &SourceText<'_>,
+    problems: &mut Problems,
+) -> Server {
     let qps = raw.client_qps.unwrap_or(DEFAULT_CLIENT_QPS);
-    let client_limits = validate_client_limits(&raw, qps, src)?;
-    let identity = validate_identity(raw.identity, src)?;
+    let client_limits = problems.or(
+        validate_client_limits(&raw, qps, src),
+        ClientLimitConfig {
+            qps,
+            burst: qps.max(1),
+            max_inflight: DEFAULT_CLIENT_MAX_INFLIGHT,
+            action: OverLimit::Drop,
+            exempt: Acl::new(Vec::new()),
+        },
+    );
+    let identity = problems.or(validate_identity(raw.identity, src), None);
     let control = match raw.control {
         Some(c) if c.get_ref().is_empty() => {
-            return Err(src.error(
+            problems.push(src.locate(
                 c.span(),
                 "server.control",
                 "empty: omit control for no control socket",
             ));
+            None
         }
         c => c.map(|c| std::path::PathBuf::from(c.into_inner())),
     };
     if let Some(old) = &raw.ready_requires_upstreams {
-        return Err(src.error(
+        problems.push(src.locate(
             old.span(),
             "server.ready_requires_upstreams",
             "removed: readiness is per route now; set ready = \"required\" on the [[route]] whose outage should take this replica out of its load balancer (the cloud route), and leave the others out",
         ));
     }
-    let listen = validate_listen(raw.listen, src)?;
-    Ok(Server {
+    let listen = problems.or(
+        validate_listen(raw.listen, src),
+        vec![DEFAULT_LISTEN.parse().expect("valid default")],
+    );
+    let mut duration =
+        |v, key: &str, default| problems.or(positive(v, src, key), None).unwrap_or(default);
+    let tcp_idle_timeout = duration(
+        raw.tcp_idle_timeout,
+        "server.tcp_idle_timeout",
+        DEFAULT_TCP_IDLE_TIMEOUT,
+    );
+    let tcp_max_lifetime = duration(
+        raw.tcp_max_lifetime,
+        "server.tcp_max_lifetime",
+        DEFAULT_TCP_MAX_LIFETIME,
+    );
+    let udp_threads = match raw.udp_threads {
+        None => default_udp_threads(),
+        Some(t) if t.get_ref().get() > MAX_UDP_THREADS => {
+            problems.push(src.locate(
+                t.span(),
+                "server.udp_threads",
+                format!("at most {MAX_UDP_THREADS}"),
+            ));
+            default_udp_threads()
+        }
+        Some(t) => t.into_inner().get(),
+    };
+    let metrics = raw.metrics.and_then(|m| {
+        parse_listen(m.get_ref())
+            .map_err(|e| problems.push(src.locate(m.span(), "server.metrics", e)))
+            .ok()
+    });
+    let upstream_udp_reuse = match raw.upstream_udp_reuse {
+        None => DEFAULT_UPSTREAM_UDP_REUSE,
+        Some(r) if !(1..=MAX_UPSTREAM_UDP_REUSE).contains(r.get_ref()) => {
+            problems.push(src.locate(
+                r.span(),
+                "server.upstream_udp_reuse",
+                format!("must be 1 (a fresh socket per query) to {MAX_UPSTREAM_UDP_REUSE}"),
+            ));
+            DEFAULT_UPSTREAM_UDP_REUSE
+        }
+        Some(r) => r.into_inner(),
+    };
+    Server {
         listen,
-        tcp_idle_timeout: positive(raw.tcp_idle_timeout, src, "server.tcp_idle_timeout")?
-            .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
+        tcp_idle_timeout,
         tcp_max_connections: raw
             .tcp_max_connections
             .map_or(DEFAULT_TCP_MAX_CONNECTIONS, NonZeroUsize::get),
@@ -50,47 +108,21 @@ pub(super) fn validate_server(raw: RawServer, src: &SourceText<'_>) -> Result<Se
         tcp_max_queries_per_connection: raw
             .tcp_max_queries_per_connection
             .map_or(DEFAULT_TCP_MAX_QUERIES_PER_CONNECTION, NonZeroUsize::get),
-        tcp_max_lifetime: positive(raw.tcp_max_lifetime, src, "server.tcp_max_lifetime")?
-            .unwrap_or(DEFAULT_TCP_MAX_LIFETIME),
+        tcp_max_lifetime,
         tcp_max_connections_per_client: raw
             .tcp_max_connections_per_client
             .map_or(DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT, NonZeroUsize::get),
-        udp_threads: match raw.udp_threads {
-            None => default_udp_threads(),
-            Some(t) if t.get_ref().get() > MAX_UDP_THREADS => {
-                return Err(src.error(
-                    t.span(),
-                    "server.udp_threads",
-                    format!("at most {MAX_UDP_THREADS}"),
-                ));
-            }
-            Some(t) => t.into_inner().get(),
-        },
+        udp_threads,
         log_format: raw.log_format.map_or(LogFormat::Human, |f| f.0),
         any_queries: raw.any_queries.map_or(AnyQueries::Hinfo, |a| a.0),
         query_log: raw.query_log.unwrap_or(false),
-        metrics: match raw.metrics {
-            None => None,
-            Some(m) => Some(
-                parse_listen(m.get_ref()).map_err(|e| src.error(m.span(), "server.metrics", e))?,
-            ),
-        },
+        metrics,
         loop_detection: raw.loop_detection.unwrap_or(true),
-        upstream_udp_reuse: match raw.upstream_udp_reuse {
-            None => DEFAULT_UPSTREAM_UDP_REUSE,
-            Some(r) if !(1..=MAX_UPSTREAM_UDP_REUSE).contains(r.get_ref()) => {
-                return Err(src.error(
-                    r.span(),
-                    "server.upstream_udp_reuse",
-                    format!("must be 1 (a fresh socket per query) to {MAX_UPSTREAM_UDP_REUSE}"),
-                ));
-            }
-            Some(r) => r.into_inner(),
-        },
+        upstream_udp_reuse,
         client_limits,
         identity,
         control,
-    })
+    }
 }
 
 pub(super) fn positive(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{ConfigError, SourceText};
+use super::error::{ConfigError, Problems, SourceText};
 use super::raw::*;
 use super::resolv::{is_self, read_resolv_conf};
 use super::server::{positive, validate_server};
@@ -44,13 +44,16 @@ struct FallbackLink<'a> {
 /// The routes of one file: the main one first, then each fragment in order.
 type FileRoutes<'a> = (&'a SourceText<'a>, Vec<Spanned<RawRoute>>);
 
+/// The configuration `raw` and its fragments describe, every error recorded in
+/// `problems` (a value in error is replaced by its default, so the rest is checked).
 pub(super) fn validate<'a>(
     raw: RawFile,
     src: &'a SourceText<'a>,
     fragments: Vec<FileRoutes<'a>>,
     env: &'a LoadEnv,
-) -> Result<Config, ConfigError> {
-    let server = validate_server(raw.server, src)?;
+    problems: &mut Problems,
+) -> Config {
+    let server = validate_server(raw.server, src, problems);
     let mut v = Validation {
         src,
         env,
@@ -59,11 +62,14 @@ pub(super) fn validate<'a>(
         zone_owner: HashMap::new(),
         resolv: None,
     };
-    let acl = v.acl(raw.acl)?;
-    let (cache_max_entries, global_cache) = v.cache(raw.cache)?;
+    let acl = problems.or(v.acl(raw.acl), Acl::default_private());
+    let (cache_max_entries, global_cache) = problems.or(
+        v.cache(raw.cache),
+        (DEFAULT_CACHE_MAX_ENTRIES, CachePolicy::default()),
+    );
     let files: Vec<FileRoutes<'a>> = std::iter::once((src, raw.route)).chain(fragments).collect();
     if files.iter().all(|(_, routes)| routes.is_empty()) {
-        return Err(src.error(
+        problems.push(src.locate(
             0..0,
             "route",
             "no [[route]] tables: add at least one, e.g. zones = [\".\"] with your DNS servers",
@@ -75,14 +81,14 @@ pub(super) fn validate<'a>(
         v.src = file;
         // Keys count within each file (route[0] is a fragment's first route).
         for (i, spanned) in file_routes.into_iter().enumerate() {
-            let (route, link) = v.route(i, routes.len(), spanned, &server, global_cache)?;
+            let (route, link) = v.route(i, routes.len(), spanned, &server, global_cache, problems);
             routes.push(route);
             links.extend(link);
         }
     }
-    link_fallbacks(&mut routes, links)?;
+    link_fallbacks(&mut routes, links, problems);
     v.exposure_warnings(&server, &acl);
-    Ok(Config {
+    Config {
         source: src.file.to_string(),
         server,
         acl,
@@ -90,7 +96,7 @@ pub(super) fn validate<'a>(
         cache_max_entries,
         local: Vec::new(),
         warnings: v.warnings,
-    })
+    }
 }
 
 impl<'a> Validation<'a> {
@@ -105,6 +111,16 @@ impl<'a> Validation<'a> {
                 "acl.allow",
                 "an empty list would refuse every client; omit [acl] for the private-range default",
             ));
+        }
+        for (i, entry) in a.allow.get_ref().iter().enumerate() {
+            let text = entry.get_ref();
+            if let (false, Ok(ip)) = (text.contains('/'), text.parse::<IpAddr>()) {
+                let len = if ip.is_ipv4() { 32 } else { 128 };
+                self.warnings.push(Warning::new(
+                    format!("acl.allow[{i}] = {text:?} has no prefix length: it admits that one host, {ip}/{len}"),
+                    format!("write \"{ip}/{len}\" for the host, or the network's prefix (\"{}\") if the network was meant", if ip.is_ipv4() { "/24" } else { "/64" }),
+                ));
+            }
         }
         let allow: Vec<Cidr> = parse_list(a.allow.into_inner(), self.src, "acl.allow", parse_cidr)?
             .into_iter()
@@ -139,7 +155,8 @@ impl<'a> Validation<'a> {
     }
 
     /// One `[[route]]` (`route[i]` of its file, the configuration's route `index`),
-    /// and its fallback link for later.
+    /// and its fallback link for later. Each key in error is recorded and replaced by
+    /// its default, so the route's other keys are checked too.
     fn route(
         &mut self,
         i: usize,
@@ -147,29 +164,44 @@ impl<'a> Validation<'a> {
         spanned: Spanned<RawRoute>,
         server: &Server,
         global_cache: CachePolicy,
-    ) -> Result<(Route, Option<FallbackLink<'a>>), ConfigError> {
+        problems: &mut Problems,
+    ) -> (Route, Option<FallbackLink<'a>>) {
         let route_span = spanned.span();
         let r = spanned.into_inner();
         let key = |k: &str| format!("route[{i}].{k}");
-        let name = self.route_name(r.name, &key("name"))?;
-        let (zones, presets) = self.route_zones(&name, r.zones, r.presets, route_span, &key)?;
-        let upstreams = self.route_upstreams(r.upstreams, server, &key("upstreams"))?;
+        let name = self.route_name(r.name, &key("name"));
+        let name = problems.or(name, format!("route[{i}]"));
+        let zones = self.route_zones(&name, r.zones, r.presets, route_span, &key);
+        let (zones, presets) = problems.or(zones, (Vec::new(), Vec::new()));
+        let upstreams = self.route_upstreams(r.upstreams, server, &key("upstreams"));
+        let upstreams = problems.or(upstreams, Vec::new());
         let claim_cnames = match r.claim_cnames {
             Some(c) if *c.get_ref() && zones.iter().any(|z| z == &[0]) => {
-                return Err(self.src.error(
+                problems.push(self.src.locate(
                     c.span(),
                     &key("claim_cnames"),
                     "this route routes \".\", so it would claim every CNAME target: list the zones to claim on a route of their own",
                 ));
+                false
             }
             Some(c) => c.into_inner(),
             None => false,
         };
-        let (timeout, try_timeout) = self.route_timeouts(r.timeout, r.try_timeout, &key)?;
-        let health_check = positive(r.health_check, self.src, &key("health_check"))?
+        let (timeout, try_timeout) = problems.or(
+            self.route_timeouts(r.timeout, r.try_timeout, &key),
+            (DEFAULT_TIMEOUT, DEFAULT_TRY_TIMEOUT),
+        );
+        let health_check = problems
+            .or(
+                positive(r.health_check, self.src, &key("health_check")),
+                None,
+            )
             .unwrap_or(DEFAULT_HEALTH_CHECK);
         self.azure_timeout_warning(&name, &upstreams, timeout);
-        let cache = route_cache(r.cache, global_cache, self.src, &key)?;
+        let cache = problems.or(
+            route_cache(r.cache, global_cache, self.src, &key),
+            global_cache,
+        );
         let link = r.nxdomain_fallback.map(|target| FallbackLink {
             from: index,
             target,
@@ -195,7 +227,7 @@ impl<'a> Validation<'a> {
             transport: r.transport.map_or(UpstreamTransport::Udp, |t| t.0),
             ready: r.ready.map_or(RouteReadiness::default(), |t| t.0),
         };
-        Ok((route, link))
+        (route, link)
     }
 
     /// A name for logs and metrics, unique among the routes.
@@ -268,6 +300,16 @@ impl<'a> Validation<'a> {
             Some(p) => expand_presets(p, src, &key("presets"), &mut listed)?,
             None => Vec::new(),
         };
+        for zone in twice_by_hand(&listed, &key("zones")) {
+            self.warnings.push(Warning::new(
+                format!(
+                    "{}: zone {} is listed twice in route {name:?}",
+                    key("zones"),
+                    wire::name_to_string(&zone)
+                ),
+                "list each zone once (was another zone meant?)",
+            ));
+        }
         let mut out = Vec::new();
         for (zone, span, k) in listed {
             if out.contains(&zone) {
@@ -458,6 +500,23 @@ impl<'a> Validation<'a> {
     }
 }
 
+/// The zones `zones` (the key `zones_key`) lists more than once: a slip, a paste or a
+/// zone meant to be another (by hand and by a preset is fine: once is enough).
+fn twice_by_hand(listed: &[(Vec<u8>, Range<usize>, String)], zones_key: &str) -> Vec<Vec<u8>> {
+    let by_hand: Vec<&Vec<u8>> = listed
+        .iter()
+        .filter(|(_, _, k)| k == zones_key)
+        .map(|(z, _, _)| z)
+        .collect();
+    let mut twice: Vec<Vec<u8>> = Vec::new();
+    for (i, z) in by_hand.iter().enumerate() {
+        if by_hand[..i].contains(z) && !twice.contains(z) {
+            twice.push((*z).clone());
+        }
+    }
+    twice
+}
+
 /// A route's `presets`: each preset's zones added to `listed`, its name returned.
 fn expand_presets(
     presets: Spanned<Vec<Spanned<String>>>,
@@ -518,7 +577,7 @@ fn route_cache(
 
 /// Each `nxdomain_fallback` names another route (in any file), one that has no
 /// fallback of its own.
-fn link_fallbacks(routes: &mut [Route], links: Vec<FallbackLink<'_>>) -> Result<(), ConfigError> {
+fn link_fallbacks(routes: &mut [Route], links: Vec<FallbackLink<'_>>, problems: &mut Problems) {
     let sources: HashSet<usize> = links.iter().map(|l| l.from).collect();
     for FallbackLink {
         from,
@@ -528,17 +587,19 @@ fn link_fallbacks(routes: &mut [Route], links: Vec<FallbackLink<'_>>) -> Result<
     } in links
     {
         let Some(j) = routes.iter().position(|r| &r.name == target.get_ref()) else {
-            return Err(src.error(
+            problems.push(src.locate(
                 target.span(),
                 &key,
                 format!("no route named {:?}", target.get_ref()),
             ));
+            continue;
         };
         if j == from {
-            return Err(src.error(target.span(), &key, "a route cannot fall back to itself"));
+            problems.push(src.locate(target.span(), &key, "a route cannot fall back to itself"));
+            continue;
         }
         if sources.contains(&j) {
-            return Err(src.error(
+            problems.push(src.locate(
                 target.span(),
                 &key,
                 format!(
@@ -546,10 +607,10 @@ fn link_fallbacks(routes: &mut [Route], links: Vec<FallbackLink<'_>>) -> Result<
                     routes[j].name
                 ),
             ));
+            continue;
         }
         routes[from].nxdomain_fallback = Some(j);
     }
-    Ok(())
 }
 
 /// `base` with the settings `raw` gives; `key` is where they are ("cache" or

@@ -247,8 +247,11 @@ fn set_upstream(
     force: bool,
 ) -> Result<Value, String> {
     // The same forms `upstreams` takes in the file.
-    let want = crate::config::parse_addr(addr)
-        .ok_or_else(|| format!("{addr:?} is not an address (IP, IP:PORT or [IPv6]:PORT)"))?;
+    let want = crate::config::parse_addr(addr).map_err(|e| {
+        e.or_expected(format!(
+            "{addr:?} is not an address (IP, IP:PORT or [IPv6]:PORT)"
+        ))
+    })?;
     let handler = cx.current.load();
     let set = handler
         .upstream_sets()
