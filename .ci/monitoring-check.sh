@@ -32,6 +32,21 @@ python3 deploy/prometheus/operator/generate.py "$fresh"
 diff -u deploy/prometheus/operator/prometheusrule.yaml "$fresh" \
   || fail "operator/prometheusrule.yaml is not what generate.py makes of $rules: rerun it"
 (cd deploy/prometheus && promtool test rules zonefwd.rules.test.yml)
+# The operator kustomization labels what it applies for the Prometheus that selects
+# on release=PROMETHEUS_RELEASE (params.env), and applies nothing else.
+rendered=$(kubectl kustomize deploy/prometheus/operator) || fail "deploy/prometheus/operator does not render"
+release=$(sed -n 's/^PROMETHEUS_RELEASE=//p' deploy/prometheus/operator/params.env)
+python3 - "$release" <<<"$rendered" <<'PY' || fail "deploy/prometheus/operator: see above"
+import sys, yaml
+release = sys.argv[1]
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+kinds = sorted(d["kind"] for d in docs)
+if kinds != ["PrometheusRule", "Service", "ServiceMonitor"]:
+    sys.exit(f"renders {kinds}: expected the metrics Service, the ServiceMonitor and the PrometheusRule only")
+for d in docs:
+    if d["kind"] != "Service" and d["metadata"].get("labels", {}).get("release") != release:
+        sys.exit(f"{d['kind']} is not labelled release={release} (params.env)")
+PY
 
 work=$(mktemp -d)
 pids=()
