@@ -34,12 +34,13 @@ diff -u deploy/prometheus/operator/prometheusrule.yaml "$fresh" \
 (cd deploy/prometheus && promtool test rules zonefwd.rules.test.yml)
 # The operator kustomization labels what it applies for the Prometheus that selects
 # on release=PROMETHEUS_RELEASE (params.env), and applies nothing else.
-rendered=$(kubectl kustomize deploy/prometheus/operator) || fail "deploy/prometheus/operator does not render"
+rendered=$(mktemp)
+kubectl kustomize deploy/prometheus/operator >"$rendered" || fail "deploy/prometheus/operator does not render"
 release=$(sed -n 's/^PROMETHEUS_RELEASE=//p' deploy/prometheus/operator/params.env)
-python3 - "$release" <<<"$rendered" <<'PY' || fail "deploy/prometheus/operator: see above"
+python3 - "$release" "$rendered" <<'PY' || fail "deploy/prometheus/operator: see above"
 import sys, yaml
 release = sys.argv[1]
-docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
 kinds = sorted(d["kind"] for d in docs)
 if kinds != ["PrometheusRule", "Service", "ServiceMonitor"]:
     sys.exit(f"renders {kinds}: expected the metrics Service, the ServiceMonitor and the PrometheusRule only")
