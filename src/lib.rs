@@ -23,7 +23,9 @@
 //! wire           the bytes: query checks, reply walk, relay render
 //! ```
 //!
-//! Around it: `server` (run, reload, watchdog), `listen` (bind, udp, tcp), `local`
+//! Around it: `server` (run, reload, watchdog), `reloads` (applied, refused, restart
+//! pending), `readiness` (what /readyz says), `listen` (bind, the holder of a port,
+//! udp, tcp), `local`
 //! (`[local]` records), `control` (the control socket) and `ctl` (its client),
 //! `handler` (what one configuration is made of, and what outlives it), `config`
 //! (file to `Config`), `cache`, `router`, `claims` (CNAME splicing), `loopcheck`,
