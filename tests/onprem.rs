@@ -168,28 +168,6 @@ fn dnsmasq_output_passes_dnsmasq_test() {
     assert!(out.contains("server=/blob.core.windows.net/10.50.0.5"));
 }
 
-#[test]
-fn a_configuration_with_only_a_catch_all_has_nothing_to_forward() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("z.toml");
-    std::fs::write(
-        &p,
-        "[[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"10.1.0.4\"]\n",
-    )
-    .unwrap();
-    let (code, _, err) = zonefwd(&[
-        "onprem-forwarders",
-        "-c",
-        p.to_str().unwrap(),
-        "--target",
-        "10.50.0.4",
-        "--format",
-        "bind",
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("nothing to forward"), "{err}");
-}
-
 /// The shipped azure overlay with the team fragment beside it, laid out as the
 /// Deployment mounts them.
 fn overlay_with_fragment(dir: &tempfile::TempDir) -> String {
@@ -249,31 +227,39 @@ fn onprem_forwarders_leaves_out_routes_that_go_back_on_prem() {
     }
 }
 
-/// A route whose upstreams include one of the catch-all's (on-prem DNS) is left out
-/// even with a cloud preset; with nothing left, the error says why for each route.
+/// Nothing to forward is an error that says why for each route left out: a catch-all
+/// alone, or a route to the catch-all's own servers (on-prem DNS), which would loop.
 #[test]
-fn a_route_to_the_catch_alls_servers_is_left_out() {
+fn nothing_to_forward_is_an_error_that_says_why() {
+    // (configuration, what the error says)
+    let cases = [
+        (
+            "[[route]]\nname = \"all\"\nzones = [\".\"]\nupstreams = [\"10.1.0.4\"]\n",
+            "nothing to forward",
+        ),
+        (
+            "[[route]]\nname = \"corp\"\nzones = [\"corp.example\"]\nupstreams = [\"10.1.0.4\"]\n\
+             [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"10.1.0.4\"]\n",
+            "route corp left out: its upstream 10.1.0.4 is an on-prem server",
+        ),
+    ];
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("z.toml");
-    std::fs::write(
-        &p,
-        "[[route]]\nname = \"corp\"\nzones = [\"corp.example\"]\nupstreams = [\"10.1.0.4\"]\n\
-         [[route]]\nname = \"onprem\"\nzones = [\".\"]\nupstreams = [\"10.1.0.4\"]\n",
-    )
-    .unwrap();
-    let (code, _, err) = zonefwd(&[
-        "onprem-forwarders",
-        "-c",
-        p.to_str().unwrap(),
-        "--target",
-        "10.50.0.4",
-        "--format",
-        "bind",
-    ]);
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("no route goes to the cloud")
-            && err.contains("route corp left out: its upstream 10.1.0.4 is an on-prem server"),
-        "{err}"
-    );
+    for (text, says) in cases {
+        std::fs::write(&p, text).unwrap();
+        let (code, _, err) = zonefwd(&[
+            "onprem-forwarders",
+            "-c",
+            p.to_str().unwrap(),
+            "--target",
+            "10.50.0.4",
+            "--format",
+            "bind",
+        ]);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            err.contains("no route goes to the cloud") && err.contains(says),
+            "{err}"
+        );
+    }
 }

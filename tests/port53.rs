@@ -4,23 +4,13 @@
 //!
 //! Where the machine does not allow it (not root, no namespaces) the script exits 77
 //! and this test says SKIPPED with the reason (.ci/run repeats it in its summary).
-use std::process::Command;
+mod common;
 
 #[test]
 fn port_53_next_to_systemd_resolveds_stub() {
-    let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/port53.sh"))
-        .env("ZONEFWD", env!("CARGO_BIN_EXE_zonefwd"))
-        .output()
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match out.status.code() {
-        Some(0) => println!("{stdout}"),
-        Some(77) => eprintln!(
-            "SKIPPED port_53_next_to_systemd_resolveds_stub: {}",
-            stderr.trim()
-        ),
-        code => panic!("tests/port53.sh exited {code:?}\n{stdout}\n{stderr}"),
-    }
+    common::run_script(
+        "port_53_next_to_systemd_resolveds_stub",
+        "tests/port53.sh",
+        &[],
+    );
 }

@@ -9,25 +9,13 @@
 //! Where the machine does not allow it (not root, no namespaces, no BIND) the script
 //! exits 77 and this test says SKIPPED with the reason on stderr (.ci/run repeats it
 //! in its summary): skipped, not passed in silence.
-use std::process::Command;
+mod common;
 
 #[test]
 fn replicas_behind_bind_across_network_namespaces() {
-    let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/replicas.sh"))
-        .env("ZONEFWD", env!("CARGO_BIN_EXE_zonefwd"))
-        .env("PHASE", "3")
-        .env("CLOUD_CUT", "8")
-        .output()
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match out.status.code() {
-        Some(0) => println!("{stdout}"),
-        Some(77) => eprintln!(
-            "SKIPPED replicas_behind_bind_across_network_namespaces: {}",
-            stderr.trim()
-        ),
-        code => panic!("bench/replicas.sh exited {code:?}\n{stdout}\n{stderr}"),
-    }
+    common::run_script(
+        "replicas_behind_bind_across_network_namespaces",
+        "bench/replicas.sh",
+        &[("PHASE", "3"), ("CLOUD_CUT", "8")],
+    );
 }

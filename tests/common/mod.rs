@@ -751,3 +751,23 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Runs a test script of the repository that exits 0 on success and 77, saying why on
+/// stderr, where the machine does not allow it (not root, no namespaces): that is
+/// printed as SKIPPED with `test`'s name (.ci/run repeats those lines), never passed
+/// in silence; any other exit fails the test.
+pub fn run_script(test: &str, script: &str, envs: &[(&str, &str)]) {
+    let out = std::process::Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+        .env("ZONEFWD", env!("CARGO_BIN_EXE_zonefwd"))
+        .envs(envs.iter().copied())
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => println!("{stdout}"),
+        Some(77) => eprintln!("SKIPPED {test}: {}", stderr.trim()),
+        code => panic!("{script} exited {code:?}\n{stdout}\n{stderr}"),
+    }
+}
