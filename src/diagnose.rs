@@ -2,7 +2,7 @@
 //! zonefwd runs on, the way zonefwd itself would send the queries.
 
 use std::fmt::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -16,15 +16,12 @@ use crate::config::{
     is_resolved_stub, is_self, read_resolv_conf, Config, Route, UpstreamTransport,
 };
 use crate::life::Lifecycle;
+use crate::listen::holder::{self, Holder};
 use crate::outcome::Outcome;
+use crate::presets::{AWS_VPC_RESOLVER, AZURE_DNS};
 use crate::router::Router;
 use crate::upstream::{exchange, Previous, UpstreamSet};
 use crate::wire::{self, Query};
-
-/// Azure's platform resolver (168.63.129.16) and AWS's link-local VPC resolver.
-use crate::listen::holder::{self, Holder};
-use crate::presets::AZURE_DNS;
-const AWS_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 253));
 
 /// `zonefwd query NAME TYPE`: resolves now through the route `explain` would pick,
 /// with its upstreams, fallback and guard, and prints what came back. Exit status:
@@ -474,7 +471,10 @@ pub fn static_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
     findings.extend(resolv_findings(config, files));
     for route in &config.routes {
         let cloud_azure = route.upstreams.iter().any(|u| u.addr.ip() == AZURE_DNS);
-        let cloud_aws = route.upstreams.iter().any(|u| u.addr.ip() == AWS_DNS);
+        let cloud_aws = route
+            .upstreams
+            .iter()
+            .any(|u| u.addr.ip() == AWS_VPC_RESOLVER);
         let limit = if cloud_azure {
             Some((1000, "Azure DNS drops above 1000 queries/s per VM"))
         } else if cloud_aws {

@@ -92,16 +92,12 @@ fn zones_and_left_out(config: &Config, selection: &Selection) -> (Named, Named) 
                 r.zones
                     .iter()
                     .filter(|z| z.as_slice() != [0])
-                    .map(|z| (zone_text(z), r.name.clone())),
+                    .map(|z| (wire::zone_to_string(z), r.name.clone())),
             ),
             Verdict::LeftOut(why) => left_out.push((r.name.clone(), why)),
         }
     }
     (zones, left_out)
-}
-
-fn zone_text(z: &[u8]) -> String {
-    wire::name_to_string(z).trim_end_matches('.').to_string()
 }
 
 pub fn render(

@@ -12,16 +12,16 @@ const CATALOG: &str = include_str!("../presets/catalog.toml");
 
 /// Azure's in-network resolver, the same address in every VNet and cloud.
 pub const AZURE_DNS: IpAddr = IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16));
-/// The Route 53 VPC resolver at its link-local addresses, the same in every VPC (it
-/// is also at the VPC's base address plus two, which differs per VPC).
-pub const AWS_VPC_RESOLVERS: [IpAddr; 2] = [
-    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 253)),
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x253)),
-];
+/// The Route 53 VPC resolver at its link-local address, the same in every VPC (Nitro
+/// instances; it is also at the VPC's base address plus two, which differs per VPC).
+pub const AWS_VPC_RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 253));
+/// The same over IPv6.
+pub const AWS_VPC_RESOLVER_V6: IpAddr =
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x253));
 
 /// Whether `ip` is a cloud's in-network resolver at an address every network shares.
 pub fn is_cloud_resolver(ip: IpAddr) -> bool {
-    ip == AZURE_DNS || AWS_VPC_RESOLVERS.contains(&ip)
+    [AZURE_DNS, AWS_VPC_RESOLVER, AWS_VPC_RESOLVER_V6].contains(&ip)
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,16 +106,9 @@ impl ZonePattern {
 
 /// A wire name's labels, the root-most first.
 fn wire_labels(name: &[u8]) -> Vec<&[u8]> {
-    let mut labels = Vec::new();
-    let mut i = 0;
-    while let Some(&len) = name.get(i) {
-        if len == 0 {
-            break;
-        }
-        let end = (i + 1 + usize::from(len)).min(name.len());
-        labels.push(&name[i + 1..end]);
-        i = end;
-    }
+    let mut labels: Vec<&[u8]> = wire::label_offsets(name)
+        .map(|at| &name[at + 1..at + 1 + usize::from(name[at])])
+        .collect();
     labels.reverse();
     labels
 }

@@ -155,12 +155,8 @@ impl Problems {
 
     /// Records the errors of `r` (never a read error here) and goes on with `fallback`.
     pub(super) fn or<T>(&mut self, r: Result<T, ConfigError>, fallback: T) -> T {
-        match r {
-            Ok(v) => v,
-            Err(ConfigError::Invalid(errors)) => {
-                errors.0.into_iter().for_each(|e| self.push(e));
-                fallback
-            }
+        match self.keep(r) {
+            Ok(v) => v.unwrap_or(fallback),
             Err(e) => {
                 // Validation does not read files; a read error here is a bug, kept
                 // visible all the same.

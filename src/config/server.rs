@@ -64,35 +64,13 @@ pub(super) fn validate_server(
         "server.tcp_max_lifetime",
         DEFAULT_TCP_MAX_LIFETIME,
     );
-    let udp_threads = match raw.udp_threads {
-        None => default_udp_threads(),
-        Some(t) if t.get_ref().get() > MAX_UDP_THREADS => {
-            problems.push(src.locate(
-                t.span(),
-                "server.udp_threads",
-                format!("at most {MAX_UDP_THREADS}"),
-            ));
-            default_udp_threads()
-        }
-        Some(t) => t.into_inner().get(),
-    };
+    let udp_threads = udp_threads(raw.udp_threads, src, problems);
     let metrics = raw.metrics.and_then(|m| {
         parse_listen(m.get_ref())
             .map_err(|e| problems.push(src.locate(m.span(), "server.metrics", e)))
             .ok()
     });
-    let upstream_udp_reuse = match raw.upstream_udp_reuse {
-        None => DEFAULT_UPSTREAM_UDP_REUSE,
-        Some(r) if !(1..=MAX_UPSTREAM_UDP_REUSE).contains(r.get_ref()) => {
-            problems.push(src.locate(
-                r.span(),
-                "server.upstream_udp_reuse",
-                format!("must be 1 (a fresh socket per query) to {MAX_UPSTREAM_UDP_REUSE}"),
-            ));
-            DEFAULT_UPSTREAM_UDP_REUSE
-        }
-        Some(r) => r.into_inner(),
-    };
+    let upstream_udp_reuse = upstream_udp_reuse(raw.upstream_udp_reuse, src, problems);
     Server {
         listen,
         tcp_idle_timeout,
@@ -122,6 +100,47 @@ pub(super) fn validate_server(
         client_limits,
         identity,
         control,
+    }
+}
+
+/// `udp_threads`: at most `MAX_UDP_THREADS`; one per CPU when unset or in error.
+fn udp_threads(
+    raw: Option<Spanned<NonZeroUsize>>,
+    src: &SourceText<'_>,
+    problems: &mut Problems,
+) -> usize {
+    match raw {
+        None => default_udp_threads(),
+        Some(t) if t.get_ref().get() > MAX_UDP_THREADS => {
+            problems.push(src.locate(
+                t.span(),
+                "server.udp_threads",
+                format!("at most {MAX_UDP_THREADS}"),
+            ));
+            default_udp_threads()
+        }
+        Some(t) => t.into_inner().get(),
+    }
+}
+
+/// `upstream_udp_reuse`: 1 to `MAX_UPSTREAM_UDP_REUSE`; the default when unset or in
+/// error.
+fn upstream_udp_reuse(
+    raw: Option<Spanned<u32>>,
+    src: &SourceText<'_>,
+    problems: &mut Problems,
+) -> u32 {
+    match raw {
+        None => DEFAULT_UPSTREAM_UDP_REUSE,
+        Some(r) if !(1..=MAX_UPSTREAM_UDP_REUSE).contains(r.get_ref()) => {
+            problems.push(src.locate(
+                r.span(),
+                "server.upstream_udp_reuse",
+                format!("must be 1 (a fresh socket per query) to {MAX_UPSTREAM_UDP_REUSE}"),
+            ));
+            DEFAULT_UPSTREAM_UDP_REUSE
+        }
+        Some(r) => r.into_inner(),
     }
 }
 

@@ -466,7 +466,7 @@ impl<'a> Validation<'a> {
     fn azure_timeout_warning(&mut self, name: &str, upstreams: &[UpstreamAddr], timeout: Duration) {
         if upstreams
             .iter()
-            .any(|u| u.addr.ip() == IpAddr::from([168, 63, 129, 16]))
+            .any(|u| u.addr.ip() == crate::presets::AZURE_DNS)
             && timeout <= Duration::from_secs(4)
         {
             self.warnings.push(Warning::new(

@@ -19,10 +19,7 @@ use super::{domain, parse_json, render, target, Existing, Implicit, ImportError,
 
 /// Azure's in-VNet resolver; it drops above 1,000 qps per VM, so routes to it keep to
 /// 900.
-const AZURE_DNS: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16)),
-    53,
-);
+const AZURE_DNS: SocketAddr = SocketAddr::new(crate::presets::AZURE_DNS, 53);
 
 /// The routes for the ruleset in `text`, as TOML.
 pub fn azure_ruleset(text: &str, source: &str, existing: &Existing) -> Result<String, ImportError> {

@@ -89,7 +89,7 @@ impl Existing {
         let mut zones = HashMap::new();
         for r in &config.routes {
             for z in &r.zones {
-                zones.insert(zone_text(z), r.name.clone());
+                zones.insert(wire::zone_to_string(z), r.name.clone());
             }
         }
         Existing {
@@ -111,17 +111,23 @@ impl Existing {
         )
     }
 
+    /// Whether the output keeps `zone`: not when the configuration routes it, which a
+    /// comment then says.
+    fn keeps(&self, zone: &str, comments: &mut Vec<String>) -> bool {
+        match self.route_of(zone) {
+            Some(route) => {
+                comments.push(self.left_out(zone, route));
+                false
+            }
+            None => true,
+        }
+    }
+
     /// `zones` less those the configuration routes; a comment for each left out.
     fn fit(&self, zones: Vec<String>, comments: &mut Vec<String>) -> Vec<String> {
         zones
             .into_iter()
-            .filter(|z| match self.route_of(z) {
-                Some(route) => {
-                    comments.push(self.left_out(z, route));
-                    false
-                }
-                None => true,
-            })
+            .filter(|z| self.keeps(z, comments))
             .collect()
     }
 
@@ -146,15 +152,6 @@ impl Existing {
             preset: None,
             ..i.clone()
         })
-    }
-}
-
-/// A wire zone as the rules write it: lowercase, no trailing dot, "." for the root.
-fn zone_text(z: &[u8]) -> String {
-    if z == [0] {
-        ".".to_string()
-    } else {
-        wire::name_to_string(z).trim_end_matches('.').to_string()
     }
 }
 
@@ -250,11 +247,7 @@ pub fn render(
     for group in groups(rules) {
         let group: Vec<&Rule> = group
             .into_iter()
-            .filter(|r| {
-                !existing
-                    .fit(vec![r.domain.clone()], &mut comments)
-                    .is_empty()
-            })
+            .filter(|r| existing.keeps(&r.domain, &mut comments))
             .collect();
         if !group.is_empty() {
             out.push('\n');

@@ -7,14 +7,14 @@
 //! Resolver" for ".") is the catch-all to the VPC resolver, and so are names no rule
 //! matches.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
 use super::{domain, parse_json, render, target, Existing, Implicit, ImportError, Rule};
 
 /// The VPC resolver's link-local address, the same in every VPC (Nitro instances).
-const VPC_LINK_LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 253));
+const VPC_LINK_LOCAL: IpAddr = crate::presets::AWS_VPC_RESOLVER;
 
 /// The routes for the rules in `text`, as TOML. `vpc_resolver`: the VPC resolver
 /// (the VPC's base address plus two, or 169.254.169.253), needed by SYSTEM rules.

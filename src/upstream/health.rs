@@ -37,7 +37,7 @@ impl UpstreamSet {
     /// forwarder well before 1.8 s, so without this its clients got SERVFAIL for
     /// names zonefwd held stale answers for.
     pub fn stale_answer_after(&self) -> Duration {
-        if !self.upstreams.iter().any(|u| u.in_rotation()) {
+        if self.all_down() {
             Duration::ZERO
         } else {
             STALE_ANSWER_AFTER

@@ -4,6 +4,35 @@
 
 use super::*;
 
+/// One record of the answer section, by place: where its owner name starts, its type,
+/// and where its RDATA lies (a name in it may point back into the message).
+struct AnswerRecord {
+    owner: usize,
+    rtype: u16,
+    data: std::ops::Range<usize>,
+}
+
+/// Each record of the answer section of a reply that `parse_reply` accepted
+/// (`question_end` and `answers` from its `Reply`): the one walk the readers below
+/// share.
+fn answer_record_places(
+    msg: &[u8],
+    question_end: usize,
+    answers: u16,
+) -> impl Iterator<Item = AnswerRecord> + '_ {
+    let mut pos = question_end;
+    (0..answers).map_while(move |_| {
+        let owner = pos;
+        let after = read_name(msg, owner, None).ok()?;
+        let rtype = u16_at(msg, after, "type").ok()?;
+        let rdlen = usize::from(u16_at(msg, after + 8, "rdlength").ok()?);
+        let data = after + 10..after + 10 + rdlen;
+        msg.get(data.clone())?;
+        pos = data.end;
+        Some(AnswerRecord { owner, rtype, data })
+    })
+}
+
 /// The (type, RDATA) of each record in the answer section of a reply that
 /// `parse_reply` accepted (`question_end` and `answers` from its `Reply`).
 pub(super) fn answer_records(
@@ -11,16 +40,7 @@ pub(super) fn answer_records(
     question_end: usize,
     answers: u16,
 ) -> impl Iterator<Item = (u16, &[u8])> + '_ {
-    let mut pos = question_end;
-    (0..answers).map_while(move |_| {
-        let after = read_name(msg, pos, None).ok()?;
-        let rtype = u16_at(msg, after, "type").ok()?;
-        let rdlen = usize::from(u16_at(msg, after + 8, "rdlength").ok()?);
-        let data = after + 10;
-        let rdata = msg.get(data..data + rdlen)?;
-        pos = data + rdlen;
-        Some((rtype, rdata))
-    })
+    answer_record_places(msg, question_end, answers).map(move |r| (r.rtype, &msg[r.data]))
 }
 
 /// The addresses of the A and AAAA records in the answer section of a reply that
@@ -52,29 +72,17 @@ pub fn public_addresses(msg: &[u8], question_end: usize, answers: u16) -> Vec<st
 /// private zone).
 pub fn answer_chain_names(msg: &[u8], question_end: usize, answers: u16) -> Vec<Vec<u8>> {
     let mut names = Vec::new();
-    let mut pos = question_end;
-    for _ in 0..answers {
-        let mut owner = Vec::new();
-        let Ok(after) = read_name(msg, pos, Some(&mut owner)) else {
-            break;
+    for r in answer_record_places(msg, question_end, answers) {
+        let at = |start: usize| {
+            let mut name = Vec::new();
+            read_name(msg, start, Some(&mut name)).ok()?;
+            lowercase(&mut name);
+            Some(name)
         };
-        let (Ok(rtype), Ok(rdlen)) = (
-            u16_at(msg, after, "type"),
-            u16_at(msg, after + 8, "rdlength"),
-        ) else {
-            break;
-        };
-        let data = after + 10;
-        if rtype == TYPE_CNAME {
-            let mut target = Vec::new();
-            if read_name(msg, data, Some(&mut target)).is_ok() {
-                lowercase(&mut target);
-                names.push(target);
-            }
+        if r.rtype == TYPE_CNAME {
+            names.extend(at(r.data.start));
         }
-        lowercase(&mut owner);
-        names.push(owner);
-        pos = data + usize::from(rdlen);
+        names.extend(at(r.owner));
     }
     names
 }

@@ -179,6 +179,16 @@ pub fn name_from_str(s: &str) -> Result<Vec<u8>, NameError> {
     Ok(out)
 }
 
+/// A zone as configuration files and other servers' configurations write it: no
+/// trailing dot, and "." for the root.
+pub fn zone_to_string(zone: &[u8]) -> String {
+    if zone == [0] {
+        ".".to_string()
+    } else {
+        name_to_string(zone).trim_end_matches('.').to_string()
+    }
+}
+
 /// Presentation form of an uncompressed wire name, with a trailing dot; octets that are
 /// not printable, and dots inside labels, are escaped as in RFC 1035 section 5.1.
 pub fn name_to_string(name: &[u8]) -> String {
