@@ -17,7 +17,7 @@ use crate::cache::{Lookup, Stored, STALE_TTL};
 use crate::clients::{ClientSlot, OverLimit};
 use crate::config::AnyQueries;
 use crate::handler::{Handler, RouteState};
-use crate::job::{add_identity, Job};
+use crate::job::Job;
 use crate::limit::InflightPermit;
 use crate::local::{LocalAnswer, LocalSplice};
 use crate::metrics::RouteMetrics;
@@ -281,10 +281,8 @@ impl Handler {
             } => {
                 if prefetch {
                     // Refresh in the background; this client is served now.
-                    drop(
-                        self.resolver
-                            .resolve(q, &route.set, *policy, self.claims.as_ref()),
-                    );
+                    self.resolver
+                        .prefetch(q, &route.set, *policy, self.claims.as_ref());
                 }
                 (
                     "cache",
@@ -375,7 +373,9 @@ impl Handler {
         outcome: &'static str,
         mut reply: Vec<u8>,
     ) -> Action {
-        add_identity(&mut reply, q, self.identity.as_deref(), m.transport);
+        if let Some(identity) = self.identity.as_deref() {
+            wire::add_identity(&mut reply, q, identity, m.transport.limit(q));
+        }
         at.metrics.observe(m.transport, &reply, m.started.elapsed());
         if self.query_log {
             QueryLog {

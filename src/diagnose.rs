@@ -2,14 +2,16 @@
 //! zonefwd runs on, the way zonefwd itself would send the queries.
 
 use std::fmt::Write;
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::claims::Claims;
 use crate::config::{
@@ -20,8 +22,8 @@ use crate::listen::holder::{self, Holder};
 use crate::outcome::Outcome;
 use crate::presets::{AWS_VPC_RESOLVER, AZURE_DNS};
 use crate::router::Router;
-use crate::upstream::{exchange, Previous, UpstreamSet};
-use crate::wire::{self, Query};
+use crate::upstream::{random_id, udp_exchange_once, Exchanged, Previous, TryError, UpstreamSet};
+use crate::wire::{self, Query, ReplyError};
 
 /// `zonefwd query NAME TYPE`: resolves now through the route `explain` would pick,
 /// with its upstreams, fallback and guard, and prints what came back. Exit status:
@@ -216,13 +218,12 @@ pub async fn probe(addr: SocketAddr, zone: &str, tcp: bool, per_try: Duration) -
 
 /// `q` sent once to `addr`, over TCP or UDP, within `per_try`.
 async fn probe_query(addr: SocketAddr, q: &Query, tcp: bool, per_try: Duration) -> ProbeResult {
-    let ignored = AtomicU64::new(0);
     let started = Instant::now();
     let result = tokio::time::timeout(per_try, async {
         if tcp {
-            exchange::tcp(addr, q, true, &ignored).await
+            tcp_exchange_once(addr, q).await
         } else {
-            exchange::udp(addr, q, true, &ignored).await
+            udp_exchange_once(addr, q).await
         }
     })
     .await;
@@ -234,6 +235,32 @@ async fn probe_query(addr: SocketAddr, q: &Query, tcp: bool, per_try: Duration) 
         },
         Ok(Err(e)) => ProbeResult::Failed(e.to_string()),
         Err(_) => ProbeResult::Silent,
+    }
+}
+
+/// One TCP exchange on a connection of its own: `doctor` checks that a new
+/// connection can be made, where the server asks over kept connections. Replies that
+/// do not match are skipped.
+async fn tcp_exchange_once(server: SocketAddr, q: &Query) -> Result<Exchanged, TryError> {
+    let mut stream = TcpStream::connect(server).await?;
+    stream.set_nodelay(true)?;
+    let id = random_id();
+    stream
+        .write_all(&wire::framed(&wire::build_upstream_query(q, id, true)))
+        .await?;
+    loop {
+        let buf = match wire::read_framed(&mut stream).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(TryError::Closed),
+            Err(e) => return Err(e.into()),
+        };
+        match wire::parse_reply(&buf, id, q) {
+            Ok(reply) => return Ok(Exchanged { bytes: buf, reply }),
+            Err(ReplyError::Mismatch) => {
+                tracing::debug!(%server, "ignoring a tcp message that does not match the query");
+            }
+            Err(ReplyError::Malformed(e)) => return Err(TryError::Malformed(e)),
+        }
     }
 }
 

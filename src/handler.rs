@@ -169,7 +169,7 @@ impl Handler {
         let closed: usize = self
             .upstream_sets()
             .flat_map(|set| set.upstreams.iter())
-            .map(|u| u.pool.sweep(now))
+            .map(|u| u.udp.sweep(now))
             .sum();
         if closed > 0 {
             tracing::trace!(closed, "closed idle upstream sockets past their age");

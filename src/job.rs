@@ -7,9 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::Either;
-use futures_util::FutureExt;
-
 use crate::cache::{Stored, STALE_TTL};
 use crate::claims::Claims;
 use crate::clients::ClientSlot;
@@ -19,16 +16,32 @@ use crate::local::LocalSplice;
 use crate::metrics::RouteMetrics;
 use crate::outcome::Outcome;
 use crate::query_log::QueryLog;
-use crate::resolver::{self, Resolver, Start};
+use crate::resolver::Resolver;
 use crate::transport::Transport;
 use crate::upstream::UpstreamSet;
 use crate::wire::{self, rcode, Query, Ttls};
 
 /// RFC 8767 section 5's client response timer: with a stale answer at hand, a client
 /// waits at most this long for a fresh one (the resolution goes on and refreshes the
-/// cache); not at all when the route's upstreams are all down
-/// (`UpstreamSet::stale_answer_after`).
-pub const STALE_ANSWER_AFTER: Duration = Duration::from_millis(1800);
+/// cache); not at all when the route's upstreams are all down (`stale_answer_after`).
+const STALE_ANSWER_AFTER: Duration = Duration::from_millis(1800);
+
+/// How long a client with a stale answer at hand waits for a fresh one:
+/// `STALE_ANSWER_AFTER`, or nothing while every upstream of the route is down, where
+/// the wait would be spent for certain (RFC 8767 section 5's failure recheck: a known
+/// failure is answered from stale data at once). The resolution goes on either way and
+/// refreshes the cache when an upstream answers.
+///
+/// A downstream resolver that forwards here (BIND, Unbound) gives up on a silent
+/// forwarder well before 1.8 s, so without this its clients got SERVFAIL for
+/// names zonefwd held stale answers for.
+fn stale_answer_after(route: &UpstreamSet) -> Duration {
+    if route.all_down() {
+        Duration::ZERO
+    } else {
+        STALE_ANSWER_AFTER
+    }
+}
 
 /// A query on its way upstream; holds its in-flight places until it is answered.
 pub struct Job {
@@ -65,26 +78,19 @@ impl Job {
         async move {
             let q = &self.query;
             let limit = self.transport.limit(q);
-            let start =
-                self.resolver
-                    .start(q, &self.route, self.cache_policy, self.claims.as_ref());
-            // The wait is chosen before it is awaited, so `start` is not held (in the
-            // future's state) through it.
-            let waiting = match (start, &self.stale) {
-                // Nobody gives up on this resolution early: it runs in this task.
-                (Start::Lead(lead), None) => Either::Left(lead.run().map(Some)),
-                (Start::Joined(slot), None) => Either::Right(Either::Left(resolver::wait(slot))),
-                // With a stale answer at hand the client stops waiting after a while,
-                // and the resolution goes on without it (RFC 8767 section 5).
-                (start, Some(_)) => Either::Right(Either::Right(
-                    tokio::time::timeout(
-                        self.route.stale_answer_after(),
-                        resolver::wait(start.spawned()),
-                    )
-                    .map(|r| r.ok().flatten()),
-                )),
-            };
-            let res = waiting.await;
+            // With a stale answer at hand the client stops waiting after a while, and
+            // the resolution goes on without it (RFC 8767 section 5).
+            let patience = self.stale.as_ref().map(|_| stale_answer_after(&self.route));
+            let res = self
+                .resolver
+                .answer(
+                    q,
+                    &self.route,
+                    self.cache_policy,
+                    self.claims.as_ref(),
+                    patience,
+                )
+                .await;
             let failed = res.as_deref().is_none_or(Outcome::is_failure);
             let answer = match res.as_deref() {
                 Some(Outcome::Answered { answer, upstream }) => Some((answer, *upstream)),
@@ -107,7 +113,9 @@ impl Job {
             if let Some(s) = &self.splice {
                 out = s.finish_inline(&out, self.transport.limit(client));
             }
-            add_identity(&mut out, client, self.identity.as_deref(), self.transport);
+            if let Some(identity) = self.identity.as_deref() {
+                wire::add_identity(&mut out, client, identity, self.transport.limit(client));
+            }
             self.metrics
                 .observe(self.transport, &out, self.started.elapsed());
             if self.query_log {
@@ -136,17 +144,5 @@ impl Job {
             drop((self.permit, self.slot));
             out
         }
-    }
-}
-
-/// The server's identity as NSID in `reply`, when the query asked for it (RFC 5001).
-pub(crate) fn add_identity(
-    reply: &mut Vec<u8>,
-    q: &Query,
-    identity: Option<&[u8]>,
-    transport: Transport,
-) {
-    if let (Some(id), true) = (identity, q.edns.is_some_and(|e| e.nsid)) {
-        wire::add_nsid(reply, id, transport.limit(q));
     }
 }

@@ -7,33 +7,35 @@
 //!
 //! # Layout
 //!
-//! A UDP query, top to bottom:
+//! A UDP query, top to bottom; no file imports one that imports it back
+//! (`tests/layout.rs`):
 //!
 //! ```text
-//! listen/udp     the socket's loop: a batch of datagrams in, answers out
-//! admit          Handler::prepare: the stages before anything goes upstream
-//!                (first look, client rate, ACL, checks, answered here, route, cache,
-//!                client and server in-flight caps); a miss becomes a Job
-//! job            Job::run: resolve, answer (stale when the upstreams fail), count, log
-//! resolver       coalescing: one resolution per question in flight, into the cache
-//! upstream/set   UpstreamSet::resolve: forward, NXDOMAIN fallback, private guard
-//! upstream/forward  the try loop within the route's deadline
-//! upstream/exchange one query to one upstream and its matching reply (pool: sockets)
-//! upstream/tcp   kept, pipelined TCP connections (transport = "tcp", TC retries)
-//! wire           the bytes: query checks, reply walk, relay render
+//! listen/udp        the socket's loop: a batch of datagrams in, answers out
+//! admit             Handler::prepare: the stages before anything goes upstream
+//!                   (first look, client rate, ACL, checks, answered here, route, cache,
+//!                   client and server in-flight caps); a miss becomes a Job
+//! job               Job::run: Resolver::answer, then the client's reply (stale when
+//!                   the upstreams fail, RFC 8767), counted and logged
+//! resolver          coalescing: one resolution per question in flight, into the cache
+//! upstream/forward  UpstreamSet::resolve (NXDOMAIN fallback, private guard) and the
+//!                   try loop within the route's deadline
+//! upstream/udp      one exchange on one of the upstream's UDP sockets
+//! upstream/tcp      kept, pipelined TCP connections (transport = "tcp", TC retries)
+//! wire              the bytes: query checks, reply walk, relay render
 //! ```
 //!
-//! Around it: `server` (run, reload, watchdog), `reloads` (applied, refused, restart
+//! Around it: `run` (run, reload, watchdog), `reloads` (applied, refused, restart
 //! pending), `readiness` (what /readyz says), `listen` (bind, the holder of a port,
-//! udp, tcp), `local`
-//! (`[local]` records), `control` (the control socket) and `ctl` (its client),
-//! `handler` (what one configuration is made of, and what outlives it), `config`
-//! (file to `Config`), `cache`, `router`, `claims` (CNAME splicing), `loopcheck`,
-//! `clients` (per-client limits), `limit` (token bucket, in-flight count, throttled
-//! warnings), `life` (shutdown, tasks, clock), `metrics`, `notify` (systemd),
+//! udp, tcp), `local` (`[local]` records), `control` (the control socket) and `ctl`
+//! (its client), `handler` (what one configuration is made of, and what outlives it),
+//! `config` (file to `Config`), `cache`, `router`, `claims` (CNAME splicing),
+//! `loopcheck`, `clients` (per-client limits), `limit` (token bucket, in-flight count,
+//! throttled warnings), `life` (shutdown, tasks, clock), `metrics`, `notify` (systemd),
 //! `diagnose` and `report` (the `doctor`, `query`, `check` and `explain` commands),
-//! `onprem`, `presets`, `import` (managed resolvers' rules as routes). The modules are crate-private; what `main.rs`, the tests and
-//! the benchmarks use is re-exported or public below.
+//! `onprem`, `presets`, `import` (managed resolvers' rules as routes). The modules are
+//! crate-private; what `main.rs`, the tests and the benchmarks use is re-exported or
+//! public below.
 #![forbid(unsafe_code)]
 
 mod acl;
@@ -66,7 +68,7 @@ mod reloads;
 pub mod report;
 mod resolver;
 pub mod router;
-mod server;
+mod run;
 mod transport;
 mod upstream;
 pub mod wire;
@@ -80,6 +82,4 @@ pub use listen::batch;
 pub use listen::{BindError, Listeners};
 pub use reloads::ReadFile;
 
-/// The commit this binary was built from (`build.rs`), or "unknown".
-pub const BUILD_COMMIT: &str = env!("ZONEFWD_COMMIT");
-pub use server::{run, run_with, Control};
+pub use run::{run, run_with, RunOptions};

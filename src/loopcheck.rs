@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::{exchange, Upstream, UpstreamSet};
+use crate::upstream::{udp_exchange_once, Upstream, UpstreamSet};
 use crate::wire::{self, Query};
 
 /// Every label of a probe name starts with this.
@@ -122,11 +122,7 @@ impl LoopDetector {
         let probes = self.targets.iter().map(|t| async move {
             t.came_back.store(false, Ordering::Relaxed);
             let q = Query::own(t.qname.clone(), wire::TYPE_HINFO);
-            let ignored = AtomicU64::new(0);
-            let answered = tokio::time::timeout(
-                t.timeout,
-                exchange::udp(t.upstream.addr, &q, true, &ignored),
-            )
+            let answered = tokio::time::timeout(t.timeout, udp_exchange_once(t.upstream.addr, &q))
             .await
             .is_ok_and(|r| r.is_ok());
             let looped = t.came_back.load(Ordering::Relaxed);

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use zonefwd::config::{Config, LoadEnv, LogFormat, DEFAULT_PATH};
-use zonefwd::{report, Control, Listeners};
+use zonefwd::{report, Listeners, RunOptions};
 
 /// A lightweight conditional DNS forwarder: private cloud zones to the cloud resolver,
 /// everything else to your own DNS servers.
@@ -449,12 +449,12 @@ fn serve(path: &Path, config: Config, control_socket: Option<PathBuf>) -> Result
         let reloads = reload_on_sighup(path.to_path_buf(), control_socket)
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "zonefwd starting");
-        let control = Control {
+        let options = RunOptions {
             reloads: Some(reloads),
             notifier: zonefwd::notify::Notifier::from_env(),
-            ..Control::default()
+            ..RunOptions::default()
         };
-        zonefwd::run_with(config, listeners, stop, control)
+        zonefwd::run_with(config, listeners, stop, options)
             .await
             .map_err(|e| e.to_string())
     })?;

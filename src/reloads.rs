@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::listen::tcp::TcpOptions;
+use crate::config::TcpOptions;
 
 /// A file read for a reload: the validated configuration, or the located error.
 pub type ReadFile = Result<Config, String>;

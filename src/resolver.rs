@@ -16,7 +16,10 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use hashbrown::hash_table::{Entry, HashTable};
 use quick_cache::Equivalent;
 use tokio::sync::Notify;
@@ -131,18 +134,48 @@ impl Resolver {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the resolution of `q`'s question in flight, or starts one on `route` in a
-    /// task of its own. With `claims`, an answer whose CNAME chain leads into a
-    /// claiming route's zones is followed there and spliced before it is cached and
-    /// served.
-    pub fn resolve(
+    /// The resolution of `q`'s question for one client: the one in flight if there is
+    /// one, or a new one on `route`. With `claims`, an answer whose CNAME chain leads
+    /// into a claiming route's zones is followed there and spliced before it is cached
+    /// and served. `None` if the resolution ended without a result.
+    ///
+    /// Without `patience` the client waits for the end, and a new resolution runs
+    /// inside the returned future, which must then be run to its end (the listeners
+    /// do): other clients may join it. With `patience` (a stale answer at hand, RFC 8767
+    /// section 5) the client stops waiting after that long, and the resolution goes
+    /// on in a task of its own to refresh the cache.
+    pub fn answer<'q>(
+        self: &Arc<Self>,
+        q: &'q Query,
+        route: &Arc<UpstreamSet>,
+        cache_policy: CachePolicy,
+        claims: Option<&Arc<Claims>>,
+        patience: Option<Duration>,
+    ) -> impl Future<Output = Option<Arc<Resolution>>> + 'q {
+        let start = self.start(q, route, cache_policy, claims);
+        // The wait is chosen before it is awaited, so `start` is not held (in the
+        // future's state) through it.
+        match (start, patience) {
+            // Nobody gives up on this resolution early: it runs in this task.
+            (Start::Lead(lead), None) => Either::Left(lead.run().map(Some)),
+            (Start::Joined(slot), None) => Either::Right(Either::Left(wait(slot))),
+            (start, Some(patience)) => Either::Right(Either::Right(
+                tokio::time::timeout(patience, wait(start.spawned())).map(|r| r.ok().flatten()),
+            )),
+        }
+    }
+
+    /// Refreshes `q`'s cached answer in a task of its own (a cache hit near its
+    /// expiry, RFC 8767's prefetch), unless its question is in flight already; the
+    /// client is served from the cache meanwhile.
+    pub fn prefetch(
         self: &Arc<Self>,
         q: &Query,
         route: &Arc<UpstreamSet>,
         cache_policy: CachePolicy,
         claims: Option<&Arc<Claims>>,
-    ) -> Arc<ResultSlot> {
-        self.start(q, route, cache_policy, claims).spawned()
+    ) {
+        drop(self.start(q, route, cache_policy, claims).spawned());
     }
 
     /// Joins the resolution of `q`'s question in flight, or registers a new one and
@@ -150,7 +183,7 @@ impl Resolver {
     /// before it ends) or to spawn (`Lead::spawn`). Running it in the client's own
     /// task saves a task per forwarded query when nobody needs the resolution to
     /// outlive the client.
-    pub fn start<'q>(
+    fn start<'q>(
         self: &Arc<Self>,
         q: &'q Query,
         route: &Arc<UpstreamSet>,
@@ -203,7 +236,7 @@ impl Resolver {
 }
 
 /// How `Resolver::start` went.
-pub enum Start<'q> {
+enum Start<'q> {
     /// The question was in flight already: its result will appear in this slot.
     Joined(Arc<ResultSlot>),
     /// A new resolution, registered in the in-flight map, for the caller to run.
@@ -212,7 +245,7 @@ pub enum Start<'q> {
 
 impl Start<'_> {
     /// Where the result will come, a new resolution running in a task of its own.
-    pub fn spawned(self) -> Arc<ResultSlot> {
+    fn spawned(self) -> Arc<ResultSlot> {
         match self {
             Start::Joined(slot) => slot,
             Start::Lead(lead) => lead.spawn(),
@@ -223,7 +256,7 @@ impl Start<'_> {
 /// A resolution registered in the in-flight map and not yet run. Dropped unrun, it
 /// leaves the map and its waiters get `None`. It borrows the client's query: run in
 /// the client's task, it needs no copy of it.
-pub struct Lead<'q> {
+struct Lead<'q> {
     work: Work,
     q: &'q Query,
 }
@@ -231,7 +264,7 @@ pub struct Lead<'q> {
 impl<'q> Lead<'q> {
     /// Runs the resolution in a task of its own, with a copy of the query, so it
     /// outlives the caller; the result appears in the returned slot.
-    pub fn spawn(self) -> Arc<ResultSlot> {
+    fn spawn(self) -> Arc<ResultSlot> {
         let slot = Arc::clone(&self.work.registered.slot);
         let tasks = self.work.registered.resolver.life.tasks.clone();
         let (work, q) = (self.work, self.q.clone());
@@ -244,7 +277,7 @@ impl<'q> Lead<'q> {
 
     /// Resolves, caches the result, publishes it to every waiter and returns it.
     /// (Work::run's future itself: an async wrapper would hold the Lead twice.)
-    pub fn run(self) -> impl Future<Output = Arc<Resolution>> + 'q {
+    fn run(self) -> impl Future<Output = Arc<Resolution>> + 'q {
         self.work.run(self.q)
     }
 }
@@ -350,7 +383,7 @@ impl Drop for Registered {
 }
 
 /// Waits for a resolution's result; `None` if it ended without one.
-pub async fn wait(slot: Arc<ResultSlot>) -> Option<Arc<Resolution>> {
+async fn wait(slot: Arc<ResultSlot>) -> Option<Arc<Resolution>> {
     loop {
         // Registered before the check, so an end between the two still wakes us.
         let notified = slot.ready.notified();

@@ -316,3 +316,27 @@ impl Default for LoadEnv {
         }
     }
 }
+
+/// The `[server] tcp_*` settings, fixed until a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub idle: Duration,
+    pub pipelined: usize,
+    pub max_queries: usize,
+    pub lifetime: Duration,
+    pub per_client: usize,
+    pub max_connections: usize,
+}
+
+impl TcpOptions {
+    pub fn of(server: &Server) -> Self {
+        TcpOptions {
+            idle: server.tcp_idle_timeout,
+            pipelined: server.tcp_max_pipelined,
+            max_queries: server.tcp_max_queries_per_connection,
+            lifetime: server.tcp_max_lifetime,
+            per_client: server.tcp_max_connections_per_client,
+            max_connections: server.tcp_max_connections,
+        }
+    }
+}

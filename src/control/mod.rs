@@ -12,7 +12,7 @@
 mod commands;
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -32,36 +32,6 @@ pub const IDLE: Duration = Duration::from_secs(5);
 pub const MAX_LINE: usize = 64 * 1024;
 /// Control connections served at once; more wait for the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16;
-
-/// Binds the control socket at `path`: a stale socket file left by an earlier run is
-/// replaced; a live one (another zonefwd answers on it) or any other kind of file is
-/// an error, never removed.
-pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket",
-            ));
-        }
-        // Stale only when nothing listens: a socket this process may not connect to
-        // (another user's) is someone else's and stays.
-        match std::os::unix::net::UnixStream::connect(path) {
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process answers on this socket",
-                ))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
 
 /// The configuration in force as the control socket reports it.
 #[derive(Debug, Clone)]

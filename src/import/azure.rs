@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use serde_json::Value;
 
-use super::{domain, parse_json, render, target, Existing, Implicit, ImportError, Rule};
+use super::rules::{domain, parse_json, render, target, Existing, Implicit, ImportError, Rule};
 
 /// Azure's in-VNet resolver; it drops above 1,000 qps per VM, so routes to it keep to
 /// 900.

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
-use super::{domain, parse_json, render, target, Existing, Implicit, ImportError, Rule};
+use super::rules::{domain, parse_json, render, target, Existing, Implicit, ImportError, Rule};
 
 /// The VPC resolver's link-local address, the same in every VPC (Nitro instances).
 const VPC_LINK_LOCAL: IpAddr = crate::presets::AWS_VPC_RESOLVER;

@@ -4,6 +4,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -68,7 +70,7 @@ impl Listeners {
             l.metrics = Some(s.into());
         }
         if let Some(path) = &server.control {
-            l.control = Some(crate::control::bind(path).map_err(|e| BindError {
+            l.control = Some(bind_control(path).map_err(|e| BindError {
                 place: path.display().to_string(),
                 proto: "control socket",
                 source: e,
@@ -181,3 +183,33 @@ fn new_socket(addr: SocketAddr, ty: Type, reuse_port: bool) -> io::Result<Socket
 }
 
 const UDP_LISTEN_RCVBUF: usize = 4 << 20;
+
+/// Binds the control socket at `path`: a stale socket file left by an earlier run is
+/// replaced; a live one (another zonefwd answers on it) or any other kind of file is
+/// an error, never removed.
+fn bind_control(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        // Stale only when nothing listens: a socket this process may not connect to
+        // (another user's) is someone else's and stays.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process answers on this socket",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}

@@ -16,36 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::admit::Action;
-use crate::config::Server;
+use crate::config::TcpOptions;
 use crate::life::Lifecycle;
 use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::listen::Current;
 use crate::transport::Transport;
 use crate::wire;
-
-/// The `[server] tcp_*` settings, fixed until a restart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpOptions {
-    idle: Duration,
-    pipelined: usize,
-    max_queries: usize,
-    lifetime: Duration,
-    per_client: usize,
-    max_connections: usize,
-}
-
-impl TcpOptions {
-    pub fn of(server: &Server) -> Self {
-        TcpOptions {
-            idle: server.tcp_idle_timeout,
-            pipelined: server.tcp_max_pipelined,
-            max_queries: server.tcp_max_queries_per_connection,
-            lifetime: server.tcp_max_lifetime,
-            per_client: server.tcp_max_connections_per_client,
-            max_connections: server.tcp_max_connections,
-        }
-    }
-}
 
 /// TCP connections per client address, so one client cannot take every slot.
 #[derive(Default)]

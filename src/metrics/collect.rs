@@ -8,9 +8,12 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{RouteMetrics, Sources};
+use super::counts::{RouteMetrics, Sources};
 use crate::upstream::{Upstream, UpstreamSet};
 use crate::wire::rcode;
+
+/// The commit this binary was built from (`build.rs`), or "unknown".
+const BUILD_COMMIT: &str = env!("ZONEFWD_COMMIT");
 
 type Encoded = Result<(), std::fmt::Error>;
 
@@ -199,7 +202,7 @@ const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 12] = [
         "zonefwd_upstream_idle_sockets",
         "Pooled UDP sockets open between queries (upstream_udp_reuse); closed within 3 s of opening",
         MetricType::Gauge,
-        |u| u.pool.idle_len() as u64,
+        |u| u.udp.idle_len() as u64,
     ),
     (
         "zonefwd_upstream_tcp_connections",
@@ -348,7 +351,7 @@ fn build_info(enc: &mut DescriptorEncoder) -> Encoded {
     )?;
     let labels = [
         ("version", env!("CARGO_PKG_VERSION")),
-        ("commit", crate::BUILD_COMMIT),
+        ("commit", BUILD_COMMIT),
     ];
     fam.encode_family(&labels)?.encode_gauge(&1i64)
 }

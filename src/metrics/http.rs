@@ -13,7 +13,7 @@ use hyper::{Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use super::Observed;
+use super::counts::Observed;
 use crate::life::Lifecycle;
 use crate::readiness::Readiness;
 

@@ -1,5 +1,9 @@
-//! The try loop: one query forwarded within its route's deadline. Tries go to the
-//! upstreams in `order()`, each upstream at most twice; a lone upstream (the cloud
+//! What a query does with its route's upstreams: `resolve` (forward, then the route's
+//! NXDOMAIN fallback and private-answer guard) and the try loop under it.
+//!
+//! The try loop forwards one query within its route's deadline. Tries go to the
+//! upstreams in the route's order (`policy`: the healthy ones, sequential, round
+//! robin or random), each upstream at most twice; a lone upstream (the cloud
 //! resolver is one address) gets a third try while none of its tries has been
 //! answered, so that a lost datagram costs a retransmission, not a SERVFAIL: with 5%
 //! loss each way, two tries leave about 1% of queries unanswered, three about 0.1%
@@ -21,14 +25,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::seq::SliceRandom;
 use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::UpstreamTransport;
+use crate::config::{UpstreamOrder, UpstreamTransport};
 use crate::outcome::Outcome;
-use crate::upstream::exchange::{self, Exchanged, TryError};
-use crate::upstream::{Upstream, UpstreamSet};
-use crate::wire::{rcode, Query};
+use crate::upstream::exchange::{Exchanged, TryError};
+use crate::upstream::probe;
+use crate::upstream::set::UpstreamSet;
+use crate::upstream::upstream::Upstream;
+use crate::wire::{self, rcode, Query};
 
 /// What one try's reply means for the query.
 enum Verdict {
@@ -53,7 +60,7 @@ struct DownWatch<'a>(Option<Pin<Box<Notified<'a>>>>);
 impl<'a> DownWatch<'a> {
     /// Watches `u`; true when it is down already.
     fn watch(&mut self, u: &'a Upstream) -> bool {
-        let mut notified = Box::pin(u.marked_down.notified());
+        let mut notified = Box::pin(u.health.when_marked_down());
         // Registered before the mark is read, so a mark made in between still wakes it.
         notified.as_mut().enable();
         if u.is_marked_down() {
@@ -233,14 +240,14 @@ impl<'a> Tries<'a> {
         }
         match verdict {
             Verdict::Final(answer) => {
-                set.success(idx);
+                answered(set, idx);
                 return Some(Outcome::Answered {
                     answer,
                     upstream: addr,
                 });
             }
             Verdict::Soft(answer) => {
-                set.success(idx);
+                answered(set, idx);
                 tracing::debug!(route = %set.route, upstream = %addr, rcode = %rcode::name(answer.reply.rcode), truncated = answer.reply.truncated, "trying the next upstream");
                 self.fallback = Some((answer, addr));
             }
@@ -264,7 +271,7 @@ impl<'a> Tries<'a> {
                     .errors
                     .fetch_add(1, Ordering::Relaxed);
                 if state == TryState::Running {
-                    set.failure(idx, sent);
+                    failed(set, idx, sent);
                 }
             }
         }
@@ -280,7 +287,7 @@ impl<'a> Tries<'a> {
                     .stats
                     .timeouts
                     .fetch_add(1, Ordering::Relaxed);
-                self.set.failure(t.0, t.2);
+                failed(self.set, t.0, t.2);
             }
         }
     }
@@ -302,7 +309,7 @@ impl<'a> Tries<'a> {
                 .stats
                 .timeouts
                 .fetch_add(1, Ordering::Relaxed);
-            self.set.failure(t.0, t.2);
+            failed(self.set, t.0, t.2);
         }
     }
 
@@ -316,11 +323,47 @@ impl<'a> Tries<'a> {
 }
 
 impl UpstreamSet {
+    /// What a resolution through this route gives: `forward`, then the route's
+    /// NXDOMAIN fallback and private-answer guard.
+    pub async fn resolve(&self, q: &Query) -> Outcome<Exchanged> {
+        // Boxed: it keeps the state of a forwarded query in two allocations under 1 KiB
+        // each, mimalloc's fast path, instead of one over it (`listen::udp::small`).
+        let out = Box::pin(self.forward(q)).await;
+        let Some(fallback) = self.fallback.get() else {
+            return self.guarded(q, out);
+        };
+        match out {
+            Outcome::Answered { answer, upstream } if answer.reply.rcode == rcode::NXDOMAIN => {
+                // A private zone linked to the VNet says NXDOMAIN for names it lacks
+                // (another tenant's storage account): ask where public names resolve,
+                // as Azure's "fallback to internet" link policy does.
+                self.nxdomain_fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(route = %self.route, fallback = %fallback.route, name = %wire::name_to_string(&q.qname), "nxdomain: asking the fallback route");
+                // Boxed: a rare path, and unboxed it sized every forwarded query's
+                // future for two forwards at once.
+                match Box::pin(fallback.forward(q)).await {
+                    out @ Outcome::Answered { .. } => fallback.guarded(q, out),
+                    // The fallback had nothing: the NXDOMAIN stands.
+                    _ => Outcome::Answered { answer, upstream },
+                }
+            }
+            out => self.guarded(q, out),
+        }
+    }
+
+    /// The route's private-answer guard on `out`, if it has one.
+    fn guarded(&self, q: &Query, out: Outcome<Exchanged>) -> Outcome<Exchanged> {
+        match &self.guard {
+            Some(guard) => guard.check(&self.route, q, out),
+            None => out,
+        }
+    }
+
     /// Forwards `q` within the route's deadline (see the module doc for the plan).
     pub async fn forward(&self, q: &Query) -> Outcome<Exchanged> {
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let order = self.order();
+        let order = order(self);
         if order.is_empty() {
             if self.budget_warning.ready() {
                 tracing::warn!(route = %self.route, "no upstream of this route is in rotation (taken out by hand, or in a forwarding loop): answering from stale cache or SERVFAIL (logged at most every 10s)");
@@ -377,6 +420,47 @@ impl UpstreamSet {
     }
 }
 
+/// Upstream indexes in the order this query will try them: the ones in rotation in
+/// the route's `policy` order, or, when none is, every one still usable (a guess beats
+/// a SERVFAIL). An upstream in a forwarding loop is never tried (the query would only
+/// come back), nor one taken out by hand.
+fn order(set: &UpstreamSet) -> Vec<usize> {
+    let ups = &set.upstreams;
+    let mut order: Vec<usize> = (0..ups.len()).filter(|&i| ups[i].in_rotation()).collect();
+    if order.is_empty() {
+        order.extend((0..ups.len()).filter(|&i| ups[i].usable()));
+    }
+    if order.is_empty() {
+        return order;
+    }
+    match set.order {
+        UpstreamOrder::Sequential => {}
+        UpstreamOrder::RoundRobin => {
+            let k = set.rr.fetch_add(1, Ordering::Relaxed) % order.len();
+            order.rotate_left(k);
+        }
+        UpstreamOrder::Random => order.shuffle(&mut rand::rng()),
+    }
+    order
+}
+
+/// A try to `set.upstreams[idx]` was answered (anything): its failures in a row end.
+fn answered(set: &UpstreamSet, idx: usize) {
+    let u = &set.upstreams[idx];
+    if u.health.answered() {
+        tracing::info!(route = %set.route, upstream = %u.addr, "upstream answers again; back in rotation");
+    }
+}
+
+/// A try to `set.upstreams[idx]`, sent at `sent`, failed: counted towards
+/// `max_fails`, and the upstream probed once that marks it down.
+fn failed(set: &UpstreamSet, idx: usize, sent: Instant) {
+    let u = &set.upstreams[idx];
+    if u.health.failed(sent) {
+        probe::probe_until_back(u, set.probe_plan());
+    }
+}
+
 fn watch_after(try_timeout: Duration) -> Duration {
     (try_timeout / WATCH_AFTER_SHARE).min(WATCH_AFTER_MAX)
 }
@@ -393,16 +477,16 @@ async fn one_try(u: &Upstream, q: &Query, transport: UpstreamTransport) -> Verdi
 /// (RFC 6891 section 7: it predates EDNS); over a kept TCP connection if the reply is
 /// truncated (RFC 7766 section 5) or larger than we take over UDP.
 async fn udp_try(u: &Upstream, q: &Query) -> Verdict {
-    let (addr, mismatched) = (u.addr, &u.stats.mismatched);
+    let addr = u.addr;
     let mut edns = true;
-    let mut answer = match exchange::udp_pooled(&u.pool, addr, q, edns, mismatched).await {
+    let mut answer = match u.udp.exchange(q, edns).await {
         Ok(a) => a,
-        Err(TryError::Oversize) => return tcp_verdict(u.tcp.exchange(q, edns).await),
+        Err(TryError::Oversize(_)) => return tcp_verdict(u.tcp.exchange(q, edns).await),
         Err(e) => return Verdict::Failed(e),
     };
     if is_pre_edns(&answer) {
         edns = false;
-        answer = match exchange::udp(addr, q, edns, mismatched).await {
+        answer = match u.udp.exchange(q, edns).await {
             Ok(a) => a,
             Err(e) => return Verdict::Failed(e),
         };

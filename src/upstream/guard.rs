@@ -17,7 +17,7 @@ use crate::config::{ExpectPrivate, Route};
 use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::outcome::Outcome;
 use crate::presets::{self, ZonePattern};
-use crate::upstream::{Exchanged, UpstreamSet};
+use crate::upstream::exchange::Exchanged;
 use crate::wire::{self, Query};
 
 /// Which names of a route's answers the guard looks at.
@@ -35,8 +35,7 @@ pub struct PrivateGuard {
     mode: ExpectPrivate,
     scope: Scope,
     warning: Throttle,
-    /// Answers with public A/AAAA records for private names.
-    pub public_answers: AtomicU64,
+    public_answers: AtomicU64,
 }
 
 impl PrivateGuard {
@@ -80,19 +79,17 @@ impl PrivateGuard {
     }
 }
 
-impl UpstreamSet {
-    /// Answers with public A/AAAA records for private names (0 without a guard).
+impl PrivateGuard {
+    /// Answers with public A/AAAA records for private names.
     pub fn public_answers(&self) -> u64 {
-        self.guard
-            .as_ref()
-            .map_or(0, |g| g.public_answers.load(Ordering::Relaxed))
+        self.public_answers.load(Ordering::Relaxed)
     }
 
     /// Public A/AAAA records for a private name are counted and logged (`warn`), or
     /// turn the answer into a failure (`enforce`) so the client gets SERVFAIL rather
     /// than an address that leaves the private network.
-    pub(crate) fn guard(&self, q: &Query, out: Outcome<Exchanged>) -> Outcome<Exchanged> {
-        let (Some(guard), Outcome::Answered { answer, upstream }) = (&self.guard, &out) else {
+    pub fn check(&self, route: &str, q: &Query, out: Outcome<Exchanged>) -> Outcome<Exchanged> {
+        let Outcome::Answered { answer, upstream } = &out else {
             return out;
         };
         let public = wire::public_addresses(
@@ -100,22 +97,22 @@ impl UpstreamSet {
             answer.reply.question_end,
             answer.reply.answers,
         );
-        if public.is_empty() || !guard.applies(q, answer) {
+        if public.is_empty() || !self.applies(q, answer) {
             return out;
         }
-        guard.public_answers.fetch_add(1, Ordering::Relaxed);
-        if guard.warning.ready() {
+        self.public_answers.fetch_add(1, Ordering::Relaxed);
+        if self.warning.ready() {
             let addrs: Vec<String> = public.iter().map(|a| a.to_string()).collect();
             tracing::warn!(
-                route = %self.route,
+                route = %route,
                 upstream = %upstream,
                 name = %wire::name_to_string(&q.qname),
                 addresses = %addrs.join(" "),
-                action = if guard.mode == ExpectPrivate::Enforce { "servfail" } else { "answered" },
+                action = if self.mode == ExpectPrivate::Enforce { "servfail" } else { "answered" },
                 "expect_private: a public address for a name in a private zone (is the private DNS zone linked to this network? logged at most every 10s)"
             );
         }
-        match guard.mode {
+        match self.mode {
             ExpectPrivate::Warn => out,
             ExpectPrivate::Enforce => Outcome::Failed,
         }

@@ -1,118 +1,112 @@
-//! Upstream health: consecutive failures, the mark that takes an upstream out of
-//! rotation at `max_fails`, and the probe that brings it back (over the route's
-//! transport: a TCP route's upstream is back when TCP to it works).
-//!
-//! The probe holds its upstream by a `Weak`: when a reload drops the upstream from the
-//! configuration, the probe ends at its next round instead of probing (and keeping the
-//! upstream's socket pool open) until the server stops.
+//! Upstream health: failures in a row and the mark that takes an upstream out of
+//! rotation at `max_fails`; `probe` brings it back.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::UpstreamTransport;
-use crate::job::STALE_ANSWER_AFTER;
-use crate::upstream::{exchange, Upstream, UpstreamSet};
-use crate::wire::{self, Query};
+/// One upstream's health.
+#[derive(Debug)]
+pub struct Health {
+    /// `max_fails`: failures in a row that mark it down; 0 never does.
+    max_fails: u32,
+    fails: AtomicU32,
+    /// When it last answered, in nanoseconds since `created`: a try sent before that
+    /// whose answer never came is not a failure in a row.
+    answered: AtomicU64,
+    created: Instant,
+    /// Woken when `max_fails` marks the upstream down, for the slow tries waiting on it
+    /// to fail over then (the try loop's `DownWatch`).
+    marked_down: Notify,
+    probing: AtomicBool,
+}
 
-impl UpstreamSet {
-    pub(crate) fn success(&self, idx: usize) {
-        let u = &self.upstreams[idx];
-        u.note_answer();
-        let before = u.fails.swap(0, Ordering::Relaxed);
-        if self.max_fails > 0 && before >= self.max_fails {
-            tracing::info!(route = %self.route, upstream = %u.addr, "upstream answers again; back in rotation");
+impl Health {
+    pub fn new(max_fails: u32) -> Self {
+        Health {
+            max_fails,
+            fails: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
+            created: Instant::now(),
+            marked_down: Notify::new(),
+            probing: AtomicBool::new(false),
         }
     }
 
-    /// How long a client with a stale answer at hand waits for a fresh one: RFC 8767
-    /// section 5's client response timer, 1.8 s; nothing while every upstream of the
-    /// route is down, where the wait would be spent for certain (the section's failure
-    /// recheck: a known failure is answered from stale data at once). The resolution
-    /// goes on either way and refreshes the cache when an upstream answers.
-    ///
-    /// A downstream resolver that forwards here (BIND, Unbound) gives up on a silent
-    /// forwarder well before 1.8 s, so without this its clients got SERVFAIL for
-    /// names zonefwd held stale answers for.
-    pub fn stale_answer_after(&self) -> Duration {
-        if self.all_down() {
-            Duration::ZERO
-        } else {
-            STALE_ANSWER_AFTER
-        }
+    /// It answered (anything) just now: the failures in a row end. True when that
+    /// brings it back into rotation.
+    pub fn answered(&self) -> bool {
+        self.note_answer();
+        let before = self.fails.swap(0, Ordering::Relaxed);
+        self.max_fails > 0 && before >= self.max_fails
     }
 
     /// A try sent at `sent` failed. It counts towards `max_fails` only when nothing
     /// sent after it has been answered since: the failures must be in a row. Without
     /// that, under a steady stream, the tries lost while an upstream was away keep
     /// timing out after it is back, marking it down again between its answers.
-    pub(crate) fn failure(&self, idx: usize, sent: Instant) {
-        let u = &self.upstreams[idx];
-        if u.answered_after(sent) {
-            return;
+    /// True when this failure marks it down; the tries watching are woken.
+    pub fn failed(&self, sent: Instant) -> bool {
+        if self.answered_after(sent) {
+            return false;
         }
-        let now = u.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.max_fails > 0 && now == self.max_fails {
-            u.marked_down.notify_waiters();
-            tracing::warn!(route = %self.route, upstream = %u.addr, failures = now, "upstream marked down; probing it every {}", humantime::format_duration(self.health_check));
-            self.spawn_probe(idx);
+        let now = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        let marked = self.max_fails > 0 && now == self.max_fails;
+        if marked {
+            self.marked_down.notify_waiters();
         }
+        marked
     }
 
-    /// Probes a down upstream with `. NS` until it answers (any reply counts: the
-    /// server is there), the server stops, or the upstream leaves the configuration.
-    fn spawn_probe(&self, idx: usize) {
-        let u = &self.upstreams[idx];
-        if self.life.shutdown.is_cancelled() || u.probing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let upstream = Arc::downgrade(u);
-        let (interval, per_probe, max_fails) =
-            (self.health_check, self.try_timeout, self.max_fails);
-        let shutdown = self.life.shutdown.clone();
-        let route = self.route.clone();
-        let transport = self.transport;
-        self.life.tasks.spawn(async move {
-            let probe = probe_query();
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(interval) => {}
-                }
-                let Some(u) = still_down(&upstream, max_fails) else {
-                    break;
-                };
-                let answered = tokio::time::timeout(per_probe, async {
-                    match transport {
-                        UpstreamTransport::Udp => {
-                            exchange::udp(u.addr, &probe, true, &u.stats.mismatched).await
-                        }
-                        UpstreamTransport::Tcp => u.tcp.exchange(&probe, true).await,
-                    }
-                })
-                .await;
-                if matches!(answered, Ok(Ok(_))) {
-                    u.note_answer();
-                    u.fails.store(0, Ordering::Relaxed);
-                    tracing::info!(route = %route, upstream = %u.addr, "health probe answered; upstream back in rotation");
-                }
-            }
-            if let Some(u) = upstream.upgrade() {
-                u.probing.store(false, Ordering::Release);
-            }
-        });
+    pub fn consecutive_failures(&self) -> u32 {
+        self.fails.load(Ordering::Relaxed)
     }
-}
 
-/// The upstream, while it is still configured and still down.
-fn still_down(upstream: &Weak<Upstream>, max_fails: u32) -> Option<Arc<Upstream>> {
-    upstream
-        .upgrade()
-        .filter(|u| u.consecutive_failures() >= max_fails)
-}
+    /// Past `max_fails` failures in a row: skipped while any other is up, and probed.
+    pub fn is_marked_down(&self) -> bool {
+        self.max_fails > 0 && self.consecutive_failures() >= self.max_fails
+    }
 
-fn probe_query() -> Query {
-    Query::own(vec![0], wire::TYPE_NS)
+    /// Neither an answer nor a failure yet.
+    pub fn never_heard_of(&self) -> bool {
+        self.answered.load(Ordering::Relaxed) == 0 && self.consecutive_failures() == 0
+    }
+
+    /// Fires when the upstream is marked down from now on (enable it before reading
+    /// `is_marked_down`, so a mark made in between still wakes it).
+    pub fn when_marked_down(&self) -> Notified<'_> {
+        self.marked_down.notified()
+    }
+
+    fn note_answer(&self) {
+        let now = self.since_created(Instant::now());
+        self.answered.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Whether it answered some try sent after `sent`.
+    fn answered_after(&self, sent: Instant) -> bool {
+        self.answered.load(Ordering::Relaxed) > self.since_created(sent)
+    }
+
+    fn since_created(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.created);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A probe answered: back in rotation.
+    pub fn probe_answered(&self) {
+        self.note_answer();
+        self.fails.store(0, Ordering::Relaxed);
+    }
+
+    /// Claims the one probe this upstream may have; false when it has one.
+    pub fn start_probing(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn stop_probing(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
 }

@@ -1,27 +1,31 @@
-//! A route's upstream servers, split the way CoreDNS's forward plugin is:
+//! A route's upstream servers, top to bottom as a query meets them (the split of
+//! CoreDNS's forward plugin):
 //!
-//! - `set`: a route's upstreams as one, and `resolve` (forward, NXDOMAIN fallback, guard)
-//! - `forward`: the try loop within the route's deadline
-//! - `policy`: the order the upstreams are tried in
-//! - `health`: consecutive failures, marks, and the probe that brings one back
+//! - `forward`: `UpstreamSet::resolve` (forward, NXDOMAIN fallback, guard) and the try
+//!   loop within the route's deadline, in the route's order
+//! - `set`: a route's upstreams as one, kept across reloads where unchanged
+//! - `upstream`: one upstream server: settings, budget, rotation marks, transports
+//! - `udp`: its UDP sockets and one exchange on one of them
+//! - `tcp`: its kept, pipelined TCP connections
+//! - `exchange`: what both transports share (`TryError`, `Exchanged`, query IDs)
+//! - `health`: failures in a row and the `max_fails` mark; `probe`: the probe that
+//!   brings a marked upstream back
 //! - `guard`: `expect_private`, public addresses in a private route's answers
-//! - `server`: one upstream server, its counters, budget and socket pool
-//! - `exchange`: one query out to one server, the matching reply back (UDP, TCP)
-//! - `pool`: the UDP sockets kept between queries
-//! - `socket`: one connected UDP socket, registered for readability only
-//! - `tcp`: the TCP connections kept between queries, pipelined
+//! - `stats`: what one upstream's tries came to
 
-pub mod exchange;
+mod exchange;
 mod forward;
 mod guard;
 mod health;
-mod policy;
-mod pool;
-mod server;
+mod probe;
 mod set;
-mod socket;
+mod stats;
 mod tcp;
+mod udp;
+#[allow(clippy::module_inception)] // one upstream, in the module of upstreams
+mod upstream;
 
-pub use exchange::Exchanged;
-pub use server::{Upstream, UpstreamSettings};
+pub use exchange::{random_id, Exchanged, TryError};
 pub use set::{Previous, UpstreamSet};
+pub use udp::exchange_once as udp_exchange_once;
+pub use upstream::Upstream;

@@ -1,19 +1,18 @@
 //! A route's upstreams as one: built from the route's configuration (keeping the
-//! upstreams a reload did not change), and `resolve`, which forwards a query and then
-//! applies the route's NXDOMAIN fallback and private-answer guard.
+//! upstreams a reload did not change), with the route's settings the try loop reads
+//! (`forward`) and what the metrics and `ctl status` ask of the route.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{Config, Route, RouteReadiness, UpstreamOrder, UpstreamTransport};
 use crate::life::Lifecycle;
 use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
-use crate::outcome::Outcome;
 use crate::upstream::guard::PrivateGuard;
-use crate::upstream::{Exchanged, Upstream, UpstreamSettings};
-use crate::wire::{self, rcode, Query};
+use crate::upstream::probe::ProbePlan;
+use crate::upstream::upstream::{Upstream, UpstreamSettings};
 
 #[derive(Debug)]
 pub struct UpstreamSet {
@@ -25,7 +24,6 @@ pub struct UpstreamSet {
     pub(crate) rr: AtomicUsize,
     pub(crate) timeout: Duration,
     pub(crate) try_timeout: Duration,
-    pub(crate) max_fails: u32,
     pub(crate) health_check: Duration,
     pub(crate) budget_warning: Throttle,
     /// This host's own limits (descriptors, full TCP pipelines), warned of once per
@@ -33,7 +31,7 @@ pub struct UpstreamSet {
     pub(crate) local_warning: Throttle,
     pub(crate) life: Lifecycle,
     /// `expect_private`: what to do with public addresses for private names.
-    pub guard: Option<PrivateGuard>,
+    pub(crate) guard: Option<PrivateGuard>,
     /// `nxdomain_fallback`: the route NXDOMAIN answers are asked again through, set
     /// once every route of the configuration exists.
     pub fallback: OnceLock<Arc<UpstreamSet>>,
@@ -130,7 +128,6 @@ impl UpstreamSet {
             rr: AtomicUsize::new(0),
             timeout: route.timeout,
             try_timeout: route.try_timeout,
-            max_fails: route.max_fails,
             health_check: route.health_check,
             budget_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             local_warning: Throttle::new(LIMIT_WARN_INTERVAL),
@@ -154,31 +151,19 @@ impl UpstreamSet {
         self.timeout
     }
 
-    /// What a resolution through this route gives: `forward`, then the route's
-    /// NXDOMAIN fallback and private-answer guard.
-    pub async fn resolve(&self, q: &Query) -> Outcome<Exchanged> {
-        // Boxed: it keeps the state of a forwarded query in two allocations under 1 KiB
-        // each, mimalloc's fast path, instead of one over it (`listen::udp::small`).
-        let out = Box::pin(self.forward(q)).await;
-        let Some(fallback) = self.fallback.get() else {
-            return self.guard(q, out);
-        };
-        match out {
-            Outcome::Answered { answer, upstream } if answer.reply.rcode == rcode::NXDOMAIN => {
-                // A private zone linked to the VNet says NXDOMAIN for names it lacks
-                // (another tenant's storage account): ask where public names resolve,
-                // as Azure's "fallback to internet" link policy does.
-                self.nxdomain_fallbacks.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(route = %self.route, fallback = %fallback.route, name = %wire::name_to_string(&q.qname), "nxdomain: asking the fallback route");
-                // Boxed: a rare path, and unboxed it sized every forwarded query's
-                // future for two forwards at once.
-                match Box::pin(fallback.forward(q)).await {
-                    out @ Outcome::Answered { .. } => fallback.guard(q, out),
-                    // The fallback had nothing: the NXDOMAIN stands.
-                    _ => Outcome::Answered { answer, upstream },
-                }
-            }
-            out => self.guard(q, out),
+    /// Answers with public A/AAAA records for private names (0 without a guard).
+    pub fn public_answers(&self) -> u64 {
+        self.guard.as_ref().map_or(0, PrivateGuard::public_answers)
+    }
+
+    /// How this route probes an upstream its tries marked down.
+    pub(crate) fn probe_plan(&self) -> ProbePlan {
+        ProbePlan {
+            route: self.route.clone(),
+            interval: self.health_check,
+            per_probe: self.try_timeout,
+            transport: self.transport,
+            life: self.life.clone(),
         }
     }
 }

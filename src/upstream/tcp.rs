@@ -34,7 +34,7 @@ use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::exchange::{self, random_id, Exchanged, TryError};
-use crate::upstream::server::UpstreamStats;
+use crate::upstream::stats::UpstreamStats;
 use crate::wire::{self, Query, ReplyError};
 
 /// Connections kept open to one upstream at most: a few (RFC 7766 section 6.2.2 asks

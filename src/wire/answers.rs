@@ -2,7 +2,9 @@
 //! (and which are public), the names its chain passes through, and whether it has a
 //! CNAME.
 
-use super::*;
+use super::codes::{TYPE_A, TYPE_AAAA, TYPE_CNAME};
+use super::fields::u16_at;
+use super::name::{lowercase, read_name};
 
 /// One record of the answer section, by place: where its owner name starts, its type,
 /// and where its RDATA lies (a name in it may point back into the message).

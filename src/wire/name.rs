@@ -1,7 +1,7 @@
 //! Domain names in wire form: read through compression pointers (only backwards,
 //! never onto TTL octets), folded, compared, printed and parsed.
-
-use super::*;
+use super::codes::{HEADER_LEN, MAX_LABEL_LEN, MAX_NAME_LEN};
+use super::fields::WireError;
 
 /// Reads the (possibly compressed) name at `pos`, appending its uncompressed wire form
 /// to `out` when given. Returns the position just after the name as it is stored.

@@ -3,7 +3,12 @@
 
 use std::ops::Range;
 
-use super::*;
+use super::codes::{
+    rcode, CLASS_IN, EDNS_DO, EDNS_PAYLOAD, FLAG_AD, FLAG_CD, FLAG_QR, FLAG_RD, HEADER_LEN,
+    MIN_UDP_PAYLOAD, OPCODE_MASK, OPTION_NSID, TYPE_OPT,
+};
+use super::fields::{count, flags, id, push_opt, push_question, u16_at, u32_at, WireError};
+use super::name::{lowercase, read_name, read_name_avoiding};
 
 /// EDNS as the client sent it (RFC 6891 section 6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

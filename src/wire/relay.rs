@@ -2,7 +2,11 @@
 //! question can be served from it, then rendered per client (ID, question spelling,
 //! TTLs, OPT, truncation).
 
-use super::*;
+use super::codes::{rcode, EDNS_PAYLOAD, FLAG_CD, FLAG_RA, FLAG_RD, FLAG_TC, FLAG_Z, HEADER_LEN};
+use super::fields::{count, flags, push_opt, set_u16};
+use super::query::{question, Query};
+use super::reply::{walk, Reply};
+use super::synth::reply_for;
 
 /// An upstream reply made ready to serve any client who asked the same question: no
 /// OPT (it is hop-by-hop and rebuilt per client), RA set, Z clear, nothing after the

@@ -3,7 +3,10 @@
 
 use std::ops::Range;
 
-use super::*;
+use super::codes::{FLAG_QR, FLAG_TC, HEADER_LEN, OPCODE_MASK, RCODE_MASK, TYPE_OPT, TYPE_SOA};
+use super::fields::{count, flags, id, u32_at, WireError};
+use super::name::names_equal;
+use super::query::{check_options, question, read_record, Query};
 
 /// What a walk of an upstream reply found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,12 @@
 //! Replies zonefwd makes itself: errors that echo what could be read of the query,
 //! and RFC 8482's HINFO answer to ANY.
 
-use super::*;
+use super::codes::{
+    rcode, CLASS_CH, CLASS_IN, EDNS_PAYLOAD, FLAG_AA, FLAG_CD, FLAG_QR, FLAG_RA, FLAG_RD, FLAG_TC,
+    HEADER_LEN, OPCODE_MASK, OPTION_NSID, RCODE_MASK, TYPE_HINFO, TYPE_TXT,
+};
+use super::fields::{flags, id, push_opt, push_question, set_u16};
+use super::query::{Edns, Query, Rejection};
 
 /// A locally made reply (REFUSED, SERVFAIL, FORMERR, NOTIMP, BADVERS): the client's ID,
 /// opcode and RD/CD bits, the question when it could be read, and an OPT when the
@@ -153,10 +158,18 @@ pub fn chaos_reply(q: &Query, identity: Option<&[u8]>) -> Vec<u8> {
     out
 }
 
-/// Adds zonefwd's `identity` as an NSID option (RFC 5001 section 2.2) to `reply`,
-/// whose last record is the option-less OPT zonefwd writes, when the reply stays
-/// within `limit`. NSID is best effort: a reply it would not fit goes without it.
-pub fn add_nsid(reply: &mut Vec<u8>, identity: &[u8], limit: usize) {
+/// Adds the server's `identity` (`[server] identity`) to `reply` as an NSID option
+/// when the query `q` asked for one (RFC 5001 section 2.2).
+pub fn add_identity(reply: &mut Vec<u8>, q: &Query, identity: &[u8], limit: usize) {
+    if q.edns.is_some_and(|e| e.nsid) {
+        add_nsid(reply, identity, limit);
+    }
+}
+
+/// Adds `identity` as an NSID option to `reply`, whose last record is the option-less
+/// OPT zonefwd writes, when the reply stays within `limit`. NSID is best effort: a
+/// reply it would not fit goes without it.
+fn add_nsid(reply: &mut Vec<u8>, identity: &[u8], limit: usize) {
     let n = reply.len();
     let ours =
         n >= HEADER_LEN + 11 && reply[n - 11..n - 8] == [0, 0, 41] && reply[n - 2..] == [0, 0];

@@ -1,3 +1,4 @@
+use super::fields::{count, push_opt, push_question};
 use super::*;
 
 /// The path a forwarded reply takes: normalize, then render with TTLs as stored.

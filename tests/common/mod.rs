@@ -160,10 +160,10 @@ impl Zonefwd {
             async {
                 let _ = rx.await;
             },
-            zonefwd::Control {
+            zonefwd::RunOptions {
                 clock,
                 reloads: Some(reload_rx),
-                ..zonefwd::Control::default()
+                ..zonefwd::RunOptions::default()
             },
         ));
         Zonefwd {

@@ -12,10 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
+use crate::config::TcpOptions;
 use crate::control::{self, ControlContext, Loaded};
 use crate::handler::{Handler, ServerState};
 use crate::life::{Clock, Lifecycle, SystemClock};
-use crate::listen::tcp::{self, TcpOptions};
+use crate::listen::tcp;
 use crate::listen::{udp, Current, Listeners};
 use crate::metrics::{self, Observed, Sources};
 use crate::notify::{self, Notifier};
@@ -24,7 +25,7 @@ use crate::upstream::UpstreamSet;
 use crate::wire;
 
 /// What the server is handed besides its configuration and sockets.
-pub struct Control {
+pub struct RunOptions {
     /// The clock the cache and budgets use: tests pass a `ManualClock`.
     pub clock: Arc<dyn Clock>,
     /// Files read for a reload (SIGHUP in `main`): validated configurations to switch
@@ -34,9 +35,9 @@ pub struct Control {
     pub notifier: Notifier,
 }
 
-impl Default for Control {
+impl Default for RunOptions {
     fn default() -> Self {
-        Control {
+        RunOptions {
             clock: Arc::new(SystemClock),
             reloads: None,
             notifier: Notifier::default(),
@@ -51,7 +52,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    run_with(config, listeners, shutdown, Control::default()).await
+    run_with(config, listeners, shutdown, RunOptions::default()).await
 }
 
 /// `run`, with a clock and a source of configuration reloads.
@@ -59,9 +60,9 @@ pub async fn run_with(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-    mut control: Control,
+    mut options: RunOptions,
 ) -> io::Result<()> {
-    let state = ServerState::new(&config, Lifecycle::with_clock(control.clock));
+    let state = ServerState::new(&config, Lifecycle::with_clock(options.clock));
     let handler: Current = Arc::new(ArcSwap::from_pointee(Handler::new(&config, &state, None)));
     // `zonefwd ctl reload` validates the file itself and hands the result here.
     let (ctl_reload, mut ctl_reloads) = mpsc::unbounded_channel();
@@ -79,7 +80,7 @@ pub async fn run_with(
     log_config(&config);
     state.readiness.serving.store(true, Ordering::Relaxed);
     handler.load().start_background();
-    let notifier = Arc::new(control.notifier);
+    let notifier = Arc::new(options.notifier);
     notifier.notify(&format!("READY=1\nSTATUS={}", status(&config)));
     let life = &state.life;
     if let Some(interval) = notify::watchdog_interval().filter(|_| notifier.is_enabled()) {
@@ -97,7 +98,7 @@ pub async fn run_with(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = sweep.tick() => handler.load().sweep_idle_sockets(),
-            Some(request) = next_reload(&mut control.reloads, &mut ctl_reloads) => {
+            Some(request) = next_reload(&mut options.reloads, &mut ctl_reloads) => {
                 let outcome = match request.file {
                     Ok(new) => {
                         notifier.reloading();

@@ -1,54 +1,21 @@
-//! One upstream server: its address, what its tries came to, its `max_qps` budget, its
-//! health marks, its pool of UDP sockets and its kept TCP connections. An `Upstream` outlives a reload while its
-//! route, address and settings stay the same (`UpstreamSet::new`), so its health, loop
-//! mark and counters do too.
+//! One upstream server: its address and settings, what its tries came to (`stats`),
+//! its health, its `max_qps` budget, the marks that take it out of rotation (a
+//! forwarding loop, an operator's hand), and its transports (`udp`, `tcp`). An
+//! `Upstream` outlives a reload while its route, address and settings stay the same
+//! (`UpstreamSet::new`), so its health, loop mark and counters do too.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::Notify;
 
 use crate::config::Route;
 use crate::life::Clock;
 use crate::limit::{Rate, TokenBucket};
-use crate::upstream::pool::SocketPool;
+use crate::upstream::health::Health;
+use crate::upstream::stats::UpstreamStats;
 use crate::upstream::tcp::TcpConnections;
-
-/// What happened to the tries sent to one upstream, for the metrics.
-#[derive(Debug, Default)]
-pub struct UpstreamStats {
-    pub sent: AtomicU64,
-    /// Tries that outlived `try_timeout`, or were still unanswered at the deadline.
-    pub timeouts: AtomicU64,
-    /// Network errors and malformed replies.
-    pub errors: AtomicU64,
-    /// Replies from the upstream's address and port that matched no query (wrong ID
-    /// or question): forgeries, or very late answers. Dropped; the wait goes on.
-    pub mismatched: AtomicU64,
-    /// Tries not sent because the budget was spent.
-    pub over_budget: AtomicU64,
-    /// Smoothed round-trip time of answered tries, in microseconds (0: none yet):
-    /// the estimator of RFC 6298 section 2, gain 1/8.
-    pub srtt_us: AtomicU64,
-}
-
-impl UpstreamStats {
-    /// Folds one answered try's round trip into the smoothed figure.
-    pub fn record_rtt(&self, rtt: std::time::Duration) {
-        let sample = (rtt.as_micros() as u64).max(1);
-        let _ = self
-            .srtt_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |srtt| {
-                Some(if srtt == 0 {
-                    sample
-                } else {
-                    srtt - srtt / 8 + sample / 8
-                })
-            });
-    }
-}
+use crate::upstream::udp::UdpSockets;
 
 /// The settings an upstream is built with; one that differs after a reload makes it
 /// a new upstream.
@@ -104,17 +71,10 @@ impl UpstreamState {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub settings: UpstreamSettings,
-    /// Shared with the tasks of its TCP connections, which count mismatches too.
+    /// Shared with its transports, which count mismatched replies.
     pub stats: Arc<UpstreamStats>,
-    pub(crate) fails: AtomicU32,
-    /// When it last answered, in nanoseconds since `created`: a try sent before that
-    /// whose answer never came is not a failure in a row (`health`).
-    answered: AtomicU64,
-    created: tokio::time::Instant,
-    /// Woken when `max_fails` marks the upstream down, for the slow tries waiting on it
-    /// to fail over then (`forward::DownWatch`).
-    pub(crate) marked_down: Notify,
-    pub(crate) probing: AtomicBool,
+    /// Failures in a row, the `max_fails` mark and its probe.
+    pub health: Health,
     /// A loop probe sent here came back to zonefwd (`loopcheck`): out of rotation.
     pub looped: AtomicBool,
     /// Taken out of rotation by hand (`zonefwd ctl upstream ROUTE ADDR down`); kept
@@ -125,7 +85,7 @@ pub struct Upstream {
     /// 168.63.129.16; AWS: 1024 packets/s per interface), so zonefwd keeps under them
     /// itself and says so.
     budget: Option<(Rate, TokenBucket)>,
-    pub pool: SocketPool,
+    pub udp: UdpSockets,
     pub tcp: TcpConnections,
 }
 
@@ -135,16 +95,12 @@ impl Upstream {
     pub fn new(settings: UpstreamSettings, now: Instant, patience: Duration) -> Self {
         let stats = Arc::new(UpstreamStats::default());
         Upstream {
-            pool: SocketPool::new(settings.reuse),
+            udp: UdpSockets::new(settings.addr, Arc::clone(&stats), settings.reuse),
             tcp: TcpConnections::new(settings.addr, Arc::clone(&stats), patience),
             addr: settings.addr,
             settings,
             stats,
-            fails: AtomicU32::new(0),
-            answered: AtomicU64::new(0),
-            created: tokio::time::Instant::now(),
-            marked_down: Notify::new(),
-            probing: AtomicBool::new(false),
+            health: Health::new(settings.max_fails),
             looped: AtomicBool::new(false),
             manual_down: AtomicBool::new(false),
             budget: settings
@@ -165,24 +121,8 @@ impl Upstream {
         }
     }
 
-    /// It answered (anything) just now.
-    pub(crate) fn note_answer(&self) {
-        let now = self.since_created(tokio::time::Instant::now());
-        self.answered.fetch_max(now, Ordering::Relaxed);
-    }
-
-    /// Whether it answered some try sent after `sent`.
-    pub(crate) fn answered_after(&self, sent: tokio::time::Instant) -> bool {
-        self.answered.load(Ordering::Relaxed) > self.since_created(sent)
-    }
-
-    fn since_created(&self, t: tokio::time::Instant) -> u64 {
-        let d = t.saturating_duration_since(self.created);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-    }
-
     pub fn consecutive_failures(&self) -> u32 {
-        self.fails.load(Ordering::Relaxed)
+        self.health.consecutive_failures()
     }
 
     /// What `ctl status` says of it, in order of what explains it best.
@@ -193,10 +133,7 @@ impl Upstream {
             UpstreamState::InLoop
         } else if self.is_marked_down() {
             UpstreamState::Down
-        } else if self.stats.sent.load(Ordering::Relaxed) == 0
-            && self.answered.load(Ordering::Relaxed) == 0
-            && self.consecutive_failures() == 0
-        {
+        } else if self.stats.sent.load(Ordering::Relaxed) == 0 && self.health.never_heard_of() {
             UpstreamState::Unknown
         } else {
             UpstreamState::Up
@@ -209,14 +146,20 @@ impl Upstream {
         !self.is_marked_down() && !self.manual_down.load(Ordering::Relaxed)
     }
 
-    /// What `order()` tries first: up, and not in a forwarding loop.
+    /// What the try loop tries first: up, and not in a forwarding loop.
     pub fn in_rotation(&self) -> bool {
         self.is_up() && !self.looped.load(Ordering::Relaxed)
     }
 
+    /// Usable when nothing is in rotation: neither in a loop (the query would only
+    /// come back) nor taken out by hand; marked down by failures is a guess worth
+    /// more than a SERVFAIL.
+    pub fn usable(&self) -> bool {
+        !self.looped.load(Ordering::Relaxed) && !self.manual_down.load(Ordering::Relaxed)
+    }
+
     /// Past `max_fails` failures in a row: skipped while any other is up, and probed.
     pub fn is_marked_down(&self) -> bool {
-        let max_fails = self.settings.max_fails;
-        max_fails > 0 && self.consecutive_failures() >= max_fails
+        self.health.is_marked_down()
     }
 }
