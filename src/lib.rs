@@ -57,6 +57,7 @@ mod limit;
 mod listen;
 mod local;
 mod loopcheck;
+pub mod manual;
 mod metrics;
 pub mod notify;
 pub mod onprem;

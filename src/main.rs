@@ -10,7 +10,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use zonefwd::config::{Config, LoadEnv, LogFormat, DEFAULT_PATH};
 use zonefwd::{report, Listeners, RunOptions};
@@ -140,6 +140,15 @@ enum Command {
     /// Print zonefwd routes (TOML, fit for `include`) for a managed resolver's rules.
     #[command(subcommand)]
     Import(Import),
+    /// Print the shell completions for bash, zsh or fish (the .deb installs them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages into DIR: zonefwd(8), one page per command and
+    /// zonefwd.toml(5) (the .deb runs it at package time).
+    #[command(hide = true)]
+    Manual { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -362,6 +371,21 @@ fn main() -> ExitCode {
             Ok(true)
         }),
         Command::Import(which) => import(&which),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "zonefwd", &mut std::io::stdout());
+            Ok(true)
+        }
+        Command::Manual { dir } => {
+            let reference = include_str!("../config/reference.toml");
+            zonefwd::manual::write_pages(&Cli::command(), reference, &dir)
+                .map(|pages| {
+                    for p in pages {
+                        println!("{}", p.display());
+                    }
+                    true
+                })
+                .map_err(|e| format!("cannot write the manual pages into {}: {e}", dir.display()))
+        }
         Command::ProbeTcp {
             addr,
             zone,

@@ -144,6 +144,9 @@ impl Resolver {
     /// do): other clients may join it. With `patience` (a stale answer at hand, RFC 8767
     /// section 5) the client stops waiting after that long, and the resolution goes
     /// on in a task of its own to refresh the cache.
+    // Inlined into `Job::run`, so the future is built in place in the job's state
+    // rather than built here and moved there.
+    #[inline(always)]
     pub fn answer<'q>(
         self: &Arc<Self>,
         q: &'q Query,
