@@ -14,7 +14,7 @@ command -v lintian >/dev/null || {
 }
 dpkg -s zonefwd >/dev/null 2>&1 && fail "a zonefwd package is installed already; this check installs and purges its own"
 
-deb=$(cargo deb --locked --quiet 2>&1 | tail -1)
+deb=$(bash debian/package.sh | tail -1)
 [[ -f $deb ]] || deb=$(ls -t target/debian/zonefwd_*.deb | head -1)
 echo "deb-check: built $deb"
 
@@ -26,9 +26,30 @@ trap 'dpkg --purge zonefwd >/dev/null 2>&1 || true' EXIT
 unit=$(dpkg -L zonefwd | grep -E '/systemd/system/zonefwd\.service$' || true)
 [[ -n $unit ]] || fail "no zonefwd.service installed"
 for f in /usr/bin/zonefwd /etc/zonefwd/zonefwd.toml /usr/share/doc/zonefwd/README.md \
-  /usr/share/doc/zonefwd/examples/reference.toml "$unit"; do
+  /usr/share/doc/zonefwd/examples/reference.toml /usr/share/doc/zonefwd/examples/azure.toml \
+  /usr/share/man/man8/zonefwd.8.gz /usr/share/man/man5/zonefwd.toml.5.gz \
+  /usr/share/bash-completion/completions/zonefwd /usr/share/zsh/vendor-completions/_zonefwd \
+  /usr/share/fish/vendor_completions.d/zonefwd.fish "$unit"; do
   [[ -e $f ]] || fail "$f is not installed"
 done
+# Every manual page renders without a warning from groff (man -l), and zonefwd(8)
+# names every command's page.
+command -v man >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends man-db groff-base >/dev/null
+}
+pages=$(dpkg -L zonefwd | grep -E '^/usr/share/man/man[58]/.*\.gz$')
+(($(wc -l <<<"$pages") >= 10)) || fail "too few manual pages: $pages"
+for page in $pages; do
+  warnings=$(MANWIDTH=80 man --warnings -l "$page" 2>&1 >/dev/null)
+  [[ -z $warnings ]] || fail "man -l $page: $warnings"
+done
+for cmd in run check doctor ctl query onprem-forwarders import-route53-rules; do
+  grep -q "^/usr/share/man/man8/zonefwd-$cmd.8.gz$" <<<"$pages" || fail "no zonefwd-$cmd(8)"
+done
+man -l /usr/share/man/man5/zonefwd.toml.5.gz | grep -q 'upstream_udp_reuse' \
+  || fail "zonefwd.toml(5) lacks a key of config/reference.toml"
+bash -c 'source /usr/share/bash-completion/completions/zonefwd && complete -p zonefwd' >/dev/null \
+  || fail "the bash completion does not load"
 # The unit runs the binary where the package put it.
 grep -q '^ExecStart=/usr/bin/zonefwd run --config /etc/zonefwd/zonefwd.toml$' "$unit" \
   || fail "$unit does not run /usr/bin/zonefwd with /etc/zonefwd/zonefwd.toml"

@@ -18,7 +18,17 @@ use zonefwd::{report, Listeners, RunOptions};
 /// A lightweight conditional DNS forwarder: private cloud zones to the cloud resolver,
 /// everything else to your own DNS servers.
 #[derive(Parser)]
-#[command(name = "zonefwd", version, about)]
+#[command(
+    name = "zonefwd",
+    version,
+    about,
+    long_about = "zonefwd routes the private DNS zones of cloud services (private AKS and \
+        EKS clusters, private endpoints) to the cloud's in-network resolver and every other \
+        name to your own DNS servers, relaying the upstream's replies byte for byte, with a \
+        cache, query coalescing, RFC 5452 defences, per-route limits, reloads and \
+        Prometheus metrics. The configuration is zonefwd.toml(5).",
+    disable_help_subcommand = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -372,7 +382,12 @@ fn main() -> ExitCode {
         }),
         Command::Import(which) => import(&which),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "zonefwd", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "zonefwd",
+                &mut std::io::stdout(),
+            );
             Ok(true)
         }
         Command::Manual { dir } => {

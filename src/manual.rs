@@ -43,7 +43,9 @@ pub fn reference_keys(reference: &str) -> (Vec<ReferenceTable>, Vec<ReferenceKey
     for line in reference.lines() {
         let bare = line.trim_start_matches('#').trim();
         if line.trim().is_empty() {
-            let table = tables.last_mut().expect("the top level is there from the start");
+            let table = tables
+                .last_mut()
+                .expect("the top level is there from the start");
             let keyless = !keys.iter().any(|k| k.table == table.table);
             if !table.table.is_empty() && table.doc.is_empty() && keyless {
                 // The comment that opens a table, before its first key's own.
@@ -56,7 +58,11 @@ pub fn reference_keys(reference: &str) -> (Vec<ReferenceTable>, Vec<ReferenceKey
             continue;
         }
         if let Some(table) = table_header(bare) {
-            let doc = if block.is_empty() { &previous_block } else { &block };
+            let doc = if block.is_empty() {
+                &previous_block
+            } else {
+                &block
+            };
             tables.push(ReferenceTable {
                 table: table.to_string(),
                 doc: doc.join(" "),
@@ -128,7 +134,9 @@ pub fn write_pages(cli: &Command, reference: &str, dir: &Path) -> io::Result<Vec
     page("zonefwd.8".into(), main_page(&cli)?)?;
     for (name, command) in commands(&cli, "zonefwd") {
         let mut out = Vec::new();
-        clap_mangen::Man::new(command).section("8").render(&mut out)?;
+        clap_mangen::Man::new(command)
+            .section("8")
+            .render(&mut out)?;
         page(format!("{name}.8"), out)?;
     }
     page("zonefwd.toml.5".into(), config_page(reference).into_bytes())?;
@@ -263,10 +271,7 @@ const FILES: [(&str, &str); 3] = [
 pub fn config_page(reference: &str) -> String {
     let (tables, keys) = reference_keys(reference);
     let mut page = Roff::new();
-    page.control(
-        "TH",
-        ["ZONEFWD.TOML", "5", "", "zonefwd", "File formats"],
-    );
+    page.control("TH", ["ZONEFWD.TOML", "5", "", "zonefwd", "File formats"]);
     page.control("SH", ["NAME"])
         .text([roman("zonefwd.toml - zonefwd configuration file")]);
     page.control("SH", ["DESCRIPTION"]).text([roman(

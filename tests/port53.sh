@@ -84,13 +84,13 @@ grep -A1 'FAIL listen' "$work/doctor.out" | grep -qF "DNSStubListener=no" || fai
 grep -F 'listen 0.0.0.0:53' -A1 "$work/doctor.out"
 
 # 3. Every documented VM configuration starts beside the stub: the README's TOML blocks
-# that set listen, and config/aks-private.toml; upstreams to loopback.
+# that set listen, and config/azure.toml; upstreams to loopback.
 python3 - "$work" <<'PY'
 import re, sys
 work = sys.argv[1]
 readme = open("README.md").read()
 blocks = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if re.search(r"^listen = ", b, re.M)]
-blocks.append(open("config/aks-private.toml").read())
+blocks.append(open("config/azure.toml").read())
 assert len(blocks) >= 3, f"expected the README's VM configurations, found {len(blocks)}"
 for i, b in enumerate(blocks):
     b = re.sub(r'upstreams = \[[^\]]*\]', 'upstreams = ["127.0.0.1:9"]', b)

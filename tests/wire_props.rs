@@ -191,7 +191,7 @@ fn the_shipped_configurations_pass_the_config_invariants() {
     for path in [
         "config/reference.toml",
         "config/zonefwd.toml",
-        "config/aks-private.toml",
+        "config/azure.toml",
     ] {
         let text = std::fs::read_to_string(path).unwrap();
         zonefwd::Config::parse(&text, path, &zonefwd::LoadEnv::default())
