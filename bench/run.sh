@@ -32,7 +32,7 @@
 #
 # Needs (Debian): dnsperf nsd unbound dnsdist dnsmasq-base. Installs them when run as
 # root. Everything listens on 127.0.0.1; nothing leaves the machine. Results go to
-# bench/results/<date>.csv and .md; bench/chart.py draws the SVG. Not part of
+# bench/results/<date>.csv and .md; bench/chart.py draws the chart (matplotlib). Not part of
 # `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,7 @@ need=()
 for cmd in dnsperf nsd unbound dnsdist dnsmasq kresd; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver >/dev/null
+    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver python3-matplotlib >/dev/null
   else
     echo "missing: ${need[*]} (apt-get install dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver)" >&2
     exit 1

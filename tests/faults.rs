@@ -17,7 +17,7 @@ async fn a_flapping_upstream_costs_a_bounded_number_of_slow_answers() {
     let steady = Arc::new(AtomicBool::new(false));
     let flag = steady.clone();
     let flappy = Fake::start(move |q, _| {
-        let up = flag.load(Ordering::SeqCst) || start.elapsed().as_secs() % 2 == 0;
+        let up = flag.load(Ordering::SeqCst) || start.elapsed().as_secs().is_multiple_of(2);
         if up {
             vec![Step::Reply(reply_a(q, [192, 0, 2, 10], 1))]
         } else {

@@ -204,7 +204,7 @@ async fn with_pooled_sockets_queries_in_flight_never_share_a_port() {
     let mut sockets = Vec::new();
     for s in &seen {
         let n = uses.entry(s.from.port()).or_default();
-        if *n % 10 == 0 {
+        if (*n).is_multiple_of(10) {
             sockets.push(s.from.port());
         }
         *n += 1;

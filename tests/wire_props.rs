@@ -219,7 +219,7 @@ fn a_64k_reply_with_thousands_of_names_is_walked_and_relayed_fast() {
         count += 1;
         // Keep names under 255 octets (restart the chain every 50 links), and pointer
         // targets within the 14 bits a pointer has.
-        prev = if count % 50 == 0 || at >= 0x4000 {
+        prev = if count.is_multiple_of(50) || at >= 0x4000 {
             12
         } else {
             at
