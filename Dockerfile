@@ -9,12 +9,14 @@
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 # Everything the manifest names: the library and binary, the bench target it declares,
-# and the preset catalogue src/presets.rs embeds. .ci/image-build-check.sh builds
+# the preset catalogue src/presets.rs embeds, and the reference configuration
+# zonefwd.toml(5) is made from (src/main.rs embeds it). .ci/image-build-check.sh builds
 # from exactly these lines.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY presets ./presets
+COPY config/reference.toml ./config/reference.toml
 # The source comes without .git: `docker build --build-arg ZONEFWD_COMMIT=$(git
 # rev-parse --short=12 HEAD)` stamps zonefwd_build_info{commit}.
 ARG ZONEFWD_COMMIT=

@@ -318,3 +318,104 @@ fn key_items(page: &mut Roff, keys: Vec<&ReferenceKey>) {
             .text([roman(k.doc.as_str())]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"# The file's own header.
+
+# A top-level key. Default: none
+# include = ["conf.d/*.toml"]
+
+[server]
+# Where to listen. Default: ["127.0.0.1:53"]
+listen = ["0.0.0.0:53"]
+# The lower bound...
+min_ttl = "0s"
+max_ttl = "1d"
+# Unset by default: shown as a comment. Prose that looks like a key is not one:
+# ready = "required" is not TOML with these words after it.
+# identity = "@hostname"
+
+[cache]
+# What the table is about.
+
+# Entries held. Default: 100000
+max_entries = 100000
+
+# Routes: the longest zone wins.
+
+[[route]]
+name = "a"
+
+[[route]]
+name = "b"
+"#;
+
+    fn key<'a>(keys: &'a [ReferenceKey], table: &str, key: &str) -> &'a ReferenceKey {
+        keys.iter()
+            .find(|k| k.table == table && k.key == key)
+            .unwrap_or_else(|| panic!("no [{table}] {key}"))
+    }
+
+    #[test]
+    fn every_key_is_read_once_with_the_comment_above_it() {
+        let (tables, keys) = reference_keys(SAMPLE);
+        let names: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{}.{}", k.table, k.key))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ".include",
+                "server.listen",
+                "server.min_ttl",
+                "server.max_ttl",
+                "server.identity",
+                "cache.max_entries",
+                "route.name"
+            ]
+        );
+        assert_eq!(
+            key(&keys, "", "include").doc,
+            "A top-level key. Default: none"
+        );
+        assert_eq!(
+            key(&keys, "server", "listen").example,
+            r#"listen = ["0.0.0.0:53"]"#
+        );
+        // A key right under another, without a comment of its own, shares its comment.
+        assert_eq!(key(&keys, "server", "max_ttl").doc, "The lower bound...");
+        // Prose holding " = " is no key; a commented-out key is one.
+        assert!(!keys.iter().any(|k| k.key == "ready"));
+        assert!(key(&keys, "server", "identity")
+            .doc
+            .ends_with("with these words after it."));
+        let docs: Vec<(&str, &str)> = tables
+            .iter()
+            .map(|t| (t.table.as_str(), t.doc.as_str()))
+            .collect();
+        assert_eq!(
+            docs,
+            [
+                ("server", ""),
+                ("cache", "What the table is about."),
+                ("route", "Routes: the longest zone wins."),
+                ("route", "")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_configuration_page_holds_every_key_of_the_shipped_reference() {
+        let reference = include_str!("../config/reference.toml");
+        let page = config_page(reference);
+        let (_, keys) = reference_keys(reference);
+        assert!(keys.len() > 40);
+        for k in &keys {
+            assert!(page.contains(&k.key), "zonefwd.toml(5) lacks {}", k.key);
+        }
+    }
+}
