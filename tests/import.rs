@@ -248,15 +248,10 @@ fn a_rule_for_one_of_azures_reserved_zones_keeps_that_zone() {
     assert_eq!(try_order(&main, "www.example.org"), "1. 10.0.0.1:53");
 }
 
-/// The TOML of the README's "Private AKS in 5 minutes" configuration, as printed.
+/// The recommended Azure configuration, which the README shows (and which includes
+/// `conf.d/*.toml`).
 fn readme_aks_config() -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let section = &readme[readme
-        .find("## Private AKS in 5 minutes")
-        .expect("the README's AKS section")..];
-    let start = section.find("```toml\n").expect("a TOML block") + "```toml\n".len();
-    section[start..start + section[start..].find("```").unwrap()].to_string()
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/azure.toml")).unwrap()
 }
 
 /// `--config PATH`: the import leaves out the catch-all and every zone PATH routes,
@@ -265,11 +260,7 @@ fn readme_aks_config() -> String {
 fn an_import_fits_the_readmes_aks_configuration_as_a_fragment() {
     let dir = tempfile::tempdir().unwrap();
     let main = dir.path().join("zonefwd.toml");
-    std::fs::write(
-        &main,
-        format!("include = [\"conf.d/*.toml\"]\n{}", readme_aks_config()),
-    )
-    .unwrap();
+    std::fs::write(&main, readme_aks_config()).unwrap();
     std::fs::create_dir(dir.path().join("conf.d")).unwrap();
     let rules = serde_json::json!([
         {"name": "everything", "domainName": ".", "forwardingRuleState": "Enabled",
