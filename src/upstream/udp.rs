@@ -94,9 +94,7 @@ impl UdpSockets {
                 (p, id)
             }
             None => {
-                let id = random_id();
-                let query = wire::build_upstream_query(q, id, edns);
-                let sock = UpstreamSocket::open(self.addr, &query).map_err(opening)?;
+                let (sock, id) = open_asking(self.addr, q, edns)?;
                 (Pooled::new(sock, now), id)
             }
         };
@@ -161,10 +159,20 @@ async fn exchange_on_fresh_socket(
     edns: bool,
     mismatched: &AtomicU64,
 ) -> Result<Exchanged, TryError> {
+    let (sock, id) = open_asking(server, q, edns)?;
+    receive(&sock, server, q, id, None, mismatched).await
+}
+
+/// A new socket to `server` with `q` already sent on it under a fresh ID.
+fn open_asking(
+    server: SocketAddr,
+    q: &Query,
+    edns: bool,
+) -> Result<(UpstreamSocket, u16), TryError> {
     let id = random_id();
     let sock =
         UpstreamSocket::open(server, &wire::build_upstream_query(q, id, edns)).map_err(opening)?;
-    receive(&sock, server, q, id, None, mismatched).await
+    Ok((sock, id))
 }
 
 #[derive(Debug)]
