@@ -305,14 +305,14 @@ impl Claims {
             edns: q.edns,
         };
         match set.resolve(&sub).await {
-            Outcome::Answered { answer, upstream } => {
+            Outcome::Answered { answer, by } => {
                 let n = wire::normalize(&answer.bytes, &answer.reply).ok_or_else(failed)?;
                 // SERVFAIL, REFUSED or TC after the TCP retry: the claimed half of the
                 // chain is unknown, and the public half is what claiming it avoids.
                 if n.truncated || !matches!(n.rcode, rcode::NOERROR | rcode::NXDOMAIN) {
                     return Err(failed());
                 }
-                Ok((n, upstream))
+                Ok((n, by.upstream()))
             }
             Outcome::Failed => Err(failed()),
             Outcome::OverBudget => Err(ChaseError::OverBudget {

@@ -146,12 +146,17 @@ fn status_text(a: &Value) -> String {
             let srtt = u["srtt_ms"]
                 .as_f64()
                 .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+            let retransmit_after = u["retransmit_after_ms"].as_f64().unwrap_or(0.0);
             s.push_str(&format!(
-                "  {}  {state}  failures {}  queries {}  timeouts {}  srtt {srtt}\n",
+                "  {}  {state}  failures {}  queries {}  timeouts {}  srtt {srtt}  retransmit after {retransmit_after:.1} ms ({})  retransmits late {} timeout {} wasted {}\n",
                 u["address"].as_str().unwrap_or("?"),
                 u["consecutive_failures"],
                 u["queries"],
                 u["timeouts"],
+                u["retransmit_from"].as_str().unwrap_or("?"),
+                u["retransmits_late"],
+                u["retransmits_timeout"],
+                u["retransmits_wasted"],
             ));
         }
     }

@@ -49,7 +49,8 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
     let guarded = set.public_answers() > 0;
     // The same follow-up the server makes: CNAMEs into a claiming route's zones.
     let outcome = match outcome {
-        Outcome::Answered { answer, upstream } => {
+        Outcome::Answered { answer, by } => {
+            let upstream = by.upstream();
             match (
                 wire::normalize(&answer.bytes, &answer.reply),
                 Claims::for_config(config, &router, &sets),

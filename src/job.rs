@@ -93,7 +93,7 @@ impl Job {
                 .await;
             let failed = res.as_deref().is_none_or(Outcome::is_failure);
             let answer = match res.as_deref() {
-                Some(Outcome::Answered { answer, upstream }) => Some((answer, *upstream)),
+                Some(Outcome::Answered { answer, by }) => Some((answer, *by)),
                 _ => None,
             };
             let served_stale = failed && self.stale.is_some();

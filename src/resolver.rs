@@ -301,15 +301,15 @@ impl Work {
     fn run(self, q: &Query) -> impl Future<Output = Arc<Resolution>> + '_ {
         async move {
             let got = match self.route.resolve(q).await {
-                Outcome::Answered { answer, upstream } => {
+                Outcome::Answered { answer, by } => {
                     match wire::normalize(&answer.bytes, &answer.reply) {
                         Some(n) => match &self.claims {
-                            None => Ok((n, upstream)),
+                            None => Ok((n, by)),
                             // Boxed: the chase's state is two thirds of this future's size,
                             // and every forwarded query's task would otherwise carry and
                             // copy it.
                             Some(c) => match Box::pin(c.chase(q, &self.route, n)).await {
-                                Ok(chased) => Ok((chased.reply, upstream)),
+                                Ok(chased) => Ok((chased.reply, by)),
                                 Err(crate::claims::ChaseError::OverBudget { .. }) => {
                                     Err(Outcome::OverBudget)
                                 }
@@ -326,7 +326,7 @@ impl Work {
             // Read only on the paths that cache something (not at all with the cache off).
             let now = || this.life.clock.now();
             let res = match got {
-                Ok((reply, upstream)) => {
+                Ok((reply, by)) => {
                     let answer = if !self.cache_policy.enabled {
                         SharedAnswer::Uncached(reply)
                     } else if reply.rcode == rcode::SERVFAIL {
@@ -340,7 +340,7 @@ impl Work {
                             Err(reply) => SharedAnswer::Uncached(reply),
                         }
                     };
-                    Outcome::Answered { answer, upstream }
+                    Outcome::Answered { answer, by }
                 }
                 Err(Outcome::Failed) if self.cache_policy.enabled => {
                     this.cache.store_failure(q, &self.cache_policy, now());

@@ -454,6 +454,39 @@ async fn json_logs_and_the_query_log() {
 }
 
 #[tokio::test]
+async fn the_query_log_says_when_an_answer_came_from_a_retransmission() {
+    // The upstream loses the first query for one name; once the forwarder has measured
+    // its answer times (32 answers), that query is retransmitted early.
+    let lost = "lost.example.";
+    let first_seen = std::sync::Mutex::new(false);
+    let up = Fake::start(move |q, _| {
+        let mut seen = first_seen.lock().unwrap();
+        if qname_of(q) == lost && !*seen {
+            *seen = true;
+            return vec![];
+        }
+        vec![Step::Reply(reply_a(q, [192, 0, 2, 1], 60))]
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        &dir,
+        "log_format = \"json\"\nquery_log = true\n",
+        &one_route(&[up.addr], ""),
+    );
+    let mut z = Running::start(&p);
+    for i in 0..40 {
+        z.ask(&format!("warm{i}.example.")).await;
+    }
+    let first = z.wait_for("\"name\":\"warm0.example.\"");
+    assert!(first.contains("\"retransmission\":\"-\""), "{first}");
+    z.ask(lost).await;
+    let line = z.wait_for("\"name\":\"lost.example.\"");
+    assert!(line.contains("\"retransmission\":\"late\""), "{line}");
+    assert!(line.contains("\"outcome\":\"upstream\""), "{line}");
+}
+
+#[tokio::test]
 async fn healthcheck_answers_0_while_serving_and_fails_when_not() {
     // Upstream unreachable on purpose: the healthcheck must not depend on it.
     let dir = tempfile::tempdir().unwrap();

@@ -68,6 +68,8 @@ struct Row {
     fault: Fault,
     shape: Shape,
     transport: UpstreamTransport,
+    /// `retransmit_budget = 0`: early retransmission off, for the rows that compare.
+    budget_off: bool,
 }
 
 /// The faults of the matrix, each on both route shapes. `scale` places the restart
@@ -79,6 +81,16 @@ fn matrix(scale: Scale) -> Vec<Row> {
         ("UDP loss 5%", Fault::Loss(0.05), UpstreamTransport::Udp),
         ("UDP loss 30%", Fault::Loss(0.30), UpstreamTransport::Udp),
         ("delay 200 ms ± 50 ms", delay(), UpstreamTransport::Udp),
+        (
+            "slow tail (10% of names 300-500 ms)",
+            Fault::SlowTail { loss: 0.0 },
+            UpstreamTransport::Udp,
+        ),
+        (
+            "UDP loss 5% + slow tail",
+            Fault::SlowTail { loss: 0.05 },
+            UpstreamTransport::Udp,
+        ),
         (
             "duplicated replies",
             Fault::Duplicate,
@@ -115,14 +127,25 @@ fn matrix(scale: Scale) -> Vec<Row> {
             UpstreamTransport::Udp,
         ),
     ];
+    // Where an upstream is slow, not lossy, early retransmission must not cost more
+    // than it saves: these rows run once more with it off.
+    let compared = |label: &str| label.starts_with("delay") || label.starts_with("slow tail");
     faults
         .into_iter()
         .flat_map(|(label, fault, transport)| {
-            [Shape::Lone, Shape::FirstOfTwo].map(|shape| Row {
-                label,
-                fault,
-                shape,
-                transport,
+            let budget_off: &[bool] = if compared(label) {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            budget_off.iter().flat_map(move |&budget_off| {
+                [Shape::Lone, Shape::FirstOfTwo].map(|shape| Row {
+                    label,
+                    fault,
+                    shape,
+                    transport,
+                    budget_off,
+                })
             })
         })
         .collect()
@@ -234,6 +257,13 @@ struct Tally {
     /// Client queries the faulted upstream received during the stream (the cache
     /// check after it left out).
     faulted_saw: usize,
+    /// Client queries both upstreams received during the stream (probes left out).
+    upstreams_saw: usize,
+    /// The same, for the names of the stream's second half: once the upstream's
+    /// answer-time model has caught up.
+    second_half_saw: usize,
+    /// Tries retransmitted early, past their upstream's measured answer time.
+    retransmitted_early: u64,
     forgeries_sent: usize,
     duplicates_sent: usize,
 }
@@ -278,8 +308,13 @@ async fn run_row(row: Row, scale: Scale) -> Tally {
         Shape::FirstOfTwo => vec![proxy.addr, second.addr],
     };
     let transport = row.transport.as_str();
+    let budget = if row.budget_off {
+        "retransmit_budget = 0"
+    } else {
+        ""
+    };
     let route = format!(
-        "timeout = \"{}ms\"\ntry_timeout = \"{}ms\"\nmax_fails = {}\ntransport = \"{transport}\"",
+        "timeout = \"{}ms\"\ntry_timeout = \"{}ms\"\nmax_fails = {}\ntransport = \"{transport}\"\n{budget}",
         scale.timeout.as_millis(),
         scale.try_timeout.as_millis(),
         scale.max_fails,
@@ -290,12 +325,22 @@ async fn run_row(row: Row, scale: Scale) -> Tally {
             // against one client's flood, DNSBomb) would drop some of it behind a
             // blackholed upstream, which is not what a row measures.
             .server("client_max_inflight = 100000")
+            .server("metrics = \"127.0.0.1:0\"")
             .route("fault", &["fault.test"], &upstreams, &route)
             .build(),
     )
     .await;
     let asked = stream(z.udp, scale).await;
     let faulted_saw = proxy.client_queries();
+    let mut names = proxy.log.names.lock().unwrap().clone();
+    if row.shape == Shape::FirstOfTwo {
+        names.extend(second.seen().iter().map(|s| qname_of(&s.msg)));
+    }
+    let second_half: std::collections::HashSet<String> =
+        (scale.queries / 2..scale.queries).map(name_of).collect();
+    let upstreams_saw = names.iter().filter(|n| n.as_str() != ".").count();
+    let second_half_saw = names.iter().filter(|n| second_half.contains(*n)).count();
+    let retransmitted_early = early_retransmits(&z).await;
     let poisoned_cache = poisoned(z.udp, &asked).await;
     z.stop().await.unwrap();
     Tally {
@@ -303,6 +348,9 @@ async fn run_row(row: Row, scale: Scale) -> Tally {
         proxy_started: proxy.started,
         poisoned_cache,
         faulted_saw,
+        upstreams_saw,
+        second_half_saw,
+        retransmitted_early,
         forgeries_sent: proxy
             .log
             .forgeries_sent
@@ -312,6 +360,18 @@ async fn run_row(row: Row, scale: Scale) -> Tally {
             .duplicates_sent
             .load(std::sync::atomic::Ordering::Relaxed),
     }
+}
+
+/// Early retransmissions on the route, from the metrics.
+async fn early_retransmits(z: &Zonefwd) -> u64 {
+    scrape(z)
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("zonefwd_upstream_retransmits_total{") && l.contains("reason=\"late\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 fn name_of(i: usize) -> String {
@@ -468,6 +528,35 @@ async fn heavy_loss_gets_servfail_or_the_answer_never_anything_else() {
     each(rows("UDP loss 30%", &[Shape::FirstOfTwo]), all_answered).await;
 }
 
+/// Long enough for the model to have seen the slow names answer (300 to 500 ms in).
+const SLOW_TAIL: Scale = Scale {
+    queries: 600,
+    ..TEST
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tail_costs_no_query_and_early_retransmission_little_load() {
+    // A resolver's uncached names: slow, not lost. Once the upstream's answer times
+    // are known (the stream's second half), early retransmission must not add much to
+    // what the route sends with it off.
+    for shape in BOTH {
+        let mut per_query = Vec::new();
+        for row in rows("slow tail", &[*shape]) {
+            let t = run_row(row, SLOW_TAIL).await;
+            assert_nothing_forged_or_duplicated(&row, &t);
+            all_answered(&row, &t);
+            let half = (t.asked.len() - t.asked.len() / 2) as f64;
+            per_query.push((row.budget_off, t.second_half_saw as f64 / half));
+        }
+        let on = per_query.iter().find(|r| !r.0).unwrap().1;
+        let off = per_query.iter().find(|r| r.0).unwrap().1;
+        assert!(
+            on <= off + 0.05,
+            "{shape:?}: {on:.3} upstream queries per query, {off:.3} with early retransmission off"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_resets_and_cuts_mid_reply_cost_no_query() {
     for label in ["TCP reset", "TCP close mid-reply"] {
@@ -549,8 +638,8 @@ async fn fault_matrix_report() {
         "{} queries per row at {} per second, each a new name; route timeout {:?}, try_timeout {:?}, max_fails {}.\n",
         s.queries, s.per_second, s.timeout, s.try_timeout, s.max_fails
     );
-    println!("| fault | route | answered in time | SERVFAIL | late or lost | p50 | p99 | paid try_timeout | faulted upstream saw | forged or duplicate replies reaching a client or the cache |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| fault | route | answered in time | SERVFAIL | late or lost | p50 | p99 | paid try_timeout | faulted upstream saw | upstream queries per query | retransmitted early | forged or duplicate replies reaching a client or the cache |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // FAULT_ROWS="text|text": only the rows whose fault's label contains one of them.
     let only = std::env::var("FAULT_ROWS").unwrap_or_default();
     let wanted = |r: &Row| only.split('|').any(|w| r.label.contains(w));
@@ -567,10 +656,15 @@ async fn fault_matrix_report() {
         };
         let bad = t.count(Got::Forged) + t.count(Got::Other) + t.duplicates() + t.poisoned_cache;
         println!(
-            "| {} | {shape}{} | {:.1}% | {} | {} | {} | {} | {} | {} | {bad} |",
+            "| {} | {shape}{}{} | {:.1}% | {} | {} | {} | {} | {} | {} | {:.3} | {} | {bad} |",
             row.label,
             if row.transport == UpstreamTransport::Tcp {
                 ", tcp"
+            } else {
+                ""
+            },
+            if row.budget_off {
+                ", retransmit_budget = 0"
             } else {
                 ""
             },
@@ -581,6 +675,8 @@ async fn fault_matrix_report() {
             ms(t.percentile(0.99)),
             t.slower_than(s.try_timeout),
             t.faulted_saw,
+            t.upstreams_saw as f64 / t.asked.len() as f64,
+            t.retransmitted_early,
         );
         if std::env::var("FAULT_SLOW").is_ok() {
             let slow: Vec<String> = t

@@ -148,6 +148,7 @@ pub(super) struct RawRoute {
     pub(super) health_check: Option<Spanned<Humane>>,
     pub(super) cache: Option<Spanned<RawRouteCache>>,
     pub(super) max_qps: Option<std::num::NonZeroU32>,
+    pub(super) retransmit_budget: Option<RetransmitBudgetValue>,
     pub(super) transport: Option<UpstreamTransportValue>,
     pub(super) ready: Option<RouteReadinessValue>,
 }
@@ -177,6 +178,49 @@ macro_rules! string_value {
             }
         }
     };
+}
+
+/// `retransmit_budget`: a percentage string ("5%", at most "50%"), or `0` (off). A
+/// bare number other than 0 is refused, since 5 and 0.05 would each read as the other.
+pub(super) struct RetransmitBudgetValue(pub(super) f64);
+
+impl<'de> Deserialize<'de> for RetransmitBudgetValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RetransmitBudgetValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a percentage such as \"5%\", or 0 to turn early retransmission off")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                let share = s
+                    .strip_suffix('%')
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+                    .filter(|p| (0.0..=50.0).contains(p))
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "expected a percentage from \"0%\" to \"50%\" such as \"5%\", got {s:?}"
+                        ))
+                    })?;
+                Ok(RetransmitBudgetValue(share / 100.0))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                match n {
+                    0 => Ok(RetransmitBudgetValue(0.0)),
+                    _ => Err(E::custom(format!(
+                        "expected a percentage string such as \"5%\" (or 0 for off), got the number {n}: write retransmit_budget = \"{n}%\""
+                    ))),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "expected a percentage string such as \"5%\" (or 0 for off), got the number {n}: write retransmit_budget = \"{}%\"",
+                    n * 100.0
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 string_value!(Humane, Duration, "a duration string such as \"5s\"", |s| {

@@ -38,6 +38,9 @@ pub fn default_udp_threads() -> usize {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_FAILS: u32 = 3;
+/// `retransmit_budget`: wasted early retransmissions may reach this share of an
+/// upstream's tries.
+pub const DEFAULT_RETRANSMIT_BUDGET: f64 = 0.05;
 pub const DEFAULT_HEALTH_CHECK: Duration = Duration::from_secs(1);
 
 /// A validated configuration, ready to serve.
@@ -257,6 +260,9 @@ pub struct Route {
     pub cache: CachePolicy,
     /// Queries per second each upstream of this route may be sent; `None`: no limit.
     pub max_qps: Option<u32>,
+    /// `retransmit_budget`: the share of an upstream's tries that wasted early
+    /// retransmissions may reach (0.05 for "5%"); 0 turns early retransmission off.
+    pub retransmit_budget: f64,
     /// Presets (`presets/catalog.toml`) whose zones this route took.
     pub presets: Vec<String>,
     /// NXDOMAIN from this route is asked again through this route (an index into

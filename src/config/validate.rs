@@ -220,6 +220,9 @@ impl<'a> Validation<'a> {
             health_check,
             cache,
             max_qps: r.max_qps.map(|q| q.get()),
+            retransmit_budget: r
+                .retransmit_budget
+                .map_or(DEFAULT_RETRANSMIT_BUDGET, |b| b.0),
             presets,
             nxdomain_fallback: None,
             expect_private: r.expect_private.map(|e| e.0),

@@ -24,7 +24,7 @@ use super::ControlContext;
 use crate::cache::Flush;
 use crate::config::{Config, LoadEnv};
 use crate::reloads::ReloadRequest;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamSet};
 use crate::wire;
 
 #[derive(Deserialize)]
@@ -106,7 +106,11 @@ fn status(cx: &ControlContext) -> Value {
     let routes: Vec<Value> = sets
         .iter()
         .map(|set| {
-            let upstreams: Vec<Value> = set.upstreams.iter().map(|u| upstream_status(u)).collect();
+            let upstreams: Vec<Value> = set
+                .upstreams
+                .iter()
+                .map(|u| upstream_status(set, u))
+                .collect();
             json!({ "name": set.route, "ready": set.ready.as_str(), "upstreams": upstreams })
         })
         .collect();
@@ -137,8 +141,9 @@ fn status(cx: &ControlContext) -> Value {
     })
 }
 
-fn upstream_status(u: &Upstream) -> Value {
+fn upstream_status(set: &UpstreamSet, u: &Upstream) -> Value {
     let srtt = u.stats.srtt_us.load(Ordering::Relaxed);
+    let stats = &u.stats;
     json!({
         "address": u.addr.to_string(),
         "state": u.state().as_str(),
@@ -149,6 +154,13 @@ fn upstream_status(u: &Upstream) -> Value {
         "queries": u.stats.sent.load(Ordering::Relaxed),
         "timeouts": u.stats.timeouts.load(Ordering::Relaxed),
         "srtt_ms": if srtt == 0 { Value::Null } else { json!(srtt as f64 / 1000.0) },
+        // How long a try waits before a retransmission, and whether the answer-time
+        // model set it ("model") or the route's try_timeout holds ("try_timeout").
+        "retransmit_after_ms": set.retransmit_wait(u).as_secs_f64() * 1000.0,
+        "retransmit_from": if set.retransmit_after(u).is_some() { "model" } else { "try_timeout" },
+        "retransmits_late": stats.retransmits_late.load(Ordering::Relaxed),
+        "retransmits_timeout": stats.retransmits_timeout.load(Ordering::Relaxed),
+        "retransmits_wasted": stats.retransmits_wasted.load(Ordering::Relaxed),
     })
 }
 

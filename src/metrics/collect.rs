@@ -43,6 +43,7 @@ impl Collector for Collect {
         per_route(&mut enc, &sets)?;
         per_upstream(&mut enc, &sets)?;
         budgets(&mut enc, &sets)?;
+        retransmits(&mut enc, &sets)?;
         cache(&mut enc, s)?;
         reloads(&mut enc, s)?;
         build_info(&mut enc)?;
@@ -255,6 +256,72 @@ fn budgets(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded {
             let addr = u.addr.to_string();
             let labels = [("route", set.route.as_str()), ("upstream", addr.as_str())];
             fam.encode_family(&labels)?.encode_gauge(&i64::from(max))?;
+        }
+    }
+    Ok(())
+}
+
+/// Early and timed-out retransmissions per upstream, the wasted and held-back ones,
+/// and how long a try waits before one (`upstream::latency`, `upstream::retransmit`).
+fn retransmits(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded {
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_upstream_retransmits",
+        "Tries to the upstream doubled by a new try while unanswered: reason late (past its retransmit threshold) or timeout (past try_timeout, or marked down meanwhile)",
+        None,
+        MetricType::Counter,
+    )?;
+    for set in sets {
+        for u in &set.upstreams {
+            let addr = u.addr.to_string();
+            for (reason, n) in [
+                ("late", &u.stats.retransmits_late),
+                ("timeout", &u.stats.retransmits_timeout),
+            ] {
+                let labels = [
+                    ("route", set.route.as_str()),
+                    ("upstream", addr.as_str()),
+                    ("reason", reason),
+                ];
+                fam.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&load(n), None)?;
+            }
+        }
+    }
+    type Value = fn(&UpstreamSet, &Upstream) -> f64;
+    let families: [(&str, &str, MetricType, Value); 3] = [
+        (
+            "zonefwd_upstream_retransmits_wasted",
+            "Early (late) retransmissions whose doubled try answered as well: the upstream was slow, not lossy; held within retransmit_budget",
+            MetricType::Counter,
+            |_, u| load(&u.stats.retransmits_wasted) as f64,
+        ),
+        (
+            "zonefwd_upstream_retransmits_held",
+            "Late tries not retransmitted early because the route's retransmit_budget was spent",
+            MetricType::Counter,
+            |_, u| load(&u.stats.retransmits_held) as f64,
+        ),
+        (
+            "zonefwd_upstream_retransmit_threshold_seconds",
+            "How long a try to the upstream waits before it is retransmitted: the 99th percentile of its answer times (at least 10 ms), or try_timeout without a model",
+            MetricType::Gauge,
+            |set, u| set.retransmit_wait(u).as_secs_f64(),
+        ),
+    ];
+    for (name, help, ty, value) in families {
+        let mut fam = enc.encode_descriptor(name, help, None, ty)?;
+        for set in sets {
+            for u in &set.upstreams {
+                let addr = u.addr.to_string();
+                let labels = [("route", set.route.as_str()), ("upstream", addr.as_str())];
+                let mut m = fam.encode_family(&labels)?;
+                match ty {
+                    MetricType::Counter => {
+                        m.encode_counter::<NoLabelSet, _, u64>(&(value(set, u) as u64), None)?
+                    }
+                    _ => m.encode_gauge(&value(set, u))?,
+                }
+            }
         }
     }
     Ok(())

@@ -18,10 +18,18 @@
 //! queries whose timeouts mark it down pay the whole `try_timeout`; the ones in flight
 //! with them fail over at that moment, and the ones after skip it. Answers that come
 //! quickly never reach the watch.
+//!
+//! Over UDP, a try also gets a retransmission before `try_timeout` once it outlives
+//! its upstream's retransmit threshold (`latency`: the 99th percentile of that
+//! upstream's answer times, at least 10 ms), while the route's `retransmit_budget`
+//! allows (`retransmit`): a lost datagram then costs about that threshold, not
+//! `try_timeout`. Such an early retransmission is not a failure of the late try, which
+//! stays open as any other; if the query ends first, the try is watched to its own
+//! `try_timeout` (`orphan`), so its answer or its silence still counts.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -30,10 +38,12 @@ use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::{UpstreamOrder, UpstreamTransport};
-use crate::outcome::Outcome;
+use crate::outcome::{AnsweredBy, Outcome, RetransmitReason};
 use crate::upstream::exchange::{Exchanged, TryError};
+use crate::upstream::orphan::Orphan;
 use crate::upstream::probe;
 use crate::upstream::set::UpstreamSet;
+use crate::upstream::udp::{SetAside, SetAsideTries};
 use crate::upstream::upstream::Upstream;
 use crate::wire::{self, rcode, Query};
 
@@ -142,6 +152,17 @@ enum TryState {
     Done,
 }
 
+/// One try launched.
+#[derive(Debug, Clone, Copy)]
+struct Launched {
+    /// Its upstream's index in the set.
+    idx: usize,
+    state: TryState,
+    sent: Instant,
+    /// Why a newer try doubled it while it was unanswered, if one did.
+    doubled: Option<RetransmitReason>,
+}
+
 /// One query's tries: the plan (each upstream in order, then each once more), the
 /// tries launched so far, and the best soft reply yet.
 struct Tries<'a> {
@@ -149,11 +170,19 @@ struct Tries<'a> {
     q: &'a Query,
     order: Vec<usize>,
     next: usize,
-    /// Per try launched: upstream index, state, and when it was sent.
-    launched: Vec<(usize, TryState, Instant)>,
-    fallback: Option<(Exchanged, SocketAddr)>,
+    launched: Vec<Launched>,
+    fallback: Option<(Exchanged, AnsweredBy)>,
+    /// Where a try dropped unanswered leaves its socket (`orphan`).
+    set_aside: &'a SetAsideTries,
     /// When the newest try becomes overdue.
     try_timer: Instant,
+    /// When the newest try is late by its upstream's measure and may be retransmitted
+    /// early; `None` without a model, over TCP, or with `retransmit_budget = 0`.
+    late_at: Option<Instant>,
+    /// Early retransmissions so far: each doubles the wait before the next (RFC 6298
+    /// section 5.5's backoff), so a slow name the model has not caught up with costs
+    /// one wasted query, not one per try.
+    early: u32,
     /// When the newest try starts to watch for its upstream being marked down (the
     /// try timer, once it does).
     watch_from: Instant,
@@ -180,49 +209,104 @@ impl<'a> Tries<'a> {
             }
             let n = self.launched.len();
             let now = Instant::now();
-            self.launched.push((idx, TryState::Running, now));
+            self.launched.push(Launched {
+                idx,
+                state: TryState::Running,
+                sent: now,
+                doubled: None,
+            });
             let u = &set.upstreams[idx];
             u.stats.sent.fetch_add(1, Ordering::Relaxed);
             self.try_timer = now + set.try_timeout;
             self.watch_from = now + watch_after(set.try_timeout);
+            self.late_at = set
+                .retransmit_after(u)
+                .map(|after| now + after * (1 << self.early.min(8)));
             let (q, transport) = (self.q, set.transport);
-            return Some(Box::pin(async move { (n, one_try(u, q, transport).await) }));
+            let set_aside = SetAside {
+                bin: self.set_aside,
+                n,
+            };
+            return Some(Box::pin(async move {
+                (n, one_try(u, q, transport, set_aside).await)
+            }));
         }
         None
     }
 
-    /// What to wait for besides the tries: the newest try's timeout, or the deadline.
-    /// The try timeout is off once every try is launched and the newest one counted,
-    /// so an expired timer cannot spin.
+    /// What to wait for besides the tries: the newest try's late mark, its watch or
+    /// timeout, or the deadline. The try timeout is off once every try is launched and
+    /// the newest one counted, so an expired timer cannot spin.
     fn wake(&self, deadline: Instant) -> Instant {
         let timer_on = self.next < self.plan_len()
             || self
                 .launched
                 .last()
-                .is_some_and(|t| t.1 == TryState::Running);
+                .is_some_and(|t| t.state == TryState::Running);
+        let mut wake = deadline;
         if timer_on {
-            self.watch_from.min(deadline)
-        } else {
-            deadline
+            wake = wake.min(self.watch_from);
         }
+        if let Some(late) = self.late_at {
+            wake = wake.min(late);
+        }
+        wake
     }
 
-    /// The timer fired before the deadline: true when the newest try is overdue, or
-    /// its upstream, watched from now on, is down already; either way the caller
-    /// moves on.
-    fn timer(&mut self, now: Instant) -> bool {
+    /// The timer fired before the deadline: whether the newest try is to be doubled
+    /// now, and why. Late by its upstream's measure (budget allowing); overdue; or
+    /// slow and its upstream, watched from now on, down already.
+    fn due(&mut self, now: Instant) -> Option<RetransmitReason> {
         if now >= self.try_timer {
-            return true;
+            return Some(RetransmitReason::Timeout);
         }
-        self.watch_from = self.try_timer;
+        if self.late_at.is_some_and(|late| now >= late) {
+            self.late_at = None;
+            if self.may_retransmit_early() {
+                return Some(RetransmitReason::Late);
+            }
+        }
+        if now >= self.watch_from {
+            self.watch_from = self.try_timer;
+            if self.watch_newest() {
+                return Some(RetransmitReason::Timeout);
+            }
+        }
+        None
+    }
+
+    /// The newest try is late: it is unanswered, a next try is planned, and its
+    /// upstream's wasted retransmissions leave room for one more.
+    fn may_retransmit_early(&self) -> bool {
+        let Some(t) = self.launched.last() else {
+            return false;
+        };
+        if t.state != TryState::Running || self.next >= self.plan_len() {
+            return false;
+        }
+        let stats = &self.set.upstreams[t.idx].stats;
+        let allowed = self.set.upstreams[t.idx].retransmit_budget.allows(
+            self.set.retransmit_budget,
+            &stats.sent,
+            &stats.retransmits_wasted,
+        );
+        if !allowed {
+            stats.retransmits_held.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    /// Starts watching the newest try's upstream for a down mark: true when it is
+    /// down already. Only worth it when the next try would go elsewhere: a lone
+    /// upstream's retransmission keeps its own timer.
+    fn watch_newest(&mut self) -> bool {
         match self.launched.last() {
-            // Only worth it when the next try would go elsewhere: a lone upstream's
-            // retransmission keeps its own timer.
-            Some(&(idx, TryState::Running, _))
-                if self.next < self.plan_len()
-                    && self.order[self.next % self.order.len()] != idx =>
+            Some(t)
+                if t.state == TryState::Running
+                    && self.next < self.plan_len()
+                    && self.order[self.next % self.order.len()] != t.idx =>
             {
-                self.watch.watch(&self.set.upstreams[idx])
+                self.watch.watch(&self.set.upstreams[t.idx])
             }
             _ => false,
         }
@@ -231,25 +315,32 @@ impl<'a> Tries<'a> {
     /// Try `n` ended: the answer to relay, or `None` to go on.
     fn ended(&mut self, n: usize, verdict: Verdict) -> Option<Outcome<Exchanged>> {
         let set = self.set;
-        let (idx, state, sent) = self.launched[n];
-        self.launched[n].1 = TryState::Done;
+        let Launched {
+            idx,
+            state,
+            sent,
+            doubled,
+        } = self.launched[n];
+        self.launched[n].state = TryState::Done;
         self.watch.clear();
         let addr = set.upstreams[idx].addr;
+        let stats = &set.upstreams[idx].stats;
         if !matches!(verdict, Verdict::Failed(_)) {
-            set.upstreams[idx].stats.record_rtt(sent.elapsed());
+            stats.record_rtt(sent.elapsed());
+            if doubled == Some(RetransmitReason::Late) {
+                stats.retransmits_wasted.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        let by = AnsweredBy::new(addr, self.retransmission(n));
         match verdict {
             Verdict::Final(answer) => {
                 answered(set, idx);
-                return Some(Outcome::Answered {
-                    answer,
-                    upstream: addr,
-                });
+                return Some(Outcome::Answered { answer, by });
             }
             Verdict::Soft(answer) => {
                 answered(set, idx);
                 tracing::debug!(route = %set.route, upstream = %addr, rcode = %rcode::name(answer.reply.rcode), truncated = answer.reply.truncated, "trying the next upstream");
-                self.fallback = Some((answer, addr));
+                self.fallback = Some((answer, by));
             }
             Verdict::Failed(TryError::Busy) => {
                 // Our own limit, not the upstream's failure: not counted against it.
@@ -278,45 +369,97 @@ impl<'a> Tries<'a> {
         None
     }
 
-    /// The newest try is overdue: its failure is counted now.
+    /// Whether try `n` was a retransmission, and why: the reason its predecessor was
+    /// doubled, when that one was still unanswered.
+    fn retransmission(&self, n: usize) -> Option<RetransmitReason> {
+        n.checked_sub(1).and_then(|p| self.launched[p].doubled)
+    }
+
+    /// The newest try is given up on (overdue, or its upstream marked down): it, and
+    /// every older try still running past its own `try_timeout`, is counted as failed.
     fn overdue(&mut self) {
-        if let Some(t) = self.launched.last_mut() {
-            if t.1 == TryState::Running {
-                t.1 = TryState::Overdue;
-                self.set.upstreams[t.0]
-                    .stats
-                    .timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                failed(self.set, t.0, t.2);
+        let now = Instant::now();
+        let (set, last) = (self.set, self.launched.len().saturating_sub(1));
+        for (n, t) in self.launched.iter_mut().enumerate() {
+            if t.state != TryState::Running || (n != last && now < t.sent + set.try_timeout) {
+                continue;
             }
+            t.state = TryState::Overdue;
+            set.upstreams[t.idx]
+                .stats
+                .timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            failed(set, t.idx, t.sent);
         }
     }
 
-    /// The newest try is given up on (overdue, or its upstream marked down): counted,
-    /// and the next one started.
-    fn move_on(&mut self, running: &mut Running<'a>) {
-        self.watch.clear();
-        self.overdue();
-        if let Some(t) = self.launch() {
-            running.push(t);
+    /// Doubles the newest try with the next one, for `reason`. A late try stays
+    /// running, not failed; an overdue one is counted.
+    fn retransmit(&mut self, reason: RetransmitReason, running: &mut Running<'a>) {
+        let newest = self.launched.len() - 1;
+        let unanswered = self.launched[newest].state == TryState::Running;
+        match reason {
+            RetransmitReason::Timeout => {
+                self.watch.clear();
+                self.overdue();
+            }
+            RetransmitReason::Late => self.early += 1,
+        }
+        let Some(t) = self.launch() else {
+            return;
+        };
+        running.push(t);
+        if unanswered {
+            let doubled = &mut self.launched[newest];
+            doubled.doubled = Some(reason);
+            let stats = &self.set.upstreams[doubled.idx].stats;
+            match reason {
+                RetransmitReason::Late => &stats.retransmits_late,
+                RetransmitReason::Timeout => &stats.retransmits_timeout,
+            }
+            .fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// The deadline ended every try still running: each counts as a timeout.
-    fn expired(&self) {
-        for t in self.launched.iter().filter(|t| t.1 == TryState::Running) {
-            self.set.upstreams[t.0]
+    fn expired(&mut self) {
+        for t in self
+            .launched
+            .iter_mut()
+            .filter(|t| t.state == TryState::Running)
+        {
+            t.state = TryState::Overdue;
+            self.set.upstreams[t.idx]
                 .stats
                 .timeouts
                 .fetch_add(1, Ordering::Relaxed);
-            failed(self.set, t.0, t.2);
+            failed(self.set, t.idx, t.sent);
+        }
+    }
+
+    /// The query ended with tries still running (their futures dropped, their sockets
+    /// set aside): the ones doubled early are watched to their own `try_timeout`.
+    fn adopt_orphans(&self) {
+        let set = self.set;
+        for (n, unanswered) in self.set_aside.take() {
+            let t = self.launched[n];
+            if t.state != TryState::Running || t.doubled != Some(RetransmitReason::Late) {
+                continue;
+            }
+            Orphan {
+                upstream: Arc::clone(&set.upstreams[t.idx]),
+                unanswered,
+                sent: t.sent,
+                until: t.sent + set.try_timeout,
+            }
+            .watch(set.probe_plan());
         }
     }
 
     /// Nothing better came: the last soft reply, if any.
-    fn give_up(self) -> Outcome<Exchanged> {
-        match self.fallback {
-            Some((answer, upstream)) => Outcome::Answered { answer, upstream },
+    fn give_up(&mut self) -> Outcome<Exchanged> {
+        match self.fallback.take() {
+            Some((answer, by)) => Outcome::Answered { answer, by },
             None => Outcome::Failed,
         }
     }
@@ -333,7 +476,7 @@ impl UpstreamSet {
             return self.guarded(q, out);
         };
         match out {
-            Outcome::Answered { answer, upstream } if answer.reply.rcode == rcode::NXDOMAIN => {
+            Outcome::Answered { answer, by } if answer.reply.rcode == rcode::NXDOMAIN => {
                 // A private zone linked to the VNet says NXDOMAIN for names it lacks
                 // (another tenant's storage account): ask where public names resolve,
                 // as Azure's "fallback to internet" link policy does.
@@ -344,7 +487,7 @@ impl UpstreamSet {
                 match Box::pin(fallback.forward(q)).await {
                     out @ Outcome::Answered { .. } => fallback.guarded(q, out),
                     // The fallback had nothing: the NXDOMAIN stands.
-                    _ => Outcome::Answered { answer, upstream },
+                    _ => Outcome::Answered { answer, by },
                 }
             }
             out => self.guarded(q, out),
@@ -370,6 +513,7 @@ impl UpstreamSet {
             }
             return Outcome::Failed;
         }
+        let set_aside = SetAsideTries::default();
         let mut tries = Tries {
             set: self,
             q,
@@ -377,7 +521,10 @@ impl UpstreamSet {
             order,
             next: 0,
             fallback: None,
+            set_aside: &set_aside,
             try_timer: started,
+            late_at: None,
+            early: 0,
             watch_from: started,
             watch: DownWatch(None),
         };
@@ -389,34 +536,45 @@ impl UpstreamSet {
             return Outcome::OverBudget;
         };
         running.push(first);
+        let out = tries.run(&mut running, deadline).await;
+        // The tries still running leave their sockets in `set_aside` as they go.
+        drop(running);
+        tries.adopt_orphans();
+        out
+    }
+}
+
+impl<'a> Tries<'a> {
+    /// Until a try's reply is the answer, every try has ended, or the deadline.
+    async fn run(&mut self, running: &mut Running<'a>, deadline: Instant) -> Outcome<Exchanged> {
         loop {
             // One timer for whichever comes first, not one per kind of wait.
-            let wake = tries.wake(deadline);
+            let wake = self.wake(deadline);
             tokio::select! {
                 biased;
                 Some((n, verdict)) = running.next() => {
-                    if let Some(out) = tries.ended(n, verdict) {
+                    if let Some(out) = self.ended(n, verdict) {
                         return out;
                     }
-                    match tries.launch() {
+                    match self.launch() {
                         Some(t) => running.push(t),
                         None if running.is_empty() => break,
                         None => {}
                     }
                 }
-                _ = tries.watch.fired() => tries.move_on(&mut running),
+                _ = self.watch.fired() => self.retransmit(RetransmitReason::Timeout, running),
                 _ = sleep_until(wake), if wake < deadline => {
-                    if tries.timer(Instant::now()) {
-                        tries.move_on(&mut running);
+                    if let Some(reason) = self.due(Instant::now()) {
+                        self.retransmit(reason, running);
                     }
                 }
                 _ = sleep_until(deadline), if wake == deadline => {
-                    tries.expired();
+                    self.expired();
                     break;
                 }
             }
         }
-        tries.give_up()
+        self.give_up()
     }
 }
 
@@ -446,19 +604,13 @@ fn order(set: &UpstreamSet) -> Vec<usize> {
 
 /// A try to `set.upstreams[idx]` was answered (anything): its failures in a row end.
 fn answered(set: &UpstreamSet, idx: usize) {
-    let u = &set.upstreams[idx];
-    if u.health.answered() {
-        tracing::info!(route = %set.route, upstream = %u.addr, "upstream answers again; back in rotation");
-    }
+    probe::try_answered(&set.route, &set.upstreams[idx]);
 }
 
 /// A try to `set.upstreams[idx]`, sent at `sent`, failed: counted towards
 /// `max_fails`, and the upstream probed once that marks it down.
 fn failed(set: &UpstreamSet, idx: usize, sent: Instant) {
-    let u = &set.upstreams[idx];
-    if u.health.failed(sent) {
-        probe::probe_until_back(u, set.probe_plan());
-    }
+    probe::try_failed(&set.upstreams[idx], sent, || set.probe_plan());
 }
 
 fn watch_after(try_timeout: Duration) -> Duration {
@@ -466,9 +618,14 @@ fn watch_after(try_timeout: Duration) -> Duration {
 }
 
 /// One try against one upstream, over the route's transport.
-async fn one_try(u: &Upstream, q: &Query, transport: UpstreamTransport) -> Verdict {
+async fn one_try(
+    u: &Upstream,
+    q: &Query,
+    transport: UpstreamTransport,
+    set_aside: SetAside<'_>,
+) -> Verdict {
     match transport {
-        UpstreamTransport::Udp => udp_try(u, q).await,
+        UpstreamTransport::Udp => udp_try(u, q, set_aside).await,
         UpstreamTransport::Tcp => tcp_try(u, q).await,
     }
 }
@@ -476,17 +633,17 @@ async fn one_try(u: &Upstream, q: &Query, transport: UpstreamTransport) -> Verdi
 /// UDP with EDNS; once more without EDNS if the server answers FORMERR without an OPT
 /// (RFC 6891 section 7: it predates EDNS); over a kept TCP connection if the reply is
 /// truncated (RFC 7766 section 5) or larger than we take over UDP.
-async fn udp_try(u: &Upstream, q: &Query) -> Verdict {
+async fn udp_try(u: &Upstream, q: &Query, set_aside: SetAside<'_>) -> Verdict {
     let addr = u.addr;
     let mut edns = true;
-    let mut answer = match u.udp.exchange(q, edns).await {
+    let mut answer = match u.udp.exchange(q, edns, Some(set_aside)).await {
         Ok(a) => a,
         Err(TryError::Oversize(_)) => return tcp_verdict(u.tcp.exchange(q, edns).await),
         Err(e) => return Verdict::Failed(e),
     };
     if is_pre_edns(&answer) {
         edns = false;
-        answer = match u.udp.exchange(q, edns).await {
+        answer = match u.udp.exchange(q, edns, Some(set_aside)).await {
             Ok(a) => a,
             Err(e) => return Verdict::Failed(e),
         };

@@ -89,7 +89,7 @@ impl PrivateGuard {
     /// turn the answer into a failure (`enforce`) so the client gets SERVFAIL rather
     /// than an address that leaves the private network.
     pub fn check(&self, route: &str, q: &Query, out: Outcome<Exchanged>) -> Outcome<Exchanged> {
-        let Outcome::Answered { answer, upstream } = &out else {
+        let Outcome::Answered { answer, by } = &out else {
             return out;
         };
         let public = wire::public_addresses(
@@ -105,7 +105,7 @@ impl PrivateGuard {
             let addrs: Vec<String> = public.iter().map(|a| a.to_string()).collect();
             tracing::warn!(
                 route = %route,
-                upstream = %upstream,
+                upstream = %by.upstream(),
                 name = %wire::name_to_string(&q.qname),
                 addresses = %addrs.join(" "),
                 action = if self.mode == ExpectPrivate::Enforce { "servfail" } else { "answered" },

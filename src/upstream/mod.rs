@@ -11,13 +11,18 @@
 //! - `health`: failures in a row and the `max_fails` mark; `probe`: the probe that
 //!   brings a marked upstream back
 //! - `guard`: `expect_private`, public addresses in a private route's answers
-//! - `stats`: what one upstream's tries came to
+//! - `stats`: what one upstream's tries came to; `latency`: its answer times and the
+//!   retransmit threshold they give; `retransmit`: the budget for wasted early
+//!   retransmissions; `orphan`: a doubled try watched after its query ended
 
 mod exchange;
 mod forward;
 mod guard;
 mod health;
+mod latency;
+mod orphan;
 mod probe;
+mod retransmit;
 mod set;
 mod stats;
 mod tcp;

@@ -1,5 +1,6 @@
 //! The probe that brings a down upstream back into rotation, over the route's
-//! transport (a TCP route's upstream is back when TCP to it works).
+//! transport (a TCP route's upstream is back when TCP to it works), and what a try's
+//! end means for its upstream's health: `try_answered`, `try_failed`.
 //!
 //! The probe holds its upstream by a `Weak`: when a reload drops the upstream from the
 //! configuration, the probe ends at its next round instead of probing (and keeping the
@@ -7,6 +8,8 @@
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::UpstreamTransport;
 use crate::life::Lifecycle;
@@ -45,7 +48,7 @@ pub fn probe_until_back(u: &Arc<Upstream>, plan: ProbePlan) {
             };
             let answered = tokio::time::timeout(plan.per_probe, async {
                 match plan.transport {
-                    UpstreamTransport::Udp => u.udp.exchange(&probe, true).await,
+                    UpstreamTransport::Udp => u.udp.exchange(&probe, true, None).await,
                     UpstreamTransport::Tcp => u.tcp.exchange(&probe, true).await,
                 }
             })
@@ -59,6 +62,21 @@ pub fn probe_until_back(u: &Arc<Upstream>, plan: ProbePlan) {
             u.health.stop_probing();
         }
     });
+}
+
+/// A try to `u` was answered (anything): its failures in a row end.
+pub fn try_answered(route: &str, u: &Upstream) {
+    if u.health.answered() {
+        tracing::info!(route = %route, upstream = %u.addr, "upstream answers again; back in rotation");
+    }
+}
+
+/// A try to `u`, sent at `sent`, failed: counted towards `max_fails`, and the upstream
+/// probed (`plan`) once that marks it down.
+pub fn try_failed(u: &Arc<Upstream>, sent: Instant, plan: impl FnOnce() -> ProbePlan) {
+    if u.health.failed(sent) {
+        probe_until_back(u, plan());
+    }
 }
 
 /// The upstream, while it is still configured and still down.

@@ -24,6 +24,9 @@ pub struct UpstreamSet {
     pub(crate) rr: AtomicUsize,
     pub(crate) timeout: Duration,
     pub(crate) try_timeout: Duration,
+    /// `retransmit_budget`: the share of an upstream's tries that wasted early
+    /// retransmissions may reach; 0 turns early retransmission off.
+    pub(crate) retransmit_budget: f64,
     pub(crate) health_check: Duration,
     pub(crate) budget_warning: Throttle,
     /// This host's own limits (descriptors, full TCP pipelines), warned of once per
@@ -128,6 +131,7 @@ impl UpstreamSet {
             rr: AtomicUsize::new(0),
             timeout: route.timeout,
             try_timeout: route.try_timeout,
+            retransmit_budget: route.retransmit_budget,
             health_check: route.health_check,
             budget_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             local_warning: Throttle::new(LIMIT_WARN_INTERVAL),
@@ -154,6 +158,25 @@ impl UpstreamSet {
     /// Answers with public A/AAAA records for private names (0 without a guard).
     pub fn public_answers(&self) -> u64 {
         self.guard.as_ref().map_or(0, PrivateGuard::public_answers)
+    }
+
+    /// How long a try to `u` waits before it is retransmitted early: its upstream's
+    /// threshold, when the model has one below `try_timeout`, over UDP (TCP
+    /// retransmits in the kernel; a late TCP try is slow, not lost), with a budget.
+    pub fn retransmit_after(&self, u: &Upstream) -> Option<Duration> {
+        if self.transport != UpstreamTransport::Udp || self.retransmit_budget <= 0.0 {
+            return None;
+        }
+        u.stats
+            .latency
+            .threshold()
+            .filter(|&after| after < self.try_timeout)
+    }
+
+    /// What a try to `u` waits before a retransmission, as `ctl status` and the
+    /// metrics show it: the early threshold, or `try_timeout`.
+    pub fn retransmit_wait(&self, u: &Upstream) -> Duration {
+        self.retransmit_after(u).unwrap_or(self.try_timeout)
     }
 
     /// How this route probes an upstream its tries marked down.

@@ -74,43 +74,61 @@ impl UdpSockets {
     }
 
     /// One exchange on a socket of this upstream's, kept for the next query when it
-    /// ended cleanly. No deadline of its own: the caller holds it.
-    pub async fn exchange(&self, q: &Query, edns: bool) -> Result<Exchanged, TryError> {
-        let mismatched = &self.stats.mismatched;
-        if self.reuse <= 1 {
-            return exchange_on_fresh_socket(self.addr, q, edns, mismatched).await;
-        }
+    /// ended cleanly. No deadline of its own: the caller holds it. With `set_aside`,
+    /// a try dropped while it waits leaves its socket there (`Unanswered`) instead of
+    /// closing it, so its fate can still be learned.
+    pub async fn exchange(
+        &self,
+        q: &Query,
+        edns: bool,
+        set_aside: Option<SetAside<'_>>,
+    ) -> Result<Exchanged, TryError> {
         // One clock read serves the whole exchange: a socket given back a little past
         // SOCKET_MAX_AGE is still never used again, `take` drops it first.
         let now = Instant::now();
-        let (mut p, id) = match self.take(now) {
-            Some(p) => {
-                p.sock.forget_readable();
-                let mut id = random_id();
-                while Some(id) == p.last_id {
-                    id = random_id();
-                }
-                p.sock.send(&wire::build_upstream_query(q, id, edns))?;
-                (p, id)
-            }
-            None => {
-                let (sock, id) = open_asking(self.addr, q, edns)?;
-                (Pooled::new(sock, now), id)
-            }
+        let (p, id) = self.ask(q, edns, now)?;
+        let mut waiting = Waiting {
+            pooled: Some(p),
+            id,
+            set_aside,
         };
-        p.uses += 1;
-        let answer = receive(&p.sock, self.addr, q, id, p.last_id, mismatched).await?;
+        let p = waiting.pooled.as_ref().expect("held until the reply");
+        let answer = receive(&p.sock, self.addr, q, id, p.last_id, &self.stats.mismatched).await;
+        // Ended, one way or the other: not set aside.
+        let mut p = waiting.pooled.take().expect("held until the reply");
+        let answer = answer?;
         p.last_id = Some(id);
         self.give(p, now);
         Ok(answer)
+    }
+
+    /// A socket with `q` sent on it under a fresh ID: an idle one, or a new one.
+    fn ask(&self, q: &Query, edns: bool, now: Instant) -> Result<(Pooled, u16), TryError> {
+        let Some(mut p) = self.take(now) else {
+            let (sock, id) = open_asking(self.addr, q, edns)?;
+            let mut p = Pooled::new(sock, now);
+            p.uses = 1;
+            return Ok((p, id));
+        };
+        p.sock.forget_readable();
+        let mut id = random_id();
+        while Some(id) == p.last_id {
+            id = random_id();
+        }
+        p.sock.send(&wire::build_upstream_query(q, id, edns))?;
+        p.uses += 1;
+        Ok((p, id))
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle socket young enough to use, or none.
+    /// An idle socket young enough to use, or none (always none without reuse).
     fn take(&self, now: Instant) -> Option<Pooled> {
+        if self.reuse <= 1 {
+            return None;
+        }
         let mut idle = self.idle();
         while let Some(p) = idle.pop() {
             if p.young(now) {
@@ -121,7 +139,7 @@ impl UdpSockets {
     }
 
     fn give(&self, p: Pooled, now: Instant) {
-        if p.uses >= self.reuse || !p.young(now) {
+        if self.reuse <= 1 || p.uses >= self.reuse || !p.young(now) {
             return;
         }
         let mut idle = self.idle();
@@ -150,17 +168,79 @@ impl UdpSockets {
 /// One exchange with `server` on a socket of its own, closed after: for the checks
 /// that ask an address once (`doctor`, the loop probe), which count no mismatches.
 pub async fn exchange_once(server: SocketAddr, q: &Query) -> Result<Exchanged, TryError> {
-    exchange_on_fresh_socket(server, q, true, &AtomicU64::new(0)).await
+    let (sock, id) = open_asking(server, q, true)?;
+    receive(&sock, server, q, id, None, &AtomicU64::new(0)).await
 }
 
-async fn exchange_on_fresh_socket(
-    server: SocketAddr,
-    q: &Query,
-    edns: bool,
-    mismatched: &AtomicU64,
-) -> Result<Exchanged, TryError> {
-    let (sock, id) = open_asking(server, q, edns)?;
-    receive(&sock, server, q, id, None, mismatched).await
+/// Where a try's socket goes when the try is dropped while it waits: the bin of its
+/// query's tries (`SetAsideTries`), under the try's number.
+#[derive(Clone, Copy)]
+pub struct SetAside<'a> {
+    pub bin: &'a SetAsideTries,
+    pub n: usize,
+}
+
+/// The sockets of one query's tries that were dropped unanswered, by try number:
+/// nearly always empty (a `Vec` allocates only on its first push).
+#[derive(Default)]
+pub struct SetAsideTries(Mutex<Vec<(usize, Unanswered)>>);
+
+impl SetAsideTries {
+    pub fn take(&self) -> Vec<(usize, Unanswered)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A try's socket whose reply has not come yet.
+#[derive(Debug)]
+pub struct Unanswered {
+    sock: UpstreamSocket,
+    id: u16,
+}
+
+impl Unanswered {
+    /// Waits for the reply to its query: a response with its ID (the socket is
+    /// connected, so only the upstream's address and port reach it). The question is
+    /// not checked: nothing is relayed, the reply only says the upstream answered.
+    /// An error is the try's failure (a refused port).
+    pub async fn answered(&self) -> io::Result<()> {
+        loop {
+            let step = self
+                .sock
+                .when_readable(|s| {
+                    let mut header = [0u8; 12];
+                    let n = s.recv(&mut header)?;
+                    Ok(n == header.len()
+                        && u16::from_be_bytes([header[0], header[1]]) == self.id
+                        && header[2] & 0x80 != 0)
+                })
+                .await?;
+            if step == Some(true) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One exchange's socket while it waits for the reply: set aside if the exchange is
+/// dropped then, closed if it has nowhere to go.
+struct Waiting<'a> {
+    pooled: Option<Pooled>,
+    id: u16,
+    set_aside: Option<SetAside<'a>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let (Some(p), Some(to)) = (self.pooled.take(), self.set_aside) {
+            let unanswered = Unanswered {
+                sock: p.sock,
+                id: self.id,
+            };
+            let mut bin = to.bin.0.lock().unwrap_or_else(|e| e.into_inner());
+            bin.push((to.n, unanswered));
+        }
+    }
 }
 
 /// A new socket to `server` with `q` already sent on it under a fresh ID.
@@ -408,7 +488,7 @@ mod tests {
         let sockets = sockets(addr, 3);
         for i in 0..7 {
             sockets
-                .exchange(&q(&format!("n{i}.example.")), true)
+                .exchange(&q(&format!("n{i}.example.")), true, None)
                 .await
                 .unwrap();
         }
@@ -422,7 +502,10 @@ mod tests {
 
         // Two queries in flight at once get two sockets.
         let (qa, qb) = (q("a.example."), q("b.example."));
-        let (a, b) = tokio::join!(sockets.exchange(&qa, true), sockets.exchange(&qb, true));
+        let (a, b) = tokio::join!(
+            sockets.exchange(&qa, true, None),
+            sockets.exchange(&qb, true, None)
+        );
         a.unwrap();
         b.unwrap();
         let ports: Vec<u16> = from.lock().unwrap().iter().map(|a| a.port()).collect();
@@ -436,7 +519,7 @@ mod tests {
         let sockets = sockets(silent.local_addr().unwrap(), 10);
         let t = tokio::time::timeout(
             Duration::from_millis(100),
-            sockets.exchange(&q("x.example."), true),
+            sockets.exchange(&q("x.example."), true, None),
         )
         .await;
         assert!(t.is_err());
@@ -450,9 +533,15 @@ mod tests {
     async fn two_queries_with_a_pause(then: Then) -> (Exchanged, Vec<u16>, u64) {
         let (addr, from) = upstream(then).await;
         let sockets = sockets(addr, 10);
-        sockets.exchange(&q("one.example."), true).await.unwrap();
+        sockets
+            .exchange(&q("one.example."), true, None)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let a = sockets.exchange(&q("two.example."), true).await.unwrap();
+        let a = sockets
+            .exchange(&q("two.example."), true, None)
+            .await
+            .unwrap();
         let ports = from.lock().unwrap().iter().map(|a| a.port()).collect();
         (a, ports, sockets.stats.mismatched.load(Ordering::Relaxed))
     }
@@ -479,7 +568,10 @@ mod tests {
     async fn sockets_retire_by_age() {
         let (addr, _) = upstream(Then::Nothing).await;
         let sockets = sockets(addr, 10);
-        sockets.exchange(&q("one.example."), true).await.unwrap();
+        sockets
+            .exchange(&q("one.example."), true, None)
+            .await
+            .unwrap();
         assert_eq!(sockets.idle_len(), 1);
         // Not handed out once SOCKET_MAX_AGE has passed since it was opened.
         assert!(sockets.take(Instant::now() + SOCKET_MAX_AGE).is_none());
@@ -492,7 +584,10 @@ mod tests {
         let sockets = sockets(addr, 10);
         // Two queries at once: two sockets, both idle after.
         let (one, two) = (q("one.example."), q("two.example."));
-        let (a, b) = tokio::join!(sockets.exchange(&one, true), sockets.exchange(&two, true),);
+        let (a, b) = tokio::join!(
+            sockets.exchange(&one, true, None),
+            sockets.exchange(&two, true, None),
+        );
         a.unwrap();
         b.unwrap();
         assert_eq!(sockets.idle_len(), 2);

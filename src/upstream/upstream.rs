@@ -13,6 +13,7 @@ use crate::config::Route;
 use crate::life::Clock;
 use crate::limit::{Rate, TokenBucket};
 use crate::upstream::health::Health;
+use crate::upstream::retransmit::RetransmitBudget;
 use crate::upstream::stats::UpstreamStats;
 use crate::upstream::tcp::TcpConnections;
 use crate::upstream::udp::UdpSockets;
@@ -85,6 +86,8 @@ pub struct Upstream {
     /// 168.63.129.16; AWS: 1024 packets/s per interface), so zonefwd keeps under them
     /// itself and says so.
     budget: Option<(Rate, TokenBucket)>,
+    /// How many early retransmissions were wasted lately, against `retransmit_budget`.
+    pub retransmit_budget: RetransmitBudget,
     pub udp: UdpSockets,
     pub tcp: TcpConnections,
 }
@@ -106,6 +109,7 @@ impl Upstream {
             budget: settings
                 .max_qps
                 .map(|q| (Rate::new(q, q, now), TokenBucket::new())),
+            retransmit_budget: RetransmitBudget::default(),
         }
     }
 

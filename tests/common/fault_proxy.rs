@@ -51,7 +51,18 @@ pub enum Fault {
     TcpCloseMidReply { every: usize },
     /// Nothing gets through, either way.
     Blackhole,
+    /// A resolver's answer times: 10% of names (fixed by the name) answered 300 to
+    /// 500 ms after the proxy first saw a query for them, as names the resolver must
+    /// resolve, the rest at once, as names in its cache; a second query for a slow
+    /// name is answered when its resolution ends. Each datagram is also lost with
+    /// probability `loss`.
+    SlowTail { loss: f64 },
 }
+
+/// `SlowTail`: the share of names that are slow, and how slow.
+const SLOW_SHARE_PERCENT: u64 = 10;
+const SLOW_MIN_MS: u64 = 300;
+const SLOW_SPREAD_MS: u64 = 200;
 
 /// What the proxy saw.
 #[derive(Default)]
@@ -86,6 +97,8 @@ struct Relay {
     /// `WrongSource`: the socket on 127.0.0.2 and the upstream's own port, one for
     /// every forgery (two could not bind it at once).
     impostor: Option<UdpSocket>,
+    /// `SlowTail`: when a query for each name first reached the proxy.
+    first_seen: Mutex<HashMap<String, Instant>>,
 }
 
 impl FaultProxy {
@@ -108,6 +121,7 @@ impl FaultProxy {
             fault,
             log: log.clone(),
             impostor,
+            first_seen: Mutex::default(),
         });
         let task = tokio::spawn(run(relay, udp, tcp, started));
         FaultProxy {
@@ -157,7 +171,7 @@ impl Relay {
     /// Whether this datagram (either way) is lost.
     fn drops(&self) -> bool {
         let lost = match self.fault {
-            Fault::Loss(p) => self.chance(p),
+            Fault::Loss(p) | Fault::SlowTail { loss: p } => self.chance(p),
             Fault::Blackhole => true,
             _ => false,
         };
@@ -169,14 +183,20 @@ impl Relay {
 
     fn note_query(&self, raw: &[u8]) {
         if let Ok(m) = Message::from_vec(raw) {
-            self.log.names.lock().unwrap().push(qname_of(&m));
+            let name = qname_of(&m);
+            if matches!(self.fault, Fault::SlowTail { .. }) {
+                let mut first = self.first_seen.lock().unwrap();
+                first.entry(name.clone()).or_insert_with(Instant::now);
+            }
+            self.log.names.lock().unwrap().push(name);
         }
     }
 
-    /// How long to hold a reply before it goes out.
-    fn hold(&self) -> Duration {
+    /// How long to hold `reply` before it goes out.
+    fn hold(&self, reply: &[u8]) -> Duration {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         match self.fault {
+            Fault::SlowTail { .. } => self.resolution_left(reply),
             Fault::Delay { base, jitter } => {
                 let offset = (rand::random::<f64>() * 2.0 - 1.0) * ms(jitter);
                 Duration::from_secs_f64((ms(base) + offset).max(0.0) / 1000.0)
@@ -185,6 +205,32 @@ impl Relay {
             _ => Duration::ZERO,
         }
     }
+
+    /// `SlowTail`: how long until the resolution of the reply's name ends (zero for a
+    /// name the resolver has cached, or one resolved already).
+    fn resolution_left(&self, reply: &[u8]) -> Duration {
+        let Ok(m) = Message::from_vec(reply) else {
+            return Duration::ZERO;
+        };
+        let name = qname_of(&m);
+        let Some(takes) = resolution_time(&name) else {
+            return Duration::ZERO;
+        };
+        let first = self.first_seen.lock().unwrap().get(&name).copied();
+        first.map_or(Duration::ZERO, |at| {
+            (at + takes).saturating_duration_since(Instant::now())
+        })
+    }
+}
+
+/// `SlowTail`: how long resolving `name` takes, for the slow names; the same for a
+/// name on every run (FNV-1a of the name).
+pub fn resolution_time(name: &str) -> Option<Duration> {
+    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    (h % 100 < SLOW_SHARE_PERCENT)
+        .then(|| Duration::from_millis(SLOW_MIN_MS + (h / 100) % (SLOW_SPREAD_MS + 1)))
 }
 
 // ---- UDP ------------------------------------------------------------------------
@@ -258,7 +304,7 @@ async fn udp_reply(relay: &Relay, front: &UdpSocket, client: SocketAddr, reply: 
     if matches!(relay.fault, Fault::WrongSource) {
         send_forgeries(relay, client, &reply).await;
     }
-    tokio::time::sleep(relay.hold()).await;
+    tokio::time::sleep(relay.hold(&reply)).await;
     let _ = front.send_to(&reply, client).await;
     if matches!(relay.fault, Fault::Duplicate) {
         tokio::time::sleep(Duration::from_secs_f64(rand::random::<f64>() * 0.020)).await;
