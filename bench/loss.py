@@ -55,7 +55,7 @@ def proxy(listen_port, target_port, loss, tag, stats_file):
                 query, client = front.recvfrom(65535)
             except BlockingIOError:
                 return
-            if tag in query:
+            if tag in query.lower():
                 stats["queries"] += 1
             if random.random() < loss:
                 stats["dropped_queries"] += 1

@@ -39,6 +39,8 @@ enum Behaviour {
     Slow = 3,
     /// Answers nothing.
     Silent = 4,
+    /// Answers over TCP only: every datagram lost.
+    TcpOnly = 5,
 }
 
 const LATE: Duration = Duration::from_millis(300);
@@ -55,7 +57,7 @@ impl Switchable {
         let behaviour = Arc::new(AtomicU8::new(Behaviour::Answer as u8));
         let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let b = Arc::clone(&behaviour);
-        let fake = Fake::start(move |q, _| {
+        let fake = Fake::start(move |q, tcp| {
             let nth = {
                 let mut seen = seen.lock().unwrap();
                 let n = seen.entry(qname_of(q)).or_default();
@@ -70,6 +72,7 @@ impl Switchable {
                 2 if nth == 1 => vec![Step::Sleep(LATE), answer],
                 2 => vec![],
                 3 => vec![Step::Sleep(SLOW), answer],
+                5 if tcp => vec![answer],
                 _ => vec![],
             }
         })
@@ -174,6 +177,32 @@ async fn a_lost_datagram_is_retransmitted_early_only_with_a_model_and_a_budget()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_udp_try_is_lost_the_last_goes_over_tcp() {
+    let up = Switchable::start().await;
+    let z = zonefwd(&[up.fake.addr], "try_timeout = \"2s\"\ntimeout = \"5s\"").await;
+    warm(&z, WARM).await;
+    up.set(Behaviour::TcpOnly);
+    let (ip, took) = ask_timed(&z, "lossy.test.").await;
+    assert_eq!(ip, Some(IP));
+    // Three datagrams lost within milliseconds, then TCP: well before try_timeout.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let udp = up
+        .fake
+        .seen()
+        .iter()
+        .filter(|s| !s.tcp && qname_of(&s.msg) == "lossy.test.")
+        .count();
+    let tcp = up
+        .fake
+        .seen()
+        .iter()
+        .filter(|s| s.tcp && qname_of(&s.msg) == "lossy.test.")
+        .count();
+    assert_eq!((udp, tcp), (3, 1));
+    z.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_try_stays_open_and_its_answer_wins_over_its_retransmission() {
     let up = Switchable::start().await;
     let z = zonefwd(&[up.fake.addr], "try_timeout = \"3s\"").await;
@@ -184,12 +213,12 @@ async fn a_late_try_stays_open_and_its_answer_wins_over_its_retransmission() {
     // Every retransmission went unanswered: the answer is the late first try's.
     assert_eq!(ip, Some(IP));
     assert!(took >= LATE && took < Duration::from_secs(3), "{took:?}");
-    // A lone upstream's three tries: the first, late, retransmitted; the second, as
-    // late by the same measure, retransmitted too.
-    assert_eq!(asked(&up.fake, name), 3);
+    // A lone upstream's three UDP tries and the last one over TCP: each late by the
+    // same measure, each retransmitted.
+    assert_eq!(asked(&up.fake, name), 4);
     let r = retransmits(&z, up.fake.addr).await;
-    // Wasted: the first, whose doubled try answered. The second never answers.
-    assert_eq!((r.late, r.wasted), (2, 1), "{r:?}");
+    // Wasted: the first, whose doubled try answered. The others never answer.
+    assert_eq!((r.late, r.wasted), (3, 1), "{r:?}");
     z.stop().await.unwrap();
 }
 

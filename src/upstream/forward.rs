@@ -183,6 +183,8 @@ struct Tries<'a> {
     /// section 5.5's backoff), so a slow name the model has not caught up with costs
     /// one wasted query, not one per try.
     early: u32,
+    /// A UDP route's last resort is left (`launch_over_tcp`).
+    tcp_left: bool,
     /// When the newest try starts to watch for its upstream being marked down (the
     /// try timer, once it does).
     watch_from: Instant,
@@ -204,34 +206,54 @@ impl<'a> Tries<'a> {
         while self.next < self.plan_len() {
             let idx = self.order[self.next % self.order.len()];
             self.next += 1;
-            if !set.upstreams[idx].within_budget(&*set.life.clock) {
-                continue;
+            if set.upstreams[idx].within_budget(&*set.life.clock) {
+                return Some(self.start(idx, set.transport));
             }
-            let n = self.launched.len();
-            let now = Instant::now();
-            self.launched.push(Launched {
-                idx,
-                state: TryState::Running,
-                sent: now,
-                doubled: None,
-            });
-            let u = &set.upstreams[idx];
-            u.stats.sent.fetch_add(1, Ordering::Relaxed);
-            self.try_timer = now + set.try_timeout;
-            self.watch_from = now + watch_after(set.try_timeout);
-            self.late_at = set
-                .retransmit_after(u)
-                .map(|after| now + after * (1 << self.early.min(8)));
-            let (q, transport) = (self.q, set.transport);
-            let set_aside = SetAside {
-                bin: self.set_aside,
-                n,
-            };
-            return Some(Box::pin(async move {
-                (n, one_try(u, q, transport, set_aside).await)
-            }));
         }
         None
+    }
+
+    /// Every UDP try is spent and none has been answered: one more to the first
+    /// upstream, over TCP. RFC 9520 section 3.2 counts sends per server and transport,
+    /// so this is not a fourth UDP send; a lossy path loses datagrams, and TCP
+    /// retransmits them itself. Early retransmission spends the UDP tries within
+    /// milliseconds, which leaves the route's deadline for this.
+    fn launch_over_tcp(&mut self) -> Option<TryFuture<'a>> {
+        if !self.tcp_left || self.fallback.is_some() {
+            return None;
+        }
+        self.tcp_left = false;
+        let idx = self.order[0];
+        self.set.upstreams[idx]
+            .within_budget(&*self.set.life.clock)
+            .then(|| self.start(idx, UpstreamTransport::Tcp))
+    }
+
+    /// Sends a try to `set.upstreams[idx]` over `transport`, now.
+    fn start(&mut self, idx: usize, transport: UpstreamTransport) -> TryFuture<'a> {
+        let set = self.set;
+        let n = self.launched.len();
+        let now = Instant::now();
+        self.launched.push(Launched {
+            idx,
+            state: TryState::Running,
+            sent: now,
+            doubled: None,
+        });
+        let u = &set.upstreams[idx];
+        u.stats.sent.fetch_add(1, Ordering::Relaxed);
+        self.try_timer = now + set.try_timeout;
+        self.watch_from = now + watch_after(set.try_timeout);
+        self.late_at = set
+            .retransmit_after(u)
+            .filter(|_| transport == UpstreamTransport::Udp)
+            .map(|after| now + after * (1 << self.early.min(8)));
+        let q = self.q;
+        let set_aside = SetAside {
+            bin: self.set_aside,
+            n,
+        };
+        Box::pin(async move { (n, one_try(u, q, transport, set_aside).await) })
     }
 
     /// What to wait for besides the tries: the newest try's late mark, its watch or
@@ -239,6 +261,7 @@ impl<'a> Tries<'a> {
     /// the newest one counted, so an expired timer cannot spin.
     fn wake(&self, deadline: Instant) -> Instant {
         let timer_on = self.next < self.plan_len()
+            || (self.tcp_left && self.fallback.is_none())
             || self
                 .launched
                 .last()
@@ -281,7 +304,7 @@ impl<'a> Tries<'a> {
         let Some(t) = self.launched.last() else {
             return false;
         };
-        if t.state != TryState::Running || self.next >= self.plan_len() {
+        if t.state != TryState::Running || (self.next >= self.plan_len() && !self.tcp_left) {
             return false;
         }
         let stats = &self.set.upstreams[t.idx].stats;
@@ -289,6 +312,7 @@ impl<'a> Tries<'a> {
             self.set.retransmit_budget,
             &stats.sent,
             &stats.retransmits_wasted,
+            self.early,
         );
         if !allowed {
             stats.retransmits_held.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +429,7 @@ impl<'a> Tries<'a> {
             }
             RetransmitReason::Late => self.early += 1,
         }
-        let Some(t) = self.launch() else {
+        let Some(t) = self.launch().or_else(|| self.launch_over_tcp()) else {
             return;
         };
         running.push(t);
@@ -525,6 +549,7 @@ impl UpstreamSet {
             try_timer: started,
             late_at: None,
             early: 0,
+            tcp_left: self.transport == UpstreamTransport::Udp,
             watch_from: started,
             watch: DownWatch(None),
         };

@@ -23,10 +23,13 @@ pub struct RetransmitBudget {
 }
 
 impl RetransmitBudget {
-    /// Whether one more early retransmission fits: the wasted ones in the window are
-    /// within `share` of the tries sent (so the waste exceeds the share by one at
-    /// most). Read only when a try is late, never on the way of an answer.
-    pub fn allows(&self, share: f64, sent: &AtomicU64, wasted: &AtomicU64) -> bool {
+    /// Whether one more early retransmission fits: the wasted ones in the window, and
+    /// the `pending` ones of the same query whose fate is not known yet (counted as
+    /// wasted: against a slow upstream they all are, and the first answer that would
+    /// say so comes only after them), are within `share` of the tries sent. The waste
+    /// exceeds the share by one at most. Read only when a try is late, never on the
+    /// way of an answer.
+    pub fn allows(&self, share: f64, sent: &AtomicU64, wasted: &AtomicU64, pending: u32) -> bool {
         if share <= 0.0 {
             return false;
         }
@@ -39,7 +42,7 @@ impl RetransmitBudget {
             in_wasted /= 2;
             *start = (sent - in_sent, wasted - in_wasted);
         }
-        in_wasted as f64 <= share * in_sent as f64
+        (in_wasted + u64::from(pending)) as f64 <= share * in_sent as f64
     }
 }
 
@@ -48,7 +51,7 @@ mod tests {
     use super::*;
 
     fn budget_after(sent: u64, wasted: u64, share: f64) -> bool {
-        RetransmitBudget::default().allows(share, &AtomicU64::new(sent), &AtomicU64::new(wasted))
+        RetransmitBudget::default().allows(share, &AtomicU64::new(sent), &AtomicU64::new(wasted), 0)
     }
 
     #[test]
@@ -75,15 +78,24 @@ mod tests {
     }
 
     #[test]
+    fn a_querys_own_retransmissions_count_until_their_fate_is_known() {
+        let b = RetransmitBudget::default();
+        let (sent, wasted) = (AtomicU64::new(100), AtomicU64::new(0));
+        // 5% of 100: the query's sixth early retransmission would pass it.
+        assert!(b.allows(0.05, &sent, &wasted, 5));
+        assert!(!b.allows(0.05, &sent, &wasted, 6));
+    }
+
+    #[test]
     fn a_spent_budget_recovers_as_tries_go_unwasted() {
         let b = RetransmitBudget::default();
         let (sent, wasted) = (AtomicU64::new(1000), AtomicU64::new(200));
-        assert!(!b.allows(0.05, &sent, &wasted));
+        assert!(!b.allows(0.05, &sent, &wasted, 0));
         // Tries go on answering without waste; the old waste fades with the window.
         let mut recovered_after = None;
         for more in (0..20_000).step_by(100) {
             sent.store(1000 + more, Ordering::Relaxed);
-            if b.allows(0.05, &sent, &wasted) {
+            if b.allows(0.05, &sent, &wasted, 0) {
                 recovered_after = Some(more);
                 break;
             }
