@@ -13,6 +13,8 @@ WORKDIR /src
 # zonefwd.toml(5) is made from (src/main.rs embeds it). .ci/image-build-check.sh builds
 # from exactly these lines.
 COPY Cargo.toml Cargo.lock build.rs ./
+# The allocator's lazy arena commit, compiled in (the ENV below covers builds without it).
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 COPY presets ./presets

@@ -13,7 +13,7 @@ import shutil
 import sys
 
 COLORS = {"zonefwd": "#d9480f", "dnsdist": "#1c7ed6", "dnsdist-cache": "#74c0fc", "unbound": "#37b24d",
-          "kresd": "#ae3ec9", "dnsmasq": "#868e96", "reflector": "#212529", "relay": "#495057"}
+          "kresd": "#ae3ec9", "dnsmasq": "#868e96", "reflector": "#212529", "relay": "#495057", "relay-ports": "#adb5bd"}
 NAMES = {"miss": "cache miss (unique names)", "hit": "cache hit (100 names)",
          "tcp": "cache hit over TCP", "mixed": "mixed (90% repeated, 10% new/NXDOMAIN)",
          "upstream-tcp": "cache miss, forwarded over TCP"}

@@ -5,8 +5,11 @@
       A UDP proxy on 127.0.0.1:LISTEN_PORT in front of 127.0.0.1:TARGET_PORT that drops
       each datagram, query or reply, with probability LOSS. Each source address and
       port of the forwarder gets its own socket towards the target, so replies find
-      their way back. On SIGTERM it writes to STATS_FILE how many queries it received
-      for names with TAG in them (the load's, not a forwarder's own probes).
+      their way back. TCP on the same port is relayed whole, message by message: on a
+      lossy link the kernel retransmits what is lost (at least 200 ms per segment on
+      Linux), which a user-space relay cannot mimic. On SIGTERM it writes to
+      STATS_FILE how many queries (UDP and TCP) it received for names with TAG in them
+      (the load's, not a forwarder's own probes).
 
   loss.py ask SERVER_PORT COUNT RATE TAG
       COUNT queries for new names (<TAG>-<i>.bench.test A) at RATE per second to
@@ -82,11 +85,44 @@ def proxy(listen_port, target_port, loss, tag, stats_file):
             back.close()
         loop.call_later(5, sweep)
 
+    async def tcp_client(reader, writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*target)
+        except OSError:
+            writer.close()
+            return
+
+        async def queries():
+            while True:
+                size = await reader.readexactly(2)
+                query = await reader.readexactly(struct.unpack(">H", size)[0])
+                if tag in query.lower():
+                    stats["queries"] += 1
+                up_writer.write(size + query)
+                await up_writer.drain()
+
+        async def replies():
+            while True:
+                data = await up_reader.read(65535)
+                if not data:
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            await asyncio.gather(queries(), replies())
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            writer.close()
+            up_writer.close()
+
     def stop():
         with open(stats_file, "w") as f:
             json.dump(stats, f)
         loop.stop()
 
+    loop.run_until_complete(asyncio.start_server(tcp_client, "127.0.0.1", listen_port))
     loop.add_reader(front, from_front)
     loop.add_signal_handler(signal.SIGTERM, stop)
     loop.call_later(5, sweep)

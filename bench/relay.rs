@@ -5,7 +5,13 @@
 //! CPU-second is the most a forwarder can on this kernel and harness: bench/run.sh
 //! compares zonefwd's cache misses with it.
 //!
+//! With a third argument, REUSE, it is the floor for the path zonefwd chose instead:
+//! each query in flight on a connected socket of its own (RFC 5452's port
+//! randomisation), taken from the idle ones or opened, kept for REUSE queries as
+//! zonefwd's `upstream_udp_reuse`, under a random ID; still no checks of any kind.
+//!
 //!     cargo run --release --example relay -- 127.0.0.1:5310 127.0.0.1:5301
+//!     cargo run --release --example relay -- 127.0.0.1:5310 127.0.0.1:5301 10
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,12 +37,86 @@ fn main() -> io::Result<()> {
     };
     let listen = parse(args.next(), "127.0.0.1:5310")?;
     let upstream = parse(args.next(), "127.0.0.1:5301")?;
+    let reuse: Option<u32> = args.next().and_then(|r| r.parse().ok());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
     // A local set: the batches' message headers are not `Send`, and one thread is
     // all a floor gets.
-    tokio::task::LocalSet::new().block_on(&rt, serve(listen, upstream))
+    let local = tokio::task::LocalSet::new();
+    match reuse {
+        None => local.block_on(&rt, serve(listen, upstream)),
+        Some(reuse) => local.block_on(&rt, serve_port_per_query(listen, upstream, reuse)),
+    }
+}
+
+/// Idle connected sockets to the upstream, each with the queries it carried.
+type Idle = std::rc::Rc<std::cell::RefCell<Vec<(UdpSocket, u32)>>>;
+
+async fn serve_port_per_query(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    reuse: u32,
+) -> io::Result<()> {
+    let clients = std::rc::Rc::new(UdpSocket::bind(listen).await?);
+    let idle: Idle = Default::default();
+    let fd = clients.as_raw_fd();
+    let mut batch = Batch::new(4096);
+    let mut received = Vec::with_capacity(BATCH);
+    loop {
+        clients.readable().await?;
+        if clients
+            .try_io(Interest::READABLE, || batch.recv(fd, &mut received))
+            .is_err()
+        {
+            continue;
+        }
+        for (i, &(len, client)) in received.iter().enumerate() {
+            let q = batch.datagram(i, len).to_vec();
+            if q.len() < 12 {
+                continue;
+            }
+            let (clients, idle) = (std::rc::Rc::clone(&clients), std::rc::Rc::clone(&idle));
+            tokio::task::spawn_local(async move {
+                let _ = forward_on_own_port(q, client, &clients, upstream, &idle, reuse).await;
+            });
+        }
+    }
+}
+
+/// One query on a socket of its own, its reply back to the client.
+async fn forward_on_own_port(
+    mut q: Vec<u8>,
+    client: SocketAddr,
+    clients: &UdpSocket,
+    upstream: SocketAddr,
+    idle: &Idle,
+    reuse: u32,
+) -> io::Result<()> {
+    let taken = idle.borrow_mut().pop();
+    let (sock, uses) = match taken {
+        Some(s) => s,
+        None => {
+            let s = UdpSocket::bind("127.0.0.1:0").await?;
+            s.connect(upstream).await?;
+            (s, 0)
+        }
+    };
+    let client_id = [q[0], q[1]];
+    let id: u16 = rand::random();
+    q[..2].copy_from_slice(&id.to_be_bytes());
+    sock.send(&q).await?;
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).await?;
+    let mut r = buf[..n].to_vec();
+    if r.len() >= 12 {
+        r[..2].copy_from_slice(&client_id);
+        let _ = clients.try_send_to(&r, client);
+    }
+    if uses + 1 < reuse {
+        idle.borrow_mut().push((sock, uses + 1));
+    }
+    Ok(())
 }
 
 async fn serve(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {

@@ -24,7 +24,10 @@
 # One worker thread each (THREADS=1), since on 2 cores dnsperf and NSD need the rest.
 # Floors: reflector (bench/reflector.rs: a fixed answer to every query, hit rows only)
 # and relay (bench/relay.rs: forwarding with no checks, miss rows only), both with the
-# listeners' batching: the most any server answers, or forwards, per CPU-second here.
+# listeners' batching: the most any server answers, or forwards, per CPU-second here;
+# and relay-ports (the same relay giving each query in flight a connected port of its
+# own, kept for 10 queries as zonefwd's upstream_udp_reuse): the floor for the path
+# zonefwd chose (RFC 5452), miss rows only.
 #
 #   LATENCY=1 bash bench/run.sh   # also: added latency at 1,000 qps, miss and hit
 #   BASELINE=/tmp/zonefwd-old SERVERS="baseline zonefwd baseline zonefwd" bash bench/run.sh
@@ -42,7 +45,7 @@ CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-256}
 THREADS=${THREADS:-1}
 WORKLOADS=${WORKLOADS:-"miss hit tcp mixed upstream-tcp"}
-SERVERS=${SERVERS:-"reflector relay zonefwd dnsdist dnsdist-cache unbound kresd dnsmasq"}
+SERVERS=${SERVERS:-"reflector relay relay-ports zonefwd dnsdist dnsdist-cache unbound kresd dnsmasq"}
 LATENCY=${LATENCY:-0}
 SCALE=${SCALE:-0}
 NSD_PORT=5301
@@ -196,6 +199,7 @@ start_server() { # name -> pid in $spid
            kresd -n -q -c "$work/kresd.conf" "$work/kresd" >"$work/kresd.log" 2>&1 & ;;
     reflector) ./target/release/examples/reflector "127.0.0.1:$PORT" 2>"$work/reflector.log" & ;;
     relay) ./target/release/examples/relay "127.0.0.1:$PORT" "127.0.0.1:$NSD_PORT" 2>"$work/relay.log" & ;;
+    relay-ports) ./target/release/examples/relay "127.0.0.1:$PORT" "127.0.0.1:$NSD_PORT" 10 2>"$work/relay-ports.log" & ;;
     dnsmasq) dnsmasq -k -C /dev/null --port="$PORT" --listen-address=127.0.0.1 --bind-interfaces \
                --no-resolv --no-hosts --server="127.0.0.1#$NSD_PORT" --cache-size=10000 \
                --dns-forward-max=10000 --user="$(id -un)" --pid-file="$work/dnsmasq.pid" 2>"$work/dnsmasq.log" & ;;
@@ -253,7 +257,7 @@ measure() {
 skip() {
   case $2 in
     reflector) [[ $1 != hit ]] ;;
-    relay) [[ $1 != miss ]] ;;
+    relay | relay-ports) [[ $1 != miss ]] ;;
     dnsmasq | kresd) [[ $1 == upstream-tcp ]] ;;
     *) false ;;
   esac

@@ -20,8 +20,8 @@ use hickory_proto::rr::RData;
 
 const IP: [u8; 4] = [192, 0, 2, 1];
 
-/// Answers the model needs before it sets a threshold (`latency::MIN_SAMPLES`), and
-/// some.
+/// Answers the model needs before it sets a threshold (`latency::MIN_SAMPLES`, 10),
+/// and some.
 const WARM: usize = 40;
 
 /// What the fake upstream does with the queries for one name.
@@ -145,7 +145,7 @@ async fn a_lost_datagram_is_retransmitted_early_only_with_a_model_and_a_budget()
     // (case, answers measured first, route keys, retransmitted early)
     let cases = [
         ("a warm model", WARM, "", true),
-        ("too few samples", 10, "", false),
+        ("too few samples", 5, "", false),
         (
             "retransmit_budget = 0",
             WARM,

@@ -247,7 +247,10 @@ impl<'a> Tries<'a> {
         self.late_at = set
             .retransmit_after(u)
             .filter(|_| transport == UpstreamTransport::Udp)
-            .map(|after| now + after * (1 << self.early.min(8)));
+            .map(|after| match self.early {
+                0 => now + after,
+                k => now + after * (1 << k.min(8)),
+            });
         let q = self.q;
         let set_aside = SetAside {
             bin: self.set_aside,
@@ -562,9 +565,12 @@ impl UpstreamSet {
         };
         running.push(first);
         let out = tries.run(&mut running, deadline).await;
-        // The tries still running leave their sockets in `set_aside` as they go.
+        // The tries still running leave their sockets in `set_aside` as they go; only
+        // a try doubled early is watched after its query.
         drop(running);
-        tries.adopt_orphans();
+        if tries.early > 0 {
+            tries.adopt_orphans();
+        }
         out
     }
 }

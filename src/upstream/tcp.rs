@@ -453,6 +453,16 @@ async fn run(shared: Arc<Shared>, conn: Arc<Connection>, queued: mpsc::Unbounded
 
 async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
+    // An upstream on this host, on a port of the ephemeral range, that is not
+    // listening: the kernel may draw that very port for our end, and the connection
+    // then opens to itself (TCP simultaneous open) and holds the port the upstream
+    // needs to come back on. Go's dialer checks the same.
+    if stream.local_addr()? == addr {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "connected to itself: nothing listens on the upstream's port",
+        ));
+    }
     stream.set_nodelay(true)?;
     Ok(stream)
 }
