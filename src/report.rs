@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use hickory_proto::rr::RecordType;
 
-use crate::config::{Config, Route, UpstreamOrder};
+use crate::config::{Config, Route, UpstreamOrder, UpstreamTransport};
 use crate::router::Router;
 use crate::wire;
 
@@ -211,6 +211,7 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
         humantime::format_duration(r.timeout),
         humantime::format_duration(r.try_timeout)
     );
+    let _ = writeln!(s, "retransmit {}", retransmit_summary(r));
     let _ = writeln!(s, "cache      {}", cache_summary(r));
     if let Some(q) = r.max_qps {
         let _ = writeln!(
@@ -300,4 +301,18 @@ fn explain_local(
         }
         Decision::Elsewhere => Ok(None),
     }
+}
+
+/// When a route's tries are retransmitted before `try_timeout`, in words.
+fn retransmit_summary(r: &Route) -> String {
+    if r.transport == UpstreamTransport::Tcp {
+        return "only at try_timeout: over TCP the kernel retransmits".to_string();
+    }
+    if r.retransmit_budget <= 0.0 {
+        return "only at try_timeout (retransmit_budget = 0)".to_string();
+    }
+    format!(
+        "sooner, once an upstream has answered 10 tries: when a try outlives the 99th percentile of its answer times (at least 10 ms); wasted retransmissions at most {}% of its queries",
+        r.retransmit_budget * 100.0
+    )
 }

@@ -79,6 +79,9 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[[route]]\nname = \"a\"\nzones = [\"corp example\"]\nupstreams = [\"192.0.2.1\"]\n", "3:10", "route[0].zones[0]", "' ' is in no DNS name"),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\ntimeout = 5\n", "5:11", "route[0].timeout", "expected a duration string such as \"5s\", got integer `5`"),
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nmax_qps = \"900\"\n", "5:11", "route[0].max_qps", "expected a number, got the string \"900\": write it without quotes (max_qps = 900)"),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nretransmit_budget = 5\n", "5:21", "route[0].retransmit_budget", "got the number 5: write retransmit_budget = \"5%\""),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nretransmit_budget = 0.05\n", "5:21", "route[0].retransmit_budget", "got the number 0.05: write retransmit_budget = \"5%\""),
+    ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nretransmit_budget = \"80%\"\n", "5:21", "route[0].retransmit_budget", "expected a percentage from \"0%\" to \"50%\""),
     ("[route]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "1:1", "route", "routes are [[route]] tables (an array of tables): write [[route]], not [route]"),
     ("[server]\nlisen = [\"127.0.0.1:53\"]\n", "2:1", "server.lisen", "did you mean `listen`?"),
     // Cross-field checks.
