@@ -421,16 +421,21 @@ async fn tells_systemd_ready_reloading_stopping_and_pings_the_watchdog() {
     }
 }
 
+/// The binary with JSON logs and the query log on, forwarding everything to `upstream`.
+fn logging_queries_as_json(dir: &tempfile::TempDir, upstream: std::net::SocketAddr) -> Running {
+    let p = write_config(
+        dir,
+        "log_format = \"json\"\nquery_log = true\n",
+        &one_route(&[upstream], ""),
+    );
+    Running::start(&p)
+}
+
 #[tokio::test]
 async fn json_logs_and_the_query_log() {
     let up = Fake::answering_a().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = write_config(
-        &dir,
-        "log_format = \"json\"\nquery_log = true\n",
-        &one_route(&[up.addr], ""),
-    );
-    let mut z = Running::start(&p);
+    let mut z = logging_queries_as_json(&dir, up.addr);
     z.ask("logged.example.").await;
     let miss = z.wait_for("\"outcome\":\"upstream\"");
     z.ask("logged.example.").await;
@@ -469,12 +474,7 @@ async fn the_query_log_says_when_an_answer_came_from_a_retransmission() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let p = write_config(
-        &dir,
-        "log_format = \"json\"\nquery_log = true\n",
-        &one_route(&[up.addr], ""),
-    );
-    let mut z = Running::start(&p);
+    let mut z = logging_queries_as_json(&dir, up.addr);
     for i in 0..40 {
         z.ask(&format!("warm{i}.example.")).await;
     }

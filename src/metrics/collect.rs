@@ -144,7 +144,7 @@ fn per_route(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded 
 
 type UpstreamValue = fn(&Upstream) -> u64;
 
-const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 12] = [
+const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 14] = [
     (
         "zonefwd_upstream_queries",
         "Tries sent to an upstream",
@@ -212,6 +212,18 @@ const PER_UPSTREAM: [(&str, &str, MetricType, UpstreamValue); 12] = [
         |u| u.tcp.open(),
     ),
     (
+        "zonefwd_upstream_retransmits_wasted",
+        "Early (late) retransmissions whose doubled try answered as well: the upstream was slow, not lossy; held within retransmit_budget",
+        MetricType::Counter,
+        |u| load(&u.stats.retransmits_wasted),
+    ),
+    (
+        "zonefwd_upstream_retransmits_held",
+        "Late tries not retransmitted early because the route's retransmit_budget was spent",
+        MetricType::Counter,
+        |u| load(&u.stats.retransmits_held),
+    ),
+    (
         "zonefwd_upstream_tcp_reconnects",
         "TCP connections opened to replace one that failed, could not connect, or ended with queries waiting",
         MetricType::Counter,
@@ -261,8 +273,8 @@ fn budgets(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded {
     Ok(())
 }
 
-/// Early and timed-out retransmissions per upstream, the wasted and held-back ones,
-/// and how long a try waits before one (`upstream::latency`, `upstream::retransmit`).
+/// Retransmissions per upstream by reason, and how long a try waits before one
+/// (`upstream::latency`); the wasted and held-back ones are in `PER_UPSTREAM`.
 fn retransmits(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded {
     let mut fam = enc.encode_descriptor(
         "zonefwd_upstream_retransmits",
@@ -287,41 +299,18 @@ fn retransmits(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encode
             }
         }
     }
-    type Value = fn(&UpstreamSet, &Upstream) -> f64;
-    let families: [(&str, &str, MetricType, Value); 3] = [
-        (
-            "zonefwd_upstream_retransmits_wasted",
-            "Early (late) retransmissions whose doubled try answered as well: the upstream was slow, not lossy; held within retransmit_budget",
-            MetricType::Counter,
-            |_, u| load(&u.stats.retransmits_wasted) as f64,
-        ),
-        (
-            "zonefwd_upstream_retransmits_held",
-            "Late tries not retransmitted early because the route's retransmit_budget was spent",
-            MetricType::Counter,
-            |_, u| load(&u.stats.retransmits_held) as f64,
-        ),
-        (
-            "zonefwd_upstream_retransmit_threshold_seconds",
-            "How long a try to the upstream waits before it is retransmitted: the 99th percentile of its answer times (at least 10 ms), or try_timeout without a model",
-            MetricType::Gauge,
-            |set, u| set.retransmit_wait(u).as_secs_f64(),
-        ),
-    ];
-    for (name, help, ty, value) in families {
-        let mut fam = enc.encode_descriptor(name, help, None, ty)?;
-        for set in sets {
-            for u in &set.upstreams {
-                let addr = u.addr.to_string();
-                let labels = [("route", set.route.as_str()), ("upstream", addr.as_str())];
-                let mut m = fam.encode_family(&labels)?;
-                match ty {
-                    MetricType::Counter => {
-                        m.encode_counter::<NoLabelSet, _, u64>(&(value(set, u) as u64), None)?
-                    }
-                    _ => m.encode_gauge(&value(set, u))?,
-                }
-            }
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_upstream_retransmit_threshold_seconds",
+        "How long a try to the upstream waits before it is retransmitted: the 99th percentile of its answer times (at least 10 ms), or try_timeout without a model",
+        None,
+        MetricType::Gauge,
+    )?;
+    for set in sets {
+        for u in &set.upstreams {
+            let addr = u.addr.to_string();
+            let labels = [("route", set.route.as_str()), ("upstream", addr.as_str())];
+            fam.encode_family(&labels)?
+                .encode_gauge(&set.retransmit_wait(u).as_secs_f64())?;
         }
     }
     Ok(())
