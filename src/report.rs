@@ -205,9 +205,13 @@ pub fn explain(config: &Config, name: &str, qtype: u16) -> Result<(String, bool)
             "           (system = the nameservers of /etc/resolv.conf when the config was loaded)"
         );
     }
+    let last_over_tcp = match r.transport {
+        UpstreamTransport::Udp => ", then once over TCP when no try was answered",
+        UpstreamTransport::Tcp => "",
+    };
     let _ = writeln!(
         s,
-        "timing     answer within {}; the next upstream is asked after {} without a reply, or at once on an error, SERVFAIL or REFUSED; each upstream is asked at most twice",
+        "timing     answer within {}; the next upstream is asked after {} without a reply, or at once on an error, SERVFAIL or REFUSED; each upstream is asked at most twice (a lone one three times){last_over_tcp}",
         humantime::format_duration(r.timeout),
         humantime::format_duration(r.try_timeout)
     );

@@ -25,7 +25,8 @@
 //! allows (`retransmit`): a lost datagram then costs about that threshold, not
 //! `try_timeout`. Such an early retransmission is not a failure of the late try, which
 //! stays open as any other; if the query ends first, the try is watched to its own
-//! `try_timeout` (`orphan`), so its answer or its silence still counts.
+//! `try_timeout` (`orphan`), so its answer or its silence still counts. When every UDP
+//! try is spent unanswered, the last goes over TCP (`launch_over_tcp`).
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
