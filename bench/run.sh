@@ -347,5 +347,9 @@ if [[ $LATENCY == 1 ]]; then
 fi
 
 versions="$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); THREADS=$THREADS; dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION; zonefwd $(./target/release/zonefwd --version | cut -d' ' -f2), $(dnsdist --version 2>/dev/null | awk 'NR == 1' | cut -d' ' -f1-2), unbound $(unbound -V | awk 'NR == 1 { print $2 }'), $(dnsmasq --version | awk 'NR == 1' | cut -d' ' -f1-3), $(nsd -v 2>&1 | awk 'NR == 1')"
-python3 bench/chart.py "$csv" "$versions"
+# Debian's python3-matplotlib is for the system interpreter; a pyenv or venv python3
+# earlier in PATH does not see it.
+chart_python=/usr/bin/python3
+[[ -x $chart_python ]] || chart_python=python3
+"$chart_python" bench/chart.py "$csv" "$versions"
 echo "$versions"
