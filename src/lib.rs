@@ -20,6 +20,7 @@
 //! resolver          coalescing: one resolution per question in flight, into the cache
 //! upstream/forward  UpstreamSet::resolve (NXDOMAIN fallback, private guard) and the
 //!                   try loop within the route's deadline
+//! upstream/attempt  one try over the route's transport, and what its reply means
 //! upstream/udp      one exchange on one of the upstream's UDP sockets
 //! upstream/tcp      kept, pipelined TCP connections (transport = "tcp", TC retries)
 //! wire              the bytes: query checks, reply walk, relay render

@@ -40,6 +40,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::config::{UpstreamOrder, UpstreamTransport};
 use crate::outcome::{AnsweredBy, Outcome, RetransmitReason};
+use crate::upstream::attempt::{one_try, Verdict};
 use crate::upstream::exchange::{Exchanged, TryError};
 use crate::upstream::orphan::Orphan;
 use crate::upstream::probe;
@@ -47,16 +48,6 @@ use crate::upstream::set::UpstreamSet;
 use crate::upstream::udp::{SetAside, SetAsideTries};
 use crate::upstream::upstream::Upstream;
 use crate::wire::{self, rcode, Query};
-
-/// What one try's reply means for the query.
-enum Verdict {
-    /// Relay it and stop.
-    Final(Exchanged),
-    /// A reply, but one that asks for the next upstream (SERVFAIL, REFUSED, or TC
-    /// with TCP unavailable): kept in case nothing better comes.
-    Soft(Exchanged),
-    Failed(TryError),
-}
 
 /// When a try starts to watch its upstream's mark: this share of `try_timeout`, and
 /// at most `WATCH_AFTER_MAX`.
@@ -412,12 +403,7 @@ impl<'a> Tries<'a> {
             if t.state != TryState::Running || (n != last && now < t.sent + set.try_timeout) {
                 continue;
             }
-            t.state = TryState::Overdue;
-            set.upstreams[t.idx]
-                .stats
-                .timeouts
-                .fetch_add(1, Ordering::Relaxed);
-            failed(set, t.idx, t.sent);
+            timed_out(set, t);
         }
     }
 
@@ -451,17 +437,13 @@ impl<'a> Tries<'a> {
 
     /// The deadline ended every try still running: each counts as a timeout.
     fn expired(&mut self) {
+        let set = self.set;
         for t in self
             .launched
             .iter_mut()
             .filter(|t| t.state == TryState::Running)
         {
-            t.state = TryState::Overdue;
-            self.set.upstreams[t.idx]
-                .stats
-                .timeouts
-                .fetch_add(1, Ordering::Relaxed);
-            failed(self.set, t.idx, t.sent);
+            timed_out(set, t);
         }
     }
 
@@ -639,6 +621,17 @@ fn answered(set: &UpstreamSet, idx: usize) {
     probe::try_answered(&set.route, &set.upstreams[idx]);
 }
 
+/// Try `t`, still running, has timed out: counted as a timeout and a failure once,
+/// and left open (`Overdue`) for a late answer.
+fn timed_out(set: &UpstreamSet, t: &mut Launched) {
+    t.state = TryState::Overdue;
+    set.upstreams[t.idx]
+        .stats
+        .timeouts
+        .fetch_add(1, Ordering::Relaxed);
+    failed(set, t.idx, t.sent);
+}
+
 /// A try to `set.upstreams[idx]`, sent at `sent`, failed: counted towards
 /// `max_fails`, and the upstream probed once that marks it down.
 fn failed(set: &UpstreamSet, idx: usize, sent: Instant) {
@@ -647,81 +640,4 @@ fn failed(set: &UpstreamSet, idx: usize, sent: Instant) {
 
 fn watch_after(try_timeout: Duration) -> Duration {
     (try_timeout / WATCH_AFTER_SHARE).min(WATCH_AFTER_MAX)
-}
-
-/// One try against one upstream, over the route's transport.
-async fn one_try(
-    u: &Upstream,
-    q: &Query,
-    transport: UpstreamTransport,
-    set_aside: SetAside<'_>,
-) -> Verdict {
-    match transport {
-        UpstreamTransport::Udp => udp_try(u, q, set_aside).await,
-        UpstreamTransport::Tcp => tcp_try(u, q).await,
-    }
-}
-
-/// UDP with EDNS; once more without EDNS if the server answers FORMERR without an OPT
-/// (RFC 6891 section 7: it predates EDNS); over a kept TCP connection if the reply is
-/// truncated (RFC 7766 section 5) or larger than we take over UDP.
-async fn udp_try(u: &Upstream, q: &Query, set_aside: SetAside<'_>) -> Verdict {
-    let addr = u.addr;
-    let mut edns = true;
-    let mut answer = match u.udp.exchange(q, edns, Some(set_aside)).await {
-        Ok(a) => a,
-        Err(TryError::Oversize(_)) => return tcp_verdict(u.tcp.exchange(q, edns).await),
-        Err(e) => return Verdict::Failed(e),
-    };
-    if is_pre_edns(&answer) {
-        edns = false;
-        answer = match u.udp.exchange(q, edns, Some(set_aside)).await {
-            Ok(a) => a,
-            Err(e) => return Verdict::Failed(e),
-        };
-    }
-    if answer.reply.truncated {
-        match u.tcp.exchange(q, edns).await {
-            Ok(a) => answer = a,
-            Err(e) => {
-                // Some hosts block TCP to the cloud resolver (Azure's guest agent
-                // firewall for non-root processes): keep the truncated reply so the
-                // client at least learns it was truncated, and try elsewhere.
-                tracing::debug!(upstream = %addr, error = %e, "tcp retry after a truncated reply failed");
-                return Verdict::Soft(answer);
-            }
-        }
-    }
-    classify(answer)
-}
-
-/// Every query over a kept TCP connection (`transport = "tcp"`), with the same
-/// FORMERR-without-OPT retry as UDP.
-async fn tcp_try(u: &Upstream, q: &Query) -> Verdict {
-    match u.tcp.exchange(q, true).await {
-        Ok(a) if is_pre_edns(&a) => tcp_verdict(u.tcp.exchange(q, false).await),
-        answered => tcp_verdict(answered),
-    }
-}
-
-fn tcp_verdict(answered: Result<Exchanged, TryError>) -> Verdict {
-    match answered {
-        Ok(a) => classify(a),
-        Err(e) => Verdict::Failed(e),
-    }
-}
-
-/// FORMERR without an OPT: a server that predates EDNS (RFC 6891 section 7).
-fn is_pre_edns(answer: &Exchanged) -> bool {
-    answer.reply.rcode == rcode::FORMERR && answer.reply.opt.is_none()
-}
-
-/// SERVFAIL, REFUSED and a truncated reply ask for the next upstream; anything else
-/// is the answer.
-fn classify(answer: Exchanged) -> Verdict {
-    match answer.reply.rcode {
-        rcode::SERVFAIL | rcode::REFUSED => Verdict::Soft(answer),
-        _ if answer.reply.truncated => Verdict::Soft(answer),
-        _ => Verdict::Final(answer),
-    }
 }

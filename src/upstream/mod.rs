@@ -4,6 +4,8 @@
 //! - `forward`: `UpstreamSet::resolve` (forward, NXDOMAIN fallback, guard) and the try
 //!   loop within the route's deadline, in the route's order
 //! - `set`: a route's upstreams as one, kept across reloads where unchanged
+//! - `attempt`: one try against one upstream over the route's transport, and what
+//!   its reply means (`Verdict`)
 //! - `upstream`: one upstream server: settings, budget, rotation marks, transports
 //! - `udp`: its UDP sockets and one exchange on one of them
 //! - `tcp`: its kept, pipelined TCP connections
@@ -15,6 +17,7 @@
 //!   retransmit threshold they give; `retransmit`: the budget for wasted early
 //!   retransmissions; `orphan`: a doubled try watched after its query ended
 
+mod attempt;
 mod exchange;
 mod forward;
 mod guard;

@@ -139,7 +139,7 @@ impl UdpSockets {
     }
 
     fn give(&self, p: Pooled, now: Instant) {
-        if self.reuse <= 1 || p.uses >= self.reuse || !p.young(now) {
+        if p.uses >= self.reuse || !p.young(now) {
             return;
         }
         let mut idle = self.idle();
