@@ -16,6 +16,7 @@ use std::time::Instant;
 use crate::cache::{Lookup, Stored, STALE_TTL};
 use crate::clients::{ClientSlot, OverLimit};
 use crate::config::AnyQueries;
+use crate::dnstap::ClientTap;
 use crate::handler::{Handler, RouteState};
 use crate::job::Job;
 use crate::limit::InflightPermit;
@@ -46,6 +47,8 @@ struct Incoming<'a> {
     transport: Transport,
     /// The latency metric and the query log count from here.
     started: Instant,
+    /// dnstap's record of it, when its response is to be sent.
+    tap: Option<&'a ClientTap>,
 }
 
 /// Where an inline answer is counted: its route's name and metrics (`-` and the
@@ -57,15 +60,31 @@ struct CountedAt<'a> {
 }
 
 impl Handler {
-    pub fn prepare(&self, msg: &[u8], client: SocketAddr, transport: Transport) -> Action {
+    /// What to do with `msg`, from `client` to this server's `server` address.
+    pub fn prepare(
+        &self,
+        msg: &[u8],
+        client: SocketAddr,
+        server: SocketAddr,
+        transport: Transport,
+    ) -> Action {
+        let tap = self.dnstap.as_ref().and_then(|t| {
+            wire::is_answerable_query(msg)
+                .then(|| t.client(msg, client, server, transport))
+                .flatten()
+        });
         let m = Incoming {
             msg,
             client,
             transport,
             started: Instant::now(),
+            tap: tap.as_deref(),
         };
         match self.admit(&m) {
-            Ok(job) => Action::Forward(job),
+            Ok(mut job) => {
+                job.tap = tap;
+                Action::Forward(job)
+            }
             Err(action) => action,
         }
     }
@@ -125,6 +144,7 @@ impl Handler {
             transport: m.transport,
             started: m.started,
             query_log: self.query_log,
+            tap: None,
             metrics: Arc::clone(&route.metrics),
             permit,
             slot,
@@ -185,7 +205,11 @@ impl Handler {
         }
         Err(match self.clients.action() {
             OverLimit::Drop => Action::Drop,
-            OverLimit::Refuse => Action::Reply(refused(m.msg, parsed)),
+            OverLimit::Refuse => {
+                let reply = refused(m.msg, parsed);
+                m.tapped(&reply, "-", "client-rate");
+                Action::Reply(reply)
+            }
         })
     }
 
@@ -199,7 +223,7 @@ impl Handler {
         self.metrics.acl_refused.fetch_add(1, Ordering::Relaxed);
         Err(match parsed {
             Ok(q) => self.answer(m, q, self.unrouted(), "refused-acl", reply),
-            Err(_) => self.unrouted_reply(m, reply),
+            Err(_) => self.unrouted_reply(m, "refused-acl", reply),
         })
     }
 
@@ -208,7 +232,7 @@ impl Handler {
         parsed.map_err(|rej| {
             tracing::debug!(client = %m.client, transport = m.transport.as_str(), reason = rej.reason, rcode = %rcode::name(rej.rcode), "rejecting a query");
             self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-            self.unrouted_reply(m, rej.reply(m.msg))
+            self.unrouted_reply(m, "malformed", rej.reply(m.msg))
         })
     }
 
@@ -389,16 +413,27 @@ impl Handler {
             }
             .emit(&reply);
         }
+        m.tapped(&reply, at.route, outcome);
         Action::Reply(reply)
     }
 
     /// An answer to a message that did not parse: counted as unrouted, not logged
-    /// (there is no query to log).
-    fn unrouted_reply(&self, m: &Incoming<'_>, reply: Vec<u8>) -> Action {
+    /// (there is no query to log), sent to dnstap as `outcome`.
+    fn unrouted_reply(&self, m: &Incoming<'_>, outcome: &str, reply: Vec<u8>) -> Action {
         self.metrics
             .unrouted
             .observe(m.transport, &reply, m.started.elapsed());
+        m.tapped(&reply, "-", outcome);
         Action::Reply(reply)
+    }
+}
+
+impl Incoming<'_> {
+    /// The reply, to dnstap as CLIENT_RESPONSE when the query was sampled.
+    fn tapped(&self, reply: &[u8], route: &str, outcome: &str) {
+        if let Some(tap) = self.tap {
+            tap.response(reply, route, outcome);
+        }
     }
 }
 

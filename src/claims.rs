@@ -397,7 +397,12 @@ upstreams = ["127.0.0.1:5303"]
     fn claims() -> Arc<Claims> {
         let config =
             crate::config::Config::parse(CONFIG, "test.toml", &Default::default()).expect("config");
-        let sets = UpstreamSet::for_config(&config, &Lifecycle::default(), &mut Default::default());
+        let sets = UpstreamSet::for_config(
+            &config,
+            &Lifecycle::default(),
+            &mut Default::default(),
+            None,
+        );
         let router = Arc::new(Router::for_config(&config));
         Claims::for_config(&config, &router, &sets).expect("a route claims")
     }

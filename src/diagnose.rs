@@ -41,7 +41,7 @@ pub async fn query(config: &Config, name: &str, qtype: u16) -> Result<(String, b
         ));
     };
     let life = Lifecycle::default();
-    let sets = UpstreamSet::for_config(config, &life, &mut Previous::default());
+    let sets = UpstreamSet::for_config(config, &life, &mut Previous::default(), None);
     let set = &sets[m.route];
     let route = &config.routes[m.route];
     let started = Instant::now();

@@ -76,8 +76,9 @@ pub fn exercise_handler(bytes: &[u8]) {
         Handler::new(&config, &state, None)
     });
     let client: SocketAddr = "127.0.0.1:5300".parse().expect("an address");
+    let server: SocketAddr = "127.0.0.1:53".parse().expect("an address");
     for transport in [Transport::Udp, Transport::Tcp] {
-        match h.prepare(bytes, client, transport) {
+        match h.prepare(bytes, client, server, transport) {
             Action::Reply(out) => {
                 assert!(out.len() >= wire::HEADER_LEN);
                 assert_eq!(wire::id(&out), wire::id(bytes));

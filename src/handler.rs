@@ -17,6 +17,7 @@ use crate::cache::Cache;
 use crate::claims::Claims;
 use crate::clients::{ClientLimits, ClientTable};
 use crate::config::{AnyQueries, CachePolicy, Config};
+use crate::dnstap::{DnstapOutput, Tap};
 use crate::life::{Clock, Lifecycle};
 use crate::limit::{InflightCount, Throttle, LIMIT_WARN_INTERVAL};
 use crate::local::LocalZone;
@@ -42,6 +43,8 @@ pub struct ServerState {
     pub readiness: Arc<Readiness>,
     /// Reloads applied and refused, and the restart-only settings pending.
     pub reloads: Arc<ReloadStats>,
+    /// The dnstap writer, kept while `[dnstap] socket` stays the same.
+    pub dnstap: Arc<DnstapOutput>,
 }
 
 impl ServerState {
@@ -57,6 +60,7 @@ impl ServerState {
             inflight: Arc::default(),
             readiness: Arc::default(),
             reloads: Arc::default(),
+            dnstap: Arc::default(),
         }
     }
 }
@@ -70,6 +74,8 @@ pub(crate) struct RouteState {
 
 pub struct Handler {
     pub(crate) query_log: bool,
+    /// `[dnstap]`: client queries and responses go here.
+    pub(crate) dnstap: Option<Arc<Tap>>,
     pub(crate) any_queries: AnyQueries,
     pub(crate) overload_warning: Throttle,
     pub(crate) limit_warning: Throttle,
@@ -99,7 +105,8 @@ impl Handler {
     pub fn new(config: &Config, state: &ServerState, previous: Option<&Handler>) -> Self {
         let life = state.life.clone();
         let mut kept = previous.map_or_else(Previous::default, |h| Previous::of(h.upstream_sets()));
-        let sets = UpstreamSet::for_config(config, &life, &mut kept);
+        let dnstap = state.dnstap.tap_for(config, &life);
+        let sets = UpstreamSet::for_config(config, &life, &mut kept, dnstap.as_ref());
         let router = Arc::new(Router::for_config(config));
         let claims = Claims::for_config(config, &router, &sets);
         let routes: Vec<RouteState> = sets
@@ -123,6 +130,7 @@ impl Handler {
         Handler {
             loops,
             query_log: config.server.query_log,
+            dnstap,
             any_queries: config.server.any_queries,
             overload_warning: Throttle::new(LIMIT_WARN_INTERVAL),
             limit_warning: Throttle::new(LIMIT_WARN_INTERVAL),

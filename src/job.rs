@@ -11,6 +11,7 @@ use crate::cache::{Stored, STALE_TTL};
 use crate::claims::Claims;
 use crate::clients::ClientSlot;
 use crate::config::CachePolicy;
+use crate::dnstap::ClientTap;
 use crate::limit::InflightPermit;
 use crate::local::LocalSplice;
 use crate::metrics::RouteMetrics;
@@ -60,6 +61,8 @@ pub struct Job {
     /// the time waiting for a task included.
     pub(crate) started: Instant,
     pub(crate) query_log: bool,
+    /// dnstap's record of the client's query, for its response.
+    pub(crate) tap: Option<Box<ClientTap>>,
     pub(crate) metrics: Arc<RouteMetrics>,
     pub(crate) permit: InflightPermit,
     pub(crate) slot: Option<ClientSlot>,
@@ -118,6 +121,15 @@ impl Job {
             }
             self.metrics
                 .observe(self.transport, &out, self.started.elapsed());
+            let outcome = if self.splice.is_some() {
+                "local-cname"
+            } else if served_stale {
+                "stale"
+            } else if upstream.is_some() {
+                "upstream"
+            } else {
+                "servfail"
+            };
             if self.query_log {
                 QueryLog {
                     client: self.client,
@@ -125,18 +137,13 @@ impl Job {
                     query: client,
                     route: &self.route.route,
                     upstream,
-                    outcome: if self.splice.is_some() {
-                        "local-cname"
-                    } else if served_stale {
-                        "stale"
-                    } else if upstream.is_some() {
-                        "upstream"
-                    } else {
-                        "servfail"
-                    },
+                    outcome,
                     started: self.started,
                 }
                 .emit(&out);
+            }
+            if let Some(tap) = &self.tap {
+                tap.response(&out, &self.route.route, outcome);
             }
             // The in-flight places are held until the answer is made. Named here so
             // that the block takes them at all: an async block captures only the

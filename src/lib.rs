@@ -31,7 +31,8 @@
 //! udp, tcp), `local` (`[local]` records), `control` (the control socket) and `ctl`
 //! (its client), `handler` (what one configuration is made of, and what outlives it),
 //! `config` (file to `Config`), `cache`, `router`, `claims` (CNAME splicing),
-//! `loopcheck`, `clients` (per-client limits), `limit` (token bucket, in-flight count,
+//! `loopcheck`, `dnstap` (what clients ask and get and each try upstream, to a
+//! dnstap collector), `clients` (per-client limits), `limit` (token bucket, in-flight count,
 //! throttled warnings), `life` (shutdown, tasks, clock), `metrics`, `notify` (systemd),
 //! `diagnose` and `report` (the `doctor`, `query`, `check` and `explain` commands),
 //! `onprem`, `presets`, `import` (managed resolvers' rules as routes). The modules are
@@ -48,6 +49,7 @@ pub mod config;
 mod control;
 pub mod ctl;
 pub mod diagnose;
+mod dnstap;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod handler;

@@ -162,6 +162,7 @@ fn start_listeners(listeners: Listeners, config: &Config, cx: ControlContext) ->
             resolutions: Arc::clone(&state.resolver.stats),
             inflight: Arc::clone(&state.inflight),
             reloads: Arc::clone(&state.reloads),
+            dnstap: Arc::clone(&state.dnstap.counts),
             configured: Arc::clone(&configured),
         }));
         life.tasks.spawn(metrics::serve_http(

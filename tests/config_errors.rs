@@ -84,6 +84,14 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("[[route]]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\nretransmit_budget = \"80%\"\n", "5:21", "route[0].retransmit_budget", "expected a percentage from \"0%\" to \"50%\""),
     ("[route]\nname = \"a\"\nzones = [\".\"]\nupstreams = [\"192.0.2.1\"]\n", "1:1", "route", "routes are [[route]] tables (an array of tables): write [[route]], not [route]"),
     ("[server]\nlisen = [\"127.0.0.1:53\"]\n", "2:1", "server.lisen", "did you mean `listen`?"),
+    // dnstap.
+    ("[dnstap]\nsocket = \"/run/dnstap.sock\"\n", "2:10", "dnstap.socket", "\"unix:/path/to/socket\" or \"tcp:ADDRESS:PORT\""),
+    ("[dnstap]\nsocket = \"unix:run/dnstap.sock\"\n", "2:10", "dnstap.socket", "must be absolute"),
+    ("[dnstap]\nsocket = \"tcp:10.1.0.9\"\n", "2:10", "dnstap.socket", "give an address and port"),
+    ("[dnstap]\nsocket = \"unix:/run/d.sock\"\nclient_sample_rate = 0\n", "3:22", "dnstap.client_sample_rate", "N is 1 (every one) or more"),
+    ("[dnstap]\nsocket = \"unix:/run/d.sock\"\nclient_querys = true\n", "3:1", "dnstap.client_querys", "did you mean `client_query`?"),
+    ("[dnstap]\nclient_query = true\n", "1:1", "dnstap", "missing field `socket`"),
+    ("[dnstap]\nsocket = \"unix:/run/d.sock\"\nclient_query = false\nclient_response = false\nforwarder_query = false\nforwarder_response = false\n", "1:1", "dnstap", "every message type is off"),
     // Cross-field checks.
     ("", "1:1", "route", "no [[route]] tables"),
     ("[[route]]\nname = \"a\"\nzones = []\nupstreams = [\"192.0.2.1\"]\n", "3:9", "route[0].zones", "empty list"),

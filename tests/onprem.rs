@@ -3,26 +3,10 @@
 //! (named-checkconf, unbound-checkconf, dnsmasq --test).
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
+use common::debian_tool as tool;
 use common::zonefwd_cli as zonefwd;
-
-/// A checker from a Debian package: CI installs it, so missing there is a failure.
-fn tool(name: &str) -> Option<&'static str> {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = format!("{dir}/{name}");
-        if Path::new(&p).exists() {
-            return Some(Box::leak(p.into_boxed_str()));
-        }
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{name} is missing; .ci/run installs it"
-    );
-    eprintln!("skipping the {name} check: not installed");
-    None
-}
 
 fn config(dir: &tempfile::TempDir) -> String {
     let p = dir.path().join("z.toml");

@@ -103,6 +103,7 @@ pub(super) fn check_fragment(raw: &RawFragment, src: &SourceText<'_>) -> Result<
         ("acl", raw.acl.as_ref()),
         ("cache", raw.cache.as_ref()),
         ("include", raw.include.as_ref()),
+        ("dnstap", raw.dnstap.as_ref()),
     ];
     let hosts = raw.local.as_ref().and_then(|l| l.hosts.as_ref());
     if let Some(h) = hosts {

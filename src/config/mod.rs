@@ -6,6 +6,7 @@
 //! the cross-field checks, still able to point at the offending text (`error`).
 //! `resolv` reads resolv.conf for `"system"` upstreams.
 
+mod dnstap;
 mod error;
 mod include;
 mod local;

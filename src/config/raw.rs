@@ -29,6 +29,19 @@ pub(super) struct RawFile {
     /// Fragments: paths or glob patterns, relative to this file.
     pub(super) include: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) local: Option<RawLocal>,
+    pub(super) dnstap: Option<Spanned<RawDnstap>>,
+}
+
+/// `[dnstap]`: where the messages go, which ones, and how many client queries.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDnstap {
+    pub(super) socket: Spanned<String>,
+    pub(super) client_query: Option<bool>,
+    pub(super) client_response: Option<bool>,
+    pub(super) forwarder_query: Option<bool>,
+    pub(super) forwarder_response: Option<bool>,
+    pub(super) client_sample_rate: Option<Spanned<i64>>,
 }
 
 /// `[local]`: zone-file lines and hosts files.
@@ -51,6 +64,7 @@ pub(super) struct RawFragment {
     pub(super) cache: Option<Spanned<toml::Value>>,
     pub(super) include: Option<Spanned<toml::Value>>,
     pub(super) local: Option<RawLocal>,
+    pub(super) dnstap: Option<Spanned<toml::Value>>,
 }
 
 /// `[cache]`, and the same keys (but `max_entries`) in a route's `cache = { ... }`.

@@ -56,9 +56,40 @@ pub struct Config {
     /// `[local]`: records zonefwd answers itself, from the main file, its fragments and
     /// the hosts files, in that order.
     pub local: Vec<LocalRecord>,
+    /// `[dnstap]`: where dnstap messages go; none without the table.
+    pub dnstap: Option<DnstapConfig>,
     /// Things that are allowed but probably not meant; logged at startup, printed by
     /// `check`, and findings of `doctor`.
     pub warnings: Vec<Warning>,
+}
+
+/// `[dnstap]`: the collector's socket, the message types sent, and the share of
+/// client queries sampled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnstapConfig {
+    pub socket: DnstapSocket,
+    pub client_query: bool,
+    pub client_response: bool,
+    pub forwarder_query: bool,
+    pub forwarder_response: bool,
+    /// One client query in this many is sent, with its response (1: every one).
+    pub client_sample_rate: u32,
+}
+
+/// Where a dnstap collector listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DnstapSocket {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for DnstapSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnstapSocket::Unix(p) => write!(f, "unix:{}", p.display()),
+            DnstapSocket::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
 }
 
 /// One `[local]` record: owner and RDATA in wire form (owner lowercased, RDATA names

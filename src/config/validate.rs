@@ -1,7 +1,7 @@
 //! From the file as written to the `Config` the server runs on, in steps: `[server]`
 //! (`server.rs`), `[acl]`, `[cache]`, each route (name, zones, upstreams with
 //! `"system"`, timers, cache), the links between routes (`nxdomain_fallback`), and the
-//! warnings about exposure. Every error is located in the text.
+//! warnings about exposure; `[dnstap]` (`dnstap.rs`). Every error is located in the text.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::dnstap::validate_dnstap;
 use super::error::{ConfigError, Problems, SourceText};
 use super::raw::*;
 use super::resolv::{is_self, read_resolv_conf};
@@ -54,6 +55,9 @@ pub(super) fn validate<'a>(
     problems: &mut Problems,
 ) -> Config {
     let server = validate_server(raw.server, src, problems);
+    let dnstap = raw
+        .dnstap
+        .and_then(|d| problems.or(validate_dnstap(d, src).map(Some), None));
     let mut v = Validation {
         src,
         env,
@@ -95,6 +99,7 @@ pub(super) fn validate<'a>(
         routes,
         cache_max_entries,
         local: Vec::new(),
+        dnstap,
         warnings: v.warnings,
     }
 }

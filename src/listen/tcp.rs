@@ -123,10 +123,15 @@ async fn connection(
     opts: TcpOptions,
 ) {
     let _ = stream.set_nodelay(true);
+    // The address the client reached: the interface's, even on a wildcard listener.
+    let Ok(server) = stream.local_addr() else {
+        return;
+    };
     let (rd, wr) = stream.into_split();
     let (answered, answers) = mpsc::channel::<Vec<u8>>(opts.pipelined);
     let reader = Reader {
         client,
+        server,
         handler,
         life,
         opts,
@@ -170,6 +175,8 @@ enum Next {
 /// The reading side of a connection, and what it hands each query to.
 struct Reader {
     client: SocketAddr,
+    /// This end of the connection.
+    server: SocketAddr,
     handler: Current,
     life: Lifecycle,
     opts: TcpOptions,
@@ -231,7 +238,7 @@ impl Reader {
         match self
             .handler
             .load()
-            .prepare(msg, self.client, Transport::Tcp)
+            .prepare(msg, self.client, self.server, Transport::Tcp)
         {
             Action::Drop => true,
             Action::Reply(out) => self.answered.send(out).await.is_ok(),

@@ -102,6 +102,11 @@ fn small<F>(f: F) -> F {
 /// in flight.
 async fn serve(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
     let fd = sock.as_raw_fd();
+    // What dnstap names as the responder of a client's query: the address bound (a
+    // wildcard one names no interface).
+    let server = sock
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let beat = life.heartbeats.register();
     let mut heartbeat = tokio::time::interval(notify::HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -139,7 +144,7 @@ async fn serve(sock: Arc<UdpSocket>, handler: Current, life: Lifecycle) {
         }
         let handler = handler.load();
         for (i, &(len, client)) in received.iter().enumerate() {
-            match handler.prepare(batch.datagram(i, len), client, Transport::Udp) {
+            match handler.prepare(batch.datagram(i, len), client, server, Transport::Udp) {
                 Action::Drop => {}
                 Action::Reply(out) => replies.push((out, client)),
                 Action::Forward(job) => jobs.push(answering(move || job.run(), client)),

@@ -46,6 +46,7 @@ impl Collector for Collect {
         retransmits(&mut enc, &sets)?;
         cache(&mut enc, s)?;
         reloads(&mut enc, s)?;
+        dnstap(&mut enc, s)?;
         build_info(&mut enc)?;
         server(&mut enc, s)
     }
@@ -394,6 +395,31 @@ fn reloads(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
         "zonefwd_config_restart_pending",
         "1 while the file in force changes a setting only a restart applies (listen, udp_threads, tcp_*, cache.max_entries, log_format, metrics, control)",
         i64::from(!r.restart_pending().is_empty()),
+    )
+}
+
+/// dnstap frames sent and dropped, and, while `[dnstap]` is configured, whether a
+/// collector is connected.
+fn dnstap(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
+    let d = &s.dnstap;
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_dnstap_frames",
+        "dnstap frames, by result: sent to the collector, or dropped (queue full, or lost with a connection)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in [("sent", &d.sent), ("dropped", &d.dropped)] {
+        fam.encode_family(&[("result", result)])?
+            .encode_counter::<NoLabelSet, _, u64>(&load(n), None)?;
+    }
+    if !d.configured.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    gauge(
+        enc,
+        "zonefwd_dnstap_connected",
+        "1 while a dnstap collector has accepted the stream, 0 while it is absent or being reconnected",
+        i64::from(d.connected.load(Ordering::Relaxed)),
     )
 }
 

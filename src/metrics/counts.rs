@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::cache::Cache;
+use crate::dnstap::DnstapCounts;
 use crate::limit::InflightCount;
 use crate::reloads::ReloadStats;
 use crate::resolver::ResolverStats;
@@ -33,6 +34,7 @@ pub struct Sources {
     pub resolutions: Arc<ResolverStats>,
     pub inflight: Arc<InflightCount>,
     pub reloads: Arc<ReloadStats>,
+    pub dnstap: Arc<DnstapCounts>,
     pub configured: Arc<dyn Observed>,
 }
 

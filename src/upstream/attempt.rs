@@ -4,6 +4,7 @@
 //! a kept TCP connection. The try loop (`forward`) decides when tries start and stop.
 
 use crate::config::UpstreamTransport;
+use crate::dnstap::TryTap;
 use crate::upstream::exchange::{Exchanged, TryError};
 use crate::upstream::udp::SetAside;
 use crate::upstream::upstream::Upstream;
@@ -20,38 +21,46 @@ pub enum Verdict {
 }
 
 /// One try against one upstream, over the route's transport.
+/// Each message sent and received goes to dnstap when `tap` is given.
 pub async fn one_try(
     u: &Upstream,
     q: &Query,
     transport: UpstreamTransport,
     set_aside: SetAside<'_>,
+    tap: Option<TryTap<'_>>,
 ) -> Verdict {
+    let tap = tap.as_ref();
     match transport {
-        UpstreamTransport::Udp => udp_try(u, q, set_aside).await,
-        UpstreamTransport::Tcp => tcp_try(u, q).await,
+        UpstreamTransport::Udp => udp_try(u, q, set_aside, tap).await,
+        UpstreamTransport::Tcp => tcp_try(u, q, tap).await,
     }
 }
 
 /// UDP with EDNS; once more without EDNS if the server answers FORMERR without an OPT
 /// (RFC 6891 section 7: it predates EDNS); over a kept TCP connection if the reply is
 /// truncated (RFC 7766 section 5) or larger than we take over UDP.
-async fn udp_try(u: &Upstream, q: &Query, set_aside: SetAside<'_>) -> Verdict {
+async fn udp_try(
+    u: &Upstream,
+    q: &Query,
+    set_aside: SetAside<'_>,
+    tap: Option<&TryTap<'_>>,
+) -> Verdict {
     let addr = u.addr;
     let mut edns = true;
-    let mut answer = match u.udp.exchange(q, edns, Some(set_aside)).await {
+    let mut answer = match u.udp.exchange(q, edns, Some(set_aside), tap).await {
         Ok(a) => a,
-        Err(TryError::Oversize(_)) => return tcp_verdict(u.tcp.exchange(q, edns).await),
+        Err(TryError::Oversize(_)) => return tcp_verdict(u.tcp.exchange(q, edns, tap).await),
         Err(e) => return Verdict::Failed(e),
     };
     if is_pre_edns(&answer) {
         edns = false;
-        answer = match u.udp.exchange(q, edns, Some(set_aside)).await {
+        answer = match u.udp.exchange(q, edns, Some(set_aside), tap).await {
             Ok(a) => a,
             Err(e) => return Verdict::Failed(e),
         };
     }
     if answer.reply.truncated {
-        match u.tcp.exchange(q, edns).await {
+        match u.tcp.exchange(q, edns, tap).await {
             Ok(a) => answer = a,
             Err(e) => {
                 // Some hosts block TCP to the cloud resolver (Azure's guest agent
@@ -67,9 +76,9 @@ async fn udp_try(u: &Upstream, q: &Query, set_aside: SetAside<'_>) -> Verdict {
 
 /// Every query over a kept TCP connection (`transport = "tcp"`), with the same
 /// FORMERR-without-OPT retry as UDP.
-async fn tcp_try(u: &Upstream, q: &Query) -> Verdict {
-    match u.tcp.exchange(q, true).await {
-        Ok(a) if is_pre_edns(&a) => tcp_verdict(u.tcp.exchange(q, false).await),
+async fn tcp_try(u: &Upstream, q: &Query, tap: Option<&TryTap<'_>>) -> Verdict {
+    match u.tcp.exchange(q, true, tap).await {
+        Ok(a) if is_pre_edns(&a) => tcp_verdict(u.tcp.exchange(q, false, tap).await),
         answered => tcp_verdict(answered),
     }
 }

@@ -39,6 +39,7 @@ use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::{UpstreamOrder, UpstreamTransport};
+use crate::dnstap::TryTap;
 use crate::outcome::{AnsweredBy, Outcome, RetransmitReason};
 use crate::upstream::attempt::{one_try, Verdict};
 use crate::upstream::exchange::{Exchanged, TryError};
@@ -182,6 +183,10 @@ struct Tries<'a> {
     watch_from: Instant,
     /// The newest try's watch, once it is slow.
     watch: DownWatch<'a>,
+    /// dnstap, when the route sends forwarded tries.
+    tap: Option<TryTap<'a>>,
+    /// Why the next try starts, when it doubles one still unanswered.
+    doubling: Option<RetransmitReason>,
 }
 
 impl<'a> Tries<'a> {
@@ -248,7 +253,11 @@ impl<'a> Tries<'a> {
             bin: self.set_aside,
             n,
         };
-        Box::pin(async move { (n, one_try(u, q, transport, set_aside).await) })
+        let tap = self.tap.map(|t| TryTap {
+            retransmission: self.doubling.take(),
+            ..t
+        });
+        Box::pin(async move { (n, one_try(u, q, transport, set_aside, tap).await) })
     }
 
     /// What to wait for besides the tries: the newest try's late mark, its watch or
@@ -419,7 +428,10 @@ impl<'a> Tries<'a> {
             }
             RetransmitReason::Late => self.early += 1,
         }
-        let Some(t) = self.launch().or_else(|| self.launch_over_tcp()) else {
+        self.doubling = unanswered.then_some(reason);
+        let next = self.launch().or_else(|| self.launch_over_tcp());
+        self.doubling = None;
+        let Some(t) = next else {
             return;
         };
         running.push(t);
@@ -538,6 +550,8 @@ impl UpstreamSet {
             tcp_left: self.transport == UpstreamTransport::Udp,
             watch_from: started,
             watch: DownWatch(None),
+            tap: self.try_tap(q),
+            doubling: None,
         };
         let mut running = Running::Idle;
         let Some(first) = tries.launch() else {

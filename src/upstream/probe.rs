@@ -48,8 +48,8 @@ pub fn probe_until_back(u: &Arc<Upstream>, plan: ProbePlan) {
             };
             let answered = tokio::time::timeout(plan.per_probe, async {
                 match plan.transport {
-                    UpstreamTransport::Udp => u.udp.exchange(&probe, true, None).await,
-                    UpstreamTransport::Tcp => u.tcp.exchange(&probe, true).await,
+                    UpstreamTransport::Udp => u.udp.exchange(&probe, true, None, None).await,
+                    UpstreamTransport::Tcp => u.tcp.exchange(&probe, true, None).await,
                 }
             })
             .await;

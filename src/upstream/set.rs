@@ -8,11 +8,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{Config, Route, RouteReadiness, UpstreamOrder, UpstreamTransport};
+use crate::dnstap::{Tap, TryTap};
 use crate::life::Lifecycle;
 use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
+use crate::router::Router;
 use crate::upstream::guard::PrivateGuard;
 use crate::upstream::probe::ProbePlan;
 use crate::upstream::upstream::{Upstream, UpstreamSettings};
+use crate::wire::Query;
 
 #[derive(Debug)]
 pub struct UpstreamSet {
@@ -44,6 +47,10 @@ pub struct UpstreamSet {
     pub cname_claims: AtomicU64,
     /// `ready`: whether this route's outage makes the replica unready (`readiness`).
     pub ready: RouteReadiness,
+    /// `[dnstap]`, when it sends forwarded tries.
+    pub(crate) dnstap: Option<Arc<Tap>>,
+    /// The route's zones, for a forwarded message's `query_zone`.
+    zones: Router,
 }
 
 /// The upstreams of the configuration being replaced, by route name and settings, for
@@ -93,7 +100,9 @@ impl UpstreamSet {
         config: &Config,
         life: &Lifecycle,
         previous: &mut Previous,
+        dnstap: Option<&Arc<Tap>>,
     ) -> Vec<Arc<UpstreamSet>> {
+        let dnstap = dnstap.filter(|t| t.forwards());
         let sets: Vec<Arc<UpstreamSet>> = config
             .routes
             .iter()
@@ -103,6 +112,7 @@ impl UpstreamSet {
                     config.server.upstream_udp_reuse,
                     life.clone(),
                     previous,
+                    dnstap.cloned(),
                 ))
             })
             .collect();
@@ -115,7 +125,13 @@ impl UpstreamSet {
     }
 
     /// `reuse`: `server.upstream_udp_reuse`.
-    pub fn new(route: &Route, reuse: u32, life: Lifecycle, previous: &mut Previous) -> Self {
+    pub fn new(
+        route: &Route,
+        reuse: u32,
+        life: Lifecycle,
+        previous: &mut Previous,
+        dnstap: Option<Arc<Tap>>,
+    ) -> Self {
         UpstreamSet {
             route: route.name.clone(),
             upstreams: route
@@ -141,7 +157,20 @@ impl UpstreamSet {
             nxdomain_fallbacks: AtomicU64::new(0),
             cname_claims: AtomicU64::new(0),
             ready: route.ready,
+            dnstap,
+            zones: Router::new(route.zones.iter().map(|z| (z.as_slice(), 0))),
         }
+    }
+
+    /// dnstap for the tries of `q`, when forwarded tries are sent.
+    pub(crate) fn try_tap<'a>(&'a self, q: &Query) -> Option<TryTap<'a>> {
+        let tap = self.dnstap.as_deref()?;
+        Some(TryTap {
+            tap,
+            route: &self.route,
+            zone: self.zones.route(&q.qname_lower, q.qtype).map(|m| m.zone),
+            retransmission: None,
+        })
     }
 
     /// No upstream is in rotation: marked down by failures, taken out by hand, or in

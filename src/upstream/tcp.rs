@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::dnstap::TryTap;
+use crate::transport::Transport;
 use crate::upstream::exchange::{self, random_id, Exchanged, TryError};
 use crate::upstream::stats::UpstreamStats;
 use crate::wire::{self, Query, ReplyError};
@@ -112,6 +114,8 @@ struct Connection {
     quiet_since: AtomicU64,
     carried: AtomicU32,
     end: CancellationToken,
+    /// This end's address, once connected (for dnstap).
+    local: OnceLock<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -177,12 +181,17 @@ impl TcpConnections {
 
     /// One exchange over a kept connection; asked again on another connection, at most
     /// `MAX_RESENDS` times, when the one it was on ends first. No deadline of its own:
-    /// the caller holds it.
-    pub async fn exchange(&self, q: &Query, edns: bool) -> Result<Exchanged, TryError> {
+    /// the caller holds it. With `tap`, each query and its reply go to dnstap.
+    pub async fn exchange(
+        &self,
+        q: &Query,
+        edns: bool,
+        tap: Option<&TryTap<'_>>,
+    ) -> Result<Exchanged, TryError> {
         let mut resends = 0;
         loop {
             let conn = self.pick()?;
-            match conn.ask(&self.shared, q, edns).await {
+            match conn.ask(&self.shared, q, edns, tap).await {
                 Ask::Answered(a) => return Ok(a),
                 Ask::Failed(e) => return Err(e),
                 Ask::Lost(e) if resends == MAX_RESENDS => return Err(e),
@@ -246,6 +255,7 @@ impl Connection {
             quiet_since: AtomicU64::new(0),
             carried: AtomicU32::new(0),
             end: CancellationToken::new(),
+            local: OnceLock::new(),
         });
         let owed = shared
             .owed
@@ -277,7 +287,7 @@ impl Connection {
     }
 
     /// `q` on this connection, under an ID no query in flight here holds.
-    async fn ask(&self, shared: &Shared, q: &Query, edns: bool) -> Ask {
+    async fn ask(&self, shared: &Shared, q: &Query, edns: bool, tap: Option<&TryTap<'_>>) -> Ask {
         let (reply, answer) = oneshot::channel();
         let id = {
             let mut inflight = self.inflight();
@@ -299,12 +309,19 @@ impl Connection {
             id
         };
         self.carried.fetch_add(1, Ordering::Relaxed);
-        let frame = wire::framed(&wire::build_upstream_query(q, id, edns));
-        if self.frames.send(frame).is_err() {
+        let query = wire::build_upstream_query(q, id, edns);
+        if self.frames.send(wire::framed(&query)).is_err() {
             // The task is gone; it failed (or will fail) every waiter, this one too.
             return Ask::Lost(TryError::Closed);
         }
-        answer.await.unwrap_or(Ask::Lost(TryError::Closed))
+        let local = self.local.get().copied();
+        let sent = tap.map(|t| (t, t.sent(Transport::Tcp, local, shared.addr, &query)));
+        let asked = answer.await.unwrap_or(Ask::Lost(TryError::Closed));
+        if let (Some((tap, at)), Ask::Answered(a)) = (sent, &asked) {
+            let local = self.local.get().copied();
+            tap.received(Transport::Tcp, local, shared.addr, at, &a.bytes);
+        }
+        asked
     }
 
     /// `msg`, read off the connection, to the query with its ID if its question
@@ -428,6 +445,9 @@ async fn run(shared: Arc<Shared>, conn: Arc<Connection>, queued: mpsc::Unbounded
         }
     };
     shared.open.fetch_add(1, Ordering::Relaxed);
+    if let Ok(local) = stream.local_addr() {
+        let _ = conn.local.set(local);
+    }
     let (rd, wr) = stream.into_split();
     let (ended, replied) = tokio::select! {
         e = read_replies(&shared, &conn, rd) => e,
@@ -582,12 +602,12 @@ mod tests {
     async fn an_idle_connection_closes_and_the_next_query_opens_another() {
         let (addr, accepted) = upstream().await;
         let tcp = TcpConnections::new(addr, Arc::default(), Duration::from_secs(1));
-        tcp.exchange(&q("a.example."), true).await.unwrap();
-        tcp.exchange(&q("b.example."), true).await.unwrap();
+        tcp.exchange(&q("a.example."), true, None).await.unwrap();
+        tcp.exchange(&q("b.example."), true, None).await.unwrap();
         assert_eq!((tcp.open(), accepted.load(Ordering::SeqCst)), (1, 1));
         tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(1)).await;
         assert_eq!(tcp.open(), 0, "closed once idle");
-        tcp.exchange(&q("c.example."), true).await.unwrap();
+        tcp.exchange(&q("c.example."), true, None).await.unwrap();
         assert_eq!((tcp.open(), accepted.load(Ordering::SeqCst)), (1, 2));
         assert_eq!(tcp.reconnects(), 0, "an idle close is not a reconnect");
     }
@@ -608,7 +628,8 @@ mod tests {
             }
         }
         let (c, shared) = (Arc::clone(&conn), Arc::clone(&tcp.shared));
-        let asked = tokio::spawn(async move { c.ask(&shared, &q("free.example."), true).await });
+        let asked =
+            tokio::spawn(async move { c.ask(&shared, &q("free.example."), true, None).await });
         let deadline = Instant::now() + Duration::from_secs(10);
         while conn.inflight().waiting.len() < 65536 {
             assert!(Instant::now() < deadline, "the query was never registered");
@@ -631,7 +652,8 @@ mod tests {
         for i in 0..MAX_CONNECTIONS * MAX_PIPELINE {
             let tcp = Arc::clone(&tcp);
             waiting.push(tokio::spawn(async move {
-                tcp.exchange(&q(&format!("n{i}.example.")), true).await
+                tcp.exchange(&q(&format!("n{i}.example.")), true, None)
+                    .await
             }));
             if i % 1024 == 0 {
                 tokio::task::yield_now().await;
@@ -649,7 +671,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the connections never filled");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let busy = tcp.exchange(&q("one-more.example."), true).await;
+        let busy = tcp.exchange(&q("one-more.example."), true, None).await;
         assert!(matches!(busy, Err(TryError::Busy)), "{busy:?}");
         for w in waiting {
             w.abort();
@@ -661,7 +683,7 @@ mod tests {
         let (addr, _) = upstream().await;
         let stats = Arc::new(UpstreamStats::default());
         let tcp = TcpConnections::new(addr, Arc::clone(&stats), Duration::from_secs(1));
-        tcp.exchange(&q("a.example."), true).await.unwrap();
+        tcp.exchange(&q("a.example."), true, None).await.unwrap();
         let conn = Arc::clone(&tcp.conns()[0]);
         drop(tcp);
         tokio::time::timeout(Duration::from_secs(10), conn.end.cancelled())

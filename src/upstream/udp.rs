@@ -29,6 +29,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::dnstap::TryTap;
+use crate::transport::Transport;
 use crate::upstream::exchange::{opening, random_id, Exchanged, TryError};
 use crate::upstream::stats::UpstreamStats;
 use crate::wire::{self, Query, ReplyError};
@@ -76,17 +78,23 @@ impl UdpSockets {
     /// One exchange on a socket of this upstream's, kept for the next query when it
     /// ended cleanly. No deadline of its own: the caller holds it. With `set_aside`,
     /// a try dropped while it waits leaves its socket there (`Unanswered`) instead of
-    /// closing it, so its fate can still be learned.
+    /// closing it, so its fate can still be learned. With `tap`, the query and its
+    /// reply go to dnstap as sent and received.
     pub async fn exchange(
         &self,
         q: &Query,
         edns: bool,
         set_aside: Option<SetAside<'_>>,
+        tap: Option<&TryTap<'_>>,
     ) -> Result<Exchanged, TryError> {
         // One clock read serves the whole exchange: a socket given back a little past
         // SOCKET_MAX_AGE is still never used again, `take` drops it first.
         let now = Instant::now();
-        let (p, id) = self.ask(q, edns, now)?;
+        let (mut p, id, query) = self.ask(q, edns, now)?;
+        let sent = tap.map(|t| {
+            let local = p.local();
+            (t, local, t.sent(Transport::Udp, local, self.addr, &query))
+        });
         let mut waiting = Waiting {
             pooled: Some(p),
             id,
@@ -97,27 +105,34 @@ impl UdpSockets {
         // Ended, one way or the other: not set aside.
         let mut p = waiting.pooled.take().expect("held until the reply");
         let answer = answer?;
+        if let Some((tap, local, at)) = sent {
+            tap.received(Transport::Udp, local, self.addr, at, &answer.bytes);
+        }
         p.last_id = Some(id);
         self.give(p, now);
         Ok(answer)
     }
 
-    /// A socket with `q` sent on it under a fresh ID: an idle one, or a new one.
-    fn ask(&self, q: &Query, edns: bool, now: Instant) -> Result<(Pooled, u16), TryError> {
+    /// A socket with `q` sent on it under a fresh ID (an idle one, or a new one), the
+    /// ID, and the query as sent.
+    fn ask(&self, q: &Query, edns: bool, now: Instant) -> Result<(Pooled, u16, Vec<u8>), TryError> {
         let Some(mut p) = self.take(now) else {
-            let (sock, id) = open_asking(self.addr, q, edns)?;
+            let id = random_id();
+            let query = wire::build_upstream_query(q, id, edns);
+            let sock = UpstreamSocket::open(self.addr, &query).map_err(opening)?;
             let mut p = Pooled::new(sock, now);
             p.uses = 1;
-            return Ok((p, id));
+            return Ok((p, id, query));
         };
         p.sock.forget_readable();
         let mut id = random_id();
         while Some(id) == p.last_id {
             id = random_id();
         }
-        p.sock.send(&wire::build_upstream_query(q, id, edns))?;
+        let query = wire::build_upstream_query(q, id, edns);
+        p.sock.send(&query)?;
         p.uses += 1;
-        Ok((p, id))
+        Ok((p, id, query))
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
@@ -168,7 +183,9 @@ impl UdpSockets {
 /// One exchange with `server` on a socket of its own, closed after: for the checks
 /// that ask an address once (`doctor`, the loop probe), which count no mismatches.
 pub async fn exchange_once(server: SocketAddr, q: &Query) -> Result<Exchanged, TryError> {
-    let (sock, id) = open_asking(server, q, true)?;
+    let id = random_id();
+    let query = wire::build_upstream_query(q, id, true);
+    let sock = UpstreamSocket::open(server, &query).map_err(opening)?;
     receive(&sock, server, q, id, None, &AtomicU64::new(0)).await
 }
 
@@ -243,18 +260,6 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// A new socket to `server` with `q` already sent on it under a fresh ID.
-fn open_asking(
-    server: SocketAddr,
-    q: &Query,
-    edns: bool,
-) -> Result<(UpstreamSocket, u16), TryError> {
-    let id = random_id();
-    let sock =
-        UpstreamSocket::open(server, &wire::build_upstream_query(q, id, edns)).map_err(opening)?;
-    Ok((sock, id))
-}
-
 #[derive(Debug)]
 struct Pooled {
     sock: UpstreamSocket,
@@ -264,6 +269,8 @@ struct Pooled {
     /// later (the upstream or the network sent it twice) is skipped without counting
     /// it as a forgery.
     last_id: Option<u16>,
+    /// The socket's own address, once dnstap has asked for it.
+    local: Option<SocketAddr>,
 }
 
 impl Pooled {
@@ -273,7 +280,16 @@ impl Pooled {
             uses: 0,
             born,
             last_id: None,
+            local: None,
         }
+    }
+
+    /// The socket's own address (one system call, the first time only).
+    fn local(&mut self) -> Option<SocketAddr> {
+        if self.local.is_none() {
+            self.local = self.sock.0.get_ref().local_addr().ok();
+        }
+        self.local
     }
 
     /// Not yet `SOCKET_MAX_AGE` old: the one age rule `take`, `give` and `sweep` apply.
@@ -488,7 +504,7 @@ mod tests {
         let sockets = sockets(addr, 3);
         for i in 0..7 {
             sockets
-                .exchange(&q(&format!("n{i}.example.")), true, None)
+                .exchange(&q(&format!("n{i}.example.")), true, None, None)
                 .await
                 .unwrap();
         }
@@ -503,8 +519,8 @@ mod tests {
         // Two queries in flight at once get two sockets.
         let (qa, qb) = (q("a.example."), q("b.example."));
         let (a, b) = tokio::join!(
-            sockets.exchange(&qa, true, None),
-            sockets.exchange(&qb, true, None)
+            sockets.exchange(&qa, true, None, None),
+            sockets.exchange(&qb, true, None, None)
         );
         a.unwrap();
         b.unwrap();
@@ -519,7 +535,7 @@ mod tests {
         let sockets = sockets(silent.local_addr().unwrap(), 10);
         let t = tokio::time::timeout(
             Duration::from_millis(100),
-            sockets.exchange(&q("x.example."), true, None),
+            sockets.exchange(&q("x.example."), true, None, None),
         )
         .await;
         assert!(t.is_err());
@@ -534,12 +550,12 @@ mod tests {
         let (addr, from) = upstream(then).await;
         let sockets = sockets(addr, 10);
         sockets
-            .exchange(&q("one.example."), true, None)
+            .exchange(&q("one.example."), true, None, None)
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let a = sockets
-            .exchange(&q("two.example."), true, None)
+            .exchange(&q("two.example."), true, None, None)
             .await
             .unwrap();
         let ports = from.lock().unwrap().iter().map(|a| a.port()).collect();
@@ -569,7 +585,7 @@ mod tests {
         let (addr, _) = upstream(Then::Nothing).await;
         let sockets = sockets(addr, 10);
         sockets
-            .exchange(&q("one.example."), true, None)
+            .exchange(&q("one.example."), true, None, None)
             .await
             .unwrap();
         assert_eq!(sockets.idle_len(), 1);
@@ -585,8 +601,8 @@ mod tests {
         // Two queries at once: two sockets, both idle after.
         let (one, two) = (q("one.example."), q("two.example."));
         let (a, b) = tokio::join!(
-            sockets.exchange(&one, true, None),
-            sockets.exchange(&two, true, None),
+            sockets.exchange(&one, true, None, None),
+            sockets.exchange(&two, true, None, None),
         );
         a.unwrap();
         b.unwrap();

@@ -694,6 +694,23 @@ pub fn one_route(upstreams: &[SocketAddr], extra: &str) -> String {
     )
 }
 
+/// A tool from a Debian package (a checker, a DNS server, a dnstap decoder): CI
+/// installs it, so missing there is a failure; elsewhere the test says it skips.
+pub fn debian_tool(name: &str) -> Option<&'static str> {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return Some(Box::leak(p.into_boxed_str()));
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name} is missing; .ci/run installs it"
+    );
+    eprintln!("skipping the {name} check: not installed");
+    None
+}
+
 /// The zonefwd binary run to completion with `args` (and without $ZONEFWD_CONFIG):
 /// exit code, stdout, stderr.
 pub fn zonefwd_cli(args: &[&str]) -> (i32, String, String) {

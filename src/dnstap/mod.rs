@@ -1,0 +1,323 @@
+//! dnstap (`[dnstap]`): what clients ask and get (CLIENT_QUERY, CLIENT_RESPONSE) and
+//! each try sent upstream (FORWARDER_QUERY, FORWARDER_RESPONSE), as protobuf messages
+//! over Frame Streams to a collector (dnstap-receiver, go-dnscollector, Vector).
+//!
+//! This module owns the switchboard: `DnstapOutput`, the server's one writer to the
+//! configured collector, kept across reloads while the socket is the same, and `Tap`,
+//! one configuration's view of it (which messages, which client queries), which the
+//! query path asks to send a message. `message` makes a message's frame, `frames`
+//! speaks Frame Streams, `collector` holds the connection. The query path never
+//! waits: a frame that does not fit in the queue is dropped and counted.
+//!
+//! What goes where dnstap leaves room (docs/dnstap.md): the route is the `policy`
+//! (type "route", rule its name, match QNAME); `extra` holds `route=NAME answer=KIND`
+//! on a client response and `route=NAME` (and `retransmission=late|timeout` on a
+//! retransmitted try) on forwarder messages.
+
+mod collector;
+mod frames;
+mod message;
+mod proto;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, DnstapConfig, DnstapSocket};
+use crate::life::Lifecycle;
+use crate::outcome::RetransmitReason;
+use crate::transport::Transport;
+
+pub use collector::DnstapCounts;
+use message::{Event, Origin};
+use proto::{MessageType, SocketProtocol};
+
+/// The server's dnstap writer: the collector connection for the configured socket
+/// and what it has sent and dropped. Outlives configurations.
+#[derive(Debug, Default)]
+pub struct DnstapOutput {
+    pub counts: Arc<DnstapCounts>,
+    writer: Mutex<Option<Writer>>,
+}
+
+/// The writer task for one socket, and its queue.
+#[derive(Debug)]
+struct Writer {
+    socket: DnstapSocket,
+    frames: mpsc::Sender<Vec<u8>>,
+}
+
+impl DnstapOutput {
+    /// The tap `config` asks for: over the running writer when its socket is the
+    /// same, else over a new one. A writer no configuration uses any more sends what
+    /// it has, then STOP, and ends once the last query of the old one is done.
+    pub fn tap_for(&self, config: &Config, life: &Lifecycle) -> Option<Arc<Tap>> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.counts
+            .configured
+            .store(config.dnstap.is_some(), Ordering::Relaxed);
+        let Some(wanted) = &config.dnstap else {
+            *writer = None;
+            return None;
+        };
+        let frames = match &*writer {
+            Some(w) if w.socket == wanted.socket => w.frames.clone(),
+            _ => {
+                let (frames, queued) = mpsc::channel(collector::QUEUE_FRAMES);
+                life.tasks.spawn(collector::run(
+                    wanted.socket.clone(),
+                    queued,
+                    Arc::clone(&self.counts),
+                    life.shutdown.clone(),
+                ));
+                *writer = Some(Writer {
+                    socket: wanted.socket.clone(),
+                    frames: frames.clone(),
+                });
+                frames
+            }
+        };
+        Some(Arc::new(Tap::new(wanted, config, frames, &self.counts)))
+    }
+}
+
+/// One configuration's dnstap: which messages it sends, and to which queue.
+#[derive(Debug)]
+pub struct Tap {
+    frames: mpsc::Sender<Vec<u8>>,
+    counts: Arc<DnstapCounts>,
+    socket: DnstapSocket,
+    origin: Origin,
+    config: DnstapConfig,
+}
+
+impl Tap {
+    fn new(
+        wanted: &DnstapConfig,
+        config: &Config,
+        frames: mpsc::Sender<Vec<u8>>,
+        counts: &Arc<DnstapCounts>,
+    ) -> Tap {
+        let identity = config.server.identity.clone().unwrap_or_else(host_name);
+        Tap {
+            frames,
+            counts: Arc::clone(counts),
+            socket: wanted.socket.clone(),
+            origin: Origin {
+                identity: Bytes::from(identity),
+                version: Bytes::from_static(
+                    concat!("zonefwd ", env!("CARGO_PKG_VERSION")).as_bytes(),
+                ),
+            },
+            config: wanted.clone(),
+        }
+    }
+
+    /// Whether forwarded tries are sent at all.
+    pub fn forwards(&self) -> bool {
+        self.config.forwarder_query || self.config.forwarder_response
+    }
+
+    /// A client's query as it arrived on `server`: sent as CLIENT_QUERY when it is
+    /// sampled; what its response needs to follow it, when that is sent too.
+    pub fn client(
+        self: &Arc<Self>,
+        msg: &[u8],
+        client: SocketAddr,
+        server: SocketAddr,
+        transport: Transport,
+    ) -> Option<Box<ClientTap>> {
+        let c = &self.config;
+        if !(c.client_query || c.client_response) || !sampled(c.client_sample_rate) {
+            return None;
+        }
+        let tap = ClientTap {
+            tap: Arc::clone(self),
+            client,
+            server,
+            protocol: protocol(transport),
+            arrived: SystemTime::now(),
+        };
+        if c.client_query {
+            tap.send(MessageType::ClientQuery, Some(msg), None, None, None);
+        }
+        c.client_response.then(|| Box::new(tap))
+    }
+
+    /// Queues the event's frame, or drops and counts it when the queue is full.
+    fn send(&self, event: &Event<'_>) {
+        if self.frames.try_send(event.frame(&self.origin)).is_err() {
+            self.counts.drop_one(&self.socket);
+        }
+    }
+}
+
+/// One sampled client query, for its response.
+#[derive(Debug)]
+pub struct ClientTap {
+    tap: Arc<Tap>,
+    client: SocketAddr,
+    server: SocketAddr,
+    protocol: SocketProtocol,
+    arrived: SystemTime,
+}
+
+impl ClientTap {
+    /// The reply as sent: CLIENT_RESPONSE, with the route (`-` before one is chosen)
+    /// and how it was answered (the query log's `outcome`).
+    pub fn response(&self, reply: &[u8], route: &str, answer: &str) {
+        let routed = (route != "-").then_some(route);
+        let extra = format!("route={route} answer={answer}");
+        self.send(
+            MessageType::ClientResponse,
+            None,
+            Some(reply),
+            routed,
+            Some(extra),
+        );
+    }
+
+    fn send(
+        &self,
+        kind: MessageType,
+        query: Option<&[u8]>,
+        response: Option<&[u8]>,
+        route: Option<&str>,
+        extra: Option<String>,
+    ) {
+        self.tap.send(&Event {
+            kind,
+            protocol: self.protocol,
+            initiator: Some(self.client),
+            responder: self.server,
+            query_time: self.arrived,
+            response_time: response.map(|_| SystemTime::now()),
+            query,
+            response,
+            zone: None,
+            route,
+            extra,
+        });
+    }
+}
+
+/// One forwarded try's dnstap: the route, its zone for this query, and whether the
+/// try is a retransmission.
+#[derive(Debug, Clone, Copy)]
+pub struct TryTap<'a> {
+    pub tap: &'a Tap,
+    pub route: &'a str,
+    pub zone: Option<&'a [u8]>,
+    pub retransmission: Option<RetransmitReason>,
+}
+
+impl TryTap<'_> {
+    /// `query` sent from `local` to `upstream`: FORWARDER_QUERY; when it was sent.
+    pub fn sent(
+        &self,
+        transport: Transport,
+        local: Option<SocketAddr>,
+        upstream: SocketAddr,
+        query: &[u8],
+    ) -> SystemTime {
+        let now = SystemTime::now();
+        if self.tap.config.forwarder_query {
+            self.send(
+                MessageType::ForwarderQuery,
+                transport,
+                local,
+                upstream,
+                now,
+                Some(query),
+                None,
+            );
+        }
+        now
+    }
+
+    /// `reply` received for the query sent at `sent`: FORWARDER_RESPONSE.
+    pub fn received(
+        &self,
+        transport: Transport,
+        local: Option<SocketAddr>,
+        upstream: SocketAddr,
+        sent: SystemTime,
+        reply: &[u8],
+    ) {
+        if self.tap.config.forwarder_response {
+            self.send(
+                MessageType::ForwarderResponse,
+                transport,
+                local,
+                upstream,
+                sent,
+                None,
+                Some(reply),
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        kind: MessageType,
+        transport: Transport,
+        local: Option<SocketAddr>,
+        upstream: SocketAddr,
+        sent: SystemTime,
+        query: Option<&[u8]>,
+        response: Option<&[u8]>,
+    ) {
+        let extra = match self.retransmission {
+            Some(r) => format!("route={} retransmission={}", self.route, r.as_str()),
+            None => format!("route={}", self.route),
+        };
+        self.tap.send(&Event {
+            kind,
+            protocol: protocol(transport),
+            initiator: local,
+            responder: upstream,
+            query_time: sent,
+            response_time: response.map(|_| SystemTime::now()),
+            query,
+            response,
+            zone: self.zone,
+            route: Some(self.route),
+            extra: Some(extra),
+        });
+    }
+}
+
+fn protocol(t: Transport) -> SocketProtocol {
+    match t {
+        Transport::Udp => SocketProtocol::Udp,
+        Transport::Tcp => SocketProtocol::Tcp,
+    }
+}
+
+/// One client query in `every`, counted per thread: no shared counter on the path
+/// every query takes.
+fn sampled(every: u32) -> bool {
+    thread_local! {
+        static SEEN: Cell<u32> = const { Cell::new(0) };
+    }
+    every <= 1
+        || SEEN.with(|seen| {
+            let n = seen.get() + 1;
+            seen.set(n % every);
+            n == every
+        })
+}
+
+/// The host name, for `identity` when `[server] identity` is not set.
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "zonefwd".to_string())
+}
