@@ -4,7 +4,8 @@
 #     series and stays silent on healthy ones), and the PrometheusRule for
 #     prometheus-operator regenerated from the same file;
 #  2. a real Prometheus on loopback scrapes a running zonefwd that has answered
-#     queries (hits, misses, SERVFAIL from a dead upstream, a route with max_qps) and
+#     queries (hits, misses, SERVFAIL from a dead upstream, a route with max_qps, a
+#     dnstap collector that is absent) and
 #     evaluates the rules; then every dashboard panel expression and every rule
 #     expression is run through the query API: none may fail, every panel must return
 #     data, and every series a rule or panel names must exist. A metric renamed in
@@ -81,6 +82,9 @@ health_check = "1h"
 name = "default"
 zones = ["."]
 upstreams = ["127.0.0.1:$UP"]
+# A collector that is not there: the dnstap series exist, connected 0.
+[dnstap]
+socket = "unix:$work/absent-collector.sock"
 TOML
 "$bin" run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" &
 pids+=($!)

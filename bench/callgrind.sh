@@ -11,9 +11,13 @@
 #   BIN=/tmp/zonefwd-before bash bench/callgrind.sh   # another build, same harness
 #   N=20000 RUNS=3 bash bench/callgrind.sh  # queries per phase, runs (median reported)
 #   OUTSTANDING=1 bash bench/callgrind.sh   # one query at a time (default 20 in flight)
+#   KEEP=/tmp/cg RUNS=1 bash bench/callgrind.sh  # keep the dumps for callgrind_annotate
 #   MODE=tcp bash bench/callgrind.sh        # the client queries over TCP (kept connections)
+#   DNSTAP=1 bash bench/callgrind.sh        # with [dnstap]: all four message types to
+#                                           # fstrm_capture on a Unix socket (to /dev/null)
 #
-# Needs (Debian): valgrind dnsperf nsd. Everything listens on 127.0.0.1.
+# Needs (Debian): valgrind dnsperf nsd (and fstrm-bin for DNSTAP=1). Everything listens
+# on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +57,13 @@ name = "bench"
 zones = ["."]
 upstreams = ["127.0.0.1:$NSD_PORT"]
 EOF
+if [[ ${DNSTAP:-0} == 1 ]]; then
+  command -v fstrm_capture >/dev/null || { echo "missing fstrm_capture (apt-get install fstrm-bin)" >&2; exit 1; }
+  fstrm_capture -t protobuf:dnstap.Dnstap -u "$work/dnstap.sock" -w /dev/null 2>"$work/fstrm_capture.log" &
+  pids+=($!)
+  for _ in $(seq 50); do [[ -S $work/dnstap.sock ]] && break; sleep 0.1; done
+  printf '[dnstap]\nsocket = "unix:%s/dnstap.sock"\n' "$work" >>"$work/zonefwd.toml"
+fi
 
 # count phase -> the instructions in the dump that phase triggered (every thread)
 count() {
@@ -87,6 +98,9 @@ one_run() {
   callgrind_control -d hit "$vpid" >/dev/null
   kill "$vpid"
   wait "$vpid" 2>/dev/null || true
+  # KEEP=DIR keeps the dumps, for callgrind_annotate (the miss phase's file says
+  # "Trigger: dump miss").
+  [[ -z ${KEEP:-} ]] || { mkdir -p "$KEEP"; cp "$work"/callgrind.out.* "$KEEP"/; }
   local miss_done hit_done
   miss_done=$(awk '/Queries completed/ { print $3 }' "$work/miss.out")
   hit_done=$(awk '/Queries completed/ { print $3 }' "$work/hit.out")

@@ -19,7 +19,9 @@
 #          has no such setting and sits it out)
 #   mixed  90% a repeated set of 1000 names (A and AAAA), 5% unique names,
 #          5% names that do not exist (NXDOMAIN), shuffled
-# Servers: zonefwd; dnsdist (1.7) without a cache and dnsdist-cache with its packet
+# Servers: zonefwd; zonefwd-dnstap (the same, sending all four dnstap message types
+# to fstrm_capture on a Unix socket, written to /dev/null; not in the default list);
+# dnsdist (1.7) without a cache and dnsdist-cache with its packet
 # cache; unbound (forward-zone); kresd (Knot Resolver, policy.STUB, cache on); dnsmasq.
 # One worker thread each (THREADS=1), since on 2 cores dnsperf and NSD need the rest.
 # Floors: reflector (bench/reflector.rs: a fixed answer to every query, hit rows only)
@@ -50,15 +52,16 @@ LATENCY=${LATENCY:-0}
 SCALE=${SCALE:-0}
 NSD_PORT=5301
 PORT=5310
+DNSTAP_METRICS=5311
 OUT=${OUT:-bench/results}
 
 need=()
-for cmd in dnsperf nsd unbound dnsdist dnsmasq kresd; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
+for cmd in dnsperf nsd unbound dnsdist dnsmasq kresd fstrm_capture; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver python3-matplotlib >/dev/null
+    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver fstrm-bin python3-matplotlib >/dev/null
   else
-    echo "missing: ${need[*]} (apt-get install dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver)" >&2
+    echo "missing: ${need[*]} (apt-get install dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver fstrm-bin)" >&2
     exit 1
   fi
 fi
@@ -179,6 +182,27 @@ configure() {
     write_zonefwd_config "" ""
     write_peer_configs udp
   fi
+  # zonefwd-dnstap: the same, with every message type to fstrm_capture, and metrics
+  # for the frames it sent and dropped.
+  sed "s/^\[server\]/[server]\nmetrics = \"127.0.0.1:$DNSTAP_METRICS\"/" "$work/zonefwd.toml" >"$work/zonefwd-dnstap.toml"
+  printf '[dnstap]\nsocket = "unix:%s/dnstap.sock"\n' "$work" >>"$work/zonefwd-dnstap.toml"
+}
+
+# fstrm_capture for zonefwd-dnstap: its pid in $cpid.
+start_collector() {
+  rm -f "$work/dnstap.sock"
+  fstrm_capture -t protobuf:dnstap.Dnstap -u "$work/dnstap.sock" -w /dev/null 2>"$work/fstrm_capture.log" &
+  cpid=$!
+  pids+=("$cpid")
+  for _ in $(seq 50); do [[ -S $work/dnstap.sock ]] && return 0; sleep 0.1; done
+  echo "fstrm_capture did not start" >&2
+  return 1
+}
+
+# The frames zonefwd-dnstap sent and dropped, as a note beside its row.
+dnstap_frames() {
+  curl -s "http://127.0.0.1:$DNSTAP_METRICS/metrics" |
+    awk '/^zonefwd_dnstap_frames_total/ { sub(/.*result="/, ""); sub(/"}/, ""); printf "%s %s  ", $1, $2 }'
 }
 
 start_server() { # name -> pid in $spid
@@ -191,6 +215,8 @@ start_server() { # name -> pid in $spid
   case $1 in
     # As the systemd unit and the container image run it.
     zonefwd) MIMALLOC_ARENA_EAGER_COMMIT=0 ./target/release/zonefwd run -c "$work/zonefwd.toml" 2>"$work/zonefwd.log" & ;;
+    zonefwd-dnstap) start_collector
+      MIMALLOC_ARENA_EAGER_COMMIT=0 ./target/release/zonefwd run -c "$work/zonefwd-dnstap.toml" 2>"$work/zonefwd-dnstap.log" & ;;
     baseline) MIMALLOC_ARENA_EAGER_COMMIT=0 "$BASELINE" run -c "$work/zonefwd.toml" 2>"$work/baseline.log" & ;;
     unbound) unbound -d -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 & ;;
     dnsdist) dnsdist --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
@@ -275,8 +301,12 @@ for workload in $WORKLOADS; do
     start_server "$server"
     line=$(measure "$workload" "$server" "$spid")
     echo "$line" | tee -a "$csv"
+    [[ $server == zonefwd-dnstap ]] && echo "  dnstap frames: $(dnstap_frames)" | tee -a "$OUT/$stamp-dnstap.txt"
     kill "$spid"
     wait "$spid" 2>/dev/null || true
+    if [[ -n ${cpid:-} ]]; then
+      kill "$cpid"; wait "$cpid" 2>/dev/null || true; cpid=
+    fi
     sleep 0.5
   done
 done

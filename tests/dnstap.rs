@@ -537,7 +537,12 @@ async fn a_stalled_collector_never_holds_up_a_query() {
     let socket = format!("unix:{}", path.display());
     let z = Zonefwd::start(&lab_config(&socket, fake.addr, server)).await;
     wait_metric(&z, "zonefwd_dnstap_connected", 1).await;
-    burst(z.udp, "stall.example.", 8000, 8).await;
+    // Well under a second here; a query path that waited for room in the queue, even
+    // a few milliseconds a frame, would take half a minute.
+    let burst = burst(z.udp, "stall.example.", 8000, 8);
+    tokio::time::timeout(Duration::from_secs(15), burst)
+        .await
+        .expect("the burst is not held up by the stalled collector");
     let dropped = "zonefwd_dnstap_frames_total{result=\"dropped\"}";
     assert!(dnstap_metric(&z, dropped).await > 0, "drops counted");
     z.stop().await.unwrap();

@@ -27,6 +27,10 @@ pub const QUEUE_FRAMES: usize = 10_000;
 /// Written in one go, at most: batches frames into few system calls.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// How long frames gather before a write that would not fill a batch: at most this
+/// much delay in the collector's view, at most one write a millisecond.
+const GATHER: Duration = Duration::from_millis(1);
+
 /// Connecting and the handshake must be done within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -176,7 +180,18 @@ async fn serve(
         let Some(first) = first else {
             return finish(&mut wr, gone, frames, counts).await;
         };
-        let n = fill(&mut batch, first, frames);
+        let mut n = fill(&mut batch, first, frames);
+        if batch.len() < BATCH_BYTES {
+            // The queue is empty: let frames gather for a moment, so that one write
+            // carries many and the query threads wake this task once a batch, not once
+            // a frame (a wake and a write per frame cost more than the frame itself).
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                said = &mut gone => return Ended::Lost(went_away(said)),
+                _ = shutdown.cancelled() => {}
+            }
+            n += top_up(&mut batch, frames);
+        }
         let written = tokio::select! {
             w = wr.write_all(&batch) => w,
             said = &mut gone => Err(went_away(said)),
@@ -197,7 +212,12 @@ async fn serve(
 /// `first` and whatever else is queued, up to `BATCH_BYTES`, into `batch`: how many.
 fn fill(batch: &mut Vec<u8>, first: Vec<u8>, frames: &mut mpsc::Receiver<Vec<u8>>) -> u64 {
     batch.extend_from_slice(&first);
-    let mut n = 1;
+    1 + top_up(batch, frames)
+}
+
+/// Whatever is queued, up to `BATCH_BYTES`, into `batch`: how many.
+fn top_up(batch: &mut Vec<u8>, frames: &mut mpsc::Receiver<Vec<u8>>) -> u64 {
+    let mut n = 0;
     while batch.len() < BATCH_BYTES {
         let Ok(f) = frames.try_recv() else { break };
         batch.extend_from_slice(&f);

@@ -64,13 +64,15 @@ pub fn control(kind: ControlType, typed: bool) -> Vec<u8> {
     out
 }
 
-/// Appends a data frame holding `payload` to `out`.
-pub fn data_frame(out: &mut Vec<u8>, payload_len: usize, payload: impl FnOnce(&mut Vec<u8>)) {
-    out.reserve(4 + payload_len);
-    out.extend_from_slice(&(payload_len as u32).to_be_bytes());
-    let start = out.len();
-    payload(out);
-    debug_assert_eq!(out.len() - start, payload_len);
+/// A data frame of what `payload` writes: its length, then it. The length is written
+/// last, so the payload is encoded once and its size not computed beforehand.
+pub fn data_frame(size_hint: usize, payload: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + size_hint);
+    out.extend_from_slice(&[0; 4]);
+    payload(&mut out);
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
 }
 
 /// Reads one control frame. A data frame here, or a malformed control frame, is an
@@ -167,8 +169,7 @@ mod tests {
 
     #[test]
     fn a_data_frame_is_its_length_then_its_payload() {
-        let mut out = Vec::new();
-        data_frame(&mut out, 3, |o| o.extend_from_slice(b"abc"));
+        let out = data_frame(1, |o| o.extend_from_slice(b"abc"));
         assert_eq!(out, [0, 0, 0, 3, b'a', b'b', b'c']);
     }
 }

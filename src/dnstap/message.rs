@@ -34,8 +34,12 @@ pub struct Event<'a> {
     /// The route that answered or forwarded it, as the `policy`'s rule.
     pub route: Option<&'a str>,
     /// `key=value` pairs for `Dnstap.extra`.
-    pub extra: Option<String>,
+    pub extra: Option<Vec<u8>>,
 }
+
+/// What a frame holds besides the DNS messages and the identity, at most: addresses,
+/// ports, times, zone, route, extra, version and the protobuf tags.
+const FIELDS_SIZE: usize = 400;
 
 /// The server's name and version, the same on every frame.
 #[derive(Debug, Clone)]
@@ -46,20 +50,23 @@ pub struct Origin {
 
 impl Event<'_> {
     /// The Frame Streams data frame carrying this event.
-    pub fn frame(&self, origin: &Origin) -> Vec<u8> {
+    pub fn frame(self, origin: &Origin) -> Vec<u8> {
+        // The messages' bytes, and room for the addresses, times, names and tags.
+        let size_hint = FIELDS_SIZE
+            + self.query.map_or(0, <[u8]>::len)
+            + self.response.map_or(0, <[u8]>::len)
+            + origin.identity.len();
+        let message = Some(self.message());
         let msg = proto::Dnstap {
             identity: Some(origin.identity.clone()),
             version: Some(origin.version.clone()),
-            extra: self.extra.as_ref().map(|e| e.as_bytes().to_vec()),
+            extra: self.extra,
             r#type: DNSTAP_MESSAGE,
-            message: Some(self.message()),
+            message,
         };
-        let len = msg.encoded_len();
-        let mut out = Vec::new();
-        frames::data_frame(&mut out, len, |buf| {
-            msg.encode(buf).expect("the buffer was reserved for it");
-        });
-        out
+        frames::data_frame(size_hint, |buf| {
+            msg.encode(buf).expect("a Vec grows as needed")
+        })
     }
 
     fn message(&self) -> proto::Message {
@@ -144,7 +151,7 @@ mod tests {
             response: Some(b"\x12\x34reply"),
             zone: Some(b"\x05azmk8s\x02io\x00"),
             route: Some("azure"),
-            extra: Some("retransmission=late".into()),
+            extra: Some(b"retransmission=late".to_vec()),
         };
         let d = decode(&e.frame(&origin()));
         assert_eq!(d.identity.as_deref(), Some(&b"replica-a"[..]));

@@ -150,7 +150,7 @@ impl Tap {
     }
 
     /// Queues the event's frame, or drops and counts it when the queue is full.
-    fn send(&self, event: &Event<'_>) {
+    fn send(&self, event: Event<'_>) {
         if self.frames.try_send(event.frame(&self.origin)).is_err() {
             self.counts.drop_one(&self.socket);
         }
@@ -172,14 +172,9 @@ impl ClientTap {
     /// and how it was answered (the query log's `outcome`).
     pub fn response(&self, reply: &[u8], route: &str, answer: &str) {
         let routed = (route != "-").then_some(route);
-        let extra = format!("route={route} answer={answer}");
-        self.send(
-            MessageType::ClientResponse,
-            None,
-            Some(reply),
-            routed,
-            Some(extra),
-        );
+        let extra = pairs(&[("route", route), ("answer", answer)]);
+        let kind = MessageType::ClientResponse;
+        self.send(kind, None, Some(reply), routed, Some(extra));
     }
 
     fn send(
@@ -188,9 +183,9 @@ impl ClientTap {
         query: Option<&[u8]>,
         response: Option<&[u8]>,
         route: Option<&str>,
-        extra: Option<String>,
+        extra: Option<Vec<u8>>,
     ) {
-        self.tap.send(&Event {
+        self.tap.send(Event {
             kind,
             protocol: self.protocol,
             initiator: Some(self.client),
@@ -206,91 +201,100 @@ impl ClientTap {
     }
 }
 
-/// One forwarded try's dnstap: the route, its zone for this query, and whether the
-/// try is a retransmission.
+/// One forwarded query's dnstap: the route, and its zone for this query's name.
 #[derive(Debug, Clone, Copy)]
-pub struct TryTap<'a> {
+pub struct QueryTap<'a> {
     pub tap: &'a Tap,
     pub route: &'a str,
     pub zone: Option<&'a [u8]>,
+}
+
+/// One try of a forwarded query, and whether it is a retransmission. Small: each try's
+/// future holds one.
+#[derive(Debug, Clone, Copy)]
+pub struct TryTap<'a> {
+    pub query: &'a QueryTap<'a>,
     pub retransmission: Option<RetransmitReason>,
 }
 
-impl TryTap<'_> {
-    /// `query` sent from `local` to `upstream`: FORWARDER_QUERY; when it was sent.
-    pub fn sent(
-        &self,
-        transport: Transport,
-        local: Option<SocketAddr>,
-        upstream: SocketAddr,
-        query: &[u8],
-    ) -> SystemTime {
-        let now = SystemTime::now();
-        if self.tap.config.forwarder_query {
-            self.send(
-                MessageType::ForwarderQuery,
-                transport,
-                local,
-                upstream,
-                now,
-                Some(query),
-                None,
-            );
-        }
-        now
-    }
+/// Where one forwarded message went: the transport, zonefwd's socket (unknown for a
+/// TCP connection still connecting) and the upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Leg {
+    pub transport: Transport,
+    pub local: Option<SocketAddr>,
+    pub upstream: SocketAddr,
+}
 
-    /// `reply` received for the query sent at `sent`: FORWARDER_RESPONSE.
-    pub fn received(
-        &self,
-        transport: Transport,
-        local: Option<SocketAddr>,
-        upstream: SocketAddr,
-        sent: SystemTime,
-        reply: &[u8],
-    ) {
-        if self.tap.config.forwarder_response {
-            self.send(
-                MessageType::ForwarderResponse,
-                transport,
-                local,
-                upstream,
-                sent,
-                None,
-                Some(reply),
-            );
+/// A query sent upstream, waiting for its reply. Boxed: it waits in the try's state,
+/// which dnstap must not enlarge for every query.
+#[derive(Debug)]
+pub struct Sent<'a> {
+    tap: &'a TryTap<'a>,
+    at: SystemTime,
+}
+
+impl Sent<'_> {
+    /// `reply` received for this query over `leg`: FORWARDER_RESPONSE.
+    pub fn received(&self, leg: Leg, reply: &[u8]) {
+        if self.tap.query.tap.config.forwarder_response {
+            let kind = MessageType::ForwarderResponse;
+            self.tap.send(kind, leg, self.at, None, Some(reply));
         }
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
+impl<'a> TryTap<'a> {
+    /// `query` sent over `leg`: FORWARDER_QUERY; what its reply needs.
+    pub fn sent(&'a self, leg: Leg, query: &[u8]) -> Box<Sent<'a>> {
+        let at = SystemTime::now();
+        if self.query.tap.config.forwarder_query {
+            self.send(MessageType::ForwarderQuery, leg, at, Some(query), None);
+        }
+        Box::new(Sent { tap: self, at })
+    }
+
     fn send(
         &self,
         kind: MessageType,
-        transport: Transport,
-        local: Option<SocketAddr>,
-        upstream: SocketAddr,
+        leg: Leg,
         sent: SystemTime,
         query: Option<&[u8]>,
         response: Option<&[u8]>,
     ) {
+        let q = self.query;
         let extra = match self.retransmission {
-            Some(r) => format!("route={} retransmission={}", self.route, r.as_str()),
-            None => format!("route={}", self.route),
+            Some(r) => pairs(&[("route", q.route), ("retransmission", r.as_str())]),
+            None => pairs(&[("route", q.route)]),
         };
-        self.tap.send(&Event {
+        q.tap.send(Event {
             kind,
-            protocol: protocol(transport),
-            initiator: local,
-            responder: upstream,
+            protocol: protocol(leg.transport),
+            initiator: leg.local,
+            responder: leg.upstream,
             query_time: sent,
             response_time: response.map(|_| SystemTime::now()),
             query,
             response,
-            zone: self.zone,
-            route: Some(self.route),
+            zone: q.zone,
+            route: Some(q.route),
             extra: Some(extra),
         });
     }
+}
+
+/// `key=value` pairs, separated by spaces, for `extra`.
+fn pairs(kv: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for (i, (k, v)) in kv.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
 }
 
 fn protocol(t: Transport) -> SocketProtocol {

@@ -27,9 +27,8 @@ pub async fn one_try(
     q: &Query,
     transport: UpstreamTransport,
     set_aside: SetAside<'_>,
-    tap: Option<TryTap<'_>>,
+    tap: Option<&TryTap<'_>>,
 ) -> Verdict {
-    let tap = tap.as_ref();
     match transport {
         UpstreamTransport::Udp => udp_try(u, q, set_aside, tap).await,
         UpstreamTransport::Tcp => tcp_try(u, q, tap).await,

@@ -39,7 +39,7 @@ use tokio::sync::futures::Notified;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::{UpstreamOrder, UpstreamTransport};
-use crate::dnstap::TryTap;
+use crate::dnstap::{QueryTap, TryTap};
 use crate::outcome::{AnsweredBy, Outcome, RetransmitReason};
 use crate::upstream::attempt::{one_try, Verdict};
 use crate::upstream::exchange::{Exchanged, TryError};
@@ -184,7 +184,7 @@ struct Tries<'a> {
     /// The newest try's watch, once it is slow.
     watch: DownWatch<'a>,
     /// dnstap, when the route sends forwarded tries.
-    tap: Option<TryTap<'a>>,
+    tap: Option<&'a QueryTap<'a>>,
     /// Why the next try starts, when it doubles one still unanswered.
     doubling: Option<RetransmitReason>,
 }
@@ -253,11 +253,11 @@ impl<'a> Tries<'a> {
             bin: self.set_aside,
             n,
         };
-        let tap = self.tap.map(|t| TryTap {
+        let tap = self.tap.map(|query| TryTap {
+            query,
             retransmission: self.doubling.take(),
-            ..t
         });
-        Box::pin(async move { (n, one_try(u, q, transport, set_aside, tap).await) })
+        Box::pin(async move { (n, one_try(u, q, transport, set_aside, tap.as_ref()).await) })
     }
 
     /// What to wait for besides the tries: the newest try's late mark, its watch or
@@ -536,6 +536,7 @@ impl UpstreamSet {
             return Outcome::Failed;
         }
         let set_aside = SetAsideTries::default();
+        let tap = self.query_tap(q);
         let mut tries = Tries {
             set: self,
             q,
@@ -550,7 +551,7 @@ impl UpstreamSet {
             tcp_left: self.transport == UpstreamTransport::Udp,
             watch_from: started,
             watch: DownWatch(None),
-            tap: self.try_tap(q),
+            tap: tap.as_ref(),
             doubling: None,
         };
         let mut running = Running::Idle;

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{Config, Route, RouteReadiness, UpstreamOrder, UpstreamTransport};
-use crate::dnstap::{Tap, TryTap};
+use crate::dnstap::{QueryTap, Tap};
 use crate::life::Lifecycle;
 use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::router::Router;
@@ -163,13 +163,12 @@ impl UpstreamSet {
     }
 
     /// dnstap for the tries of `q`, when forwarded tries are sent.
-    pub(crate) fn try_tap<'a>(&'a self, q: &Query) -> Option<TryTap<'a>> {
+    pub(crate) fn query_tap<'a>(&'a self, q: &Query) -> Option<QueryTap<'a>> {
         let tap = self.dnstap.as_deref()?;
-        Some(TryTap {
+        Some(QueryTap {
             tap,
             route: &self.route,
             zone: self.zones.route(&q.qname_lower, q.qtype).map(|m| m.zone),
-            retransmission: None,
         })
     }
 

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::dnstap::TryTap;
+use crate::dnstap::{Leg, TryTap};
 use crate::transport::Transport;
 use crate::upstream::exchange::{self, random_id, Exchanged, TryError};
 use crate::upstream::stats::UpstreamStats;
@@ -309,19 +309,30 @@ impl Connection {
             id
         };
         self.carried.fetch_add(1, Ordering::Relaxed);
-        let query = wire::build_upstream_query(q, id, edns);
-        if self.frames.send(wire::framed(&query)).is_err() {
-            // The task is gone; it failed (or will fail) every waiter, this one too.
-            return Ask::Lost(TryError::Closed);
-        }
-        let local = self.local.get().copied();
-        let sent = tap.map(|t| (t, t.sent(Transport::Tcp, local, shared.addr, &query)));
+        // The query's bytes go to dnstap now, and are not kept across the wait.
+        let sent = {
+            let query = wire::build_upstream_query(q, id, edns);
+            if self.frames.send(wire::framed(&query)).is_err() {
+                // The task is gone; it failed (or will fail) every waiter, this one too.
+                return Ask::Lost(TryError::Closed);
+            }
+            tap.map(|t| t.sent(self.leg(shared), &query))
+        };
         let asked = answer.await.unwrap_or(Ask::Lost(TryError::Closed));
-        if let (Some((tap, at)), Ask::Answered(a)) = (sent, &asked) {
-            let local = self.local.get().copied();
-            tap.received(Transport::Tcp, local, shared.addr, at, &a.bytes);
+        if let (Some(sent), Ask::Answered(a)) = (sent, &asked) {
+            sent.received(self.leg(shared), &a.bytes);
         }
         asked
+    }
+
+    /// Where a query on this connection goes, for dnstap (this end's address once
+    /// connected).
+    fn leg(&self, shared: &Shared) -> Leg {
+        Leg {
+            transport: Transport::Tcp,
+            local: self.local.get().copied(),
+            upstream: shared.addr,
+        }
     }
 
     /// `msg`, read off the connection, to the query with its ID if its question

@@ -29,7 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::dnstap::TryTap;
+use crate::dnstap::{Leg, TryTap};
 use crate::transport::Transport;
 use crate::upstream::exchange::{opening, random_id, Exchanged, TryError};
 use crate::upstream::stats::UpstreamStats;
@@ -90,11 +90,12 @@ impl UdpSockets {
         // One clock read serves the whole exchange: a socket given back a little past
         // SOCKET_MAX_AGE is still never used again, `take` drops it first.
         let now = Instant::now();
-        let (mut p, id, query) = self.ask(q, edns, now)?;
-        let sent = tap.map(|t| {
-            let local = p.local();
-            (t, local, t.sent(Transport::Udp, local, self.addr, &query))
-        });
+        // The query's bytes go to dnstap now, and are not kept across the wait.
+        let (p, id, sent) = {
+            let (mut p, id, query) = self.ask(q, edns, now)?;
+            let sent = tap.map(|t| t.sent(self.leg(&mut p), &query));
+            (p, id, sent)
+        };
         let mut waiting = Waiting {
             pooled: Some(p),
             id,
@@ -105,8 +106,8 @@ impl UdpSockets {
         // Ended, one way or the other: not set aside.
         let mut p = waiting.pooled.take().expect("held until the reply");
         let answer = answer?;
-        if let Some((tap, local, at)) = sent {
-            tap.received(Transport::Udp, local, self.addr, at, &answer.bytes);
+        if let Some(sent) = sent {
+            sent.received(self.leg(&mut p), &answer.bytes);
         }
         p.last_id = Some(id);
         self.give(p, now);
@@ -133,6 +134,15 @@ impl UdpSockets {
         p.sock.send(&query)?;
         p.uses += 1;
         Ok((p, id, query))
+    }
+
+    /// Where a query on `p` goes, for dnstap.
+    fn leg(&self, p: &mut Pooled) -> Leg {
+        Leg {
+            transport: Transport::Udp,
+            local: p.local(),
+            upstream: self.addr,
+        }
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
@@ -269,8 +279,9 @@ struct Pooled {
     /// later (the upstream or the network sent it twice) is skipped without counting
     /// it as a forgery.
     last_id: Option<u16>,
-    /// The socket's own address, once dnstap has asked for it.
-    local: Option<SocketAddr>,
+    /// The socket's own address, once dnstap has asked for it (boxed: a pooled socket
+    /// is part of every try's state, dnstap or not).
+    local: Option<Box<SocketAddr>>,
 }
 
 impl Pooled {
@@ -287,9 +298,9 @@ impl Pooled {
     /// The socket's own address (one system call, the first time only).
     fn local(&mut self) -> Option<SocketAddr> {
         if self.local.is_none() {
-            self.local = self.sock.0.get_ref().local_addr().ok();
+            self.local = self.sock.0.get_ref().local_addr().ok().map(Box::new);
         }
-        self.local
+        self.local.as_deref().copied()
     }
 
     /// Not yet `SOCKET_MAX_AGE` old: the one age rule `take`, `give` and `sweep` apply.
