@@ -19,11 +19,13 @@
 #          has no such setting and sits it out)
 #   mixed  90% a repeated set of 1000 names (A and AAAA), 5% unique names,
 #          5% names that do not exist (NXDOMAIN), shuffled
-# Servers: zonefwd; zonefwd-dnstap (the same, sending all four dnstap message types
-# to fstrm_capture on a Unix socket, written to /dev/null; not in the default list);
-# dnsdist (1.7) without a cache and dnsdist-cache with its packet
+# Servers: zonefwd; dnsdist (1.7) without a cache and dnsdist-cache with its packet
 # cache; unbound (forward-zone); kresd (Knot Resolver, policy.STUB, cache on); dnsmasq.
 # One worker thread each (THREADS=1), since on 2 cores dnsperf and NSD need the rest.
+# With dnstap, each sending to fstrm_capture on a Unix socket (written to /dev/null),
+# not in the default list: zonefwd-dnstap (client and forwarder queries and
+# responses), unbound-dnstap (the same four), dnsdist-cache-dnstap (client queries and
+# responses, cache hits included: dnsdist has no forwarder messages).
 # Floors: reflector (bench/reflector.rs: a fixed answer to every query, hit rows only)
 # and relay (bench/relay.rs: forwarding with no checks, miss rows only), both with the
 # listeners' batching: the most any server answers, or forwards, per CPU-second here;
@@ -151,6 +153,20 @@ forward-zone:
   name: "."
   forward-addr: 127.0.0.1@$NSD_PORT
 EOF
+  # The same, with dnstap: client and forwarder queries and responses.
+  cp "$work/unbound.conf" "$work/unbound-dnstap.conf"
+  cat >>"$work/unbound-dnstap.conf" <<EOF
+dnstap:
+  dnstap-enable: yes
+  dnstap-bidirectional: yes
+  dnstap-socket-path: "$work/dnstap.sock"
+  dnstap-send-identity: yes
+  dnstap-send-version: yes
+  dnstap-log-client-query-messages: yes
+  dnstap-log-client-response-messages: yes
+  dnstap-log-forwarder-query-messages: yes
+  dnstap-log-forwarder-response-messages: yes
+EOF
 cat >"$work/dnsdist.conf" <<EOF
 setLocal("127.0.0.1:$PORT")
 setACL({"127.0.0.0/8"})
@@ -162,6 +178,14 @@ EOF
   cat >>"$work/dnsdist-cache.conf" <<EOF
 pc = newPacketCache(100000, {maxTTL=86400, minTTL=0, temporaryFailureTTL=5, staleTTL=86400})
 getPool(""):setCache(pc)
+EOF
+  # And with dnstap: every client query and response, from the cache too.
+  cp "$work/dnsdist-cache.conf" "$work/dnsdist-cache-dnstap.conf"
+  cat >>"$work/dnsdist-cache-dnstap.conf" <<EOF
+tap = newFrameStreamUnixLogger("$work/dnstap.sock")
+addAction(AllRule(), DnstapLogAction("dnsdist", tap))
+addResponseAction(AllRule(), DnstapLogResponseAction("dnsdist", tap))
+addCacheHitResponseAction(AllRule(), DnstapLogResponseAction("dnsdist", tap))
 EOF
   # Knot Resolver as a forwarder: STUB sends RD=1 and does not validate (the zone is
   # unsigned and NSD serves only it), cache on.
@@ -221,6 +245,10 @@ start_server() { # name -> pid in $spid
     unbound) unbound -d -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 & ;;
     dnsdist) dnsdist --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/dnsdist.log" 2>&1 & ;;
     dnsdist-cache) dnsdist --supervised --disable-syslog -C "$work/dnsdist-cache.conf" >"$work/dnsdist-cache.log" 2>&1 & ;;
+    unbound-dnstap) start_collector
+      unbound -d -c "$work/unbound-dnstap.conf" >"$work/unbound-dnstap.log" 2>&1 & ;;
+    dnsdist-cache-dnstap) start_collector
+      dnsdist --supervised --disable-syslog -C "$work/dnsdist-cache-dnstap.conf" >"$work/dnsdist-cache-dnstap.log" 2>&1 & ;;
     kresd) mkdir -p "$work/kresd"
            kresd -n -q -c "$work/kresd.conf" "$work/kresd" >"$work/kresd.log" 2>&1 & ;;
     reflector) ./target/release/examples/reflector "127.0.0.1:$PORT" 2>"$work/reflector.log" & ;;

@@ -166,7 +166,26 @@ fn status_text(a: &Value) -> String {
         a["cache"]["hit_ratio"].as_f64().unwrap_or(0.0),
         a["inflight"]
     ));
+    s.push_str(&dnstap_text(&a["dnstap"]));
     s
+}
+
+/// The dnstap collector's line, when `[dnstap]` is configured.
+fn dnstap_text(d: &Value) -> String {
+    if d.is_null() {
+        return String::new();
+    }
+    let state = if d["connected"] == json!(true) {
+        "connected"
+    } else {
+        "NOT CONNECTED (retrying; frames queue, then drop)"
+    };
+    format!(
+        "dnstap {} {state}; frames sent {}, dropped {}\n",
+        d["socket"].as_str().unwrap_or("?"),
+        d["sent"],
+        d["dropped"]
+    )
 }
 
 /// The restart-only settings the file in force changes, if any.

@@ -14,9 +14,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::claims::Claims;
+use crate::config::DnstapSocket;
 use crate::config::{
     is_resolved_stub, is_self, read_resolv_conf, Config, Route, UpstreamTransport,
 };
+use crate::dnstap;
 use crate::life::Lifecycle;
 use crate::listen::holder::{self, Holder};
 use crate::outcome::Outcome;
@@ -179,6 +181,17 @@ fn bad(what: String, fix: impl Into<String>) -> Finding {
         ok: false,
         what,
         fix: Some(fix.into()),
+    }
+}
+
+/// Whether the dnstap collector takes a stream (checked as the user running doctor).
+async fn dnstap_finding(socket: &DnstapSocket) -> Finding {
+    match dnstap::check_collector(socket).await {
+        Ok(()) => good(format!("dnstap: the collector at {socket} accepts a dnstap stream")),
+        Err(e) => bad(
+            format!("dnstap: the collector at {socket}: {e}"),
+            "start the collector there (Vector's dnstap source, dnstap-receiver, fstrm_capture), or correct [dnstap] socket; a Unix socket must be writable by the service's user (the unit's DynamicUser: SupplementaryGroups= with the socket's group). DNS is answered meanwhile; frames queue, then drop",
+        ),
     }
 }
 
@@ -536,6 +549,9 @@ pub async fn doctor(config: &Config, user: Option<&ServiceUser>) -> (String, boo
         for u in &route.upstreams {
             findings.extend(probe_upstream(route, u.addr, per_try, user).await);
         }
+    }
+    if let Some(d) = &config.dnstap {
+        findings.push(dnstap_finding(&d.socket).await);
     }
     let mut out = String::new();
     let mut all_ok = true;

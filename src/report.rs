@@ -72,6 +72,22 @@ fn upstream_list(r: &Route) -> String {
 }
 
 /// What `zonefwd check` prints for a valid file.
+/// `[dnstap]` in a line: where, which messages, which share of client queries.
+fn dnstap_summary(d: &crate::config::DnstapConfig) -> String {
+    let kinds = [
+        (d.client_query, "client queries"),
+        (d.client_response, "client responses"),
+        (d.forwarder_query, "forwarder queries"),
+        (d.forwarder_response, "forwarder responses"),
+    ];
+    let sent: Vec<&str> = kinds.iter().filter(|k| k.0).map(|k| k.1).collect();
+    let sample = match d.client_sample_rate {
+        1 => String::new(),
+        n => format!("; 1 client query in {n}"),
+    };
+    format!("{}: {}{sample}", d.socket, sent.join(", "))
+}
+
 pub fn routing_table(config: &Config) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}: ok", config.source);
@@ -84,6 +100,9 @@ pub fn routing_table(config: &Config) -> String {
         "cache   {} entries, shared by all routes",
         config.cache_max_entries
     );
+    if let Some(d) = &config.dnstap {
+        let _ = writeln!(s, "dnstap  {}", dnstap_summary(d));
+    }
     let rows: Vec<[String; 5]> = config
         .routes
         .iter()

@@ -575,3 +575,45 @@ async fn a_reload_moves_dnstap_to_another_collector() {
     assert_eq!(b.of("CQ", "two.example").len(), 1);
     assert_eq!(b.of("CQ", "one.example").len(), 0);
 }
+
+/// `zonefwd doctor` says whether the collector takes a dnstap stream, and why not.
+#[tokio::test]
+async fn doctor_checks_the_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = Listen::unix(dir.path(), "dnstap.sock");
+    let file = dir.path().join("z.toml");
+    // The upstream is never asked here: doctor's own probes of it fail, which is not
+    // what this test reads.
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[dnstap]\nsocket = \"{}\"\n{}",
+        listen.socket(),
+        one_route(
+            &["127.0.0.1:9".parse().unwrap()],
+            "try_timeout = \"100ms\"\ntimeout = \"200ms\""
+        )
+    );
+    std::fs::write(&file, toml).unwrap();
+    let doctor = || {
+        let (_, out, _) = zonefwd_cli(&["doctor", "-c", file.to_str().unwrap()]);
+        out.lines()
+            .filter(|l| l.contains("dnstap"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let absent = doctor();
+    assert!(
+        absent.starts_with("FAIL dnstap: the collector at unix:"),
+        "{absent}"
+    );
+    let Some(capture) = Capture::start(&listen, dir.path().join("c.fstrm")).await else {
+        return;
+    };
+    let present = doctor();
+    assert!(
+        present.starts_with("ok   dnstap: the collector at unix:"),
+        "{present}"
+    );
+    assert!(present.contains("accepts a dnstap stream"), "{present}");
+    let decoded = capture.stop();
+    assert!(decoded.messages.is_empty(), "doctor's stream is empty");
+}

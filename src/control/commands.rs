@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use super::ControlContext;
 use crate::cache::Flush;
 use crate::config::{Config, LoadEnv};
+use crate::dnstap::DnstapOutput;
 use crate::reloads::ReloadRequest;
 use crate::upstream::{Upstream, UpstreamSet};
 use crate::wire;
@@ -138,6 +139,21 @@ fn status(cx: &ControlContext) -> Value {
         "routes": routes,
         "cache": { "entries": cache.len(), "hits": hits, "misses": misses, "hit_ratio": hit_ratio },
         "inflight": cx.state.inflight.current(),
+        "dnstap": dnstap_status(&cx.state.dnstap),
+    })
+}
+
+/// The dnstap collector and what was sent and dropped; null without `[dnstap]`.
+fn dnstap_status(out: &DnstapOutput) -> Value {
+    let Some(socket) = out.socket() else {
+        return Value::Null;
+    };
+    let c = &out.counts;
+    json!({
+        "socket": socket.to_string(),
+        "connected": c.connected.load(Ordering::Relaxed),
+        "sent": c.sent.load(Ordering::Relaxed),
+        "dropped": c.dropped.load(Ordering::Relaxed),
     })
 }
 

@@ -123,6 +123,30 @@ pub async fn run(
     }
 }
 
+/// Connects to `socket`, goes through the handshake, and ends the stream at once.
+pub async fn check(socket: &DnstapSocket) -> io::Result<()> {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect(socket));
+    let mut stream = handshake
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the handshake"))??;
+    stream
+        .write_all(&frames::control(ControlType::Stop, false))
+        .await?;
+    let finish = tokio::time::timeout(FLUSH_TIMEOUT, frames::read_control(&mut stream));
+    match finish.await {
+        Ok(Ok(c)) if c.kind == ControlType::Finish => Ok(()),
+        Ok(Ok(c)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the collector answered STOP with {:?}, not FINISH", c.kind),
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no FINISH after STOP",
+        )),
+    }
+}
+
 /// A connection that has been through READY, ACCEPT and START.
 async fn connect(socket: &DnstapSocket) -> io::Result<Box<dyn Stream>> {
     let mut stream: Box<dyn Stream> = match socket {
@@ -192,10 +216,17 @@ async fn serve(
             }
             n += top_up(&mut batch, frames);
         }
+        // A write under way when the server stops gets `FLUSH_TIMEOUT` to finish; only
+        // a collector that does not read loses it.
+        let given_up = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(FLUSH_TIMEOUT).await;
+        };
         let written = tokio::select! {
+            biased;
             w = wr.write_all(&batch) => w,
             said = &mut gone => Err(went_away(said)),
-            _ = shutdown.cancelled() => Err(io::Error::other("stopping while the collector was not reading")),
+            _ = given_up => Err(io::Error::other("stopping while the collector was not reading")),
         };
         batch.clear();
         if let Err(e) = written {

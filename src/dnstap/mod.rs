@@ -86,6 +86,20 @@ impl DnstapOutput {
     }
 }
 
+impl DnstapOutput {
+    /// The collector configured, if any, for `ctl status`.
+    pub fn socket(&self) -> Option<DnstapSocket> {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        writer.as_ref().map(|w| w.socket.clone())
+    }
+}
+
+/// Whether the collector at `socket` takes a dnstap stream: the handshake, then an
+/// empty stream ended cleanly (STOP, FINISH). For `doctor`.
+pub async fn check_collector(socket: &DnstapSocket) -> std::io::Result<()> {
+    collector::check(socket).await
+}
+
 /// One configuration's dnstap: which messages it sends, and to which queue.
 #[derive(Debug)]
 pub struct Tap {
@@ -324,4 +338,20 @@ fn host_name() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "zonefwd".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_query_in_n_is_sampled() {
+        for (every, asked, want) in [(1, 10, 10), (4, 8, 2), (4, 7, 1), (10, 100, 10)] {
+            // Each case on a thread of its own: the count is per thread.
+            let got = std::thread::spawn(move || (0..asked).filter(|_| sampled(every)).count())
+                .join()
+                .unwrap();
+            assert_eq!(got, want, "1 in {every} of {asked}");
+        }
+    }
 }
