@@ -23,6 +23,7 @@ pub use error::{ConfigError, Errors, Located};
 pub(crate) use raw::parse_addr;
 pub use resolv::read_resolv_conf;
 pub(crate) use resolv::{is_resolved_stub, is_self};
+pub(crate) use server::host_name;
 pub use types::*;
 
 use error::{Problems, SourceText};

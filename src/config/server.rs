@@ -237,6 +237,14 @@ fn validate_client_limits(
 /// Kubernetes).
 const HOSTNAME: &str = "@hostname";
 
+/// The host's name (a pod's name on Kubernetes), or why it cannot be read.
+pub(crate) fn host_name() -> Result<String, String> {
+    nix::unistd::gethostname()
+        .map_err(|e| format!("cannot read the host name: {e}"))?
+        .into_string()
+        .map_err(|_| "the host name is not UTF-8".to_string())
+}
+
 /// `identity`: a name of at most 255 octets (one TXT string), or the host's name.
 fn validate_identity(
     raw: Option<Spanned<String>>,
@@ -248,10 +256,7 @@ fn validate_identity(
     let span = raw.span();
     let key = "server.identity";
     let name = match raw.into_inner() {
-        h if h == HOSTNAME => nix::unistd::gethostname()
-            .map_err(|e| src.error(span.clone(), key, format!("cannot read the host name: {e}")))?
-            .into_string()
-            .map_err(|_| src.error(span.clone(), key, "the host name is not UTF-8"))?,
+        h if h == HOSTNAME => host_name().map_err(|e| src.error(span.clone(), key, e))?,
         name => name,
     };
     if name.is_empty() {

@@ -89,9 +89,7 @@ pub async fn run(
     let mut said_unreachable = false;
     loop {
         let attempt = tokio::select! {
-            c = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect(&socket)) => {
-                c.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to the handshake")))
-            }
+            c = connect(&socket) => c,
             _ = shutdown.cancelled() => return,
         };
         let stream = match attempt {
@@ -123,12 +121,10 @@ pub async fn run(
     }
 }
 
-/// Connects to `socket`, goes through the handshake, and ends the stream at once.
+/// Whether the collector at `socket` takes a dnstap stream: the handshake, then an
+/// empty stream ended at once (STOP, FINISH).
 pub async fn check(socket: &DnstapSocket) -> io::Result<()> {
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect(socket));
-    let mut stream = handshake
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the handshake"))??;
+    let mut stream = connect(socket).await?;
     stream
         .write_all(&frames::control(ControlType::Stop, false))
         .await?;
@@ -147,8 +143,18 @@ pub async fn check(socket: &DnstapSocket) -> io::Result<()> {
     }
 }
 
-/// A connection that has been through READY, ACCEPT and START.
+/// A connection that has been through READY, ACCEPT and START, within
+/// `HANDSHAKE_TIMEOUT`.
 async fn connect(socket: &DnstapSocket) -> io::Result<Box<dyn Stream>> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(socket))
+        .await
+        .unwrap_or_else(|_| {
+            let e = io::Error::new(io::ErrorKind::TimedOut, "no answer to the handshake");
+            Err(e)
+        })
+}
+
+async fn handshake(socket: &DnstapSocket) -> io::Result<Box<dyn Stream>> {
     let mut stream: Box<dyn Stream> = match socket {
         DnstapSocket::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
         DnstapSocket::Tcp(addr) => {

@@ -28,11 +28,13 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, DnstapConfig, DnstapSocket};
+use crate::config::{host_name, Config, DnstapConfig, DnstapSocket};
 use crate::life::Lifecycle;
 use crate::outcome::RetransmitReason;
 use crate::transport::Transport;
 
+/// Whether a collector takes a dnstap stream, for `doctor`.
+pub use collector::check as check_collector;
 pub use collector::DnstapCounts;
 use message::{Event, Origin};
 use proto::{MessageType, SocketProtocol};
@@ -84,9 +86,7 @@ impl DnstapOutput {
         };
         Some(Arc::new(Tap::new(wanted, config, frames, &self.counts)))
     }
-}
 
-impl DnstapOutput {
     /// The collector configured, if any, for `ctl status`.
     pub fn socket(&self) -> Option<DnstapSocket> {
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -94,18 +94,11 @@ impl DnstapOutput {
     }
 }
 
-/// Whether the collector at `socket` takes a dnstap stream: the handshake, then an
-/// empty stream ended cleanly (STOP, FINISH). For `doctor`.
-pub async fn check_collector(socket: &DnstapSocket) -> std::io::Result<()> {
-    collector::check(socket).await
-}
-
 /// One configuration's dnstap: which messages it sends, and to which queue.
 #[derive(Debug)]
 pub struct Tap {
     frames: mpsc::Sender<Vec<u8>>,
     counts: Arc<DnstapCounts>,
-    socket: DnstapSocket,
     origin: Origin,
     config: DnstapConfig,
 }
@@ -117,11 +110,11 @@ impl Tap {
         frames: mpsc::Sender<Vec<u8>>,
         counts: &Arc<DnstapCounts>,
     ) -> Tap {
-        let identity = config.server.identity.clone().unwrap_or_else(host_name);
+        let identity = (config.server.identity.clone())
+            .unwrap_or_else(|| host_name().unwrap_or_else(|_| "zonefwd".to_string()));
         Tap {
             frames,
             counts: Arc::clone(counts),
-            socket: wanted.socket.clone(),
             origin: Origin {
                 identity: Bytes::from(identity),
                 version: Bytes::from_static(
@@ -166,7 +159,7 @@ impl Tap {
     /// Queues the event's frame, or drops and counts it when the queue is full.
     fn send(&self, event: Event<'_>) {
         if self.frames.try_send(event.frame(&self.origin)).is_err() {
-            self.counts.drop_one(&self.socket);
+            self.counts.drop_one(&self.config.socket);
         }
     }
 }
@@ -330,14 +323,6 @@ fn sampled(every: u32) -> bool {
             seen.set(n % every);
             n == every
         })
-}
-
-/// The host name, for `identity` when `[server] identity` is not set.
-fn host_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "zonefwd".to_string())
 }
 
 #[cfg(test)]

@@ -185,8 +185,6 @@ struct Tries<'a> {
     watch: DownWatch<'a>,
     /// dnstap, when the route sends forwarded tries.
     tap: Option<&'a QueryTap<'a>>,
-    /// Why the next try starts, when it doubles one still unanswered.
-    doubling: Option<RetransmitReason>,
 }
 
 impl<'a> Tries<'a> {
@@ -198,13 +196,14 @@ impl<'a> Tries<'a> {
     }
 
     /// The next try whose upstream has budget left, to be run; none when none has.
-    fn launch(&mut self) -> Option<TryFuture<'a>> {
+    /// `doubling`: why it starts while the newest try is unanswered, if it does.
+    fn launch(&mut self, doubling: Option<RetransmitReason>) -> Option<TryFuture<'a>> {
         let set = self.set;
         while self.next < self.plan_len() {
             let idx = self.order[self.next % self.order.len()];
             self.next += 1;
             if set.upstreams[idx].within_budget(&*set.life.clock) {
-                return Some(self.start(idx, set.transport));
+                return Some(self.start(idx, set.transport, doubling));
             }
         }
         None
@@ -215,7 +214,7 @@ impl<'a> Tries<'a> {
     /// so this is not a fourth UDP send; a lossy path loses datagrams, and TCP
     /// retransmits them itself. Early retransmission spends the UDP tries within
     /// milliseconds, which leaves the route's deadline for this.
-    fn launch_over_tcp(&mut self) -> Option<TryFuture<'a>> {
+    fn launch_over_tcp(&mut self, doubling: Option<RetransmitReason>) -> Option<TryFuture<'a>> {
         if !self.tcp_left || self.fallback.is_some() {
             return None;
         }
@@ -223,11 +222,17 @@ impl<'a> Tries<'a> {
         let idx = self.order[0];
         self.set.upstreams[idx]
             .within_budget(&*self.set.life.clock)
-            .then(|| self.start(idx, UpstreamTransport::Tcp))
+            .then(|| self.start(idx, UpstreamTransport::Tcp, doubling))
     }
 
-    /// Sends a try to `set.upstreams[idx]` over `transport`, now.
-    fn start(&mut self, idx: usize, transport: UpstreamTransport) -> TryFuture<'a> {
+    /// Sends a try to `set.upstreams[idx]` over `transport`, now; `doubling` says why,
+    /// when it retransmits an unanswered try (for dnstap).
+    fn start(
+        &mut self,
+        idx: usize,
+        transport: UpstreamTransport,
+        doubling: Option<RetransmitReason>,
+    ) -> TryFuture<'a> {
         let set = self.set;
         let n = self.launched.len();
         let now = Instant::now();
@@ -255,7 +260,7 @@ impl<'a> Tries<'a> {
         };
         let tap = self.tap.map(|query| TryTap {
             query,
-            retransmission: self.doubling.take(),
+            retransmission: doubling,
         });
         Box::pin(async move { (n, one_try(u, q, transport, set_aside, tap.as_ref()).await) })
     }
@@ -428,9 +433,10 @@ impl<'a> Tries<'a> {
             }
             RetransmitReason::Late => self.early += 1,
         }
-        self.doubling = unanswered.then_some(reason);
-        let next = self.launch().or_else(|| self.launch_over_tcp());
-        self.doubling = None;
+        let doubling = unanswered.then_some(reason);
+        let next = self
+            .launch(doubling)
+            .or_else(|| self.launch_over_tcp(doubling));
         let Some(t) = next else {
             return;
         };
@@ -552,10 +558,9 @@ impl UpstreamSet {
             watch_from: started,
             watch: DownWatch(None),
             tap: tap.as_ref(),
-            doubling: None,
         };
         let mut running = Running::Idle;
-        let Some(first) = tries.launch() else {
+        let Some(first) = tries.launch(None) else {
             if self.budget_warning.ready() {
                 tracing::warn!(route = %self.route, "max_qps spent on every upstream: answering from stale cache or SERVFAIL (logged at most every 10s)");
             }
@@ -585,7 +590,7 @@ impl<'a> Tries<'a> {
                     if let Some(out) = self.ended(n, verdict) {
                         return out;
                     }
-                    match self.launch() {
+                    match self.launch(None) {
                         Some(t) => running.push(t),
                         None if running.is_empty() => break,
                         None => {}

@@ -48,8 +48,14 @@ pub struct UpstreamSet {
     /// `ready`: whether this route's outage makes the replica unready (`readiness`).
     pub ready: RouteReadiness,
     /// `[dnstap]`, when it sends forwarded tries.
-    pub(crate) dnstap: Option<Arc<Tap>>,
-    /// The route's zones, for a forwarded message's `query_zone`.
+    dnstap: Option<RouteTap>,
+}
+
+/// A route's dnstap: the tap, and the route's zones for a forwarded message's
+/// `query_zone` (built only when dnstap sends forwarded tries).
+#[derive(Debug)]
+struct RouteTap {
+    tap: Arc<Tap>,
     zones: Router,
 }
 
@@ -157,18 +163,20 @@ impl UpstreamSet {
             nxdomain_fallbacks: AtomicU64::new(0),
             cname_claims: AtomicU64::new(0),
             ready: route.ready,
-            dnstap,
-            zones: Router::new(route.zones.iter().map(|z| (z.as_slice(), 0))),
+            dnstap: dnstap.map(|tap| RouteTap {
+                tap,
+                zones: Router::new(route.zones.iter().map(|z| (z.as_slice(), 0))),
+            }),
         }
     }
 
     /// dnstap for the tries of `q`, when forwarded tries are sent.
     pub(crate) fn query_tap<'a>(&'a self, q: &Query) -> Option<QueryTap<'a>> {
-        let tap = self.dnstap.as_deref()?;
+        let d = self.dnstap.as_ref()?;
         Some(QueryTap {
-            tap,
+            tap: &d.tap,
             route: &self.route,
-            zone: self.zones.route(&q.qname_lower, q.qtype).map(|m| m.zone),
+            zone: d.zones.route(&q.qname_lower, q.qtype).map(|m| m.zone),
         })
     }
 

@@ -118,9 +118,7 @@ impl UdpSockets {
     /// ID, and the query as sent.
     fn ask(&self, q: &Query, edns: bool, now: Instant) -> Result<(Pooled, u16, Vec<u8>), TryError> {
         let Some(mut p) = self.take(now) else {
-            let id = random_id();
-            let query = wire::build_upstream_query(q, id, edns);
-            let sock = UpstreamSocket::open(self.addr, &query).map_err(opening)?;
+            let (sock, id, query) = open_asking(self.addr, q, edns)?;
             let mut p = Pooled::new(sock, now);
             p.uses = 1;
             return Ok((p, id, query));
@@ -193,10 +191,21 @@ impl UdpSockets {
 /// One exchange with `server` on a socket of its own, closed after: for the checks
 /// that ask an address once (`doctor`, the loop probe), which count no mismatches.
 pub async fn exchange_once(server: SocketAddr, q: &Query) -> Result<Exchanged, TryError> {
-    let id = random_id();
-    let query = wire::build_upstream_query(q, id, true);
-    let sock = UpstreamSocket::open(server, &query).map_err(opening)?;
+    let (sock, id, _) = open_asking(server, q, true)?;
     receive(&sock, server, q, id, None, &AtomicU64::new(0)).await
+}
+
+/// A new socket to `server` with `q` sent on it under a fresh ID: the socket, the ID
+/// and the query as sent.
+fn open_asking(
+    server: SocketAddr,
+    q: &Query,
+    edns: bool,
+) -> Result<(UpstreamSocket, u16, Vec<u8>), TryError> {
+    let id = random_id();
+    let query = wire::build_upstream_query(q, id, edns);
+    let sock = UpstreamSocket::open(server, &query).map_err(opening)?;
+    Ok((sock, id, query))
 }
 
 /// Where a try's socket goes when the try is dropped while it waits: the bin of its
