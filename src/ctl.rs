@@ -158,6 +158,7 @@ fn status_text(a: &Value) -> String {
                 u["retransmits_timeout"],
                 u["retransmits_wasted"],
             ));
+            s.push_str(&tls_text(&u["tls"]));
         }
     }
     s.push_str(&format!(
@@ -168,6 +169,33 @@ fn status_text(a: &Value) -> String {
     ));
     s.push_str(&dnstap_text(&a["dnstap"]));
     s
+}
+
+/// A `tls://` upstream's line: its name, handshakes, and the last failure, if the
+/// last handshake failed.
+fn tls_text(t: &Value) -> String {
+    if t.is_null() {
+        return String::new();
+    }
+    let handshakes: Vec<String> = t["handshakes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(result, n)| format!("{result} {n}"))
+        .collect();
+    let failure = match t["last_failure"]["error"].as_str() {
+        Some(e) => format!("  LAST HANDSHAKE FAILED: {e}"),
+        None => String::new(),
+    };
+    format!(
+        "    tls {}  handshakes: {}{failure}\n",
+        t["name"].as_str().unwrap_or("?"),
+        if handshakes.is_empty() {
+            "none yet".to_string()
+        } else {
+            handshakes.join(", ")
+        },
+    )
 }
 
 /// The dnstap collector's line, when `[dnstap]` is configured.

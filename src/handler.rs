@@ -45,6 +45,8 @@ pub struct ServerState {
     pub reloads: Arc<ReloadStats>,
     /// The dnstap writer, kept while `[dnstap] socket` stays the same.
     pub dnstap: Arc<DnstapOutput>,
+    /// Stream connections (TCP, DoT, DoH) and TLS handshakes, by listener kind.
+    pub streams: Arc<crate::listen::accept::StreamStats>,
 }
 
 impl ServerState {
@@ -61,6 +63,7 @@ impl ServerState {
             readiness: Arc::default(),
             reloads: Arc::default(),
             dnstap: Arc::default(),
+            streams: Arc::default(),
         }
     }
 }
@@ -96,6 +99,10 @@ pub struct Handler {
     pub(crate) identity: Option<Arc<[u8]>>,
     /// `[local]` records.
     pub(crate) local: LocalZone,
+    /// `tls_cert` and `tls_key`: what the DoT and DoH listeners' next handshakes
+    /// present. A configuration without them keeps the running pair (the listeners
+    /// stay until a restart).
+    pub(crate) certificate: Option<crate::tls::server::Identity>,
 }
 
 impl Handler {
@@ -155,6 +162,12 @@ impl Handler {
                 .as_deref()
                 .map(|i| Arc::from(i.as_bytes())),
             local: LocalZone::new(&config.local),
+            certificate: config
+                .server
+                .encrypted
+                .identity
+                .clone()
+                .or_else(|| previous.and_then(|p| p.certificate.clone())),
         }
     }
 

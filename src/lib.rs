@@ -73,6 +73,7 @@ pub mod report;
 mod resolver;
 pub mod router;
 mod run;
+mod tls;
 mod transport;
 mod upstream;
 pub mod wire;

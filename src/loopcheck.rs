@@ -122,9 +122,17 @@ impl LoopDetector {
         let probes = self.targets.iter().map(|t| async move {
             t.came_back.store(false, Ordering::Relaxed);
             let q = Query::own(t.qname.clone(), wire::TYPE_HINFO);
-            let answered = tokio::time::timeout(t.timeout, udp_exchange_once(t.upstream.addr, &q))
-            .await
-            .is_ok_and(|r| r.is_ok());
+            // A `tls://` upstream is asked over its TLS connections: never in plain text.
+            let asked = async {
+                if t.upstream.is_tls() {
+                    t.upstream.tcp.exchange(&q, true, None).await.map(|_| ())
+                } else {
+                    udp_exchange_once(t.upstream.addr, &q).await.map(|_| ())
+                }
+            };
+            let answered = tokio::time::timeout(t.timeout, asked)
+                .await
+                .is_ok_and(|r| r.is_ok());
             let looped = t.came_back.load(Ordering::Relaxed);
             if !looped && answered && t.upstream.looped.swap(false, Ordering::Relaxed) {
                 tracing::info!(route = %t.route, upstream = %t.upstream.addr, "loop probe came back clean; upstream back in rotation");

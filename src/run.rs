@@ -9,18 +9,20 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::config::TcpOptions;
 use crate::control::{self, ControlContext, Loaded};
 use crate::handler::{Handler, ServerState};
 use crate::life::{Clock, Lifecycle, SystemClock};
-use crate::listen::tcp;
+use crate::listen::accept::{accept, StreamLimits};
+use crate::listen::{https, tcp, tls};
 use crate::listen::{udp, Current, Listeners};
 use crate::metrics::{self, Observed, Sources};
 use crate::notify::{self, Notifier};
 use crate::reloads::{restart_only_changes, ReadFile, ReloadOutcome, ReloadRequest};
+use crate::transport::Transport;
 use crate::upstream::UpstreamSet;
 use crate::wire;
 
@@ -139,18 +141,58 @@ fn start_listeners(listeners: Listeners, config: &Config, cx: ControlContext) ->
             udp::spawn_thread(i, sock, Arc::clone(handler), life.clone())?;
         }
     }
+    let stream_kinds: Vec<Transport> = [
+        (Transport::Tcp, !listeners.tcp.is_empty()),
+        (Transport::Tls, !listeners.tls.is_empty()),
+        (Transport::Https, !listeners.https.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(t, bound)| bound.then_some(t))
+    .collect();
     let tcp_opts = TcpOptions::of(&config.server);
-    let tcp_limit = Arc::new(Semaphore::new(config.server.tcp_max_connections));
-    for listener in listeners.tcp {
-        let listener = TcpListener::from_std(listener)?;
-        tracing::info!(addr = %listener.local_addr()?, "listening on tcp");
-        life.tasks.spawn(tcp::serve(
-            listener,
-            Arc::clone(handler),
-            life.clone(),
-            Arc::clone(&tcp_limit),
-            tcp_opts,
-        ));
+    let limits = StreamLimits::new(
+        config.server.tcp_max_connections,
+        config.server.tcp_max_connections_per_client,
+    );
+    let streams = [
+        (Transport::Tcp, listeners.tcp),
+        (Transport::Tls, listeners.tls),
+        (Transport::Https, listeners.https),
+    ];
+    for (kind, bound) in streams {
+        for listener in bound {
+            let listener = TcpListener::from_std(listener)?;
+            tracing::info!(addr = %listener.local_addr()?, "listening on {}", kind.as_str());
+            let (handler, life2, stats) = (
+                Arc::clone(handler),
+                life.clone(),
+                Arc::clone(&state.streams),
+            );
+            let serve = move |stream, client| {
+                let (handler, life, stats) =
+                    (Arc::clone(&handler), life2.clone(), Arc::clone(&stats));
+                async move {
+                    match kind {
+                        Transport::Tls => {
+                            tls::connection(stream, client, handler, life, tcp_opts, stats).await
+                        }
+                        Transport::Https => {
+                            https::connection(stream, client, handler, life, tcp_opts, stats).await
+                        }
+                        _ => tcp::plain(stream, client, handler, life, tcp_opts).await,
+                    }
+                }
+            };
+            let accepting = accept(
+                listener,
+                kind,
+                Arc::clone(&limits),
+                Arc::clone(&state.streams),
+                life.clone(),
+                serve,
+            );
+            life.tasks.spawn(accepting);
+        }
     }
     if let Some(listener) = listeners.metrics {
         let listener = TcpListener::from_std(listener)?;
@@ -164,6 +206,8 @@ fn start_listeners(listeners: Listeners, config: &Config, cx: ControlContext) ->
             reloads: Arc::clone(&state.reloads),
             dnstap: Arc::clone(&state.dnstap.counts),
             configured: Arc::clone(&configured),
+            streams: Arc::clone(&state.streams),
+            stream_kinds,
         }));
         life.tasks.spawn(metrics::serve_http(
             listener,

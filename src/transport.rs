@@ -6,14 +6,25 @@ use crate::wire::{self, Query};
 pub enum Transport {
     Udp,
     Tcp,
+    /// DNS over TLS (RFC 7858).
+    Tls,
+    /// DNS over HTTPS (RFC 8484).
+    Https,
 }
 
 impl Transport {
+    pub const ALL: [Transport; 4] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Https,
+    ];
+
     /// The largest reply this client can take on this transport.
     pub fn limit(self, q: &Query) -> usize {
         match self {
             Transport::Udp => wire::Edns::udp_limit(q.edns.as_ref()),
-            Transport::Tcp => wire::MAX_TCP_MESSAGE,
+            Transport::Tcp | Transport::Tls | Transport::Https => wire::MAX_TCP_MESSAGE,
         }
     }
 
@@ -21,6 +32,8 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Https => "https",
         }
     }
 }

@@ -24,17 +24,6 @@ async fn start(dir: &tempfile::TempDir, conf: Conf) -> (Zonefwd, PathBuf) {
     (Zonefwd::start(&conf.toml()).await, socket)
 }
 
-/// One request line and its answer, on a fresh connection.
-async fn ctl(socket: &Path, request: Value) -> Value {
-    let mut s = UnixStream::connect(socket).await.expect("connect");
-    s.write_all(format!("{request}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).await.unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-}
-
 /// An upstream answering NXDOMAIN until `exists` is set, then an A record: a private
 /// endpoint created after a client asked.
 async fn endpoint_created_later() -> (Fake, Arc<AtomicBool>) {

@@ -14,6 +14,7 @@ mod messages;
 mod raw;
 mod resolv;
 mod server;
+mod tls;
 mod types;
 mod validate;
 

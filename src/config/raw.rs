@@ -136,6 +136,10 @@ pub(super) struct RawServer {
     pub(super) upstream_udp_reuse: Option<Spanned<u32>>,
     pub(super) identity: Option<Spanned<String>>,
     pub(super) control: Option<Spanned<String>>,
+    pub(super) tls_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) https_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) tls_cert: Option<Spanned<String>>,
+    pub(super) tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +169,9 @@ pub(super) struct RawRoute {
     pub(super) retransmit_budget: Option<RetransmitBudgetValue>,
     pub(super) transport: Option<UpstreamTransportValue>,
     pub(super) ready: Option<RouteReadinessValue>,
+    pub(super) tls_ca: Option<Spanned<String>>,
+    pub(super) tls_pins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) tls_insecure_no_verify: Option<Spanned<bool>>,
 }
 
 /// Scalar values that parse from a string with a message saying what was expected;
@@ -329,6 +336,15 @@ pub(super) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// A listen address for a transport whose port is not 53 when unwritten.
+pub(super) fn parse_addr_with_port(s: &str, port: u16) -> Result<SocketAddr, String> {
+    parse_addr_port(s, port).map_err(|e| {
+        e.or_expected(format!(
+            "expected an address like \"0.0.0.0:{port}\", \"127.0.0.1\" or \"[::]:{port}\", got {s:?}"
+        ))
+    })
+}
+
 pub(super) fn parse_cidr(s: &str) -> Result<Cidr, String> {
     Cidr::from_str(s).map_err(|e| format!("expected a network like \"10.0.0.0/8\": {e}"))
 }
@@ -359,18 +375,38 @@ pub(super) fn parse_zone(s: &str) -> Result<Vec<u8>, String> {
 }
 
 /// An upstream address, or `None` for "system".
-pub(super) fn parse_upstream(s: &str) -> Result<Option<SocketAddr>, String> {
+pub(super) fn parse_upstream(s: &str) -> Result<Option<(SocketAddr, Option<UpstreamTls>)>, String> {
     if s == "system" {
         return Ok(None);
     }
-    match parse_addr(s) {
+    let (text, tls, port) = match s.strip_prefix("tls://") {
+        Some(rest) => {
+            let (addr, name) = match rest.split_once('#') {
+                Some((a, n)) => (a, Some(n)),
+                None => (rest, None),
+            };
+            if let Some(n) = name {
+                crate::tls::client::server_name(Some(n), std::net::Ipv4Addr::UNSPECIFIED.into())
+                    .map_err(|e| format!("{s:?}: {e}"))?;
+            }
+            let name = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            (addr, Some(UpstreamTls { name }), DOT_PORT)
+        }
+        None if s.contains("://") => {
+            return Err(format!(
+                "{s:?}: the only scheme an upstream takes is tls:// (DNS over TLS); plain DNS is written without one"
+            ))
+        }
+        None => (s, None, DNS_PORT),
+    };
+    match parse_addr_port(text, port) {
         Ok(a) if a.port() == 0 => Err(format!("{s:?}: port 0 is not a port to send to")),
         Ok(a) if a.ip().is_unspecified() => {
             Err(format!("{s:?}: cannot send to an unspecified address"))
         }
-        Ok(a) => Ok(Some(a)),
+        Ok(a) => Ok(Some((a, tls))),
         Err(e) => Err(e.or_expected(format!(
-            "expected \"IP\", \"IP:PORT\", \"[IPv6]:PORT\" or \"system\", got {s:?}"
+            "expected \"IP\", \"IP:PORT\", \"[IPv6]:PORT\", \"tls://IP[:PORT]#NAME\" or \"system\", got {s:?}"
         ))),
     }
 }
@@ -415,6 +451,11 @@ impl AddrError {
 /// address without brackets whose last group reads like a port ("fd00::53:5353",
 /// "::1:5562") is refused: it would silently be that address on port 53.
 pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, AddrError> {
+    parse_addr_port(s, DNS_PORT)
+}
+
+/// `parse_addr` with another port for an address written without one.
+pub(super) fn parse_addr_port(s: &str, default: u16) -> Result<SocketAddr, AddrError> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
@@ -430,10 +471,10 @@ pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, AddrError> {
                 && port.parse::<u16>().is_ok();
             if reads_like_a_port && address.parse::<std::net::Ipv6Addr>().is_ok() {
                 return Err(AddrError::Ambiguous(format!(
-                    "{s:?} is ambiguous: write \"[{address}]:{port}\" for port {port} of {address}, or \"[{s}]\" for that address on port 53 (an IPv6 address with a port takes brackets)"
+                    "{s:?} is ambiguous: write \"[{address}]:{port}\" for port {port} of {address}, or \"[{s}]\" for that address on port {default} (an IPv6 address with a port takes brackets)"
                 )));
             }
         }
     }
-    Ok(SocketAddr::new(ip, DNS_PORT))
+    Ok(SocketAddr::new(ip, default))
 }

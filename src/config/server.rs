@@ -71,6 +71,17 @@ pub(super) fn validate_server(
             .ok()
     });
     let upstream_udp_reuse = upstream_udp_reuse(raw.upstream_udp_reuse, src, problems);
+    let encrypted = super::tls::listeners(
+        super::tls::RawListeners {
+            tls_listen: raw.tls_listen,
+            https_listen: raw.https_listen,
+            tls_cert: raw.tls_cert,
+            tls_key: raw.tls_key,
+        },
+        &listen,
+        src,
+        problems,
+    );
     Server {
         listen,
         tcp_idle_timeout,
@@ -100,6 +111,7 @@ pub(super) fn validate_server(
         client_limits,
         identity,
         control,
+        encrypted,
     }
 }
 

@@ -14,6 +14,11 @@ pub const DEFAULT_UPSTREAM_UDP_REUSE: u32 = 10;
 pub(super) const MAX_UPSTREAM_UDP_REUSE: u32 = 1000;
 pub(super) const DNS_PORT: u16 = 53;
 
+/// DNS over TLS (RFC 7858 section 3.1) and HTTPS: the ports of an address written
+/// without one in `tls://`, `tls_listen` and `https_listen`.
+pub const DOT_PORT: u16 = 853;
+pub const HTTPS_PORT: u16 = 443;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 1024;
@@ -204,6 +209,8 @@ pub struct Server {
     /// Queries one upstream UDP socket (one random port) may carry, one at a time,
     /// within `exchange::POOL_MAX_AGE`; 1 is a fresh socket per query.
     pub upstream_udp_reuse: u32,
+    /// `tls_listen`, `https_listen` and their certificate (`tls_cert`, `tls_key`).
+    pub encrypted: EncryptedListeners,
 }
 
 /// What to do with ANY queries (RFC 8482).
@@ -266,6 +273,27 @@ pub struct UpstreamAddr {
     pub addr: SocketAddr,
     /// Came from `"system"` (resolv.conf), for display.
     pub from_system: bool,
+    /// `tls://`: asked over DNS over TLS (RFC 7858), never in plain text.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// What a `tls://ADDR#NAME` upstream is asked as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// `#NAME`: sent as SNI, and what its certificate must name; lowercase, without
+    /// a final dot.
+    pub name: Option<String>,
+}
+
+impl UpstreamAddr {
+    /// As the file writes it: `10.0.0.1:53`, `tls://10.1.0.4:853#dns.corp.example`.
+    pub fn spec(&self) -> String {
+        match &self.tls {
+            None => self.addr.to_string(),
+            Some(UpstreamTls { name: None }) => format!("tls://{}", self.addr),
+            Some(UpstreamTls { name: Some(n) }) => format!("tls://{}#{n}", self.addr),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -308,6 +336,9 @@ pub struct Route {
     pub transport: UpstreamTransport,
     /// `ready`: whether `/readyz` fails while every upstream of this route is down.
     pub ready: RouteReadiness,
+    /// `tls_ca`, `tls_pins`, `tls_insecure_no_verify`: how its `tls://` upstreams are
+    /// checked; `None` when it has none.
+    pub tls: Option<crate::tls::client::Trust>,
 }
 
 /// `ready`: what one route's outage does to the replica's readiness. Per route, so
@@ -376,4 +407,15 @@ impl TcpOptions {
             max_connections: server.tcp_max_connections,
         }
     }
+}
+
+/// The encrypted listeners and the certificate they share.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EncryptedListeners {
+    /// `tls_listen`: DNS over TLS (RFC 7858).
+    pub tls: Vec<SocketAddr>,
+    /// `https_listen`: DNS over HTTPS (RFC 8484).
+    pub https: Vec<SocketAddr>,
+    /// `tls_cert` and `tls_key`, loaded; present when either list is.
+    pub identity: Option<crate::tls::server::Identity>,
 }

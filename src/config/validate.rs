@@ -178,8 +178,23 @@ impl<'a> Validation<'a> {
         let name = problems.or(name, format!("route[{i}]"));
         let zones = self.route_zones(&name, r.zones, r.presets, route_span, &key);
         let (zones, presets) = problems.or(zones, (Vec::new(), Vec::new()));
+        let upstreams_span = r.upstreams.span();
         let upstreams = self.route_upstreams(r.upstreams, server, &key("upstreams"));
         let upstreams = problems.or(upstreams, Vec::new());
+        let raw_trust = super::tls::RawTrust {
+            tls_ca: r.tls_ca,
+            tls_pins: r.tls_pins,
+            tls_insecure_no_verify: r.tls_insecure_no_verify,
+        };
+        let trust = super::tls::trust(
+            raw_trust,
+            &name,
+            &upstreams,
+            (self.src, upstreams_span),
+            &key,
+            &mut self.warnings,
+        );
+        let tls = problems.or(trust, None);
         let claim_cnames = match r.claim_cnames {
             Some(c) if *c.get_ref() && zones.iter().any(|z| z == &[0]) => {
                 problems.push(self.src.locate(
@@ -234,6 +249,7 @@ impl<'a> Validation<'a> {
             claim_cnames,
             transport: r.transport.map_or(UpstreamTransport::Udp, |t| t.0),
             ready: r.ready.map_or(RouteReadiness::default(), |t| t.0),
+            tls,
         };
         (route, link)
     }
@@ -366,9 +382,10 @@ impl<'a> Validation<'a> {
         let mut upstreams: Vec<UpstreamAddr> = Vec::new();
         for (spec, span) in parse_list(raw.into_inner(), src, key, parse_upstream)? {
             let added = match spec {
-                Some(addr) => vec![UpstreamAddr {
+                Some((addr, tls)) => vec![UpstreamAddr {
                     addr,
                     from_system: false,
+                    tls,
                 }],
                 None => self.system_upstreams(server, span.clone(), key)?,
             };
@@ -442,6 +459,7 @@ impl<'a> Validation<'a> {
             .map(|addr| UpstreamAddr {
                 addr,
                 from_system: true,
+                tls: None,
             })
             .collect())
     }

@@ -157,11 +157,26 @@ fn dnstap_status(out: &DnstapOutput) -> Value {
     })
 }
 
+/// A `tls://` upstream's name, handshakes and last failure (null once one succeeds).
+fn tls_status(d: &crate::tls::client::Dialer) -> Value {
+    let failure = d
+        .last_failure()
+        .map(|e| json!({ "reason": e.failure.as_str(), "error": e.to_string() }));
+    let handshakes: serde_json::Map<String, Value> = d
+        .handshakes
+        .by_result()
+        .filter(|(_, n)| *n > 0)
+        .map(|(result, n)| (result.to_string(), json!(n)))
+        .collect();
+    json!({ "name": d.name(), "handshakes": handshakes, "last_failure": failure })
+}
+
 fn upstream_status(set: &UpstreamSet, u: &Upstream) -> Value {
     let srtt = u.stats.srtt_us.load(Ordering::Relaxed);
     let stats = &u.stats;
     json!({
         "address": u.addr.to_string(),
+        "tls": u.tcp.tls().map(tls_status),
         "state": u.state().as_str(),
         "up": u.is_up(),
         "consecutive_failures": u.consecutive_failures(),

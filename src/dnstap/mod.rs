@@ -308,6 +308,8 @@ fn protocol(t: Transport) -> SocketProtocol {
     match t {
         Transport::Udp => SocketProtocol::Udp,
         Transport::Tcp => SocketProtocol::Tcp,
+        Transport::Tls => SocketProtocol::Dot,
+        Transport::Https => SocketProtocol::Doh,
     }
 }
 

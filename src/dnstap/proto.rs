@@ -39,6 +39,8 @@ pub enum SocketFamily {
 pub enum SocketProtocol {
     Udp = 1,
     Tcp = 2,
+    Dot = 3,
+    Doh = 4,
 }
 
 /// `Message.Type`, the four a forwarder sends.

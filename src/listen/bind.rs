@@ -18,6 +18,10 @@ pub struct Listeners {
     /// Per listen address, one UDP socket per UDP thread (SO_REUSEPORT when several).
     pub udp: Vec<Vec<std::net::UdpSocket>>,
     pub tcp: Vec<std::net::TcpListener>,
+    /// `[server] tls_listen`: DNS over TLS.
+    pub tls: Vec<std::net::TcpListener>,
+    /// `[server] https_listen`: DNS over HTTPS.
+    pub https: Vec<std::net::TcpListener>,
     /// `[server] metrics`, when set.
     pub metrics: Option<std::net::TcpListener>,
     /// `[server] control`, when set.
@@ -42,6 +46,8 @@ impl Listeners {
         let mut l = Listeners {
             udp: Vec::new(),
             tcp: Vec::new(),
+            tls: Vec::new(),
+            https: Vec::new(),
             metrics: None,
             control: None,
         };
@@ -64,6 +70,16 @@ impl Listeners {
     /// Everything `[server]` asks for: the DNS listeners and the metrics endpoint.
     pub fn for_server(server: &crate::config::Server) -> Result<Listeners, BindError> {
         let mut l = Listeners::bind(&server.listen, server.udp_threads)?;
+        for (addrs, bound, proto) in [
+            (&server.encrypted.tls, &mut l.tls, "tls"),
+            (&server.encrypted.https, &mut l.https, "https"),
+        ] {
+            for &addr in addrs {
+                let s = new_socket(addr, Type::STREAM, false)
+                    .map_err(|e| bind_error(addr, proto, e))?;
+                bound.push(s.into());
+            }
+        }
         if let Some(addr) = server.metrics {
             let s = new_socket(addr, Type::STREAM, false)
                 .map_err(|e| bind_error(addr, "metrics", e))?;
@@ -78,6 +94,13 @@ impl Listeners {
             })?);
         }
         Ok(l)
+    }
+
+    /// The DoT and DoH listeners' addresses, in configuration order.
+    pub fn encrypted_addrs(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let addrs =
+            |l: &[std::net::TcpListener]| l.iter().filter_map(|t| t.local_addr().ok()).collect();
+        (addrs(&self.tls), addrs(&self.https))
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

@@ -11,10 +11,13 @@
 //! datagram without a bound, and can only send replies it encodes from records, which
 //! rules out relaying the upstream's bytes.
 
+pub mod accept;
 pub mod batch;
 mod bind;
 pub mod holder;
+pub mod https;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use std::sync::Arc;

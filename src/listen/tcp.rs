@@ -1,121 +1,27 @@
-//! TCP (RFC 7766): accepting connections within the server's and each client's
-//! connection limits, and serving one connection: queries read while earlier ones are
-//! still being forwarded, answered in whatever order they finish.
+//! One DNS stream connection (RFC 7766), plain TCP or a DoT connection once its TLS
+//! handshake is done (RFC 7858 section 3.3): queries read while earlier ones are still
+//! being forwarded, answered in whatever order they finish. `accept` holds the limits
+//! a connection is accepted within.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::admit::Action;
 use crate::config::TcpOptions;
 use crate::life::Lifecycle;
-use crate::limit::{Throttle, LIMIT_WARN_INTERVAL};
 use crate::listen::Current;
 use crate::transport::Transport;
 use crate::wire;
 
-/// TCP connections per client address, so one client cannot take every slot.
-#[derive(Default)]
-struct ConnectionsPerClient(std::sync::Mutex<HashMap<IpAddr, usize>>);
-
-/// A client's hold on one of its connection slots, given back on drop.
-struct ConnectionSlot {
-    table: Arc<ConnectionsPerClient>,
-    ip: IpAddr,
-}
-
-impl ConnectionsPerClient {
-    fn take(table: &Arc<ConnectionsPerClient>, ip: IpAddr, max: usize) -> Option<ConnectionSlot> {
-        let mut t = table.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = t.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ConnectionSlot {
-            table: Arc::clone(table),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut t = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = t.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Accepts connections until the server stops, each served in a task of its own while
-/// `limit` (`tcp_max_connections`, shared by every TCP listener) and the client's own
-/// share allow.
-pub async fn serve(
-    listener: TcpListener,
-    handler: Current,
-    life: Lifecycle,
-    limit: Arc<Semaphore>,
-    opts: TcpOptions,
-) {
-    let full_warning = Throttle::new(LIMIT_WARN_INTERVAL);
-    let client_warning = Throttle::new(LIMIT_WARN_INTERVAL);
-    let accept_warning = Throttle::new(LIMIT_WARN_INTERVAL);
-    let per_client = Arc::new(ConnectionsPerClient::default());
-    loop {
-        let (stream, client) = tokio::select! {
-            _ = life.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning, and
-                    // say so once per interval, not 20 times a second.
-                    if accept_warning.ready() {
-                        tracing::warn!(error = %e, "tcp accept failed (logged at most every 10s)");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            if full_warning.ready() {
-                tracing::warn!(%client, "server.tcp_max_connections reached: closing new tcp connections (logged at most every 10s)");
-            }
-            continue;
-        };
-        let Some(slot) = ConnectionsPerClient::take(&per_client, client.ip(), opts.per_client)
-        else {
-            if client_warning.ready() {
-                tracing::warn!(%client, "server.tcp_max_connections_per_client reached: closing new tcp connections from this client (logged at most every 10s)");
-            }
-            continue;
-        };
-        let handler = Arc::clone(&handler);
-        let life2 = life.clone();
-        life.tasks.spawn(async move {
-            connection(stream, client, handler, life2, opts).await;
-            drop((permit, slot));
-        });
-    }
-}
-
-/// One client TCP connection (RFC 7766): queries are read while earlier ones are still
-/// being forwarded, answered in whatever order they finish, at most `pipelined` in
-/// flight; idle connections close after `idle`.
-async fn connection(
+/// A plain TCP connection, from its accept.
+pub async fn plain(
     stream: TcpStream,
     client: SocketAddr,
     handler: Current,
@@ -128,10 +34,47 @@ async fn connection(
         return;
     };
     let (rd, wr) = stream.into_split();
+    let peers = Peers {
+        client,
+        server,
+        transport: Transport::Tcp,
+    };
+    connection(rd, wr, peers, handler, life, opts).await;
+}
+
+/// The two ends of a connection, and the transport it is (TCP, DoT).
+#[derive(Debug, Clone, Copy)]
+pub struct Peers {
+    pub client: SocketAddr,
+    /// This end: the address the client reached.
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// One client connection (RFC 7766): queries are read while earlier ones are still
+/// being forwarded, answered in whatever order they finish, at most `pipelined` in
+/// flight; idle connections close after `idle`.
+pub async fn connection<R, W>(
+    rd: R,
+    wr: W,
+    peers: Peers,
+    handler: Current,
+    life: Lifecycle,
+    opts: TcpOptions,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let Peers {
+        client,
+        server,
+        transport,
+    } = peers;
     let (answered, answers) = mpsc::channel::<Vec<u8>>(opts.pipelined);
     let reader = Reader {
         client,
         server,
+        transport,
         handler,
         life,
         opts,
@@ -143,15 +86,20 @@ async fn connection(
 }
 
 /// Writes each answer as it comes, framed; gives up on a client that stops reading.
-async fn write_answers(
-    mut wr: OwnedWriteHalf,
+async fn write_answers<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut answers: mpsc::Receiver<Vec<u8>>,
     idle: Duration,
 ) {
     while let Some(msg) = answers.recv().await {
         let frame = wire::framed(&msg);
         // A client that stops reading must not hold the task forever.
-        match tokio::time::timeout(idle, wr.write_all(&frame)).await {
+        // Flushed each time: a TLS stream holds what it was given until then.
+        let written = async {
+            wr.write_all(&frame).await?;
+            wr.flush().await
+        };
+        match tokio::time::timeout(idle, written).await {
             Ok(Ok(())) => {}
             _ => return,
         }
@@ -177,6 +125,7 @@ struct Reader {
     client: SocketAddr,
     /// This end of the connection.
     server: SocketAddr,
+    transport: Transport,
     handler: Current,
     life: Lifecycle,
     opts: TcpOptions,
@@ -189,7 +138,7 @@ impl Reader {
     /// answers what it has, and closes), or the server stops. Forwarded queries run
     /// here, side by side in one `FuturesUnordered`, not in a task each; at most
     /// `tcp_max_pipelined` at once, past which reading waits.
-    async fn run(self, rd: OwnedReadHalf) {
+    async fn run<R: AsyncRead + Unpin + Send + 'static>(self, rd: R) {
         let end_of_life = tokio::time::Instant::now() + self.opts.lifetime;
         let mut jobs: FuturesUnordered<Answering> = FuturesUnordered::new();
         let mut read = 0;
@@ -238,7 +187,7 @@ impl Reader {
         match self
             .handler
             .load()
-            .prepare(msg, self.client, self.server, Transport::Tcp)
+            .prepare(msg, self.client, self.server, self.transport)
         {
             Action::Drop => true,
             Action::Reply(out) => self.answered.send(out).await.is_ok(),
@@ -254,13 +203,13 @@ impl Reader {
 
 /// The next message on `rd`, handed back with `rd` so that the reader can keep the
 /// same future across its turns.
-async fn next_message(
-    mut rd: OwnedReadHalf,
+async fn next_message<R: AsyncRead + Unpin>(
+    mut rd: R,
     client: SocketAddr,
     opts: TcpOptions,
     life: Lifecycle,
     end_of_life: tokio::time::Instant,
-) -> (OwnedReadHalf, Next) {
+) -> (R, Next) {
     // Waiting for the first byte of the next message is where a connection is idle.
     let mut first = [0u8; 1];
     let got = tokio::select! {

@@ -9,6 +9,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::counts::{RouteMetrics, Sources};
+use crate::listen::accept::ConnectionStats;
+use crate::tls::client::Dialer;
+use crate::transport::Transport;
 use crate::upstream::{Upstream, UpstreamSet};
 use crate::wire::rcode;
 
@@ -47,6 +50,8 @@ impl Collector for Collect {
         cache(&mut enc, s)?;
         reloads(&mut enc, s)?;
         dnstap(&mut enc, s)?;
+        listeners(&mut enc, s)?;
+        upstream_tls(&mut enc, &sets)?;
         build_info(&mut enc)?;
         server(&mut enc, s)
     }
@@ -75,7 +80,7 @@ fn queries(enc: &mut DescriptorEncoder, routes: &[(String, Arc<RouteMetrics>)]) 
         MetricType::Counter,
     )?;
     for (route, m) in routes {
-        for (t, transport) in ["udp", "tcp"].iter().enumerate() {
+        for (t, transport) in Transport::ALL.iter().map(|t| t.as_str()).enumerate() {
             for (rc, n) in m.queries[t].iter().enumerate() {
                 let n = load(n);
                 if n == 0 {
@@ -421,6 +426,103 @@ fn dnstap(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
         "1 while a dnstap collector has accepted the stream, 0 while it is absent or being reconnected",
         i64::from(d.connected.load(Ordering::Relaxed)),
     )
+}
+
+/// Stream connections (TCP, DoT, DoH) accepted, refused and open, and the DoT and
+/// DoH listeners' handshakes by result.
+fn listeners(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
+    type Count = fn(&ConnectionStats) -> &AtomicU64;
+    let families: [(&str, &str, MetricType, Count); 3] = [
+        (
+            "zonefwd_listener_connections",
+            "Client connections accepted, by transport (tcp, tls for DoT, https for DoH)",
+            MetricType::Counter,
+            |c| &c.accepted,
+        ),
+        (
+            "zonefwd_listener_connections_refused",
+            "Client connections closed at once: over tcp_max_connections or the client's tcp_max_connections_per_client",
+            MetricType::Counter,
+            |c| &c.refused,
+        ),
+        (
+            "zonefwd_listener_connections_open",
+            "Client connections open now, by transport",
+            MetricType::Gauge,
+            |c| &c.open,
+        ),
+    ];
+    for (name, help, ty, count) in families {
+        let mut fam = enc.encode_descriptor(name, help, None, ty)?;
+        for &kind in &s.stream_kinds {
+            let labels = [("transport", kind.as_str())];
+            let n = load(count(s.streams.of(kind)));
+            match ty {
+                MetricType::Gauge => fam.encode_family(&labels)?.encode_gauge(&(n as i64))?,
+                _ => fam
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?,
+            }
+        }
+    }
+    let encrypted: Vec<Transport> = s
+        .stream_kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != Transport::Tcp)
+        .collect();
+    if encrypted.is_empty() {
+        return Ok(());
+    }
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_listener_tls_handshakes",
+        "TLS handshakes with clients on the DoT (tls) and DoH (https) listeners, by result: full, resumed, or why it failed",
+        None,
+        MetricType::Counter,
+    )?;
+    for kind in encrypted {
+        for (result, n) in s.streams.of(kind).handshakes.by_result() {
+            let labels = [("transport", kind.as_str()), ("result", result)];
+            fam.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// TLS handshakes with each `tls://` upstream, by result.
+fn upstream_tls(enc: &mut DescriptorEncoder, sets: &[Arc<UpstreamSet>]) -> Encoded {
+    let tls: Vec<(&str, &Upstream, &Dialer)> = sets
+        .iter()
+        .flat_map(|set| {
+            set.upstreams
+                .iter()
+                .map(move |u| (set.route.as_str(), &**u))
+        })
+        .filter_map(|(route, u)| Some((route, u, u.tcp.tls()?)))
+        .collect();
+    if tls.is_empty() {
+        return Ok(());
+    }
+    let mut fam = enc.encode_descriptor(
+        "zonefwd_upstream_tls_handshakes",
+        "TLS handshakes with a tls:// upstream, by result: full, resumed, or why it failed (expired, wrong_name, unknown_ca, pin_mismatch, ...)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, u, dialer) in tls {
+        let addr = u.addr.to_string();
+        for (result, n) in dialer.handshakes.by_result() {
+            let labels = [
+                ("route", route),
+                ("upstream", addr.as_str()),
+                ("result", result),
+            ];
+            fam.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    Ok(())
 }
 
 /// `zonefwd_build_info{version,commit}`: which build each replica runs.

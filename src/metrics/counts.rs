@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::dnstap::DnstapCounts;
 use crate::limit::InflightCount;
+use crate::listen::accept::StreamStats;
 use crate::reloads::ReloadStats;
 use crate::resolver::ResolverStats;
 use crate::transport::Transport;
@@ -36,6 +37,10 @@ pub struct Sources {
     pub reloads: Arc<ReloadStats>,
     pub dnstap: Arc<DnstapCounts>,
     pub configured: Arc<dyn Observed>,
+    /// Stream connections and TLS handshakes, by transport.
+    pub streams: Arc<StreamStats>,
+    /// The stream transports listened on (TCP, and DoT and DoH when configured).
+    pub stream_kinds: Vec<Transport>,
 }
 
 /// Response codes counted one by one; anything above lands in the last slot.
@@ -84,17 +89,14 @@ impl Histogram {
 /// What is counted for one route.
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
-    /// By transport (udp, tcp) and response code.
-    pub(super) queries: [[AtomicU64; RCODES]; 2],
+    /// By transport (`Transport::ALL`'s order) and response code.
+    pub(super) queries: [[AtomicU64; RCODES]; Transport::ALL.len()],
     pub(super) latency: Histogram,
 }
 
 impl RouteMetrics {
     pub fn observe(&self, transport: Transport, reply: &[u8], elapsed: Duration) {
-        let t = match transport {
-            Transport::Udp => 0,
-            Transport::Tcp => 1,
-        };
+        let t = transport as usize;
         let rc = usize::from(reply.get(3).map_or(rcode::SERVFAIL as u8, |b| b & 0x0f));
         self.queries[t][rc.min(RCODES - 1)].fetch_add(1, Ordering::Relaxed);
         self.latency.observe(elapsed);

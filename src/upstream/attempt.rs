@@ -30,6 +30,9 @@ pub async fn one_try(
     tap: Option<&TryTap<'_>>,
 ) -> Verdict {
     match transport {
+        // A `tls://` upstream is asked over its TLS connections whatever the route's
+        // transport: never in plain text.
+        _ if u.is_tls() => tcp_try(u, q, tap).await,
         UpstreamTransport::Udp => udp_try(u, q, set_aside, tap).await,
         UpstreamTransport::Tcp => tcp_try(u, q, tap).await,
     }
@@ -73,7 +76,7 @@ async fn udp_try(
     classify(answer)
 }
 
-/// Every query over a kept TCP connection (`transport = "tcp"`), with the same
+/// Every query over a kept TCP connection (`transport = "tcp"`, and `tls://`), with the same
 /// FORMERR-without-OPT retry as UDP.
 async fn tcp_try(u: &Upstream, q: &Query, tap: Option<&TryTap<'_>>) -> Verdict {
     match u.tcp.exchange(q, true, tap).await {

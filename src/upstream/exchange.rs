@@ -27,6 +27,10 @@ pub enum TryError {
     /// been cut.
     #[error("reply larger than {0} octets over udp")]
     Oversize(usize),
+    /// A `tls://` upstream's handshake failed (its certificate, or the protocol): a
+    /// failure of that upstream, never a reason to ask it in plain text.
+    #[error("{0}")]
+    Tls(crate::tls::HandshakeError),
 }
 
 /// A reply that matched the query and walked clean.

@@ -48,6 +48,8 @@ pub fn probe_until_back(u: &Arc<Upstream>, plan: ProbePlan) {
             };
             let answered = tokio::time::timeout(plan.per_probe, async {
                 match plan.transport {
+                    // Over the transport queries take: TLS for a `tls://` upstream.
+                    _ if u.is_tls() => u.tcp.exchange(&probe, true, None).await,
                     UpstreamTransport::Udp => u.udp.exchange(&probe, true, None, None).await,
                     UpstreamTransport::Tcp => u.tcp.exchange(&probe, true, None).await,
                 }

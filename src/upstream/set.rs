@@ -69,7 +69,7 @@ impl Previous {
         let mut map: HashMap<_, Vec<_>> = HashMap::new();
         for set in sets {
             for u in &set.upstreams {
-                map.entry((set.route.clone(), u.settings))
+                map.entry((set.route.clone(), u.settings.clone()))
                     .or_default()
                     .push(Arc::clone(u));
             }
@@ -87,7 +87,7 @@ impl Previous {
     ) -> Arc<Upstream> {
         match self
             .0
-            .get_mut(&(route.to_string(), settings))
+            .get_mut(&(route.to_string(), settings.clone()))
             .and_then(Vec::pop)
         {
             Some(kept) => {
@@ -144,7 +144,7 @@ impl UpstreamSet {
                 .upstreams
                 .iter()
                 .map(|u| {
-                    let settings = UpstreamSettings::of(route, u.addr, reuse);
+                    let settings = UpstreamSettings::of(route, u, reuse);
                     previous.take_or_new(&route.name, settings, route.try_timeout, &life)
                 })
                 .collect(),

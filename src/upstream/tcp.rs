@@ -1,5 +1,7 @@
 //! Kept TCP connections to one upstream: every query of a `transport = "tcp"` route,
-//! and the TCP retry of a UDP route's truncated reply.
+//! and the TCP retry of a UDP route's truncated reply; for a `tls://` upstream, the
+//! same connections with TLS on them (RFC 7858 section 3.3: pipelined, kept, resumed),
+//! and every query of it.
 //!
 //! Queries are pipelined (RFC 7766 section 6.2.1.1): several in flight on one
 //! connection, each with a fresh random ID that no other query in flight on that
@@ -26,14 +28,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::dnstap::{Leg, TryTap};
+use crate::tls::client::Dialer;
 use crate::transport::Transport;
 use crate::upstream::exchange::{self, random_id, Exchanged, TryError};
 use crate::upstream::stats::UpstreamStats;
@@ -76,6 +78,9 @@ pub struct TcpConnections {
 struct Shared {
     addr: SocketAddr,
     stats: Arc<UpstreamStats>,
+    /// A `tls://` upstream's side of TLS, and the upstream as the configuration
+    /// writes it (for the log).
+    tls: Option<(Dialer, String)>,
     /// The route's `try_timeout`, in nanoseconds: queries waiting and nothing read
     /// for this long make a connection suspect. Set again by each reload.
     patience_ns: AtomicU64,
@@ -144,12 +149,18 @@ enum Ask {
 }
 
 impl TcpConnections {
-    /// `patience`: the route's `try_timeout`.
-    pub fn new(addr: SocketAddr, stats: Arc<UpstreamStats>, patience: Duration) -> Self {
+    /// `patience`: the route's `try_timeout`; `tls`: for a `tls://` upstream.
+    pub fn new(
+        addr: SocketAddr,
+        stats: Arc<UpstreamStats>,
+        patience: Duration,
+        tls: Option<(Dialer, String)>,
+    ) -> Self {
         let c = TcpConnections {
             shared: Arc::new(Shared {
                 addr,
                 stats,
+                tls,
                 patience_ns: AtomicU64::new(0),
                 open: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
@@ -177,6 +188,11 @@ impl TcpConnections {
     /// Connections opened to replace one that failed or ended with queries waiting.
     pub fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// A `tls://` upstream's handshakes and last failure.
+    pub fn tls(&self) -> Option<&Dialer> {
+        self.shared.tls.as_ref().map(|(d, _)| d)
     }
 
     /// One exchange over a kept connection; asked again on another connection, at most
@@ -329,7 +345,11 @@ impl Connection {
     /// connected).
     fn leg(&self, shared: &Shared) -> Leg {
         Leg {
-            transport: Transport::Tcp,
+            transport: if shared.tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
             local: self.local.get().copied(),
             upstream: shared.addr,
         }
@@ -437,41 +457,35 @@ async fn run(shared: Arc<Shared>, conn: Arc<Connection>, queued: mpsc::Unbounded
     let wait = backoff(shared.barren_in_a_row.load(Ordering::Relaxed));
     let connected = tokio::select! {
         _ = conn.end.cancelled() => return conn.close(|| Ask::Lost(TryError::Closed)),
-        c = async { sleep(wait).await; connect(shared.addr).await } => c,
+        c = async { sleep(wait).await; connect(&shared).await } => c,
     };
     let stream = match connected {
         Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(upstream = %shared.addr, error = %e, "tcp connect failed");
+        Err(failed) => {
             shared.barren_in_a_row.fetch_add(1, Ordering::Relaxed);
             shared.owed.fetch_add(1, Ordering::Relaxed);
-            // Each waiter gets its own copy of the error (io::Error is not Clone),
-            // keeping the OS code so that `opening` tells a local shortage apart.
-            let (kind, code) = (e.kind(), e.raw_os_error());
-            let copy = move || match code {
-                Some(c) => io::Error::from_raw_os_error(c),
-                None => io::Error::new(kind, "tcp connect"),
-            };
-            return conn.close(|| Ask::Failed(exchange::opening(copy())));
+            return conn.close(|| Ask::Failed(failed.error()));
         }
     };
     shared.open.fetch_add(1, Ordering::Relaxed);
-    if let Ok(local) = stream.local_addr() {
-        let _ = conn.local.set(local);
-    }
-    let (rd, wr) = stream.into_split();
-    let (ended, replied) = tokio::select! {
-        e = read_replies(&shared, &conn, rd) => e,
-        e = write_queries(wr, queued) => (e, false),
-        _ = conn.end.cancelled() => (End::Quiet, false),
+    let ended = match stream {
+        Stream::Plain(s) => {
+            if let Ok(local) = s.local_addr() {
+                let _ = conn.local.set(local);
+            }
+            let (rd, wr) = s.into_split();
+            carry(&shared, &conn, rd, wr, queued).await
+        }
+        Stream::Tls(s) => {
+            if let Ok(local) = s.get_ref().0.local_addr() {
+                let _ = conn.local.set(local);
+            }
+            let (rd, wr) = tokio::io::split(s);
+            carry(&shared, &conn, rd, wr, queued).await
+        }
     };
     shared.open.fetch_sub(1, Ordering::Relaxed);
     let waiting = conn.load.load(Ordering::Relaxed);
-    if replied {
-        shared.barren_in_a_row.store(0, Ordering::Relaxed);
-    } else if !matches!(ended, End::Quiet) {
-        shared.barren_in_a_row.fetch_add(1, Ordering::Relaxed);
-    }
     // A server may close a connection it finds idle (RFC 7766 section 6.2.3): that
     // costs nothing and is not a reconnect.
     let lost = waiting > 0 || matches!(ended, End::Stalled | End::Error(_));
@@ -482,7 +496,77 @@ async fn run(shared: Arc<Shared>, conn: Arc<Connection>, queued: mpsc::Unbounded
     conn.close(|| Ask::Lost(TryError::Closed));
 }
 
-async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+/// Writes queued queries and reads replies until the connection ends; a connection
+/// that carried no reply adds to the backoff.
+async fn carry<R, W>(
+    shared: &Shared,
+    conn: &Connection,
+    rd: R,
+    wr: W,
+    queued: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (ended, replied) = tokio::select! {
+        e = read_replies(shared, conn, rd) => e,
+        e = write_queries(wr, queued) => (e, false),
+        _ = conn.end.cancelled() => (End::Quiet, false),
+    };
+    if replied {
+        shared.barren_in_a_row.store(0, Ordering::Relaxed);
+    } else if !matches!(ended, End::Quiet) {
+        shared.barren_in_a_row.fetch_add(1, Ordering::Relaxed);
+    }
+    ended
+}
+
+/// A connection to an upstream, plain or with TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Why no connection could be made.
+enum ConnectFailed {
+    Tcp(io::Error),
+    Tls(crate::tls::HandshakeError),
+}
+
+impl ConnectFailed {
+    /// The failure as each waiting try's error: each gets its own copy (io::Error is
+    /// not Clone), keeping the OS code so that `opening` tells a local shortage apart.
+    fn error(&self) -> TryError {
+        match self {
+            ConnectFailed::Tcp(e) => {
+                let copy = match e.raw_os_error() {
+                    Some(c) => io::Error::from_raw_os_error(c),
+                    None => io::Error::new(e.kind(), "tcp connect"),
+                };
+                exchange::opening(copy)
+            }
+            ConnectFailed::Tls(e) => TryError::Tls(e.clone()),
+        }
+    }
+}
+
+/// A connection to the upstream; for a `tls://` one, with its handshake done.
+async fn connect(shared: &Shared) -> Result<Stream, ConnectFailed> {
+    let tcp = connect_tcp(shared.addr).await.map_err(|e| {
+        tracing::debug!(upstream = %shared.addr, error = %e, "tcp connect failed");
+        ConnectFailed::Tcp(e)
+    })?;
+    match &shared.tls {
+        None => Ok(Stream::Plain(tcp)),
+        Some((dialer, spec)) => match dialer.handshake(tcp, spec).await {
+            Ok(s) => Ok(Stream::Tls(Box::new(s))),
+            Err(e) => Err(ConnectFailed::Tls(e)),
+        },
+    }
+}
+
+async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     // An upstream on this host, on a port of the ephemeral range, that is not
     // listening: the kernel may draw that very port for our end, and the connection
@@ -499,8 +583,8 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// Writes each queued query, several in one system call when they queue up.
-async fn write_queries(
-    mut wr: OwnedWriteHalf,
+async fn write_queries<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
 ) -> End {
     let mut out = Vec::new();
@@ -510,7 +594,13 @@ async fn write_queries(
         while let Ok(more) = queued.try_recv() {
             out.extend_from_slice(&more);
         }
-        if let Err(e) = wr.write_all(&out).await {
+        // A TLS stream holds what it was given until flushed.
+        if let Err(e) = async {
+            wr.write_all(&out).await?;
+            wr.flush().await
+        }
+        .await
+        {
             return End::Error(e.kind());
         }
     }
@@ -519,7 +609,11 @@ async fn write_queries(
 
 /// Reads replies and hands each to its query until the connection ends, saying too
 /// whether any reply came. The end checks run on a timer reset only when it fires.
-async fn read_replies(shared: &Shared, conn: &Connection, mut rd: OwnedReadHalf) -> (End, bool) {
+async fn read_replies<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    conn: &Connection,
+    mut rd: R,
+) -> (End, bool) {
     let mut buf = Vec::with_capacity(READ_AHEAD);
     let mut replied = false;
     let check_every = || shared.patience().min(IDLE_TIMEOUT) / 4;
@@ -612,7 +706,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_closes_and_the_next_query_opens_another() {
         let (addr, accepted) = upstream().await;
-        let tcp = TcpConnections::new(addr, Arc::default(), Duration::from_secs(1));
+        let tcp = TcpConnections::new(addr, Arc::default(), Duration::from_secs(1), None);
         tcp.exchange(&q("a.example."), true, None).await.unwrap();
         tcp.exchange(&q("b.example."), true, None).await.unwrap();
         assert_eq!((tcp.open(), accepted.load(Ordering::SeqCst)), (1, 1));
@@ -626,7 +720,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_query_never_takes_an_id_in_flight_on_its_connection() {
         let addr = silent().await;
-        let tcp = TcpConnections::new(addr, Arc::default(), Duration::from_secs(60));
+        let tcp = TcpConnections::new(addr, Arc::default(), Duration::from_secs(60), None);
         let conn = Connection::open(&tcp.shared);
         // Every ID but one is in flight.
         const FREE: u16 = 4242;
@@ -658,6 +752,7 @@ mod tests {
             addr,
             Arc::default(),
             Duration::from_secs(60),
+            None,
         ));
         let mut waiting = Vec::new();
         for i in 0..MAX_CONNECTIONS * MAX_PIPELINE {
@@ -693,7 +788,7 @@ mod tests {
     async fn the_upstream_leaving_the_configuration_closes_its_connections() {
         let (addr, _) = upstream().await;
         let stats = Arc::new(UpstreamStats::default());
-        let tcp = TcpConnections::new(addr, Arc::clone(&stats), Duration::from_secs(1));
+        let tcp = TcpConnections::new(addr, Arc::clone(&stats), Duration::from_secs(1), None);
         tcp.exchange(&q("a.example."), true, None).await.unwrap();
         let conn = Arc::clone(&tcp.conns()[0]);
         drop(tcp);

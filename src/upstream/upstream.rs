@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Route;
+use crate::config::{Route, UpstreamAddr};
 use crate::life::Clock;
 use crate::limit::{Rate, TokenBucket};
+use crate::tls::client::{Dialer, Trust};
 use crate::upstream::health::Health;
 use crate::upstream::retransmit::RetransmitBudget;
 use crate::upstream::stats::UpstreamStats;
@@ -20,22 +21,48 @@ use crate::upstream::udp::UdpSockets;
 
 /// The settings an upstream is built with; one that differs after a reload makes it
 /// a new upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamSettings {
     pub addr: SocketAddr,
     pub max_fails: u32,
     pub max_qps: Option<u32>,
     /// `server.upstream_udp_reuse`.
     pub reuse: u32,
+    /// `tls://`: its name and the route's trust (a renewed `tls_ca` makes it new).
+    pub tls: Option<Arc<TlsTarget>>,
+}
+
+/// What a `tls://` upstream is asked as, and how its certificate is checked.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TlsTarget {
+    pub name: Option<String>,
+    pub trust: Trust,
 }
 
 impl UpstreamSettings {
-    pub fn of(route: &Route, addr: SocketAddr, reuse: u32) -> Self {
+    pub fn of(route: &Route, u: &UpstreamAddr, reuse: u32) -> Self {
+        let tls = match (&u.tls, &route.tls) {
+            (Some(t), Some(trust)) => Some(Arc::new(TlsTarget {
+                name: t.name.clone(),
+                trust: trust.clone(),
+            })),
+            _ => None,
+        };
         UpstreamSettings {
-            addr,
+            addr: u.addr,
             max_fails: route.max_fails,
             max_qps: route.max_qps,
             reuse,
+            tls,
+        }
+    }
+
+    /// As the configuration writes it (`tls://ADDR#NAME` for DNS over TLS).
+    pub fn spec(&self) -> String {
+        match self.tls.as_deref() {
+            None => self.addr.to_string(),
+            Some(TlsTarget { name: None, .. }) => format!("tls://{}", self.addr),
+            Some(TlsTarget { name: Some(n), .. }) => format!("tls://{}#{n}", self.addr),
         }
     }
 }
@@ -97,12 +124,14 @@ impl Upstream {
     /// queries waiting and nothing read takes no new ones.
     pub fn new(settings: UpstreamSettings, now: Instant, patience: Duration) -> Self {
         let stats = Arc::new(UpstreamStats::default());
+        let tls = settings.tls.as_deref().map(|t| {
+            let dialer = Dialer::new(t.name.as_deref(), settings.addr.ip(), &t.trust);
+            (dialer, settings.spec())
+        });
         Upstream {
             udp: UdpSockets::new(settings.addr, Arc::clone(&stats), settings.reuse),
-            tcp: TcpConnections::new(settings.addr, Arc::clone(&stats), patience),
+            tcp: TcpConnections::new(settings.addr, Arc::clone(&stats), patience, tls),
             addr: settings.addr,
-            settings,
-            stats,
             health: Health::new(settings.max_fails),
             looped: AtomicBool::new(false),
             manual_down: AtomicBool::new(false),
@@ -110,6 +139,8 @@ impl Upstream {
                 .max_qps
                 .map(|q| (Rate::new(q, q, now), TokenBucket::new())),
             retransmit_budget: RetransmitBudget::default(),
+            settings,
+            stats,
         }
     }
 
@@ -160,6 +191,11 @@ impl Upstream {
     /// more than a SERVFAIL.
     pub fn usable(&self) -> bool {
         !self.looped.load(Ordering::Relaxed) && !self.manual_down.load(Ordering::Relaxed)
+    }
+
+    /// Asked over DNS over TLS only (`tls://`): never over UDP or plain TCP.
+    pub fn is_tls(&self) -> bool {
+        self.settings.tls.is_some()
     }
 
     /// Past `max_fails` failures in a row: skipped while any other is up, and probed.

@@ -50,7 +50,7 @@ pub use name::{
 };
 pub use query::{build_upstream_query, is_answerable_query, parse_query, Edns, Query, Rejection};
 pub use relay::{normalize, normalized_from, render, Normalized, Ttls};
-pub use reply::{parse_reply, Reply, ReplyError};
+pub use reply::{freshness, parse_reply, Reply, ReplyError};
 pub use synth::{
     add_identity, any_hinfo_reply, chaos_reply, error_reply, local_reply, refusal_reply, reply_for,
     truncated_reply,

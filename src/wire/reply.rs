@@ -58,6 +58,24 @@ pub fn parse_reply(msg: &[u8], sent_id: u16, q: &Query) -> Result<Reply, ReplyEr
     walk(msg, question_end).map_err(ReplyError::Malformed)
 }
 
+/// How long a shared HTTP cache may keep a reply (RFC 8484 section 5.1): the smallest
+/// TTL of its records (the OPT's "TTL" holds flags, and is not one), and for a
+/// negative answer no longer than its SOA's MINIMUM (RFC 2308 section 5). `None` for a
+/// reply with no record (SERVFAIL, REFUSED), which nothing says may be kept.
+pub fn freshness(msg: &[u8]) -> Option<u32> {
+    let (_, _, _, question_end) = question(msg).ok()?;
+    let r = walk(msg, question_end).ok()?;
+    let smallest = r
+        .ttl_offsets
+        .iter()
+        .filter_map(|&o| u32_at(msg, usize::from(o), "ttl").ok())
+        .min()?;
+    Some(match r.soa {
+        Some((_, minimum)) if r.answers == 0 => smallest.min(minimum),
+        _ => smallest,
+    })
+}
+
 /// Walks the records after the question (a message already known to have one).
 pub(super) fn walk(msg: &[u8], question_end: usize) -> Result<Reply, WireError> {
     let (an, ns, ar) = (

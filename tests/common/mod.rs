@@ -3,6 +3,7 @@
 //! Nothing here sends a packet anywhere but 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod fault_proxy;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +38,9 @@ pub struct Zonefwd {
     pub tcp: SocketAddr,
     /// The metrics endpoint, when the config asked for one.
     pub metrics: Option<SocketAddr>,
+    /// The first DoT and DoH listeners, when the config has them.
+    pub tls: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     reloads: tokio::sync::mpsc::UnboundedSender<zonefwd::ReadFile>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -152,6 +156,7 @@ impl Zonefwd {
         let listeners = Listeners::for_server(&config.server).expect("bind");
         let (udp, tcp) = listeners.local_addrs()[0];
         let metrics = listeners.metrics_addr();
+        let (tls, https) = listeners.encrypted_addrs();
         let (tx, rx) = oneshot::channel();
         let (reloads, reload_rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(zonefwd::run_with(
@@ -170,6 +175,8 @@ impl Zonefwd {
             udp,
             tcp,
             metrics,
+            tls: tls.first().copied(),
+            https: https.first().copied(),
             reloads,
             stop: Some(tx),
             task,
@@ -787,4 +794,18 @@ pub fn run_script(test: &str, script: &str, envs: &[(&str, &str)]) {
         Some(77) => eprintln!("SKIPPED {test}: {}", stderr.trim()),
         code => panic!("{script} exited {code:?}\n{stdout}\n{stderr}"),
     }
+}
+
+/// One request line to a control socket and its answer, on a fresh connection.
+pub async fn ctl(socket: &std::path::Path, request: serde_json::Value) -> serde_json::Value {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect");
+    s.write_all(format!("{request}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).await.unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }

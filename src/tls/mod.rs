@@ -1,0 +1,208 @@
+//! TLS both ways: to `tls://` upstreams (RFC 7858, `client`) and on the DoT and DoH
+//! listeners (RFC 7858, RFC 8484, `server`), with rustls and its default provider.
+//! What the two share lives here: a failed handshake named for an operator
+//! (`TlsFailure`), as the metrics, the log, `ctl status` and `doctor` give it.
+
+pub mod client;
+pub mod server;
+
+use std::io;
+
+use rustls::{AlertDescription, CertificateError};
+
+/// Why a TLS handshake failed, named for the person who has to fix it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsFailure {
+    /// The certificate's validity ended.
+    Expired,
+    /// The certificate's validity has not begun (or this host's clock is behind).
+    NotYetValid,
+    /// The certificate does not name the name (or address) asked for.
+    WrongName,
+    /// No trusted root issued the certificate (the system's roots, or `tls_ca`).
+    UnknownCa,
+    /// The certificate's key is none of the route's `tls_pins`.
+    PinMismatch,
+    /// Any other fault in the peer's certificate.
+    BadCertificate,
+    /// The peer refused our certificate (sent an alert about it).
+    CertificateRefused,
+    /// No TLS version, cipher suite or ALPN protocol in common.
+    Incompatible,
+    /// No handshake within its time.
+    Timeout,
+    /// The connection closed or reset before the handshake ended.
+    Closed,
+    /// Anything else: not TLS, or a protocol error.
+    Protocol,
+}
+
+impl TlsFailure {
+    pub const ALL: [TlsFailure; 11] = [
+        TlsFailure::Expired,
+        TlsFailure::NotYetValid,
+        TlsFailure::WrongName,
+        TlsFailure::UnknownCa,
+        TlsFailure::PinMismatch,
+        TlsFailure::BadCertificate,
+        TlsFailure::CertificateRefused,
+        TlsFailure::Incompatible,
+        TlsFailure::Timeout,
+        TlsFailure::Closed,
+        TlsFailure::Protocol,
+    ];
+
+    /// The label in metrics and `ctl status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::Expired => "expired",
+            TlsFailure::NotYetValid => "not_yet_valid",
+            TlsFailure::WrongName => "wrong_name",
+            TlsFailure::UnknownCa => "unknown_ca",
+            TlsFailure::PinMismatch => "pin_mismatch",
+            TlsFailure::BadCertificate => "bad_certificate",
+            TlsFailure::CertificateRefused => "certificate_refused",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::Closed => "closed",
+            TlsFailure::Protocol => "protocol",
+        }
+    }
+
+    /// A handshake's error, as tokio-rustls returns it (rustls's error inside an
+    /// `io::Error`), named.
+    pub fn of(e: &io::Error) -> TlsFailure {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => TlsFailure::of_tls(tls),
+            None if e.kind() == io::ErrorKind::TimedOut => TlsFailure::Timeout,
+            None => match e.kind() {
+                io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe => TlsFailure::Closed,
+                _ => TlsFailure::Protocol,
+            },
+        }
+    }
+
+    fn of_tls(e: &rustls::Error) -> TlsFailure {
+        use rustls::Error as E;
+        match e {
+            E::InvalidCertificate(c) => match c {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    TlsFailure::Expired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    TlsFailure::NotYetValid
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => TlsFailure::WrongName,
+                CertificateError::UnknownIssuer => TlsFailure::UnknownCa,
+                // Raised only by the pin check (`client`).
+                CertificateError::ApplicationVerificationFailure => TlsFailure::PinMismatch,
+                _ => TlsFailure::BadCertificate,
+            },
+            E::AlertReceived(a) => match *a {
+                AlertDescription::BadCertificate
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::UnknownCA => TlsFailure::CertificateRefused,
+                AlertDescription::ProtocolVersion
+                | AlertDescription::HandshakeFailure
+                | AlertDescription::InsufficientSecurity
+                | AlertDescription::NoApplicationProtocol => TlsFailure::Incompatible,
+                _ => TlsFailure::Protocol,
+            },
+            E::NoApplicationProtocol | E::PeerIncompatible(_) => TlsFailure::Incompatible,
+            _ => TlsFailure::Protocol,
+        }
+    }
+}
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsFailure::Expired => "the certificate has expired",
+            TlsFailure::NotYetValid => {
+                "the certificate is not valid yet (or this host's clock is behind)"
+            }
+            TlsFailure::WrongName => "the certificate is not for the name asked for",
+            TlsFailure::UnknownCa => "the certificate's issuer is not trusted",
+            TlsFailure::PinMismatch => "the certificate's key matches none of tls_pins",
+            TlsFailure::BadCertificate => "the certificate is not acceptable",
+            TlsFailure::CertificateRefused => "the peer refused our certificate",
+            TlsFailure::Incompatible => "no TLS version, cipher suite or ALPN protocol in common",
+            TlsFailure::Timeout => "no handshake in time",
+            TlsFailure::Closed => "the connection closed during the handshake",
+            TlsFailure::Protocol => "a TLS protocol error",
+        })
+    }
+}
+
+/// A failed handshake: its name, and rustls's own words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tls handshake failed: {failure} ({detail})")]
+pub struct HandshakeError {
+    pub failure: TlsFailure,
+    pub detail: String,
+}
+
+impl HandshakeError {
+    pub fn of(e: &io::Error) -> HandshakeError {
+        HandshakeError {
+            failure: TlsFailure::of(e),
+            detail: e.to_string(),
+        }
+    }
+
+    pub fn timeout() -> HandshakeError {
+        HandshakeError {
+            failure: TlsFailure::Timeout,
+            detail: "timed out".to_string(),
+        }
+    }
+}
+
+/// Handshakes by outcome: full, resumed (RFC 8446 section 2.2), or failed by reason.
+#[derive(Debug, Default)]
+pub struct HandshakeCounts {
+    pub full: std::sync::atomic::AtomicU64,
+    pub resumed: std::sync::atomic::AtomicU64,
+    failed: [std::sync::atomic::AtomicU64; TlsFailure::ALL.len()],
+}
+
+impl HandshakeCounts {
+    /// One handshake's outcome; `resumed` for a session taken up again.
+    pub fn record(&self, outcome: Result<bool, TlsFailure>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = match outcome {
+            Ok(true) => &self.resumed,
+            Ok(false) => &self.full,
+            Err(f) => &self.failed[f as usize],
+        };
+        n.fetch_add(1, Relaxed);
+    }
+
+    pub fn failed(&self, f: TlsFailure) -> u64 {
+        self.failed[f as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Each outcome's label and count, for the metrics: "full", "resumed", then the
+    /// failures by reason.
+    pub fn by_result(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        use std::sync::atomic::Ordering::Relaxed;
+        [("full", &self.full), ("resumed", &self.resumed)]
+            .into_iter()
+            .map(|(l, n)| (l, n.load(Relaxed)))
+            .chain(
+                TlsFailure::ALL
+                    .into_iter()
+                    .map(|f| (f.as_str(), self.failed(f))),
+            )
+    }
+}
