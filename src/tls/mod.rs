@@ -116,6 +116,8 @@ impl TlsFailure {
                 | AlertDescription::HandshakeFailure
                 | AlertDescription::InsufficientSecurity
                 | AlertDescription::NoApplicationProtocol => TlsFailure::Incompatible,
+                // GnuTLS (kdig) ends a handshake whose certificate it refuses so.
+                AlertDescription::CloseNotify => TlsFailure::Closed,
                 _ => TlsFailure::Protocol,
             },
             E::NoApplicationProtocol | E::PeerIncompatible(_) => TlsFailure::Incompatible,

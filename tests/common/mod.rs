@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod dot;
 pub mod fault_proxy;
 
 use std::net::{Ipv4Addr, SocketAddr};
