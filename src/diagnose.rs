@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::claims::Claims;
 use crate::config::DnstapSocket;
 use crate::config::{
-    is_resolved_stub, is_self, read_resolv_conf, Config, Route, UpstreamTransport,
+    is_resolved_stub, is_self, read_resolv_conf, Config, Route, UpstreamAddr, UpstreamTransport,
 };
 use crate::dnstap;
 use crate::life::Lifecycle;
@@ -24,6 +24,7 @@ use crate::listen::holder::{self, Holder};
 use crate::outcome::Outcome;
 use crate::presets::{AWS_VPC_RESOLVER, AZURE_DNS};
 use crate::router::Router;
+use crate::tls::client::Dialer;
 use crate::upstream::{random_id, udp_exchange_once, Exchanged, Previous, TryError, UpstreamSet};
 use crate::wire::{self, Query, ReplyError};
 
@@ -145,7 +146,8 @@ async fn ask_each_upstream(route: &Route, q: &Query) -> Vec<String> {
     let proto = route.transport.as_str();
     let mut lines = Vec::new();
     for u in &route.upstreams {
-        let what = match probe_query(u.addr, q, tcp, route.try_timeout).await {
+        let how = Over::of(route, u, tcp);
+        let what = match probe_query(u.addr, q, &how, route.try_timeout).await {
             ProbeResult::Answered { rcode, ms } => {
                 format!("{} in {ms:.0} ms", wire::rcode::name(rcode))
             }
@@ -155,7 +157,8 @@ async fn ask_each_upstream(route: &Route, q: &Query) -> Vec<String> {
                 humantime::format_duration(route.try_timeout)
             ),
         };
-        lines.push(format!("{} over {proto}: {what}", u.addr));
+        let proto = if u.tls.is_some() { "tls" } else { proto };
+        lines.push(format!("{} over {proto}: {what}", u.spec()));
     }
     lines
 }
@@ -222,22 +225,63 @@ pub enum ProbeResult {
     Silent,
 }
 
+/// How a probe travels: a `tls://` upstream only ever over TLS.
+pub enum Over {
+    Udp,
+    Tcp,
+    Tls(Box<Dialer>),
+}
+
+impl Over {
+    /// For upstream `u` of `route`: TLS for a `tls://` one, else `tcp` or UDP.
+    fn of(route: &Route, u: &UpstreamAddr, tcp: bool) -> Over {
+        match (&u.tls, &route.tls) {
+            (Some(t), Some(trust)) => {
+                Over::Tls(Box::new(Dialer::new(t.name.as_deref(), u.addr.ip(), trust)))
+            }
+            _ if tcp => Over::Tcp,
+            _ => Over::Udp,
+        }
+    }
+
+    fn as_str(&self) -> &'static str {
+        match self {
+            Over::Udp => "udp",
+            Over::Tcp => "tcp",
+            Over::Tls(_) => "tls",
+        }
+    }
+}
+
 /// One probe of `addr` for `zone`'s SOA, over TCP or UDP, within `per_try`.
 pub async fn probe(addr: SocketAddr, zone: &str, tcp: bool, per_try: Duration) -> ProbeResult {
     let Ok(qname) = wire::name_from_str(zone) else {
         return ProbeResult::Failed(format!("{zone:?} is not a name"));
     };
-    probe_query(addr, &Query::own(qname, wire::TYPE_SOA), tcp, per_try).await
+    let how = if tcp { Over::Tcp } else { Over::Udp };
+    probe_query(addr, &Query::own(qname, wire::TYPE_SOA), &how, per_try).await
 }
 
-/// `q` sent once to `addr`, over TCP or UDP, within `per_try`.
-async fn probe_query(addr: SocketAddr, q: &Query, tcp: bool, per_try: Duration) -> ProbeResult {
+/// `q` sent once to `addr` as `how` says, within `per_try`.
+async fn probe_query(addr: SocketAddr, q: &Query, how: &Over, per_try: Duration) -> ProbeResult {
     let started = Instant::now();
     let result = tokio::time::timeout(per_try, async {
-        if tcp {
-            tcp_exchange_once(addr, q).await
-        } else {
-            udp_exchange_once(addr, q).await
+        match how {
+            Over::Udp => udp_exchange_once(addr, q).await,
+            Over::Tcp => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                stream_exchange_once(stream, addr, q).await
+            }
+            Over::Tls(dialer) => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let tls = dialer
+                    .handshake(stream, &addr.to_string())
+                    .await
+                    .map_err(TryError::Tls)?;
+                stream_exchange_once(tls, addr, q).await
+            }
         }
     })
     .await;
@@ -252,16 +296,19 @@ async fn probe_query(addr: SocketAddr, q: &Query, tcp: bool, per_try: Duration) 
     }
 }
 
-/// One TCP exchange on a connection of its own: `doctor` checks that a new
-/// connection can be made, where the server asks over kept connections. Replies that
-/// do not match are skipped.
-async fn tcp_exchange_once(server: SocketAddr, q: &Query) -> Result<Exchanged, TryError> {
-    let mut stream = TcpStream::connect(server).await?;
-    stream.set_nodelay(true)?;
+/// One exchange on a connection of its own (TCP, or TLS over it): `doctor` checks
+/// that a new connection can be made, where the server asks over kept connections.
+/// Replies that do not match are skipped.
+async fn stream_exchange_once<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    server: SocketAddr,
+    q: &Query,
+) -> Result<Exchanged, TryError> {
     let id = random_id();
     stream
         .write_all(&wire::framed(&wire::build_upstream_query(q, id, true)))
         .await?;
+    stream.flush().await?;
     loop {
         let buf = match wire::read_framed(&mut stream).await {
             Ok(b) => b,
@@ -349,6 +396,35 @@ async fn probe_upstream(
         });
     }
     out
+}
+
+/// A `tls://` upstream: a handshake that checks its certificate as the route does,
+/// and a query over it; never asked in plain text.
+async fn probe_tls_upstream(route: &Route, u: &UpstreamAddr, per_try: Duration) -> Finding {
+    let zone = wire::name_to_string(&probe_for(route).qname);
+    let how = Over::of(route, u, true);
+    let what = format!(
+        "route {}: upstream {} over {} ({zone} SOA)",
+        route.name,
+        u.spec(),
+        how.as_str()
+    );
+    // A handshake and a query: give the handshake its own time too.
+    let within = per_try + crate::tls::client::HANDSHAKE_TIMEOUT;
+    match probe_query(u.addr, &probe_for(route), &how, within).await {
+        ProbeResult::Answered { rcode, ms } => good(format!("{what}: {} in {ms:.0} ms", wire::rcode::name(rcode))),
+        ProbeResult::Failed(e) => {
+            let fix = match &how {
+                Over::Tls(d) => d.last_failure().map(|f| f.failure.fix()),
+                _ => None,
+            };
+            bad(format!("{what}: {e}"), fix.unwrap_or("check the address, routing and firewall between this host and the upstream's port (853 for DNS over TLS)"))
+        }
+        ProbeResult::Silent => bad(
+            format!("{what}: no answer within {}", humantime::format_duration(within)),
+            "the upstream is unreachable or silent on this port: check the address, port (853 for DNS over TLS), routing and firewall",
+        ),
+    }
 }
 
 /// What to do about an upstream this host cannot reach over `tcp` or UDP.
@@ -547,7 +623,11 @@ pub async fn doctor(config: &Config, user: Option<&ServiceUser>) -> (String, boo
     for route in &config.routes {
         let per_try = route.try_timeout.min(Duration::from_secs(3));
         for u in &route.upstreams {
-            findings.extend(probe_upstream(route, u.addr, per_try, user).await);
+            if u.tls.is_some() {
+                findings.push(probe_tls_upstream(route, u, per_try).await);
+            } else {
+                findings.extend(probe_upstream(route, u.addr, per_try, user).await);
+            }
         }
     }
     if let Some(d) = &config.dnstap {

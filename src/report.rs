@@ -64,11 +64,37 @@ fn upstream_list(r: &Route) -> String {
             if u.from_system {
                 format!("{} (system)", u.addr)
             } else {
-                u.addr.to_string()
+                u.spec()
             }
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The DoT and DoH listeners and the certificate they present, in a line each.
+fn encrypted_summary(e: &crate::config::EncryptedListeners) -> String {
+    let list = |a: &[std::net::SocketAddr]| {
+        a.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = String::new();
+    if !e.tls.is_empty() {
+        let _ = writeln!(s, "dot     {} (DNS over TLS)", list(&e.tls));
+    }
+    if !e.https.is_empty() {
+        let _ = writeln!(s, "doh     {} (DNS over HTTPS, /dns-query)", list(&e.https));
+    }
+    if let Some(id) = &e.identity {
+        let names = if id.names.is_empty() {
+            "no DNS names".to_string()
+        } else {
+            id.names.join(", ")
+        };
+        let _ = writeln!(s, "cert    {} for {names}", id.cert.display());
+    }
+    s
 }
 
 /// What `zonefwd check` prints for a valid file.
@@ -93,6 +119,7 @@ pub fn routing_table(config: &Config) -> String {
     let _ = writeln!(s, "{}: ok", config.source);
     let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
     let _ = writeln!(s, "listen  {} (udp and tcp)", listen.join(", "));
+    s.push_str(&encrypted_summary(&config.server.encrypted));
     let acl: Vec<String> = config.acl.entries().iter().map(|c| c.to_string()).collect();
     let _ = writeln!(s, "acl     {}", acl.join(", "));
     let _ = writeln!(

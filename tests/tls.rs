@@ -151,3 +151,49 @@ async fn an_upstream_without_a_name_is_asked_when_its_key_matches_a_pin() {
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert_eq!(fake.count(), 1);
 }
+
+// The doctor runs as a child process while the DoT server answers on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_a_tls_upstream_over_tls_and_names_a_bad_certificate_with_its_fix() {
+    let pki = Pki::new();
+    let good = pki.leaf("good", &["dns.test"], Leaf::Good);
+    let expired = pki.leaf("expired", &["dns.test"], Leaf::Expired);
+    let fake = Fake::answering(reply).await;
+    let (ok_server, expired_server) = (
+        dot_server(&good, &fake).await,
+        dot_server(&expired, &fake).await,
+    );
+    let route = |name: &str, dot: &Zonefwd| {
+        format!(
+            "[[route]]\nname = \"{name}\"\nzones = [\"{name}.example\"]\nupstreams = [\"tls://{}#dns.test\"]\ntls_ca = \"{}\"\n",
+            dot.tls.unwrap(),
+            pki.ca_pem.display()
+        )
+    };
+    let cfg = pki.path("doctor.toml");
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n{}{}",
+        route("good", &ok_server),
+        route("stale", &expired_server)
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || zonefwd_cli(&["doctor", "-c", &cfg]))
+            .await
+            .unwrap();
+    let out = out + &err;
+    assert_eq!(code, 1, "{out}");
+    let good_line = format!(
+        "ok   route good: upstream tls://{}#dns.test over tls (good.example. SOA): NOERROR",
+        ok_server.tls.unwrap()
+    );
+    assert!(out.contains(&good_line), "{out}");
+    let bad_line = format!("FAIL route stale: upstream tls://{}#dns.test over tls (stale.example. SOA): tls handshake failed: the certificate has expired", expired_server.tls.unwrap());
+    assert!(out.contains(&bad_line), "{out}");
+    assert!(out.contains("renew it on the upstream"), "{out}");
+    assert!(
+        !out.contains("over udp") && !out.contains("over tcp"),
+        "a tls:// upstream was probed in plain text: {out}"
+    );
+}

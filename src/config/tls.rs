@@ -54,6 +54,11 @@ pub(super) fn listeners(
         }
         out
     };
+    let first_listener = [&raw.tls_listen, &raw.https_listen]
+        .into_iter()
+        .flatten()
+        .map(|l| l.span())
+        .next();
     let tls = addrs(raw.tls_listen, "server.tls_listen", |s| {
         parse_addr_with_port(s, DOT_PORT)
     });
@@ -64,7 +69,7 @@ pub(super) fn listeners(
         identity(
             raw.tls_cert,
             raw.tls_key,
-            !tls.is_empty() || !https.is_empty(),
+            first_listener.filter(|_| !tls.is_empty() || !https.is_empty()),
             src,
         ),
         None,
@@ -76,16 +81,18 @@ pub(super) fn listeners(
     }
 }
 
-/// `tls_cert` and `tls_key`: both, when a listener needs them; neither otherwise.
+/// `tls_cert` and `tls_key`: both, when a listener needs them (`needed_by`: where
+/// the first is written); neither otherwise.
 fn identity(
     cert: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
-    needed: bool,
+    needed_by: Option<std::ops::Range<usize>>,
     src: &SourceText<'_>,
 ) -> Result<Option<Identity>, ConfigError> {
+    let needed = needed_by.is_some();
     match (cert, key) {
         (None, None) if needed => Err(src.error(
-            0..0,
+            needed_by.unwrap_or_default(),
             "server.tls_cert",
             "tls_listen and https_listen need a certificate: set tls_cert and tls_key (PEM files)",
         )),

@@ -126,6 +126,23 @@ impl TlsFailure {
     }
 }
 
+impl TlsFailure {
+    /// What to do about a `tls://` upstream whose handshake failed so.
+    pub fn fix(self) -> &'static str {
+        match self {
+            TlsFailure::Expired => "the upstream's certificate has expired: renew it on the upstream",
+            TlsFailure::NotYetValid => "check this host's clock (timedatectl), then the certificate's start date",
+            TlsFailure::WrongName => "write the name its certificate carries after # (tls://ADDR#NAME); kdig +tls +tls-ca shows the certificate",
+            TlsFailure::UnknownCa => "set the route's tls_ca to the CA that issued the upstream's certificate (or add that CA to this host's trust store)",
+            TlsFailure::PinMismatch => "the upstream's key is none of tls_pins: if it was renewed on purpose, add the new key's pin (docs/encrypted-dns.md shows how to compute one)",
+            TlsFailure::BadCertificate => "the upstream's certificate cannot be used for a TLS server: check it on the upstream",
+            TlsFailure::CertificateRefused => "the upstream refused the connection's certificate: it may require client certificates, which zonefwd does not send",
+            TlsFailure::Incompatible => "the upstream offers no TLS 1.2 or 1.3, or no cipher suite in common",
+            TlsFailure::Timeout | TlsFailure::Closed | TlsFailure::Protocol => "check that the upstream serves DNS over TLS on this port (853 unless written), not plain DNS",
+        }
+    }
+}
+
 impl std::fmt::Display for TlsFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
