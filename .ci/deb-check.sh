@@ -27,6 +27,7 @@ unit=$(dpkg -L zonefwd | grep -E '/systemd/system/zonefwd\.service$' || true)
 [[ -n $unit ]] || fail "no zonefwd.service installed"
 for f in /usr/bin/zonefwd /etc/zonefwd/zonefwd.toml /usr/share/doc/zonefwd/README.md \
   /usr/share/doc/zonefwd/examples/reference.toml /usr/share/doc/zonefwd/examples/azure.toml \
+  /usr/share/doc/zonefwd/examples/jump-subnet.toml /usr/share/doc/zonefwd/docs/encrypted-dns.md \
   /usr/share/man/man8/zonefwd.8.gz /usr/share/man/man5/zonefwd.toml.5.gz \
   /usr/share/bash-completion/completions/zonefwd /usr/share/zsh/vendor-completions/_zonefwd \
   /usr/share/fish/vendor_completions.d/zonefwd.fish "$unit"; do
@@ -46,8 +47,10 @@ done
 for cmd in run check doctor ctl query onprem-forwarders import-route53-rules; do
   grep -q "^/usr/share/man/man8/zonefwd-$cmd.8.gz$" <<<"$pages" || fail "no zonefwd-$cmd(8)"
 done
-man -l /usr/share/man/man5/zonefwd.toml.5.gz | grep -q 'upstream_udp_reuse' \
-  || fail "zonefwd.toml(5) lacks a key of config/reference.toml"
+for key in upstream_udp_reuse tls_listen tls_insecure_no_verify; do
+  man -l /usr/share/man/man5/zonefwd.toml.5.gz | grep -q "$key" \
+    || fail "zonefwd.toml(5) lacks $key, a key of config/reference.toml"
+done
 bash -c 'source /usr/share/bash-completion/completions/zonefwd && complete -p zonefwd' >/dev/null \
   || fail "the bash completion does not load"
 # The unit runs the binary where the package put it.

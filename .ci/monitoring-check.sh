@@ -79,6 +79,15 @@ timeout = "300ms"
 try_timeout = "100ms"
 health_check = "1h"
 [[route]]
+name = "tls"
+zones = ["tls.test."]
+# A DNS-over-TLS upstream nothing listens on: its handshake series exist.
+upstreams = ["tls://127.0.0.1:5394"]
+tls_insecure_no_verify = true
+timeout = "300ms"
+try_timeout = "100ms"
+health_check = "1h"
+[[route]]
 name = "default"
 zones = ["."]
 upstreams = ["127.0.0.1:$UP"]

@@ -368,3 +368,42 @@ async fn a_reload_swaps_the_certificate_for_new_connections_and_open_ones_keep_a
     let c = dot::connect(addr, &pki.ca_pem, "dns.test").await.unwrap();
     assert_eq!(dot::peer_leaf(&c), dot::leaf_of(&second.cert));
 }
+
+#[test]
+fn the_jump_subnet_example_loads_once_its_files_exist() {
+    let pki = Pki::new();
+    let pair = pki.leaf("jump", &["dns.jump.corp.example"], Leaf::Good);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/jump-subnet.toml")).unwrap();
+    let text = text
+        .replace(
+            "/etc/zonefwd/tls/fullchain.pem",
+            pair.cert.to_str().unwrap(),
+        )
+        .replace("/etc/zonefwd/tls/key.pem", pair.key.to_str().unwrap())
+        .replace("/etc/zonefwd/corp-ca.pem", pki.ca_pem.to_str().unwrap());
+    let c = zonefwd::Config::parse(&text, "jump-subnet.toml", &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let e = &c.server.encrypted;
+    assert_eq!(e.tls, ["10.20.0.4:853".parse().unwrap()]);
+    assert_eq!(e.https, ["10.20.0.4:443".parse().unwrap()]);
+    assert_eq!(
+        e.identity.as_ref().unwrap().names,
+        ["dns.jump.corp.example"]
+    );
+    let corp = c.routes.iter().find(|r| r.name == "corp").unwrap();
+    assert!(corp.upstreams.iter().all(|u| u.tls.is_some()), "{corp:?}");
+    // As shipped, the files are not there: the error names the certificate's path.
+    let e = zonefwd::Config::parse(
+        &std::fs::read_to_string(root.join("config/jump-subnet.toml")).unwrap(),
+        "jump-subnet.toml",
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cannot read /etc/zonefwd/tls/fullchain.pem"),
+        "{e}"
+    );
+}
