@@ -12,6 +12,8 @@
 //!
 //! ```text
 //! listen/udp        the socket's loop: a batch of datagrams in, answers out
+//!   (listen/accept, tcp, tls, https: stream connections within the limits; one RFC
+//!   7766 connection, over TCP or after a DoT handshake; a DoH request)
 //! admit             Handler::prepare: the stages before anything goes upstream
 //!                   (first look, client rate, ACL, checks, answered here, route, cache,
 //!                   client and server in-flight caps); a miss becomes a Job
@@ -22,7 +24,8 @@
 //!                   try loop within the route's deadline
 //! upstream/attempt  one try over the route's transport, and what its reply means
 //! upstream/udp      one exchange on one of the upstream's UDP sockets
-//! upstream/tcp      kept, pipelined TCP connections (transport = "tcp", TC retries)
+//! upstream/tcp      kept, pipelined TCP connections (transport = "tcp", TC retries),
+//!                   with TLS on them for a tls:// upstream (tls::client)
 //! wire              the bytes: query checks, reply walk, relay render
 //! ```
 //!
@@ -31,7 +34,8 @@
 //! udp, tcp), `local` (`[local]` records), `control` (the control socket) and `ctl`
 //! (its client), `handler` (what one configuration is made of, and what outlives it),
 //! `config` (file to `Config`), `cache`, `router`, `claims` (CNAME splicing),
-//! `loopcheck`, `dnstap` (what clients ask and get and each try upstream, to a
+//! `loopcheck`, `tls` (certificates, trust and pins, handshake failures named, both
+//! ways), `dnstap` (what clients ask and get and each try upstream, to a
 //! dnstap collector), `clients` (per-client limits), `limit` (token bucket, in-flight count,
 //! throttled warnings), `life` (shutdown, tasks, clock), `metrics`, `notify` (systemd),
 //! `diagnose` and `report` (the `doctor`, `query`, `check` and `explain` commands),
