@@ -19,6 +19,16 @@
 #          has no such setting and sits it out)
 #   mixed  90% a repeated set of 1000 names (A and AAAA), 5% unique names,
 #          5% names that do not exist (NXDOMAIN), shuffled
+#   dot    the hit names over DNS over TLS (dnsperf -m dot keeps its connections)
+#   doh    the hit names over DNS over HTTPS: h2load (nghttp2-client; HTTP/2, GET
+#          ?dns=, 32 streams per connection), since dnsperf 2.10's DoH client keeps one
+#          response buffer per connection and loses every response that arrives in the
+#          same read as another (DNS-OARC/dnsperf#240): it measured 43 queries a
+#          second from zonefwd and 2 from dnsdist. No p99 (h2load gives none).
+#          Both against zonefwd (tls_listen, https_listen), Unbound (tls-port,
+#          https-port) and dnsdist with its packet cache (addTLSLocal, addDOHLocal),
+#          with one self-signed ECDSA P-256 certificate made here by openssl; only
+#          those three take these rows.
 # Servers: zonefwd; dnsdist (1.7) without a cache and dnsdist-cache with its packet
 # cache; unbound (forward-zone); kresd (Knot Resolver, policy.STUB, cache on); dnsmasq.
 # One worker thread each (THREADS=1), since on 2 cores dnsperf and NSD need the rest.
@@ -48,22 +58,24 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-256}
 THREADS=${THREADS:-1}
-WORKLOADS=${WORKLOADS:-"miss hit tcp mixed upstream-tcp"}
+WORKLOADS=${WORKLOADS:-"miss hit tcp mixed upstream-tcp dot doh"}
 SERVERS=${SERVERS:-"reflector relay relay-ports zonefwd dnsdist dnsdist-cache unbound kresd dnsmasq"}
 LATENCY=${LATENCY:-0}
 SCALE=${SCALE:-0}
 NSD_PORT=5301
 PORT=5310
 DNSTAP_METRICS=5311
+DOT_PORT=5312
+DOH_PORT=5313
 OUT=${OUT:-bench/results}
 
 need=()
-for cmd in dnsperf nsd unbound dnsdist dnsmasq kresd fstrm_capture; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
+for cmd in dnsperf nsd unbound dnsdist dnsmasq kresd fstrm_capture h2load; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver fstrm-bin python3-matplotlib >/dev/null
+    apt-get update -qq && apt-get install -y -qq dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver fstrm-bin nghttp2-client python3-matplotlib >/dev/null
   else
-    echo "missing: ${need[*]} (apt-get install dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver fstrm-bin)" >&2
+    echo "missing: ${need[*]} (apt-get install dnsperf nsd unbound dnsdist dnsmasq-base knot-resolver fstrm-bin nghttp2-client)" >&2
     exit 1
   fi
 fi
@@ -74,6 +86,11 @@ source bench/nsd.sh
 bench_workdir
 start_nsd "$work" "$NSD_PORT"
 
+# --- the certificate of the DoT and DoH rows --------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
+  -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+
 # --- query files ---------------------------------------------------------------
 python3 - "$work" <<'EOF'
 import random, sys
@@ -82,6 +99,13 @@ random.seed(7)
 tag = "%08x" % random.getrandbits(32)
 with open(f"{w}/hit.txt", "w") as f:
     f.writelines(f"host{i}.bench.test A\n" for i in range(100))
+# The same 100 questions as DoH GET paths (RFC 8484 section 4.1: ID 0, base64url).
+import base64, struct
+with open(f"{w}/hit-doh.txt", "w") as f:
+    for i in range(100):
+        name = b"".join(bytes([len(l)]) + l for l in f"host{i}.bench.test".encode().split(b".")) + b"\0"
+        msg = struct.pack(">HHHHHH", 0, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
+        f.write("/dns-query?dns=" + base64.urlsafe_b64encode(msg).decode().rstrip("=") + "\n")
 with open(f"{w}/miss.txt", "w") as f:
     # More than any run sends, so no name repeats within a run.
     f.writelines(f"u{i}-{tag}.bench.test A\n" for i in range(3_000_000))
@@ -115,6 +139,11 @@ ${ZONEFWD_SERVER:-}
 tcp_max_queries_per_connection = 100000000
 tcp_max_lifetime = "1h"
 tcp_max_pipelined = 256
+# The dot and doh rows; idle otherwise.
+tls_listen = ["127.0.0.1:$DOT_PORT"]
+https_listen = ["127.0.0.1:$DOH_PORT"]
+tls_cert = "$work/tls.pem"
+tls_key = "$work/tls.key"
 $1
 [[route]]
 name = "bench"
@@ -149,6 +178,15 @@ server:
   num-queries-per-thread: 4096
   outgoing-range: 8192
   tcp-upstream: $unbound_tcp
+  # The dot and doh rows.
+  interface: 127.0.0.1@$DOT_PORT
+  interface: 127.0.0.1@$DOH_PORT
+  tls-port: $DOT_PORT
+  https-port: $DOH_PORT
+  tls-service-key: "$work/tls.key"
+  tls-service-pem: "$work/tls.pem"
+  http-endpoint: "/dns-query"
+  incoming-num-tcp: 1024
 forward-zone:
   name: "."
   forward-addr: 127.0.0.1@$NSD_PORT
@@ -173,11 +211,13 @@ setACL({"127.0.0.0/8"})
 setSecurityPollSuffix("")
 newServer({address="127.0.0.1:$NSD_PORT", checkInterval=3600, tcpOnly=$dnsdist_tcp})
 EOF
-  # The same, with a packet cache the size of zonefwd's.
+  # The same, with a packet cache the size of zonefwd's, and DoT and DoH listeners.
   cp "$work/dnsdist.conf" "$work/dnsdist-cache.conf"
   cat >>"$work/dnsdist-cache.conf" <<EOF
 pc = newPacketCache(100000, {maxTTL=86400, minTTL=0, temporaryFailureTTL=5, staleTTL=86400})
 getPool(""):setCache(pc)
+addTLSLocal("127.0.0.1:$DOT_PORT", "$work/tls.pem", "$work/tls.key")
+addDOHLocal("127.0.0.1:$DOH_PORT", "$work/tls.pem", "$work/tls.key", "/dns-query")
 EOF
   # And with dnstap: every client query and response, from the cache too.
   cp "$work/dnsdist-cache.conf" "$work/dnsdist-cache-dnstap.conf"
@@ -276,9 +316,11 @@ cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/pr
 
 # measure workload server pid -> one CSV line
 measure() {
-  local workload=$1 server=$2 pid=$3 file mode=udp
+  local workload=$1 server=$2 pid=$3 file mode=udp port=$PORT extra=()
   case $workload in
     hit | tcp) file=$work/hit.txt ;;
+    dot) file=$work/hit.txt mode=dot port=$DOT_PORT ;;
+    doh) file=$work/hit.txt mode=doh port=$DOH_PORT ;;
     miss | upstream-tcp) file=$work/miss.txt ;;
     mixed) file=$work/mixed.txt ;;
   esac
@@ -289,7 +331,11 @@ measure() {
   fi
   local before after
   before=$(cpu_seconds "$pid")
-  dnsperf -s 127.0.0.1 -p "$PORT" -m "$mode" -d "$file" -c "$CLIENTS" -q "$OUTSTANDING" \
+  if [[ $mode == doh ]]; then
+    h2load_run "$port" "$pid" "$before"
+    return
+  fi
+  dnsperf -s 127.0.0.1 -p "$port" -m "$mode" -d "$file" -c "$CLIENTS" -q "$OUTSTANDING" \
     -l "$DURATION" -v >"$work/out" 2>&1 || true
   after=$(cpu_seconds "$pid")
   local rss p99
@@ -299,16 +345,39 @@ measure() {
     /Queries per second/ { q = $4 }
     /Queries lost/ { lost = $3 }
     /Queries completed/ { done = $3 }
-    /Average Latency/ { mean = $4 * 1000 }
+    # The first: over TCP, DoT and DoH a second one follows for the connections.
+    /Average Latency/ && !seen++ { mean = $4 * 1000 }
     END {
       cpu = a - b
       printf "%s,%s,%.0f,%.3f,%s,%s,%.2f,%.0f,%d\n", w, s, q, mean, p99, lost, cpu, (cpu > 0 ? done / cpu : 0), r
     }' "$work/out"
 }
 
+# The doh row: h2load for DURATION seconds over the 100 hit names, one CSV line like
+# measure's (no p99).
+h2load_run() { # port pid cpu-before
+  local uris=()
+  mapfile -t uris < <(sed "s#^#https://127.0.0.1:$1#" "$work/hit-doh.txt")
+  h2load -c "$CLIENTS" -m 32 -D "$DURATION" "${uris[@]}" >"$work/out" 2>&1 || true
+  local after rss
+  after=$(cpu_seconds "$2")
+  rss=$(awk '/VmHWM/ { print $2 }' "/proc/$2/status")
+  awk -v s="$server" -v b="$3" -v a="$after" -v r="$rss" -v d="$DURATION" '
+    /^requests:/ { done = $8; failed = $10 + $12 + $14 }
+    /^time for request:/ { mean = $6; unit = mean; sub(/[0-9.]+/, "", unit); sub(/[a-z]+$/, "", mean)
+                           mean = (unit == "us" ? mean / 1000 : (unit == "s" ? mean * 1000 : mean)) }
+    END {
+      cpu = a - b
+      printf "doh,%s,%.0f,%.3f,,%d,%.2f,%.0f,%d\n", s, done / d, mean, failed, cpu, (cpu > 0 ? done / cpu : 0), r
+    }' "$work/out"
+}
+
 # skip workload server: true when the row would not mean anything. The floors each
 # have one path; dnsmasq and kresd cannot be told to forward over TCP only.
 skip() {
+  case $1 in
+    dot | doh) [[ $2 != zonefwd && $2 != unbound && $2 != dnsdist-cache && $2 != baseline ]]; return ;;
+  esac
   case $2 in
     reflector) [[ $1 != hit ]] ;;
     relay | relay-ports) [[ $1 != miss ]] ;;

@@ -91,6 +91,11 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<&'static str
         ("server.listen", r.listen != f.listen),
         ("server.udp_threads", r.udp_threads != f.udp_threads),
         ("server.tcp_*", TcpOptions::of(r) != TcpOptions::of(f)),
+        ("server.tls_listen", r.encrypted.tls != f.encrypted.tls),
+        (
+            "server.https_listen",
+            r.encrypted.https != f.encrypted.https,
+        ),
         (
             "cache.max_entries",
             running.cache_max_entries != file.cache_max_entries,

@@ -28,6 +28,11 @@ fn every_shipped_config_is_valid() {
     let mut n = 0;
     for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).unwrap() {
         let path = entry.unwrap().path();
+        // It names a certificate, key and CA the operator provides:
+        // tests/encrypted_listeners.rs loads it with ones made there.
+        if path.ends_with("jump-subnet.toml") {
+            continue;
+        }
         if path.extension().is_some_and(|e| e == "toml") {
             Config::load(&path, &env).unwrap_or_else(|e| panic!("{e}"));
             n += 1;

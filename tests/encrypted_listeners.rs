@@ -16,8 +16,13 @@ use hickory_proto::rr::RecordType;
 
 /// `[server]` lines for DoT and DoH on port 0 with `pair`, and metrics.
 fn encrypted(pair: &Pair) -> Conf {
+    encrypted_on(pair, "[\"127.0.0.1:0\"]")
+}
+
+/// The same, with DoT on `tls_listen`.
+fn encrypted_on(pair: &Pair, tls_listen: &str) -> Conf {
     Conf::new()
-        .server("tls_listen = [\"127.0.0.1:0\"]")
+        .server(&format!("tls_listen = {tls_listen}"))
         .server("https_listen = [\"127.0.0.1:0\"]")
         .server("metrics = \"127.0.0.1:0\"")
         .server(&format!("tls_cert = \"{}\"", pair.cert.display()))
@@ -328,7 +333,9 @@ async fn a_reload_swaps_the_certificate_for_new_connections_and_open_ones_keep_a
     let first = pki.leaf("first", &["dns.test"], Leaf::Good);
     let second = pki.leaf("second", &["dns.test"], Leaf::Good);
     let fake = Fake::answering_a().await;
-    let conf = |pair: &Pair| encrypted(pair).route("default", &["."], &[fake.addr], "");
+    let conf_on =
+        |pair: &Pair, tls: &str| encrypted_on(pair, tls).route("default", &["."], &[fake.addr], "");
+    let conf = |pair: &Pair| conf_on(pair, "[\"127.0.0.1:0\"]");
     let z = Zonefwd::start(&conf(&first).toml()).await;
     let addr = z.tls.unwrap();
     let mut open = dot::connect(addr, &pki.ca_pem, "dns.test").await.unwrap();
@@ -347,7 +354,20 @@ async fn a_reload_swaps_the_certificate_for_new_connections_and_open_ones_keep_a
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     drop(fresh);
-    // The connection made before the reload still answers, with its old certificate.
+    // A new pair is applied by the reload itself; a new DoT address waits for a
+    // restart, and says so.
+    let pending = "zonefwd_config_restart_pending";
+    assert_eq!(metric(&scrape(&z).await, pending), 0);
+    z.reload(&conf_on(&second, "[\"127.0.0.1:0\", \"127.0.0.2:0\"]").toml());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&scrape(&z).await, pending) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a changed tls_listen is not a pending restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The connection made before the reloads still answers, with its old certificate.
     let mut q = query("still.example.", RecordType::A, None);
     q.metadata.id = 9;
     dot::send_all(&mut open, &[q]).await;

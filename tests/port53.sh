@@ -37,6 +37,8 @@ in_ns() { ip netns exec "$ns" "$@"; }
 ip -n "$ns" link set lo up
 ip -n "$ns" link add v0 type veth peer name v1
 ip -n "$ns" addr add 10.0.0.4/24 dev v0
+# The jump-subnet example's address (config/jump-subnet.toml).
+ip -n "$ns" addr add 10.20.0.4/24 dev v0
 ip -n "$ns" link set v0 up
 ip -n "$ns" link set v1 up
 
@@ -84,7 +86,11 @@ grep -A1 'FAIL listen' "$work/doctor.out" | grep -qF "DNSStubListener=no" || fai
 grep -F 'listen 0.0.0.0:53' -A1 "$work/doctor.out"
 
 # 3. Every documented VM configuration starts beside the stub: the README's TOML blocks
-# that set listen, and config/azure.toml; upstreams to loopback.
+# that set listen, and config/azure.toml; upstreams to loopback (tls:// ones stay
+# tls://), and the jump-subnet example's certificate, key and CA made here.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=dns.test -addext subjectAltName=DNS:dns.test \
+  -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null || fail "openssl made no certificate"
 python3 - "$work" <<'PY'
 import re, sys
 work = sys.argv[1]
@@ -93,7 +99,10 @@ blocks = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if re.search
 blocks.append(open("config/azure.toml").read())
 assert len(blocks) >= 3, f"expected the README's VM configurations, found {len(blocks)}"
 for i, b in enumerate(blocks):
-    b = re.sub(r'upstreams = \[[^\]]*\]', 'upstreams = ["127.0.0.1:9"]', b)
+    loopback = lambda m: 'upstreams = ["tls://127.0.0.1:9#dns.test"]' if "tls://" in m.group(0) else 'upstreams = ["127.0.0.1:9"]'
+    b = re.sub(r'upstreams = \[[^\]]*\]', loopback, b)
+    b = b.replace("/etc/zonefwd/tls/fullchain.pem", f"{work}/tls.pem").replace("/etc/zonefwd/corp-ca.pem", f"{work}/tls.pem")
+    b = b.replace("/etc/zonefwd/tls/key.pem", f"{work}/tls.key")
     b = b.replace("[server]\n", "[server]\nloop_detection = false\n", 1)
     open(f"{work}/documented-{i}.toml", "w").write(b)
 PY

@@ -138,6 +138,9 @@ pub async fn connection(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(u32::try_from(opts.pipelined).unwrap_or(u32::MAX));
+    // HTTP/2 writes a response as several frames, in several writes; gathered until
+    // hyper flushes, they go out as one TLS record and one system call.
+    let tls = tokio::io::BufWriter::new(tls);
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let check_every = (opts.idle / 4).max(Duration::from_millis(10));

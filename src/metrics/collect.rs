@@ -398,7 +398,7 @@ fn reloads(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
     gauge(
         enc,
         "zonefwd_config_restart_pending",
-        "1 while the file in force changes a setting only a restart applies (listen, udp_threads, tcp_*, cache.max_entries, log_format, metrics, control)",
+        "1 while the file in force changes a setting only a restart applies (listen, tls_listen, https_listen, udp_threads, tcp_*, cache.max_entries, log_format, metrics, control)",
         i64::from(!r.restart_pending().is_empty()),
     )
 }

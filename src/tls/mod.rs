@@ -225,3 +225,77 @@ impl HandshakeCounts {
             )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_errors_are_named_for_what_to_fix() {
+        let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let cert = |c: CertificateError| tls(rustls::Error::InvalidCertificate(c));
+        let cases = [
+            (cert(CertificateError::Expired), TlsFailure::Expired),
+            (cert(CertificateError::NotValidYet), TlsFailure::NotYetValid),
+            (
+                cert(CertificateError::NotValidForName),
+                TlsFailure::WrongName,
+            ),
+            (cert(CertificateError::UnknownIssuer), TlsFailure::UnknownCa),
+            (
+                cert(CertificateError::ApplicationVerificationFailure),
+                TlsFailure::PinMismatch,
+            ),
+            (
+                cert(CertificateError::BadSignature),
+                TlsFailure::BadCertificate,
+            ),
+            (
+                tls(rustls::Error::AlertReceived(AlertDescription::UnknownCA)),
+                TlsFailure::CertificateRefused,
+            ),
+            (
+                tls(rustls::Error::AlertReceived(
+                    AlertDescription::ProtocolVersion,
+                )),
+                TlsFailure::Incompatible,
+            ),
+            (
+                tls(rustls::Error::AlertReceived(AlertDescription::CloseNotify)),
+                TlsFailure::Closed,
+            ),
+            (
+                tls(rustls::Error::NoApplicationProtocol),
+                TlsFailure::Incompatible,
+            ),
+            (
+                io::Error::from(io::ErrorKind::UnexpectedEof),
+                TlsFailure::Closed,
+            ),
+            (
+                io::Error::from(io::ErrorKind::ConnectionReset),
+                TlsFailure::Closed,
+            ),
+            (
+                io::Error::from(io::ErrorKind::TimedOut),
+                TlsFailure::Timeout,
+            ),
+            (tls(rustls::Error::DecryptError), TlsFailure::Protocol),
+        ];
+        for (e, want) in cases {
+            assert_eq!(TlsFailure::of(&e), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn handshake_counts_keep_each_outcome_apart() {
+        let c = HandshakeCounts::default();
+        c.record(Ok(false));
+        c.record(Ok(true));
+        c.record(Ok(true));
+        c.record(Err(TlsFailure::PinMismatch));
+        let got: Vec<(&str, u64)> = c.by_result().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(got, [("full", 1), ("resumed", 2), ("pin_mismatch", 1)]);
+        assert_eq!(c.by_result().count(), 2 + TlsFailure::ALL.len());
+    }
+}

@@ -369,3 +369,63 @@ fn extended_rcode_without_client_edns_becomes_servfail() {
     let out = relay(&r, &p, &q, 512);
     assert_eq!(flags(&out) & RCODE_MASK, rcode::SERVFAIL);
 }
+
+/// A SOA in the authority section, owner the question's name: TTL and MINIMUM given.
+fn authority_soa(out: &mut Vec<u8>, ttl: u32, minimum: u32) {
+    out.extend_from_slice(&[0xc0, 12, 0, 6, 0, 1]);
+    out.extend_from_slice(&ttl.to_be_bytes());
+    let rdata_len: u16 = 2 + 2 + 5 * 4;
+    out.extend_from_slice(&rdata_len.to_be_bytes());
+    out.extend_from_slice(&[0xc0, 12, 0xc0, 12]); // MNAME, RNAME
+    for v in [1u32, 3600, 600, 86400, minimum] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+#[test]
+fn freshness_is_the_smallest_ttl_and_no_more_than_a_negative_answers_minimum() {
+    let name = name_from_str("www.example.com").unwrap();
+    let reply = |answers: &[u32], soa: Option<(u32, u32)>, opt: bool| {
+        let counts = [
+            1,
+            answers.len() as u16,
+            u16::from(soa.is_some()),
+            u16::from(opt),
+        ];
+        let mut r = header(1, FLAG_QR | FLAG_RD, counts);
+        push_question(&mut r, &name, 1, 1);
+        for &ttl in answers {
+            answer_a(&mut r, ttl);
+        }
+        if let Some((ttl, min)) = soa {
+            authority_soa(&mut r, ttl, min);
+        }
+        if opt {
+            push_opt(&mut r, 1232, 0, false);
+        }
+        r
+    };
+    let cases: [(&str, Vec<u8>, Option<u32>); 5] = [
+        ("answers", reply(&[300, 120, 600], None, true), Some(120)),
+        (
+            "the OPT's flags are not a TTL",
+            reply(&[300], None, true),
+            Some(300),
+        ),
+        (
+            "negative: the SOA's MINIMUM",
+            reply(&[], Some((3600, 60)), true),
+            Some(60),
+        ),
+        (
+            "negative: the SOA's TTL",
+            reply(&[], Some((30, 900)), false),
+            Some(30),
+        ),
+        ("no record: nothing to keep", reply(&[], None, true), None),
+    ];
+    for (what, msg, want) in cases {
+        assert_eq!(freshness(&msg), want, "{what}");
+    }
+    assert_eq!(freshness(&[0u8; 5]), None, "a runt");
+}
