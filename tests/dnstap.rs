@@ -128,7 +128,7 @@ struct Tapped {
     /// CQ, CR, FQ or FR.
     kind: String,
     /// The query's initiator and responder.
-    initiator: SocketAddr,
+    initiator: Option<SocketAddr>,
     responder: SocketAddr,
     /// UDP or TCP.
     protocol: String,
@@ -198,7 +198,9 @@ impl Tapped {
             .collect();
         Tapped {
             kind: t[2].to_string(),
-            initiator: t[3].parse().unwrap_or_else(|_| panic!("{summary}")),
+            // "?": a forwarded query sent before its connection was up has no
+            // query_address yet.
+            initiator: t[3].parse().ok(),
             responder: t[5].parse().unwrap_or_else(|_| panic!("{summary}")),
             protocol: t[6].to_string(),
             question: t[8].to_string(),
@@ -373,7 +375,7 @@ fn check_capture(
         let mine: Vec<&Tapped> = d
             .messages
             .iter()
-            .filter(|m| m.initiator == asked.client)
+            .filter(|m| m.initiator == Some(asked.client))
             .collect();
         assert_eq!(mine.len(), 2, "CQ and CR of {asked:?}: {:#?}", d.messages);
         for m in &mine {
@@ -399,7 +401,8 @@ fn check_capture(
         let at_upstream =
             at_upstream.unwrap_or_else(|| panic!("FQ bytes the upstream never got: {m:?}"));
         assert_eq!(
-            m.initiator, at_upstream.from,
+            m.initiator,
+            Some(at_upstream.from),
             "FQ from zonefwd's own socket"
         );
         assert_eq!((m.responder, m.protocol.as_str()), (fake.addr, "UDP"));
@@ -616,4 +619,157 @@ async fn doctor_checks_the_collector() {
     assert!(present.contains("accepts a dnstap stream"), "{present}");
     let decoded = capture.stop();
     assert!(decoded.messages.is_empty(), "doctor's stream is empty");
+}
+
+/// What each transport is called in the capture: a DoT client's query and answer
+/// DOT, a DoH client's DOH, and the tries to a `tls://` upstream DOT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_transports_are_marked_dot_and_doh() {
+    use common::certs::{Leaf, Pki};
+    let dir = tempfile::tempdir().unwrap();
+    let listen = Listen::unix(dir.path(), "dnstap.sock");
+    let Some(capture) = Capture::start(&listen, dir.path().join("capture.fstrm")).await else {
+        return;
+    };
+    let pki = Pki::new();
+    let pair = pki.leaf("dns", &["dns.test"], Leaf::Good);
+    let tls_server = format!(
+        "tls_listen = [\"127.0.0.1:0\"]\nhttps_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        pair.cert.display(),
+        pair.key.display()
+    );
+    let (fake, _) = upstream().await;
+    let resolver = Zonefwd::start(&format!(
+        "[server]\n{tls_server}\n{}",
+        one_route(&[fake.addr], "")
+    ))
+    .await;
+    let z = Zonefwd::start(&format!(
+        "[server]\n{tls_server}\n[dnstap]\nsocket = \"{}\"\n[[route]]\nname = \"lab\"\nzones = [\".\"]\nupstreams = [\"tls://{}#dns.test\"]\ntls_ca = \"{}\"\n",
+        listen.socket(),
+        resolver.tls.unwrap(),
+        pki.ca_pem.display()
+    ))
+    .await;
+    let mut conn = dot::connect(z.tls.unwrap(), &pki.ca_pem, "dns.test")
+        .await
+        .unwrap();
+    dot::send_all(&mut conn, &[query("dot.example.", RecordType::A, None)]).await;
+    assert_eq!(
+        dot::read(&mut conn).await.unwrap().metadata.response_code,
+        ResponseCode::NoError
+    );
+    let body = dir.path().join("q.bin");
+    std::fs::write(
+        &body,
+        query("doh.example.", RecordType::A, None).to_vec().unwrap(),
+    )
+    .unwrap();
+    let (https, ca) = (z.https.unwrap(), pki.ca_pem.clone());
+    let curl = tokio::task::spawn_blocking(move || {
+        Command::new(debian_tool("curl")?)
+            .args([
+                "-s",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .args(["--resolve", &format!("dns.test:{}:127.0.0.1", https.port())])
+            .args([
+                "-H",
+                "content-type: application/dns-message",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", body.display()))
+            .arg(format!("https://dns.test:{}/dns-query", https.port()))
+            .output()
+            .ok()
+    })
+    .await
+    .unwrap();
+    if let Some(out) = curl {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+    z.stop().await.unwrap();
+    let decoded = capture.stop();
+    // BIND 9.18's dnstap-read prints any protocol but TCP as UDP, and dnstap-ldns
+    // (0.2.1) cannot print DOT or DOH at all: both predate them in dnstap.proto. So the
+    // field is read here, beside dnstap-read's reading of the rest.
+    let protocols = socket_protocols(&decoded.raw);
+    let of = |kind: i32, name: &str| -> Vec<i32> {
+        protocols
+            .iter()
+            .filter(|(k, qname, _)| *k == kind && qname == name)
+            .map(|(_, _, p)| *p)
+            .collect()
+    };
+    let (dot, doh) = (3, 4); // SocketProtocol
+    let (cq, cr, fq, fr) = (5, 6, 7, 8); // Message.Type
+    assert_eq!(of(cq, "dot.example."), [dot]);
+    assert_eq!(of(cr, "dot.example."), [dot]);
+    assert_eq!(
+        of(fq, "dot.example."),
+        [dot],
+        "the try to the tls:// upstream"
+    );
+    assert_eq!(of(fr, "dot.example."), [dot]);
+    assert_eq!(of(cq, "doh.example."), [doh]);
+    assert_eq!(of(cr, "doh.example."), [doh]);
+    assert_eq!(
+        decoded.of("CQ", "dot.example").len(),
+        1,
+        "dnstap-read reads the rest"
+    );
+}
+
+/// Each message of a Frame Streams capture (RFC-less, fstrm's PROTOCOL): its type,
+/// its question's name, and its `socket_protocol`, read with a decoder of just those
+/// dnstap.proto fields.
+fn socket_protocols(capture: &[u8]) -> Vec<(i32, String, i32)> {
+    #[derive(prost::Message)]
+    struct Dnstap {
+        #[prost(message, optional, tag = "14")]
+        message: Option<Message>,
+    }
+    #[derive(prost::Message)]
+    struct Message {
+        #[prost(int32, tag = "1")]
+        kind: i32,
+        #[prost(int32, tag = "3")]
+        socket_protocol: i32,
+        #[prost(bytes = "vec", tag = "10")]
+        query_message: Vec<u8>,
+        #[prost(bytes = "vec", tag = "14")]
+        response_message: Vec<u8>,
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    while at + 4 <= capture.len() {
+        let len = be32(capture, at);
+        at += 4;
+        if len == 0 {
+            // A control frame: its own length, then its body.
+            let control = be32(capture, at);
+            at += 4 + control;
+            continue;
+        }
+        let frame: Dnstap = prost::Message::decode(&capture[at..at + len]).expect("a dnstap frame");
+        at += len;
+        let m = frame.message.expect("a message");
+        let dns = if m.query_message.is_empty() {
+            &m.response_message
+        } else {
+            &m.query_message
+        };
+        let name = hickory_proto::op::Message::from_vec(dns)
+            .map(|d| qname_of(&d))
+            .unwrap_or_default();
+        out.push((m.kind, name, m.socket_protocol));
+    }
+    out
 }
