@@ -25,8 +25,15 @@ fn encrypted_on(pair: &Pair, tls_listen: &str) -> Conf {
         .server(&format!("tls_listen = {tls_listen}"))
         .server("https_listen = [\"127.0.0.1:0\"]")
         .server("metrics = \"127.0.0.1:0\"")
-        .server(&format!("tls_cert = \"{}\"", pair.cert.display()))
-        .server(&format!("tls_key = \"{}\"", pair.key.display()))
+        .certificate(pair)
+}
+
+/// zonefwd with DoT and DoH listeners presenting a `dns.test` certificate from
+/// `pki`, forwarding everything to `fake`.
+async fn serving(pki: &Pki, fake: &Fake) -> Zonefwd {
+    let pair = pki.leaf("dns", &["dns.test"], Leaf::Good);
+    let conf = encrypted(&pair).route("default", &["."], &[fake.addr], "");
+    Zonefwd::start(&conf.toml()).await
 }
 
 /// kdig's output for `args` against `server` (None: kdig is not installed here).
@@ -47,14 +54,8 @@ fn kdig(server: SocketAddr, args: &[&str]) -> Option<(bool, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kdig_asks_over_dot_several_queries_on_one_connection() {
     let pki = Pki::new();
-    let pair = pki.leaf("dns", &["dns.test"], Leaf::Good);
     let fake = Fake::answering_a().await;
-    let z = Zonefwd::start(
-        &encrypted(&pair)
-            .route("default", &["."], &[fake.addr], "")
-            .toml(),
-    )
-    .await;
+    let z = serving(&pki, &fake).await;
     let ca = format!("+tls-ca={}", pki.ca_pem.display());
     let names = ["a.example", "b.example", "c.example"];
     let mut args = vec!["+tls", &ca, "+tls-hostname=dns.test", "+keepopen"];
@@ -135,14 +136,8 @@ async fn pipelined_dot_queries_are_answered_as_they_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kdig_asks_over_doh_with_post_and_get() {
     let pki = Pki::new();
-    let pair = pki.leaf("dns", &["dns.test"], Leaf::Good);
     let fake = Fake::answering_a().await;
-    let z = Zonefwd::start(
-        &encrypted(&pair)
-            .route("default", &["."], &[fake.addr], "")
-            .toml(),
-    )
-    .await;
+    let z = serving(&pki, &fake).await;
     let ca = format!("+tls-ca={}", pki.ca_pem.display());
     for (method, name) in [("POST", "post.example"), ("GET", "get.example")] {
         let get = if method == "GET" {
@@ -204,19 +199,13 @@ fn curl(pki: &Pki, addr: SocketAddr, path: &str, extra: &[&str]) -> Option<(Stri
 async fn doh_over_http_1_1_answers_with_the_smallest_ttl_as_max_age_and_refuses_what_is_not_a_query(
 ) {
     let pki = Pki::new();
-    let pair = pki.leaf("dns", &["dns.test"], Leaf::Good);
     let fake = Fake::answering(|q| {
         let mut r = reply_a(q, [192, 0, 2, 1], 300);
         r.answers.push(a_record(&qname_of(q), [192, 0, 2, 2], 120));
         r
     })
     .await;
-    let z = Zonefwd::start(
-        &encrypted(&pair)
-            .route("default", &["."], &[fake.addr], "")
-            .toml(),
-    )
-    .await;
+    let z = serving(&pki, &fake).await;
     let body = pki.path("query.bin");
     std::fs::write(
         &body,
@@ -267,14 +256,8 @@ async fn doh_over_http_1_1_answers_with_the_smallest_ttl_as_max_age_and_refuses_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_name_is_refused_by_the_client_and_the_handshake_counted_as_failed() {
     let pki = Pki::new();
-    let pair = pki.leaf("dns", &["dns.test"], Leaf::Good);
     let fake = Fake::answering_a().await;
-    let z = Zonefwd::start(
-        &encrypted(&pair)
-            .route("default", &["."], &[fake.addr], "")
-            .toml(),
-    )
-    .await;
+    let z = serving(&pki, &fake).await;
     let ca = format!("+tls-ca={}", pki.ca_pem.display());
     let Some((ok, out)) = kdig(
         z.tls.unwrap(),

@@ -134,10 +134,17 @@ async fn zonefwd_dot(pair: &Pair, fake: &Fake) -> Zonefwd {
     let conf = Conf::new()
         .server("tls_listen = [\"127.0.0.1:0\"]")
         .server("metrics = \"127.0.0.1:0\"")
-        .server(&format!("tls_cert = \"{}\"", pair.cert.display()))
-        .server(&format!("tls_key = \"{}\"", pair.key.display()))
+        .certificate(pair)
         .route("default", &["."], &[fake.addr], "");
     Zonefwd::start(&conf.toml()).await
+}
+
+/// zonefwd's metrics, once they show the query came to its DoT listener.
+async fn asked_over_tls(z: &Zonefwd) -> String {
+    let m = scrape(z).await;
+    let over_tls = "zonefwd_queries_total{route=\"default\",transport=\"tls\"";
+    assert!(metric(&m, over_tls) >= 1, "{m}");
+    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,14 +181,7 @@ async fn unbound_forwards_to_zonefwd_over_tls() {
     )
     .await;
     assert_eq!(r.answers[0].data.to_string(), "192.0.2.1");
-    let m = scrape(&z).await;
-    assert!(
-        metric(
-            &m,
-            "zonefwd_queries_total{route=\"default\",transport=\"tls\""
-        ) >= 1,
-        "{m}"
-    );
+    let m = asked_over_tls(&z).await;
     assert_eq!(
         metric(
             &m,
@@ -226,12 +226,5 @@ async fn knot_resolver_forwards_to_zonefwd_over_tls() {
     )
     .await;
     assert_eq!(r.answers[0].data.to_string(), "192.0.2.1");
-    let m = scrape(&z).await;
-    assert!(
-        metric(
-            &m,
-            "zonefwd_queries_total{route=\"default\",transport=\"tls\""
-        ) >= 1,
-        "{m}"
-    );
+    asked_over_tls(&z).await;
 }

@@ -19,8 +19,7 @@ async fn dot_server(pair: &Pair, fake: &Fake) -> Zonefwd {
         .server("tls_listen = [\"127.0.0.1:0\"]")
         .server("tcp_idle_timeout = \"300ms\"")
         .server("metrics = \"127.0.0.1:0\"")
-        .server(&format!("tls_cert = \"{}\"", pair.cert.display()))
-        .server(&format!("tls_key = \"{}\"", pair.key.display()))
+        .certificate(pair)
         .route("default", &["."], &[fake.addr], "");
     Zonefwd::start(&conf.toml()).await
 }

@@ -24,14 +24,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admit::Action;
 use crate::config::TcpOptions;
 use crate::life::Lifecycle;
 use crate::listen::accept::StreamStats;
 use crate::listen::tcp::Peers;
-use crate::listen::tls::handshake;
+use crate::listen::tls::accept;
 use crate::listen::Current;
 use crate::transport::Transport;
 use crate::wire;
@@ -87,26 +86,9 @@ pub async fn connection(
     opts: TcpOptions,
     stats: Arc<StreamStats>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let Ok(server) = stream.local_addr() else {
-        return;
-    };
-    let Some(config) = handler
-        .load()
-        .certificate
-        .as_ref()
-        .map(|c| Arc::clone(&c.doh))
+    let Some((tls, peers)) = accept(stream, client, &handler, opts, &stats, Transport::Https).await
     else {
         return;
-    };
-    let counts = &stats.of(Transport::Https).handshakes;
-    let Some(tls) = handshake(TlsAcceptor::from(config), stream, client, opts, counts).await else {
-        return;
-    };
-    let peers = Peers {
-        client,
-        server,
-        transport: Transport::Https,
     };
     let activity = Arc::new(Activity {
         started: Instant::now(),

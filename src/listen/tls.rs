@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TcpOptions;
@@ -26,50 +27,54 @@ pub async fn connection(
     opts: TcpOptions,
     stats: Arc<StreamStats>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let Ok(server) = stream.local_addr() else {
-        return;
-    };
-    let Some(config) = handler
-        .load()
-        .certificate
-        .as_ref()
-        .map(|c| Arc::clone(&c.dot))
+    let Some((tls, peers)) = accept(stream, client, &handler, opts, &stats, Transport::Tls).await
     else {
         return;
     };
-    let counts = &stats.of(Transport::Tls).handshakes;
-    let Some(tls) = handshake(TlsAcceptor::from(config), stream, client, opts, counts).await else {
-        return;
-    };
     let (rd, wr) = tokio::io::split(tls);
-    let peers = Peers {
-        client,
-        server,
-        transport: Transport::Tls,
-    };
     tcp::connection(rd, wr, peers, handler, life, opts).await;
 }
 
-/// The server side of a handshake within `tcp_idle_timeout`, counted; a failure is
-/// the client's (a wrong name, an unknown CA on its side) and logged at debug.
-pub async fn handshake(
-    acceptor: TlsAcceptor,
+/// The server side of a DoT or DoH handshake with the current certificate (its
+/// configuration for `transport`'s ALPN), within `tcp_idle_timeout`, counted; a
+/// failure is the client's (a wrong name, an unknown CA on its side) and logged at
+/// debug.
+pub async fn accept(
     stream: TcpStream,
     client: SocketAddr,
+    handler: &Current,
     opts: TcpOptions,
-    counts: &crate::tls::HandshakeCounts,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let outcome = match tokio::time::timeout(opts.idle, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => Ok(tls),
-        Ok(Err(e)) => Err(HandshakeError::of(&e)),
-        Err(_) => Err(HandshakeError::timeout()),
+    stats: &StreamStats,
+    transport: Transport,
+) -> Option<(TlsStream<TcpStream>, Peers)> {
+    let _ = stream.set_nodelay(true);
+    let server = stream.local_addr().ok()?;
+    let config = {
+        let current = handler.load();
+        let identity = current.certificate.as_ref()?;
+        Arc::clone(if transport == Transport::Https {
+            &identity.doh
+        } else {
+            &identity.dot
+        })
     };
+    let counts = &stats.of(transport).handshakes;
+    let outcome =
+        match tokio::time::timeout(opts.idle, TlsAcceptor::from(config).accept(stream)).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(HandshakeError::of(&e)),
+            Err(_) => Err(HandshakeError::timeout()),
+        };
     match outcome {
         Ok(tls) => {
             let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             counts.record(Ok(resumed));
-            Some(tls)
+            let peers = Peers {
+                client,
+                server,
+                transport,
+            };
+            Some((tls, peers))
         }
         Err(e) => {
             counts.record(Err(e.failure));

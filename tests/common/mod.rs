@@ -87,6 +87,12 @@ impl Conf {
         self
     }
 
+    /// `tls_cert` and `tls_key`: the DoT and DoH listeners present `pair`.
+    pub fn certificate(self, pair: &certs::Pair) -> Conf {
+        self.server(&format!("tls_cert = \"{}\"", pair.cert.display()))
+            .server(&format!("tls_key = \"{}\"", pair.key.display()))
+    }
+
     /// A route named `name` for `zones` to `upstreams`, with `extra` route keys.
     pub fn route(
         mut self,
