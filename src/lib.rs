@@ -30,8 +30,8 @@
 //! ```
 //!
 //! Around it: `run` (run, reload, watchdog), `reloads` (applied, refused, restart
-//! pending), `readiness` (what /readyz says), `listen` (bind, the holder of a port,
-//! udp, tcp), `local` (`[local]` records), `control` (the control socket) and `ctl`
+//! pending, a renewed certificate), `readiness` (what /readyz says), `listen` (bind,
+//! the holder of a port, udp, tcp), `local` (`[local]` records), `control` (the control socket) and `ctl`
 //! (its client), `handler` (what one configuration is made of, and what outlives it),
 //! `config` (file to `Config`), `cache`, `router`, `claims` (CNAME splicing),
 //! `loopcheck`, `tls` (certificates, trust and pins, handshake failures named, both

@@ -1,6 +1,7 @@
-//! Reloads as an operator sees them: each request (SIGHUP, `zonefwd ctl reload`) with
-//! the file as read, what came of it (applied or refused, counted), and the settings
-//! that the file in force sets but only a restart can apply.
+//! Reloads as an operator sees them: each request (SIGHUP, `zonefwd ctl reload`, a
+//! renewed certificate on disk) with the file as read, what came of it (applied or
+//! refused, counted), and the settings that the file in force sets but only a restart
+//! can apply.
 //!
 //! The restart-only settings are compared with what runs (the configuration the
 //! server started with, whose sockets and sizes are bound), not with the previous
@@ -14,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::config::TcpOptions;
+use crate::tls::server::OnDisk;
 
 /// A file read for a reload: the validated configuration, or the located error.
 pub type ReadFile = Result<Config, String>;
@@ -112,4 +114,78 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<&'static str
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
     .collect()
+}
+
+/// The listeners' certificate, read again from `tls_cert` and `tls_key` at each check:
+/// a renewal (certbot, cert-manager's Secret in a pod, where no one sends SIGHUP) is
+/// applied as a reload of the running configuration with the new pair, nothing else
+/// re-read. A pair that does not load is refused only when a second check finds the
+/// same failure, since renewal tools replace the two files one after the other; then
+/// it is refused once, not at every check, and the running pair stays.
+#[derive(Debug, Default)]
+pub struct CertificateWatch {
+    /// A failure seen once, and whether it was refused (reported).
+    failure: Option<(String, bool)>,
+}
+
+impl CertificateWatch {
+    /// The reload to apply, if the files changed since `running` loaded them.
+    pub fn check(&mut self, running: &Config) -> Option<ReloadRequest> {
+        let identity = running.server.encrypted.identity.as_ref()?;
+        let file = match identity.on_disk() {
+            OnDisk::Unchanged => {
+                self.failure = None;
+                return None;
+            }
+            OnDisk::Renewed(renewed) => {
+                self.failure = None;
+                tracing::info!(cert = %renewed.cert.display(), names = %renewed.names.join(" "), "tls_cert was renewed on disk: new connections get it");
+                let mut config = running.clone();
+                config.server.encrypted.identity = Some(renewed);
+                Ok(config)
+            }
+            OnDisk::Unloadable(why) => Err(self.confirmed(why)?),
+        };
+        Some(ReloadRequest { file, answer: None })
+    }
+
+    /// `why`, the second time in a row it is seen and not before or after.
+    fn confirmed(&mut self, why: String) -> Option<String> {
+        match &mut self.failure {
+            Some((seen, reported)) if *seen == why => {
+                let first = !std::mem::replace(reported, true);
+                first.then(|| format!("the certificate files changed and do not load: {why}"))
+            }
+            _ => {
+                tracing::debug!("the certificate files changed and do not load yet: {why}");
+                self.failure = Some((why, false));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CertificateWatch;
+
+    /// A renewal replaces the certificate and the key one after the other: a check
+    /// between the two sees a pair that does not match, and the next one a good pair.
+    #[test]
+    fn a_certificate_failure_is_refused_at_its_second_sighting_and_only_then() {
+        let mut watch = CertificateWatch::default();
+        let checks = [
+            "mismatch",
+            "mismatch",
+            "mismatch",
+            "unreadable",
+            "unreadable",
+            "mismatch",
+        ];
+        let refused: Vec<bool> = checks
+            .iter()
+            .map(|why| watch.confirmed(why.to_string()).is_some())
+            .collect();
+        assert_eq!(refused, [false, true, false, false, true, false]);
+    }
 }

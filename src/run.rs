@@ -21,7 +21,9 @@ use crate::listen::{https, tcp, tls};
 use crate::listen::{udp, Current, Listeners};
 use crate::metrics::{self, Observed, Sources};
 use crate::notify::{self, Notifier};
-use crate::reloads::{restart_only_changes, ReadFile, ReloadOutcome, ReloadRequest};
+use crate::reloads::{
+    restart_only_changes, CertificateWatch, ReadFile, ReloadOutcome, ReloadRequest,
+};
 use crate::transport::Transport;
 use crate::upstream::UpstreamSet;
 use crate::wire;
@@ -35,6 +37,8 @@ pub struct RunOptions {
     pub reloads: Option<mpsc::UnboundedReceiver<ReadFile>>,
     /// Where to tell systemd about readiness, reloads and liveness.
     pub notifier: Notifier,
+    /// How often `tls_cert` and `tls_key` are read again for a renewed pair.
+    pub certificate_check: Duration,
 }
 
 impl Default for RunOptions {
@@ -43,6 +47,7 @@ impl Default for RunOptions {
             clock: Arc::new(SystemClock),
             reloads: None,
             notifier: Notifier::default(),
+            certificate_check: CERTIFICATE_CHECK,
         }
     }
 }
@@ -96,30 +101,39 @@ pub async fn run_with(
     let mut running = config;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut certificates = tokio::time::interval(options.certificate_check);
+    certificates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = CertificateWatch::default();
     loop {
-        tokio::select! {
+        let request = tokio::select! {
             _ = &mut shutdown => break,
-            _ = sweep.tick() => handler.load().sweep_idle_sockets(),
-            Some(request) = next_reload(&mut options.reloads, &mut ctl_reloads) => {
-                let outcome = match request.file {
-                    Ok(new) => {
-                        notifier.reloading();
-                        let pending = restart_only_changes(&started, &new);
-                        running = reload(&handler, &state, new, &pending);
-                        *loaded.lock().unwrap_or_else(|e| e.into_inner()) = Loaded {
-                            file: running.source.clone(),
-                            at: SystemTime::now(),
-                        };
-                        state.reloads.note_applied(pending.clone());
-                        notifier.notify(&format!("READY=1\nSTATUS={}", status(&running)));
-                        Ok(pending)
-                    }
-                    Err(why) => refused(&state, why),
-                };
-                if let Some(answer) = request.answer {
-                    let _ = answer.send(outcome);
-                }
+            _ = sweep.tick() => {
+                handler.load().sweep_idle_sockets();
+                continue;
             }
+            _ = certificates.tick() => match watch.check(&running) {
+                Some(request) => request,
+                None => continue,
+            },
+            Some(request) = next_reload(&mut options.reloads, &mut ctl_reloads) => request,
+        };
+        let outcome = match request.file {
+            Ok(new) => {
+                notifier.reloading();
+                let pending = restart_only_changes(&started, &new);
+                running = reload(&handler, &state, new, &pending);
+                *loaded.lock().unwrap_or_else(|e| e.into_inner()) = Loaded {
+                    file: running.source.clone(),
+                    at: SystemTime::now(),
+                };
+                state.reloads.note_applied(pending.clone());
+                notifier.notify(&format!("READY=1\nSTATUS={}", status(&running)));
+                Ok(pending)
+            }
+            Err(why) => refused(&state, why),
+        };
+        if let Some(answer) = request.answer {
+            let _ = answer.send(outcome);
         }
     }
     state.readiness.serving.store(false, Ordering::Relaxed);
@@ -268,6 +282,10 @@ impl Observed for Configured {
 /// How often idle upstream sockets past their age are closed: such a socket stays
 /// open at most `POOL_MAX_AGE` plus this.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the certificate files are read again: a renewal is done weeks before the
+/// old certificate expires, and a Secret reaches a pod's files within about a minute.
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(60);
 
 fn status(config: &Config) -> String {
     let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();

@@ -324,19 +324,7 @@ async fn a_reload_swaps_the_certificate_for_new_connections_and_open_ones_keep_a
     let mut open = dot::connect(addr, &pki.ca_pem, "dns.test").await.unwrap();
     assert_eq!(dot::peer_leaf(&open), dot::leaf_of(&first.cert));
     z.reload(&conf(&second).toml());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let fresh = loop {
-        let c = dot::connect(addr, &pki.ca_pem, "dns.test").await.unwrap();
-        if dot::peer_leaf(&c) == dot::leaf_of(&second.cert) {
-            break c;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new pair was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    drop(fresh);
+    until_served(addr, &pki, &second.cert).await;
     // A new pair is applied by the reload itself; a new DoT address waits for a
     // restart, and says so.
     let pending = "zonefwd_config_restart_pending";
@@ -370,6 +358,79 @@ async fn a_reload_swaps_the_certificate_for_new_connections_and_open_ones_keep_a
     );
     let c = dot::connect(addr, &pki.ca_pem, "dns.test").await.unwrap();
     assert_eq!(dot::peer_leaf(&c), dot::leaf_of(&second.cert));
+}
+
+/// Waits (up to 10 s) until a new DoT connection to `addr` gets the leaf in `cert`.
+async fn until_served(addr: SocketAddr, pki: &Pki, cert: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = dot::connect(addr, &pki.ca_pem, "dns.test").await.unwrap();
+        if dot::peer_leaf(&c) == dot::leaf_of(cert) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} was never served",
+            cert.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `from`'s file put in place of `to`'s the way a renewal does (a new file renamed
+/// over the old, as a Secret's volume and certbot's symlinks do).
+fn replace(from: &std::path::Path, to: &std::path::Path) {
+    let fresh = to.with_extension("new");
+    std::fs::copy(from, &fresh).unwrap();
+    std::fs::rename(&fresh, to).unwrap();
+}
+
+/// Where no one sends SIGHUP (cert-manager's Secret mounted in a pod), a pair renewed
+/// on disk serves new connections by itself, open ones keep answering; a pair that
+/// does not load is refused once, not at every check, and the running one stays.
+#[tokio::test]
+async fn a_certificate_renewed_on_disk_is_served_without_a_reload() {
+    let pki = Pki::new();
+    let live = pki.leaf("live", &["dns.test"], Leaf::Good);
+    let renewed = pki.leaf("renewed", &["dns.test"], Leaf::Good);
+    let fake = Fake::answering_a().await;
+    let conf = encrypted(&live).route("default", &["."], &[fake.addr], "");
+    let options = zonefwd::RunOptions {
+        certificate_check: Duration::from_millis(50),
+        ..zonefwd::RunOptions::default()
+    };
+    let z = Zonefwd::start_with(conf.build(), options).await;
+    let addr = z.tls.unwrap();
+    let mut open = dot::connect(addr, &pki.ca_pem, "dns.test").await.unwrap();
+    let original = dot::leaf_of(&live.cert);
+    replace(&renewed.key, &live.key);
+    replace(&renewed.cert, &live.cert);
+    until_served(addr, &pki, &renewed.cert).await;
+    until_metric(&z, "zonefwd_config_reloads_total{result=\"applied\"}", 1).await;
+    let mut q = query("still.example.", RecordType::A, None);
+    q.metadata.id = 5;
+    dot::send_all(&mut open, &[q]).await;
+    let r = dot::read(&mut open).await.unwrap();
+    assert_eq!(
+        (r.metadata.id, r.metadata.response_code),
+        (5, ResponseCode::NoError)
+    );
+    assert_eq!(
+        dot::peer_leaf(&open),
+        original,
+        "the open connection kept its pair"
+    );
+
+    std::fs::write(pki.path("garbage.pem"), "not a certificate").unwrap();
+    replace(&pki.path("garbage.pem"), &live.cert);
+    let refused = "zonefwd_config_reloads_total{result=\"refused\"}";
+    until_metric(&z, refused, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = scrape(&z).await;
+    assert_eq!(metric(&m, refused), 1, "refused at every check: {m}");
+    assert_eq!(metric(&m, "zonefwd_config_last_reload_successful"), 0);
+    let c = dot::connect(addr, &pki.ca_pem, "dns.test").await.unwrap();
+    assert_eq!(dot::peer_leaf(&c), dot::leaf_of(&renewed.cert));
 }
 
 #[test]

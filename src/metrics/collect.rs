@@ -375,7 +375,7 @@ fn reloads(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
     let r = &s.reloads;
     let mut fam = enc.encode_descriptor(
         "zonefwd_config_reloads",
-        "Configuration reloads (SIGHUP, zonefwd ctl reload), by result: applied, or refused for an invalid file",
+        "Configuration reloads (SIGHUP, zonefwd ctl reload, a renewed tls_cert on disk), by result: applied, or refused for an invalid file or certificate",
         None,
         MetricType::Counter,
     )?;

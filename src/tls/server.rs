@@ -3,7 +3,8 @@
 //! does not load is a located error that keeps the running one. Made into two rustls
 //! server configurations, DoT's (ALPN "dot", RFC 7858) and DoH's (h2 and http/1.1,
 //! RFC 8484 section 5.2), TLS 1.2 and 1.3 only (rustls has nothing older). The session
-//! cache outlives reloads, so clients resume across a certificate change.
+//! cache outlives reloads, so clients resume across a certificate change. `on_disk`
+//! reads the files again, for the run loop's check for a renewed pair.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,26 @@ impl Identity {
             doh,
         })
     }
+
+    /// What the files hold now: the same certificates, a renewed pair (loaded and
+    /// checked), or why what is there does not load.
+    pub fn on_disk(&self) -> OnDisk {
+        match read_certs(&self.cert) {
+            Ok(chain) if chain == self.chain => OnDisk::Unchanged,
+            Ok(_) => match Identity::load(&self.cert, &self.key) {
+                Ok(renewed) => OnDisk::Renewed(renewed),
+                Err(why) => OnDisk::Unloadable(why),
+            },
+            Err(why) => OnDisk::Unloadable(why),
+        }
+    }
+}
+
+/// The listeners' certificate files, as read again.
+pub enum OnDisk {
+    Unchanged,
+    Renewed(Identity),
+    Unloadable(String),
 }
 
 fn server_config(

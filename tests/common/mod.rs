@@ -160,6 +160,16 @@ impl Zonefwd {
 
     /// With a clock the test moves: TTLs, serve-stale windows and budgets follow it.
     pub async fn start_with_clock(config: Config, clock: Arc<dyn zonefwd::Clock>) -> Zonefwd {
+        let options = zonefwd::RunOptions {
+            clock,
+            ..zonefwd::RunOptions::default()
+        };
+        Zonefwd::start_with(config, options).await
+    }
+
+    /// With run options of the test's own (a clock, how often the certificate files
+    /// are read again); reloads come from `reload`.
+    pub async fn start_with(config: Config, options: zonefwd::RunOptions) -> Zonefwd {
         let listeners = Listeners::for_server(&config.server).expect("bind");
         let (udp, tcp) = listeners.local_addrs()[0];
         let metrics = listeners.metrics_addr();
@@ -173,9 +183,8 @@ impl Zonefwd {
                 let _ = rx.await;
             },
             zonefwd::RunOptions {
-                clock,
                 reloads: Some(reload_rx),
-                ..zonefwd::RunOptions::default()
+                ..options
             },
         ));
         Zonefwd {
@@ -747,6 +756,22 @@ pub async fn scrape(z: &Zonefwd) -> String {
     http_get(z.metrics.expect("[server] metrics is set"), "/metrics")
         .await
         .1
+}
+
+/// Waits (up to 30 s) until the metric `prefix` reads `want`.
+pub async fn until_metric(z: &Zonefwd, prefix: &str, want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = scrape(z).await;
+        if metric(&m, prefix) == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{prefix} never became {want}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Sum of the samples of a metric whose line starts with `prefix`.
