@@ -4,8 +4,11 @@
 # Deployment mounts them (the configuration and each team's fragment), must pass
 # `zonefwd check`; each overlay's Service must be an internal load balancer; and
 # every rendering must carry the NetworkPolicy.
+# The encrypted-dns component is rendered on the azure overlay with the keys its
+# comment says to add: its ports must reach the Service and the NetworkPolicy (in,
+# and out to DoT upstreams), and the Secret must be mounted where the keys point.
 # Then each rendering's pod is run as the strictest runtime would run it (see
-# strict_runtime below): it must serve DNS on :53.
+# strict_runtime below): it must serve DNS on :53, and DoT on :853 when it has it.
 #   bash .ci/kubernetes-check.sh [ZONEFWD_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +75,7 @@ PY
   setcap cap_net_bind_service=+ep "$pod/zonefwd"
   cp -r "$root/etc" "$pod/etc"
   sed -i -e 's#^upstreams = .*#upstreams = ["127.0.0.1:9"]#' -e "s#^control = .*#control = \"$pod/run/control.sock\"#" \
+    -e "s#^\(tls_cert\|tls_key\) = \"$root/#\1 = \"$pod/#" \
     "$pod"/etc/zonefwd/zonefwd.toml "$pod"/etc/zonefwd-fragments/*/*.toml
   chown -R "$uid:$gid" "$pod/run"
   chmod -R a+rX "$pod"
@@ -89,6 +93,15 @@ PY
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
+  # DoT, when the pod has it: a handshake that verifies the certificate, ALPN dot.
+  local dot=
+  if [[ -n $ok ]] && grep -q '^tls_listen' "$pod/etc/zonefwd/zonefwd.toml"; then
+    dot=$(ip netns exec "$ns" openssl s_client -connect 127.0.0.1:853 -servername dns.zonefwd.test \
+      -CAfile "$work/tls/tls.crt" -verify_return_error -alpn dot </dev/null 2>&1 || true)
+    grep -q 'ALPN protocol: dot' <<<"$dot" && grep -q 'Verify return code: 0 (ok)' <<<"$dot" \
+      || { kill "$pid" 2>/dev/null || true; fail "$name: no verified DoT handshake on :853 in the strict runtime: $dot $(cat "$pod/log")"; }
+    dot=" and DoT on :853"
+  fi
   local status capeff nnp zpid
   # The serving process itself (ip netns exec and setpriv exec into it, or fork).
   zpid=$(for p in $(ip netns pids "$ns"); do [[ $(cat "/proc/$p/comm" 2>/dev/null) == zonefwd ]] && echo "$p"; done | head -1)
@@ -102,10 +115,27 @@ PY
   [[ $(awk '/^CapPrm:/ { print $2 }' <<<"$status") == 0000000000000000 ]] \
     || fail "$name: the emulation left a permitted capability: $(grep '^Cap' <<<"$status")"
   [[ $(awk '/^Uid:/ { print $3 }' <<<"$status") == "$uid" ]] || fail "$name: the emulation did not run as uid $uid"
-  echo "kubernetes-check: $name serves :$port as uid $uid with no_new_privs and CapEff $capeff (strict runtime)"
+  echo "kubernetes-check: $name serves :$port$dot as uid $uid with no_new_privs and CapEff $capeff (strict runtime)"
 }
 
-for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
+# The azure overlay with the encrypted-dns component, as its comment says to add it,
+# in a copy of the tree (kustomize loads only below the kustomization's root), and a
+# self-signed certificate standing in for the Secret zonefwd-tls.
+cp -r deploy/kubernetes "$work/kubernetes"
+encrypted=$work/kubernetes/overlays/encrypted-dns
+cp -r deploy/kubernetes/overlays/azure "$encrypted"
+printf 'components:\n  - ../../components/encrypted-dns\n' >>"$encrypted/kustomization.yaml"
+sed -n 's/^#   \(tls_listen\|https_listen\|tls_cert\|tls_key\) = /\1 = /p' \
+  deploy/kubernetes/components/encrypted-dns/kustomization.yaml >"$work/tls-keys"
+[[ $(wc -l <"$work/tls-keys") == 4 ]] || fail "the encrypted-dns component's comment does not give the four [server] keys"
+sed -i "/^\[server\]/r $work/tls-keys" "$encrypted/zonefwd.toml"
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+mkdir -p "$work/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=dns.zonefwd.test \
+  -addext subjectAltName=DNS:dns.zonefwd.test -keyout "$work/tls/tls.key" -out "$work/tls/tls.crt" 2>/dev/null \
+  || fail "openssl cannot make a certificate"
+
+for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/ "$encrypted"; do
   dir=${dir%/}
   name=$(basename "$dir")
   out=$work/$name.yaml
@@ -115,9 +145,9 @@ for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
     fail "$dir: the rendered manifests do not validate"
   }
   root=$work/$name-root
-  python3 - "$out" "$root" "$name" "$dir" <<'PY' || fail "$dir: see above"
-import os, sys, yaml
-out, root, name, src = sys.argv[1:]
+  python3 - "$out" "$root" "$name" "$dir" "$work/tls" <<'PY' || fail "$dir: see above"
+import os, shutil, sys, tomllib, yaml
+out, root, name, src, made_tls = sys.argv[1:]
 docs = [d for d in yaml.safe_load_all(open(out)) if d]
 kinds = {d["kind"] for d in docs}
 for need in ("Deployment", "Service", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget"):
@@ -128,9 +158,16 @@ for need in ("Deployment", "Service", "ConfigMap", "NetworkPolicy", "PodDisrupti
 maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
 pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
 volumes = {v["name"]: v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
 mounted = 0
 for container in pod["containers"]:
     for m in container.get("volumeMounts", []):
+        if m["name"] in secrets:
+            if secrets[m["name"]] != "zonefwd-tls":
+                sys.exit(f"volume {m['name']} is Secret {secrets[m['name']]}: only zonefwd-tls is known here")
+            # The kubernetes.io/tls Secret's two keys, as the kubelet writes them.
+            shutil.copytree(made_tls, root + m["mountPath"])
+            continue
         if m["name"] not in volumes:
             continue
         data = maps.get(volumes[m["name"]])
@@ -171,6 +208,35 @@ if name != "base":
         sys.exit(f"the NetworkPolicy admits {namespaces} to the metrics port, not MONITORING_NAMESPACE of params.env")
     if any(d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("zonefwd-params") for d in docs):
         sys.exit("the parameters ConfigMap is applied: it must stay local (config.kubernetes.io/local-config)")
+# The encrypted-dns component: each listener's port in the container, on the Service
+# and admitted by the NetworkPolicy with DNS's sources; DoT out to tls:// upstreams;
+# the certificate files where the Secret is mounted.
+if name == "encrypted-dns":
+    server = tomllib.load(open(root + "/etc/zonefwd/zonefwd.toml", "rb"))["server"]
+    for key in ("tls_cert", "tls_key"):
+        if not os.path.isfile(root + server[key]):
+            sys.exit(f"{key} = {server[key]} is not a file of the mounted Secret zonefwd-tls")
+    named = {p.get("name"): p for p in pod["containers"][0]["ports"]}
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
+    admitted = {(p["protocol"], p["port"]) for p in policy["ingress"][0]["ports"]}
+    egress = {(p.get("protocol", "TCP"), p["port"]) for r in policy["egress"] for p in r["ports"]}
+    for key in ("tls_listen", "https_listen"):
+        port = int(server[key][0].rsplit(":", 1)[1])
+        cport = [n for n, p in named.items() if p["containerPort"] == port and p["protocol"] == "TCP"]
+        if not cport:
+            sys.exit(f"{key}'s port {port} is not a container port")
+        if not [p for p in svc["spec"]["ports"] if p.get("targetPort") == cport[0] and p["protocol"] == "TCP"]:
+            sys.exit(f"the Service has no port to {cport[0]} ({key})")
+        if ("TCP", port) not in admitted:
+            sys.exit(f"the NetworkPolicy does not admit TCP {port} ({key})")
+    if ("TCP", 853) not in egress:
+        sys.exit("the NetworkPolicy does not let DoT out to tls:// upstreams (TCP 853)")
+    # The laid-out file names the laid-out certificate, for zonefwd check.
+    conf = root + "/etc/zonefwd/zonefwd.toml"
+    text = open(conf).read()
+    for key in ("tls_cert", "tls_key"):
+        text = text.replace(f'{key} = "{server[key]}"', f'{key} = "{root}{server[key]}"')
+    open(conf, "w").write(text)
 PY
   "$bin" check --config "$root/etc/zonefwd/zonefwd.toml" >"$work/$name.check" 2>&1 || {
     cat "$work/$name.check" >&2
