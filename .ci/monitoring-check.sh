@@ -5,7 +5,7 @@
 #     prometheus-operator regenerated from the same file;
 #  2. a real Prometheus on loopback scrapes a running zonefwd that has answered
 #     queries (hits, misses, SERVFAIL from a dead upstream, a route with max_qps, a
-#     dnstap collector that is absent) and
+#     dnstap collector that is absent, a DoT listener with its certificate) and
 #     evaluates the rules; then every dashboard panel expression and every rule
 #     expression is run through the query API: none may fail, every panel must return
 #     data, and every series a rule or panel names must exist. A metric renamed in
@@ -20,6 +20,7 @@ need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v dnsmasq >/dev/null || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq-base)
 command -v dig >/dev/null || need+=(bind9-dnsutils)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
@@ -53,16 +54,23 @@ PY
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-UP=5397 DNS=5396 METRICS=9253 PROM=9290
+UP=5397 DNS=5396 DOT=5393 METRICS=9253 PROM=9290
 # The upstream: dnsmasq answering every name itself, sending nothing anywhere.
 dnsmasq -k -C /dev/null --port="$UP" --listen-address=127.0.0.1 --bind-interfaces \
   --no-resolv --no-hosts --address=/#/192.0.2.1 --user="$(id -un)" \
   --pid-file="$work/dnsmasq.pid" 2>"$work/dnsmasq.log" &
 pids+=($!)
+# The DoT listener's certificate: its validity series exist.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 90 \
+  -subj /CN=dns.test -addext subjectAltName=DNS:dns.test \
+  -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
 cat >"$work/zonefwd.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$DNS"]
 metrics = "127.0.0.1:$METRICS"
+tls_listen = ["127.0.0.1:$DOT"]
+tls_cert = "$work/tls.pem"
+tls_key = "$work/tls.key"
 loop_detection = false
 [[route]]
 name = "cloud"

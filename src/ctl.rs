@@ -168,7 +168,31 @@ fn status_text(a: &Value) -> String {
         a["inflight"]
     ));
     s.push_str(&dnstap_text(&a["dnstap"]));
+    s.push_str(&certificate_text(&a["certificate"]));
     s
+}
+
+/// The listeners' certificate line, when DoT or DoH serves one: loud when it is
+/// expired, not yet valid or overdue for renewal.
+fn certificate_text(c: &Value) -> String {
+    if c.is_null() {
+        return String::new();
+    }
+    match c["problem"].as_str() {
+        Some(problem) => format!("CERTIFICATE: {problem}\n"),
+        None => format!(
+            "certificate {} for {}, valid until {}\n",
+            c["file"].as_str().unwrap_or("?"),
+            c["names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            c["not_after"].as_str().unwrap_or("?")
+        ),
+    }
 }
 
 /// A `tls://` upstream's line: its name, handshakes, and the last failure, if the

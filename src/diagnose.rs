@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::RData;
@@ -25,6 +25,7 @@ use crate::outcome::Outcome;
 use crate::presets::{AWS_VPC_RESOLVER, AZURE_DNS};
 use crate::router::Router;
 use crate::tls::client::Dialer;
+use crate::tls::server::Identity;
 use crate::upstream::{random_id, udp_exchange_once, Exchanged, Previous, TryError, UpstreamSet};
 use crate::wire::{self, Query, ReplyError};
 
@@ -573,6 +574,14 @@ fn resolv_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
     out
 }
 
+/// The listeners' certificate: valid and not due, or what to do.
+fn certificate_finding(id: &Identity, now: SystemTime) -> Finding {
+    match id.expiry_problem(now) {
+        None => good(format!("tls_cert {}: {}", id.cert.display(), id.validity)),
+        Some((text, fix)) => bad(text, fix),
+    }
+}
+
 /// The checks that need no network: listen addresses, warnings, resolv.conf, and
 /// each route's settings against the cloud resolvers' known behaviour.
 pub fn static_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
@@ -586,6 +595,9 @@ pub fn static_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
         findings.push(bad(format!("check: {}", w.text), w.fix.clone()));
     }
     findings.extend(resolv_findings(config, files));
+    if let Some(id) = &config.server.encrypted.identity {
+        findings.push(certificate_finding(id, SystemTime::now()));
+    }
     for route in &config.routes {
         let cloud_azure = route.upstreams.iter().any(|u| u.addr.ip() == AZURE_DNS);
         let cloud_aws = route

@@ -35,7 +35,7 @@
 //! (its client), `handler` (what one configuration is made of, and what outlives it),
 //! `config` (file to `Config`), `cache`, `router`, `claims` (CNAME splicing),
 //! `loopcheck`, `tls` (certificates, trust and pins, handshake failures named, both
-//! ways), `dnstap` (what clients ask and get and each try upstream, to a
+//! ways; the listeners' certificate expiry), `dnstap` (what clients ask and get and each try upstream, to a
 //! dnstap collector), `clients` (per-client limits), `limit` (token bucket, in-flight count,
 //! throttled warnings), `life` (shutdown, tasks, clock), `metrics`, `notify` (systemd),
 //! `diagnose` and `report` (the `doctor`, `query`, `check` and `explain` commands),

@@ -7,6 +7,7 @@
 //! server started with, whose sockets and sizes are bound), not with the previous
 //! file: a `listen` changed in one reload and left alone in the next is still pending.
 
+use std::mem::{discriminant, Discriminant};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -16,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::config::TcpOptions;
 use crate::tls::server::OnDisk;
+use crate::tls::validity::{Expiry, Validity};
 
 /// A file read for a reload: the validated configuration, or the located error.
 pub type ReadFile = Result<Config, String>;
@@ -121,17 +123,24 @@ pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<&'static str
 /// applied as a reload of the running configuration with the new pair, nothing else
 /// re-read. A pair that does not load is refused only when a second check finds the
 /// same failure, since renewal tools replace the two files one after the other; then
-/// it is refused once, not at every check, and the running pair stays.
+/// it is refused once, not at every check, and the running pair stays. The running
+/// certificate's expiry is logged when it changes (overdue for renewal, expired), so a
+/// renewal that silently stopped shows in the journal weeks before clients refuse it.
 #[derive(Debug, Default)]
 pub struct CertificateWatch {
     /// A failure seen once, and whether it was refused (reported).
     failure: Option<(String, bool)>,
+    /// The running certificate's validity and its expiry when last checked.
+    expiry: Option<(Validity, Discriminant<Expiry>)>,
 }
 
 impl CertificateWatch {
     /// The reload to apply, if the files changed since `running` loaded them.
-    pub fn check(&mut self, running: &Config) -> Option<ReloadRequest> {
+    pub fn check(&mut self, running: &Config, now: SystemTime) -> Option<ReloadRequest> {
         let identity = running.server.encrypted.identity.as_ref()?;
+        if let Some(problem) = self.expiry_changed(identity.validity, &identity.label(), now) {
+            tracing::warn!("{problem}");
+        }
         let file = match identity.on_disk() {
             OnDisk::Unchanged => {
                 self.failure = None;
@@ -139,7 +148,7 @@ impl CertificateWatch {
             }
             OnDisk::Renewed(renewed) => {
                 self.failure = None;
-                tracing::info!(cert = %renewed.cert.display(), names = %renewed.names.join(" "), "tls_cert was renewed on disk: new connections get it");
+                tracing::info!(cert = %renewed.cert.display(), names = %renewed.names.join(" "), validity = %renewed.validity, "tls_cert was renewed on disk: new connections get it");
                 let mut config = running.clone();
                 config.server.encrypted.identity = Some(renewed);
                 Ok(config)
@@ -147,6 +156,23 @@ impl CertificateWatch {
             OnDisk::Unloadable(why) => Err(self.confirmed(why)?),
         };
         Some(ReloadRequest { file, answer: None })
+    }
+
+    /// What to say of the running certificate's expiry at `now`: its problem, when that
+    /// is new (a first sighting, or a change since the last check), nothing otherwise.
+    fn expiry_changed(
+        &mut self,
+        validity: Validity,
+        what: &str,
+        now: SystemTime,
+    ) -> Option<String> {
+        let seen = (validity, discriminant(&validity.at(now)));
+        if self.expiry.replace(seen) == Some(seen) {
+            return None;
+        }
+        validity
+            .problem(what, now)
+            .map(|(text, fix)| format!("{text}; {fix}"))
     }
 
     /// `why`, the second time in a row it is seen and not before or after.
@@ -168,6 +194,47 @@ impl CertificateWatch {
 #[cfg(test)]
 mod tests {
     use super::CertificateWatch;
+    use crate::tls::validity::Validity;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// The journal hears of a certificate's expiry once per change: at the first check
+    /// if it is already due, when it becomes due, when it expires, and again for a
+    /// renewed certificate only if that one is due too.
+    #[test]
+    fn the_expiry_is_logged_when_it_changes_and_only_then() {
+        let day = Duration::from_secs(86_400);
+        let start = UNIX_EPOCH + 1000 * day;
+        let old = Validity {
+            not_before: start,
+            not_after: start + 90 * day,
+        };
+        let renewed = Validity {
+            not_before: start + 80 * day,
+            not_after: start + 170 * day,
+        };
+        let mut watch = CertificateWatch::default();
+        // (the running certificate, days after `start`, logged?)
+        let checks = [
+            (old, 10, false), // valid
+            (old, 60, false),
+            (old, 77, true), // 13 days left: overdue
+            (old, 78, false),
+            (old, 91, true), // expired
+            (old, 92, false),
+            (renewed, 92, false), // renewed: valid again, nothing to say
+            (renewed, 93, false),
+        ];
+        for (i, (validity, days, logged)) in checks.into_iter().enumerate() {
+            let said = watch.expiry_changed(validity, "tls_cert t.pem", start + days * day);
+            assert_eq!(said.is_some(), logged, "check {i} (day {days}): {said:?}");
+        }
+        let mut fresh = CertificateWatch::default();
+        let said = fresh.expiry_changed(old, "tls_cert t.pem", start + 85 * day);
+        assert!(
+            said.is_some_and(|s| s.contains("expires in 5 days")),
+            "a due certificate is said at the first check"
+        );
+    }
 
     /// A renewal replaces the certificate and the key one after the other: a check
     /// between the two sees a pair that does not match, and the next one a good pair.

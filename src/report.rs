@@ -92,7 +92,12 @@ fn encrypted_summary(e: &crate::config::EncryptedListeners) -> String {
         } else {
             id.names.join(", ")
         };
-        let _ = writeln!(s, "cert    {} for {names}", id.cert.display());
+        let _ = writeln!(
+            s,
+            "cert    {} for {names}, {}",
+            id.cert.display(),
+            id.validity
+        );
     }
     s
 }
@@ -196,8 +201,11 @@ pub fn routing_table(config: &Config) -> String {
             cache_summary(r)
         );
     }
-    for w in &config.warnings {
-        let _ = writeln!(s, "warning: {}\n         fix: {}", w.text, w.fix);
+    let certificate = config.server.encrypted.identity.as_ref();
+    let expiry = certificate.and_then(|id| id.expiry_problem(std::time::SystemTime::now()));
+    let warnings = config.warnings.iter().map(|w| (&w.text, &w.fix));
+    for (text, fix) in warnings.chain(expiry.as_ref().map(|(t, f)| (t, f))) {
+        let _ = writeln!(s, "warning: {text}\n         fix: {fix}");
     }
     s
 }

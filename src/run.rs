@@ -24,6 +24,7 @@ use crate::notify::{self, Notifier};
 use crate::reloads::{
     restart_only_changes, CertificateWatch, ReadFile, ReloadOutcome, ReloadRequest,
 };
+use crate::tls::validity::Validity;
 use crate::transport::Transport;
 use crate::upstream::UpstreamSet;
 use crate::wire;
@@ -111,7 +112,7 @@ pub async fn run_with(
                 handler.load().sweep_idle_sockets();
                 continue;
             }
-            _ = certificates.tick() => match watch.check(&running) {
+            _ = certificates.tick() => match watch.check(&running, SystemTime::now()) {
                 Some(request) => request,
                 None => continue,
             },
@@ -276,6 +277,10 @@ impl Observed for Configured {
 
     fn broken_chains(&self) -> u64 {
         self.0.load().broken_chains()
+    }
+
+    fn certificate(&self) -> Option<Validity> {
+        self.0.load().certificate.as_ref().map(|id| id.validity)
     }
 }
 

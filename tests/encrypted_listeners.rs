@@ -433,6 +433,84 @@ async fn a_certificate_renewed_on_disk_is_served_without_a_reload() {
     assert_eq!(dot::peer_leaf(&c), dot::leaf_of(&renewed.cert));
 }
 
+/// A certificate whose renewal stopped (5 days left of 90) is called out by `check`
+/// and `doctor` with the fix, and by `ctl status`; the metrics give its dates, from
+/// which the alert works. A valid one gets a quiet line and its dates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_left_to_expire_is_called_out_by_check_status_and_the_metrics() {
+    let pki = Pki::new();
+    let fake = Fake::answering_a().await;
+    // (the leaf, what check, ctl status and the log say of it)
+    let cases = [
+        (Leaf::Good, None),
+        (Leaf::Expiring, Some("expires in 5 days")),
+    ];
+    for (kind, warned) in cases {
+        let pair = pki.leaf(&format!("{kind:?}"), &["dns.test"], kind);
+        let socket = pki.path(&format!("{kind:?}.sock"));
+        let conf = encrypted(&pair)
+            .server(&format!("control = \"{}\"", socket.display()))
+            .route("default", &["."], &[fake.addr], "");
+        let file = pki.path(&format!("{kind:?}.toml"));
+        std::fs::write(&file, conf.toml()).unwrap();
+
+        let (code, checked, _) = zonefwd_cli(&["check", "-c", file.to_str().unwrap()]);
+        assert_eq!(
+            code, 0,
+            "a due certificate is a warning, not an error: {checked}"
+        );
+        let named = format!("cert    {} for dns.test, valid until ", pair.cert.display());
+        assert!(checked.contains(&named), "{checked}");
+        let (_, doctor, _) = zonefwd_cli(&["doctor", "-c", file.to_str().unwrap()]);
+        let status = {
+            let z = Zonefwd::start(&conf.toml()).await;
+            let m = scrape(&z).await;
+            for (name, want) in [
+                ("not_after", pair.not_after),
+                ("not_before", pair.not_before),
+            ] {
+                let series = format!("zonefwd_listener_certificate_{name}_timestamp_seconds ");
+                assert_eq!(metric(&m, &series), want as u64, "{m}");
+            }
+            let socket = socket.to_str().unwrap().to_string();
+            tokio::task::spawn_blocking(move || {
+                zonefwd_cli(&["ctl", "--socket", &socket, "status"])
+            })
+            .await
+            .unwrap()
+            .1
+        };
+        match warned {
+            None => {
+                assert!(!checked.contains("warning"), "{checked}");
+                let fine = format!("ok   tls_cert {}: valid until", pair.cert.display());
+                assert!(doctor.contains(&fine), "{doctor}");
+                assert!(
+                    status.contains(&format!(
+                        "certificate {} for dns.test, valid until",
+                        pair.cert.display()
+                    )),
+                    "{status}"
+                );
+            }
+            Some(says) => {
+                let warning = format!("warning: tls_cert {} {says}", pair.cert.display());
+                assert!(checked.contains(&warning), "{checked}");
+                assert!(checked.contains("fix: renew it"), "{checked}");
+                let failed = format!("FAIL tls_cert {} {says}", pair.cert.display());
+                assert!(doctor.contains(&failed), "{doctor}");
+                assert!(
+                    status.contains(&format!(
+                        "CERTIFICATE: tls_cert {} {says}",
+                        pair.cert.display()
+                    )),
+                    "{status}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_jump_subnet_example_loads_once_its_files_exist() {
     let pki = Pki::new();

@@ -16,6 +16,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,6 +26,8 @@ use crate::cache::Flush;
 use crate::config::{Config, LoadEnv};
 use crate::dnstap::DnstapOutput;
 use crate::reloads::ReloadRequest;
+use crate::tls::server::Identity;
+use crate::tls::validity::rfc3339;
 use crate::upstream::{Upstream, UpstreamSet};
 use crate::wire;
 
@@ -140,6 +143,19 @@ fn status(cx: &ControlContext) -> Value {
         "cache": { "entries": cache.len(), "hits": hits, "misses": misses, "hit_ratio": hit_ratio },
         "inflight": cx.state.inflight.current(),
         "dnstap": dnstap_status(&cx.state.dnstap),
+        "certificate": handler.certificate.as_ref().map(certificate_status),
+    })
+}
+
+/// The certificate the DoT and DoH listeners serve: its file, names, validity, and
+/// what is wrong with it now (expired, not yet valid, overdue for renewal) or null.
+fn certificate_status(id: &Identity) -> Value {
+    json!({
+        "file": id.cert.display().to_string(),
+        "names": id.names,
+        "not_before": rfc3339(id.validity.not_before),
+        "not_after": rfc3339(id.validity.not_after),
+        "problem": id.expiry_problem(SystemTime::now()).map(|(text, _)| text),
     })
 }
 

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use super::counts::{RouteMetrics, Sources};
 use crate::listen::accept::ConnectionStats;
 use crate::tls::client::Dialer;
+use crate::tls::validity::seconds;
 use crate::transport::Transport;
 use crate::upstream::{Upstream, UpstreamSet};
 use crate::wire::rcode;
@@ -51,6 +52,7 @@ impl Collector for Collect {
         reloads(&mut enc, s)?;
         dnstap(&mut enc, s)?;
         listeners(&mut enc, s)?;
+        certificate(&mut enc, s)?;
         upstream_tls(&mut enc, &sets)?;
         build_info(&mut enc)?;
         server(&mut enc, s)
@@ -488,6 +490,27 @@ fn listeners(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
         }
     }
     Ok(())
+}
+
+/// The listeners' certificate validity, while DoT or DoH serves one: the alert on
+/// a renewal that stopped reads both (a share of the lifetime left, see
+/// `tls::validity`).
+fn certificate(enc: &mut DescriptorEncoder, s: &Sources) -> Encoded {
+    let Some(validity) = s.configured.certificate() else {
+        return Ok(());
+    };
+    gauge(
+        enc,
+        "zonefwd_listener_certificate_not_after_timestamp_seconds",
+        "When the certificate the DoT and DoH listeners serve expires (the earliest notAfter of its chain), in seconds since the epoch",
+        seconds(validity.not_after),
+    )?;
+    gauge(
+        enc,
+        "zonefwd_listener_certificate_not_before_timestamp_seconds",
+        "When the certificate the DoT and DoH listeners serve became valid (its notBefore), in seconds since the epoch",
+        seconds(validity.not_before),
+    )
 }
 
 /// TLS handshakes with each `tls://` upstream, by result.

@@ -12,6 +12,7 @@ use crate::limit::InflightCount;
 use crate::listen::accept::StreamStats;
 use crate::reloads::ReloadStats;
 use crate::resolver::ResolverStats;
+use crate::tls::validity::Validity;
 use crate::transport::Transport;
 use crate::upstream::UpstreamSet;
 use crate::wire::rcode;
@@ -24,6 +25,8 @@ pub trait Observed: Send + Sync + 'static {
     fn loops_detected(&self) -> u64;
     /// claim_cnames chains that broke.
     fn broken_chains(&self) -> u64;
+    /// The validity of the certificate the DoT and DoH listeners serve, if any.
+    fn certificate(&self) -> Option<Validity>;
 }
 
 /// Everything a scrape reads: the counters, the parts of the server that outlive a

@@ -142,6 +142,9 @@ mod tests {
         fn broken_chains(&self) -> u64 {
             0
         }
+        fn certificate(&self) -> Option<crate::tls::validity::Validity> {
+            None
+        }
     }
 
     #[test]

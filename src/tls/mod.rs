@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod server;
+pub mod validity;
 
 use std::io;
 

@@ -16,6 +16,7 @@ use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use rustls::ServerConfig;
 
 use super::client::{read_certs, ALPN_DOT};
+use super::validity::Validity;
 
 /// Sessions the listeners keep for resumption, across reloads.
 const SESSIONS: usize = 4096;
@@ -27,6 +28,8 @@ pub struct Identity {
     pub key: PathBuf,
     /// The names the certificate is for (its DNS subjectAltNames).
     pub names: Vec<String>,
+    /// When the chain is accepted by clients.
+    pub validity: Validity,
     chain: Vec<CertificateDer<'static>>,
     pub dot: Arc<ServerConfig>,
     pub doh: Arc<ServerConfig>,
@@ -43,6 +46,8 @@ impl Identity {
             )
         })?;
         let names = leaf.valid_dns_names().map(str::to_string).collect();
+        let validity =
+            Validity::of_chain(&chain).map_err(|e| format!("{}: {e}", cert.display()))?;
         let text = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
         let der = PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
             format!(
@@ -62,10 +67,22 @@ impl Identity {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             names,
+            validity,
             chain,
             dot,
             doh,
         })
+    }
+
+    /// `check`'s, `doctor`'s and the log's words for it, when it is expired, not yet
+    /// valid or overdue for renewal at `now`: the text and the fix.
+    pub fn expiry_problem(&self, now: std::time::SystemTime) -> Option<(String, String)> {
+        self.validity.problem(&self.label(), now)
+    }
+
+    /// "tls_cert PATH": the certificate as messages name it.
+    pub fn label(&self) -> String {
+        format!("tls_cert {}", self.cert.display())
     }
 
     /// What the files hold now: the same certificates, a renewed pair (loaded and
@@ -134,6 +151,7 @@ impl fmt::Debug for Identity {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .field("names", &self.names)
+            .field("validity", &self.validity)
             .finish_non_exhaustive()
     }
 }

@@ -2,6 +2,7 @@
 //! expired, for another name) or another CA signs (unknown), written as PEM files.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
@@ -22,6 +23,9 @@ pub struct Pair {
     pub key: PathBuf,
     /// `sha256/BASE64` of its public key, as `tls_pins` takes it.
     pub pin: String,
+    /// Its validity as written into it, in seconds since the epoch.
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
 /// What kind of leaf to make.
@@ -31,6 +35,8 @@ pub enum Leaf {
     Good,
     /// Its validity ended in 2020.
     Expired,
+    /// Valid for 90 days, of which 5 are left: its renewal is overdue.
+    Expiring,
     /// Signed by a CA nobody trusts.
     UnknownCa,
 }
@@ -50,9 +56,19 @@ impl Pki {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, stem);
-        if let Leaf::Expired = kind {
-            params.not_before = date_time_ymd(2019, 1, 1);
-            params.not_after = date_time_ymd(2020, 1, 1);
+        match kind {
+            Leaf::Expired => {
+                params.not_before = date_time_ymd(2019, 1, 1);
+                params.not_after = date_time_ymd(2020, 1, 1);
+            }
+            Leaf::Expiring => {
+                let day = Duration::from_secs(86_400);
+                let now = date_time_ymd(1970, 1, 1)
+                    + SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+                params.not_before = now - 85 * day;
+                params.not_after = now + 5 * day;
+            }
+            Leaf::Good | Leaf::UnknownCa => {}
         }
         let key = KeyPair::generate().unwrap();
         let other;
@@ -69,6 +85,8 @@ impl Pki {
             cert: self.dir.path().join(format!("{stem}.pem")),
             key: self.dir.path().join(format!("{stem}.key")),
             pin,
+            not_before: params.not_before.unix_timestamp(),
+            not_after: params.not_after.unix_timestamp(),
         };
         std::fs::write(&pair.cert, cert.pem()).unwrap();
         std::fs::write(&pair.key, key.serialize_pem()).unwrap();
