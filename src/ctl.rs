@@ -183,13 +183,7 @@ fn certificate_text(c: &Value) -> String {
         None => format!(
             "certificate {} for {}, valid until {}\n",
             c["file"].as_str().unwrap_or("?"),
-            c["names"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
+            strings(&c["names"]).join(", "),
             c["not_after"].as_str().unwrap_or("?")
         ),
     }
@@ -240,14 +234,18 @@ fn dnstap_text(d: &Value) -> String {
     )
 }
 
-/// The restart-only settings the file in force changes, if any.
-fn pending_text(a: &Value) -> String {
-    let pending: Vec<&str> = a["restart_pending"]
-        .as_array()
+/// The strings of a JSON array (none when it is not one).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .collect();
+        .collect()
+}
+
+/// The restart-only settings the file in force changes, if any.
+fn pending_text(a: &Value) -> String {
+    let pending = strings(&a["restart_pending"]);
     if pending.is_empty() {
         String::new()
     } else {

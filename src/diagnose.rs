@@ -577,7 +577,7 @@ fn resolv_findings(config: &Config, files: &HostFiles) -> Vec<Finding> {
 /// The listeners' certificate: valid and not due, or what to do.
 fn certificate_finding(id: &Identity, now: SystemTime) -> Finding {
     match id.expiry_problem(now) {
-        None => good(format!("tls_cert {}: {}", id.cert.display(), id.validity)),
+        None => good(format!("{}: {}", id.label(), id.validity)),
         Some((text, fix)) => bad(text, fix),
     }
 }

@@ -201,10 +201,13 @@ pub fn routing_table(config: &Config) -> String {
             cache_summary(r)
         );
     }
-    let certificate = config.server.encrypted.identity.as_ref();
-    let expiry = certificate.and_then(|id| id.expiry_problem(std::time::SystemTime::now()));
+    // The certificate's expiry is a warning of now, not of the file: made here.
+    let identity = config.server.encrypted.identity.as_ref();
+    let expiry = identity.and_then(|id| id.expiry_problem(std::time::SystemTime::now()));
     let warnings = config.warnings.iter().map(|w| (&w.text, &w.fix));
-    for (text, fix) in warnings.chain(expiry.as_ref().map(|(t, f)| (t, f))) {
+    // &(String, String) as (&String, &String), like the warnings.
+    let expiry = expiry.iter().map(|(text, fix)| (text, fix));
+    for (text, fix) in warnings.chain(expiry) {
         let _ = writeln!(s, "warning: {text}\n         fix: {fix}");
     }
     s

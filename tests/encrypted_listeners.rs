@@ -440,7 +440,7 @@ async fn a_certificate_renewed_on_disk_is_served_without_a_reload() {
 async fn a_certificate_left_to_expire_is_called_out_by_check_status_and_the_metrics() {
     let pki = Pki::new();
     let fake = Fake::answering_a().await;
-    // (the leaf, what check, ctl status and the log say of it)
+    // (the leaf, what check, doctor and ctl status say of it)
     let cases = [
         (Leaf::Good, None),
         (Leaf::Expiring, Some("expires in 5 days")),

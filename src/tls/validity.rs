@@ -88,28 +88,22 @@ impl Validity {
     pub fn problem(&self, what: &str, now: SystemTime) -> Option<(String, String)> {
         let renew = "renew it: zonefwd reads a renewed tls_cert and tls_key within a minute, no reload needed";
         let until = rfc3339(self.not_after);
-        let text = match self.at(now) {
+        let (text, fix) = match self.at(now) {
             Expiry::Valid(_) => return None,
-            Expiry::RenewalOverdue(left) => format!(
-                "{what} expires in {} ({until}) and has not been renewed: DoT and DoH clients will refuse it then",
-                Span(left)
+            Expiry::RenewalOverdue(left) => (
+                format!("{what} expires in {} ({until}) and has not been renewed: DoT and DoH clients will refuse it then", Span(left)),
+                renew,
             ),
-            Expiry::Expired(ago) => format!(
-                "{what} expired {} ago ({until}): every DoT and DoH client refuses it",
-                Span(ago)
+            Expiry::Expired(ago) => (
+                format!("{what} expired {} ago ({until}): every DoT and DoH client refuses it", Span(ago)),
+                renew,
             ),
-            Expiry::NotYetValid => {
-                return Some((
-                    format!(
-                        "{what} is valid only from {}: DoT and DoH clients refuse it until then",
-                        rfc3339(self.not_before)
-                    ),
-                    "check this host's clock (timedatectl), or serve a certificate valid now"
-                        .to_string(),
-                ))
-            }
+            Expiry::NotYetValid => (
+                format!("{what} is valid only from {}: DoT and DoH clients refuse it until then", rfc3339(self.not_before)),
+                "check this host's clock (timedatectl), or serve a certificate valid now",
+            ),
         };
-        Some((text, renew.to_string()))
+        Some((text, fix.to_string()))
     }
 }
 
